@@ -1,0 +1,296 @@
+"""Tests of padir_t5x.network: sizes, masks, (non-)causality, the AR cache, partitioning axes.
+
+Tiny shapes, mostly un-jitted applies (a jit compile per shape would cost more than it saves).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from padir_t5x import network
+
+TINY = network.tiny_config(dropout_rate=0.1)
+AR_TINY = dataclasses.replace(TINY, decoder_mode="autoregressive")
+BATCH, IN_LEN, OUT_LEN = 2, 7, 6
+
+# Row 0 has 2 padded encoder and 2 padded target positions; row 1 is full.
+ENC = jnp.array([[5, 6, 7, 8, 1, 0, 0],
+                 [9, 10, 11, 12, 13, 14, 1]], jnp.int32)
+TGT = jnp.array([[20, 21, 22, 1, 0, 0],
+                 [23, 24, 25, 26, 27, 1]], jnp.int32)
+# PaDIR decoder input: a corrupted target (3 is [MASK]); padded positions hold junk on purpose.
+DEC_IN = jnp.array([[3, 21, 3, 1, 40, 41],
+                    [23, 3, 3, 26, 3, 1]], jnp.int32)
+# AR decoder input: targets shifted right, BOS = 0.
+AR_IN = jnp.concatenate([jnp.zeros((BATCH, 1), jnp.int32), TGT[:, :-1]], axis=1)
+
+
+def _init(config, enc=ENC, dec=TGT):
+  return network.Transformer(config).init(jax.random.PRNGKey(0), enc, dec, dec,
+                                          enable_dropout=False)
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree, is_leaf=lambda _, x: not isinstance(x, dict))
+
+
+def _num_params(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+@pytest.fixture(scope="module")
+def padir_vars():
+  return _init(TINY)
+
+
+@pytest.fixture(scope="module")
+def ar_vars():
+  return _init(AR_TINY, dec=AR_IN)
+
+
+def _padir_apply(variables, enc, dec_in, tgt, **kwargs):
+  return network.Transformer(TINY).apply(variables, enc, dec_in, tgt, enable_dropout=False,
+                                         return_length_logits=True, **kwargs)
+
+
+def _ar_apply(variables, dec_in, tgt=TGT):
+  return network.Transformer(AR_TINY).apply(variables, ENC, dec_in, tgt, enable_dropout=False)
+
+
+def test_base_parameter_count():
+  module = network.Transformer(network.BASE_CONFIG)
+  tokens = jnp.ones((1, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens,
+                                              enable_dropout=False))
+  count = _num_params(shapes["params"])
+  print(f"Base PaDIR parameters: {count:,}")
+  assert 60_000_000 <= count <= 75_000_000, count
+  # The tied embedding (vocab x embed) is the only vocabulary-sized parameter.
+  vocab_sized = [k for k, v in _flat(shapes["params"]).items() if 32128 in v.shape]
+  assert vocab_sized == [("token_embedder", "embedding")]
+
+
+def test_configs_and_presets():
+  assert network.tiny_config(vocab_size=32).vocab_size == 32
+  assert network.base_config(dtype="bfloat16").activation_dtype == jnp.bfloat16
+  assert network.BASE_CONFIG.num_encoder_layers == network.BASE_CONFIG.num_decoder_layers == 6
+  with pytest.raises(ValueError, match="decoder_mode"):
+    network.tiny_config(decoder_mode="ctc")
+  with pytest.raises(ValueError, match="dtype"):
+    network.tiny_config(dtype="float16")
+
+
+def test_padir_forward_shapes(padir_vars):
+  logits, length_logits = _padir_apply(padir_vars, ENC, DEC_IN, TGT)
+  assert logits.shape == (BATCH, OUT_LEN, TINY.vocab_size) and logits.dtype == jnp.float32
+  assert length_logits.shape == (BATCH, TINY.max_target_length)
+  assert length_logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits)) and np.all(np.isfinite(length_logits))
+  # Methods used by the losses and decoding agree with __call__.
+  module = network.Transformer(TINY)
+  encoded = module.apply(padir_vars, ENC, enable_dropout=False, method=module.encode)
+  assert encoded.shape == (BATCH, IN_LEN, TINY.emb_dim)
+  np.testing.assert_allclose(
+      module.apply(padir_vars, encoded, ENC, method=module.predict_length), length_logits,
+      rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      module.apply(padir_vars, encoded, ENC, DEC_IN, TGT, enable_dropout=False,
+                   method=module.decode), logits, rtol=1e-6, atol=1e-6)
+
+
+def test_autoregressive_forward_shapes(ar_vars):
+  logits = _ar_apply(ar_vars, AR_IN)
+  assert logits.shape == (BATCH, OUT_LEN, TINY.vocab_size) and logits.dtype == jnp.float32
+  names = {"/".join(k) for k in _flat(ar_vars["params"])}
+  assert not any("length_predictor" in n or "positional_attention" in n for n in names)
+
+
+def test_bfloat16_activations_keep_float32_logits():
+  module = network.Transformer(network.tiny_config(dtype="bfloat16"))
+  out = jax.eval_shape(lambda: module.init_with_output(
+      jax.random.PRNGKey(0), ENC, DEC_IN, TGT, enable_dropout=False,
+      return_length_logits=True)[0])
+  assert out[0].dtype == jnp.float32 and out[1].dtype == jnp.float32
+
+
+def test_padded_decoder_position_does_not_leak(padir_vars):
+  logits, length_logits = _padir_apply(padir_vars, ENC, DEC_IN, TGT)
+  changed_in = DEC_IN.at[0, 4].set(77)  # row 0, position 4 is padding (TGT == 0)
+  new_logits, new_length = _padir_apply(padir_vars, ENC, changed_in, TGT)
+  np.testing.assert_allclose(new_logits[0, :4], logits[0, :4], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(new_logits[1], logits[1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(new_length, length_logits, rtol=1e-6, atol=1e-6)
+  # The changed token does reach its own (ignored) position: the comparison above is not vacuous.
+  assert not np.allclose(new_logits[0, 4], logits[0, 4], atol=1e-3)
+
+  # Marking a valid position as padding, by contrast, must change the other positions.
+  masked_tgt = TGT.at[0, 2].set(0)
+  masked_logits, _ = _padir_apply(padir_vars, ENC, DEC_IN, masked_tgt)
+  assert not np.allclose(masked_logits[0, 0], logits[0, 0], atol=1e-4)
+
+
+def test_padded_encoder_positions_do_not_leak(padir_vars):
+  module = network.Transformer(TINY)
+  encoded = module.apply(padir_vars, ENC, enable_dropout=False, method=module.encode)
+  # Any change of the encoder states at padded source positions (row 0, positions 5 and 6) is
+  # invisible to the decoder's cross-attention and to the length classifier's pooling.
+  junk = encoded.at[0, 5:].add(3.0 * jax.random.normal(jax.random.PRNGKey(1), (2, TINY.emb_dim)))
+  decode = lambda e: module.apply(padir_vars, e, ENC, DEC_IN, TGT, enable_dropout=False,
+                                  method=module.decode)
+  predict = lambda e: module.apply(padir_vars, e, ENC, method=module.predict_length)
+  # Compared at valid target positions: a padded target position has no valid key at all, so
+  # its (ignored) query row is uniform over every source position.
+  valid_target = np.asarray(TGT > 0)
+  np.testing.assert_allclose(np.asarray(decode(junk))[valid_target],
+                             np.asarray(decode(encoded))[valid_target], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(predict(junk), predict(encoded), rtol=1e-5, atol=1e-5)
+  # The same junk at a valid position does change both.
+  junk_valid = encoded.at[0, 1].add(3.0)
+  assert not np.allclose(decode(junk_valid)[0], decode(encoded)[0], atol=1e-4)
+  assert not np.allclose(predict(junk_valid)[0], predict(encoded)[0], atol=1e-4)
+
+  # Encoder self-attention: more trailing padding leaves every valid position's output unchanged.
+  longer = jnp.pad(ENC, ((0, 0), (0, 3)))
+  encoded_longer = module.apply(padir_vars, longer, enable_dropout=False, method=module.encode)
+  valid = np.asarray(ENC > 0)
+  np.testing.assert_allclose(np.asarray(encoded_longer[:, :IN_LEN])[valid],
+                             np.asarray(encoded)[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_padir_decoder_is_bidirectional(padir_vars):
+  logits, _ = _padir_apply(padir_vars, ENC, DEC_IN, TGT)
+  later = DEC_IN.at[1, 4].set(50)  # a later valid position of row 1
+  new_logits, _ = _padir_apply(padir_vars, ENC, later, TGT)
+  assert not np.allclose(new_logits[1, 0], logits[1, 0], atol=1e-4)
+
+
+def test_autoregressive_decoder_is_causal(ar_vars):
+  logits = _ar_apply(ar_vars, AR_IN)
+  later = AR_IN.at[1, 4].set(50)
+  new_logits = _ar_apply(ar_vars, later)
+  np.testing.assert_allclose(new_logits[1, :4], logits[1, :4], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(new_logits[0], logits[0], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(new_logits[1, 4], logits[1, 4], atol=1e-4)
+
+
+def test_autoregressive_cache_matches_teacher_forcing(ar_vars):
+  """t5x's EncoderDecoderModel protocol: _compute_kv_cache then _compute_logits_from_slice."""
+  module = network.Transformer(AR_TINY)
+  params = {"params": ar_vars["params"]}
+  full = jnp.ones_like(TGT)  # no target padding: every step is compared
+  expected = _ar_apply(ar_vars, AR_IN, tgt=full)
+
+  _, init_vars = module.apply(params, encoder_input_tokens=jnp.ones_like(ENC),
+                              decoder_input_tokens=jnp.ones_like(AR_IN),
+                              decoder_target_tokens=jnp.ones_like(AR_IN), mutable=["cache"],
+                              decode=True, enable_dropout=False)
+  cache = init_vars["cache"]
+  assert int(cache["decoder"]["position_embedder"]["position_embedder_index"]) == 0
+  assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (
+      BATCH, AR_TINY.num_heads, AR_TINY.head_dim, OUT_LEN)
+
+  encoded = module.apply(params, ENC, enable_dropout=False, method=module.encode)
+
+  @jax.jit
+  def step(cache, token):
+    logits, new_vars = module.apply({**params, "cache": cache}, encoded, ENC, token, token,
+                                    enable_dropout=False, decode=True,
+                                    max_decode_length=OUT_LEN, mutable=["cache"],
+                                    method=module.decode)
+    return logits[:, 0], new_vars["cache"]
+
+  stepped = []
+  for t in range(OUT_LEN):
+    logits, cache = step(cache, AR_IN[:, t:t + 1])
+    stepped.append(logits)
+  np.testing.assert_allclose(jnp.stack(stepped, axis=1), expected, rtol=1e-4, atol=1e-4)
+  assert int(cache["decoder"]["position_embedder"]["position_embedder_index"]) == OUT_LEN
+
+
+def test_positional_attention_can_be_disabled():
+  with_pa = network.Transformer(TINY)
+  without_pa = network.Transformer(network.tiny_config(positional_attention=False))
+  shapes = lambda m: jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), ENC, TGT, TGT,
+                                                   enable_dropout=False))["params"]
+  names_with = {"/".join(k) for k in _flat(shapes(with_pa))}
+  names_without = {"/".join(k) for k in _flat(shapes(without_pa))}
+  assert any("positional_attention" in n for n in names_with)
+  assert not any("positional_attention" in n for n in names_without)
+  assert names_without < names_with
+  per_layer = 4 * TINY.emb_dim * TINY.num_heads * TINY.head_dim + 2 * TINY.emb_dim  # q,k,v,o + LN
+  assert (_num_params(shapes(with_pa)) - _num_params(shapes(without_pa))
+          == TINY.num_decoder_layers * per_layer)
+
+
+def test_params_axes_and_activation_axes_use_known_names(monkeypatch, padir_vars, ar_vars):
+  for variables in (padir_vars, ar_vars):
+    params, axes = _flat(variables["params"]), _flat(variables["params_axes"])
+    # t5x's convention: one '<param>_axes' entry per parameter, of the parameter's rank.
+    assert {k[:-1] + (k[-1] + "_axes",) for k in params} == set(axes)
+    for key, value in params.items():
+      names = axes[key[:-1] + (key[-1] + "_axes",)].names
+      assert len(names) == value.ndim, key
+      assert set(names) <= set(network.LOGICAL_AXIS_NAMES), (key, names)
+  assert axes[("token_embedder", "embedding_axes")].names == ("vocab", "embed")
+
+  used = []
+  def record(x, logical_axes, *args, **kwargs):
+    used.append(tuple(logical_axes))
+    assert len(logical_axes) == x.ndim, (logical_axes, x.shape)
+    return x
+  monkeypatch.setattr(network, "with_sharding_constraint", record)
+  _padir_apply(padir_vars, ENC, DEC_IN, TGT)
+  _ar_apply(ar_vars, AR_IN)
+  activation_names = {name for names in used for name in names}
+  assert "length_classes" in activation_names and "heads" in activation_names
+  assert activation_names <= set(network.LOGICAL_AXIS_NAMES)
+
+
+def test_dropout_uses_the_dropout_rng(padir_vars):
+  module = network.Transformer(TINY)
+  # The encoder alone (residual, FFN and attention-probability dropout) keeps this test cheap.
+  run = lambda seed: module.apply(padir_vars, ENC, enable_dropout=True, method=module.encode,
+                                  rngs={"dropout": jax.random.PRNGKey(seed)})
+  a, b, a_again = run(1), run(2), run(1)
+  deterministic = module.apply(padir_vars, ENC, enable_dropout=False, method=module.encode)
+  assert not np.allclose(a, deterministic, atol=1e-4)
+  assert not np.allclose(a, b, atol=1e-4)
+  np.testing.assert_array_equal(a, a_again)
+
+
+def test_errors_are_clear(padir_vars):
+  module = network.Transformer(TINY)
+  too_long = jnp.ones((1, TINY.max_input_length + 1), jnp.int32)
+  with pytest.raises(ValueError, match="position table"):
+    jax.eval_shape(lambda: module.apply(padir_vars, too_long, enable_dropout=False,
+                                        method=module.encode))
+  long_target = jnp.ones((1, TINY.max_target_length + 1), jnp.int32)
+  with pytest.raises(ValueError, match="position table"):
+    jax.eval_shape(lambda: module.apply(padir_vars, ENC[:1], long_target, long_target,
+                                        enable_dropout=False))
+  with pytest.raises(ValueError, match="decode=True"):
+    jax.eval_shape(lambda: module.apply(padir_vars, ENC, DEC_IN, TGT, decode=True,
+                                        enable_dropout=False, mutable=["cache"]))
+  segments = jnp.ones_like(TGT)
+  with pytest.raises(NotImplementedError, match="packed"):
+    jax.eval_shape(lambda: module.apply(padir_vars, ENC, DEC_IN, TGT,
+                                        decoder_segment_ids=segments, enable_dropout=False))
+
+
+def test_autoregressive_packing_keeps_segments_apart(ar_vars):
+  """AR twin supports t5x packing: no attention across segment boundaries."""
+  module = network.Transformer(AR_TINY)
+  enc, dec_in, tgt = ENC[1:], AR_IN[1:], TGT[1:]
+  packing = dict(encoder_segment_ids=jnp.array([[1, 1, 1, 1, 2, 2, 2]]),
+                 decoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2]]),
+                 encoder_positions=jnp.array([[0, 1, 2, 3, 0, 1, 2]]),
+                 decoder_positions=jnp.array([[0, 1, 2, 0, 1, 2]]))
+  run = lambda e, d: module.apply(ar_vars, e, d, tgt, enable_dropout=False, **packing)
+  logits = run(enc, dec_in)
+  changed = run(enc.at[0, 1].set(60), dec_in.at[0, 2].set(60))  # both inside segment 1
+  np.testing.assert_allclose(changed[0, 3:], logits[0, 3:], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(changed[0, 2], logits[0, 2], atol=1e-4)
