@@ -1,0 +1,361 @@
+"""PaDIR training losses: multi-stage token cross-entropy plus target-length cross-entropy.
+
+PaDIR (Li et al. 2024, Sec. 3 and App. L) trains the decoder to refine its own outputs. Stage 1
+reads the corrupted target (`padir_t5x.corruption`); stage s+1 reads the argmax of stage s, as at
+inference, and every stage is trained with cross-entropy against the true target. The encoder
+runs once and also feeds a length classifier, trained with cross-entropy on the target length.
+
+No t5x import: `token_cross_entropy` mirrors t5x.losses.compute_weighted_cross_entropy (and
+t5x.losses.cross_entropy_with_logits for the z-loss), so the numbers match a t5x model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from padir_t5x import EOS_ID
+from padir_t5x import FIRST_ORDINARY_ID
+from padir_t5x import MASK_ID
+from padir_t5x import PAD_ID
+from padir_t5x import corruption
+
+Array = jnp.ndarray
+LossNormalizingFactor = float | int | str | None
+
+# String normalising factors (t5x gin configs pass them as strings). Values: how to compute it.
+REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"  # sum of the loss weights
+# batch * target length, padding included: t5x's NUM_TOTAL_TARGET_TOKENS, and an alias.
+ALL_DECODER_TOKENS = ("NUMBER_OF_ALL_DECODER_TOKENS", "NUM_TOTAL_TARGET_TOKENS")
+SPECIAL_LOSS_NORMALIZING_FACTORS = (REAL_TARGET_TOKENS, *ALL_DECODER_TOKENS)
+
+
+def resolve_loss_normalizing_factor(loss_normalizing_factor: LossNormalizingFactor,
+                                    weights: Array) -> Array | float | None:
+  """Turns a number, a special string or None into the divisor (None: do not divide).
+
+  Args:
+    loss_normalizing_factor: None, a positive number, 'NUM_REAL_TARGET_TOKENS' (sum of
+      `weights`) or 'NUMBER_OF_ALL_DECODER_TOKENS' / 'NUM_TOTAL_TARGET_TOKENS' (batch * length,
+      padding included, as t5x's NUM_TOTAL_TARGET_TOKENS).
+    weights: [batch, length] loss weights.
+  """
+  if loss_normalizing_factor is None:
+    return None
+  if isinstance(loss_normalizing_factor, str):
+    name = loss_normalizing_factor.upper()
+    if name == REAL_TARGET_TOKENS:
+      # Guard an all-padding batch (eval padding): dividing 0 by 0 would give NaN.
+      return jnp.maximum(jnp.sum(weights), 1e-8)
+    if name in ALL_DECODER_TOKENS:
+      return float(weights.shape[0] * weights.shape[1])
+    raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; expected "
+                     f"None, a number or one of {SPECIAL_LOSS_NORMALIZING_FACTORS}")
+  # Arrays (already resolved, possibly traced) pass through; only plain numbers are checked.
+  if isinstance(loss_normalizing_factor, (int, float)) and loss_normalizing_factor <= 0:
+    raise ValueError(f"loss_normalizing_factor must be positive, got {loss_normalizing_factor}")
+  return loss_normalizing_factor
+
+
+def token_cross_entropy(logits: Array,
+                        targets: Array,
+                        weights: Array | None,
+                        label_smoothing: float = 0.0,
+                        z_loss: float = 0.0,
+                        loss_normalizing_factor: LossNormalizingFactor = None
+                        ) -> tuple[Array, Array, Array]:
+  """Weighted, label-smoothed cross-entropy with z-loss, summed over positions.
+
+  Mirrors t5x.losses.compute_weighted_cross_entropy and cross_entropy_with_logits: the smoothed
+  target puts 1 - label_smoothing on the true class and label_smoothing / (V - 1) on each other
+  class, and the entropy of that target is subtracted so that predicting it exactly costs zero.
+  The z-loss z_loss * log(Z)^2 (Z the softmax normaliser) keeps logits from drifting; like t5x,
+  it is included in `loss` and also returned alone.
+
+  Args:
+    logits: [batch, length, V] float.
+    targets: [batch, length] int.
+    weights: [batch, length] float loss weights, or None for all ones.
+    label_smoothing: in [0, 1).
+    z_loss: z-loss coefficient.
+    loss_normalizing_factor: see `resolve_loss_normalizing_factor`; None sums (t5x default).
+
+  Returns:
+    (loss, z_loss_term, weight_sum): scalars; loss and z_loss_term are divided by the
+    normalizing factor when there is one, weight_sum never is.
+  """
+  if logits.ndim != targets.ndim + 1 or logits.shape[:-1] != targets.shape:
+    raise ValueError(f"logits {logits.shape} do not match targets {targets.shape}")
+  if weights is None:
+    weights = jnp.ones(targets.shape, jnp.float32)
+  vocab_size = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low_confidence = (1.0 - confidence) / max(vocab_size - 1, 1)
+  # Entropy of the smoothed target (1e-20 avoids log 0 when label_smoothing is 0).
+  normalizing_constant = -(confidence * jnp.log(confidence)
+                           + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
+  soft_targets = soft_targets * (confidence - low_confidence) + low_confidence
+
+  logits = logits.astype(jnp.float32)
+  log_z = jax.scipy.special.logsumexp(logits, axis=-1)
+  log_softmax = logits - log_z[..., None]
+  z_term = z_loss * jnp.square(log_z)
+  per_token = -jnp.sum(soft_targets * log_softmax, axis=-1) - normalizing_constant + z_term
+
+  weights = weights.astype(jnp.float32)
+  loss = jnp.sum(per_token * weights)
+  z_loss_term = jnp.sum(z_term * weights)
+  factor = resolve_loss_normalizing_factor(loss_normalizing_factor, weights)
+  if factor is not None:
+    loss, z_loss_term = loss / factor, z_loss_term / factor
+  return loss, z_loss_term, jnp.sum(weights)
+
+
+def sequence_lengths(decoder_target_tokens: Array) -> Array:
+  """[batch] number of non-PAD tokens of each row (EOS included)."""
+  return jnp.sum(decoder_target_tokens != PAD_ID, axis=-1).astype(jnp.int32)
+
+
+def length_cross_entropy(length_logits: Array, target_lengths: Array) -> tuple[Array, Array]:
+  """Per-example cross-entropy of the length classifier.
+
+  Class c stands for length c + 1 (no target is empty: it has at least EOS); lengths beyond
+  the classifier's range are clipped to the last class, length 0 to the first.
+
+  Args:
+    length_logits: [batch, L] float.
+    target_lengths: [batch] int, EOS included.
+
+  Returns:
+    (loss [batch] float, correct [batch] bool: argmax is the target class).
+  """
+  num_classes = length_logits.shape[-1]
+  length_class = jnp.clip(target_lengths - 1, 0, num_classes - 1)
+  log_probs = jax.nn.log_softmax(length_logits.astype(jnp.float32), axis=-1)
+  loss = -jnp.take_along_axis(log_probs, length_class[:, None], axis=-1)[:, 0]
+  correct = jnp.argmax(length_logits, axis=-1) == length_class
+  return loss, correct
+
+
+@dataclasses.dataclass(frozen=True)
+class PadirLossConfig:
+  """How PaDIR is trained: stages, corruption and loss weights.
+
+  Attributes:
+    num_stages: decoder passes trained per step (stage 1 on corrupted targets, then on its own
+      argmax).
+    unmasking_rate: fraction of (non-EOS) target tokens left correct in the stage-1 input.
+      0.5 is a placeholder; the value used is chosen by a dev-set sweep (see README).
+    corruption: 'random' (uniform random tokens from [vocab_low, vocab_high)) or 'mask'.
+    vocab_high: real vocabulary size, exclusive bound of random tokens; required for 'random'.
+    length_loss_weight: weight of the length cross-entropy (per example) relative to the token
+      cross-entropy (per token).
+    label_smoothing, z_loss: as in `token_cross_entropy`.
+    loss_normalizing_factor: divides the whole loss (tokens and length alike, so it never changes
+      their relative weight); see `resolve_loss_normalizing_factor`.
+    vocab_low: inclusive bound of random tokens (default: first non-special id).
+    mask_id: the [MASK] id for corruption='mask'.
+  """
+  num_stages: int = 2
+  unmasking_rate: float = 0.5
+  corruption: str = "random"
+  vocab_high: int | None = None
+  length_loss_weight: float = 0.1
+  label_smoothing: float = 0.0
+  z_loss: float = 1e-4
+  loss_normalizing_factor: LossNormalizingFactor = None
+  vocab_low: int = FIRST_ORDINARY_ID
+  mask_id: int = MASK_ID
+
+  def __post_init__(self):
+    if self.num_stages < 1:
+      raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
+    if not 0.0 <= self.unmasking_rate <= 1.0:
+      raise ValueError(f"unmasking_rate must lie in [0, 1], got {self.unmasking_rate}")
+    if self.corruption not in ("random", "mask"):
+      raise ValueError(f"corruption must be 'random' or 'mask', got {self.corruption!r}")
+    if self.corruption == "random":
+      if self.vocab_high is None:
+        raise ValueError("corruption='random' needs vocab_high (the real vocabulary size)")
+      if not 0 <= self.vocab_low < self.vocab_high:
+        raise ValueError(f"random tokens range [{self.vocab_low}, {self.vocab_high}) is empty")
+    if self.length_loss_weight < 0:
+      raise ValueError(f"length_loss_weight must be >= 0, got {self.length_loss_weight}")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+    if self.z_loss < 0:
+      raise ValueError(f"z_loss must be >= 0, got {self.z_loss}")
+    if isinstance(self.loss_normalizing_factor, str):
+      if self.loss_normalizing_factor.upper() not in SPECIAL_LOSS_NORMALIZING_FACTORS:
+        raise ValueError(f"unknown loss_normalizing_factor {self.loss_normalizing_factor!r}")
+    elif self.loss_normalizing_factor is not None and self.loss_normalizing_factor <= 0:
+      raise ValueError(f"loss_normalizing_factor must be positive, got "
+                       f"{self.loss_normalizing_factor}")
+
+
+class LossRngs(NamedTuple):
+  """The independent PRNG keys of one training step."""
+  corruption: jax.Array
+  encoder_dropout: jax.Array
+  stage_dropout: tuple[jax.Array, ...]  # one per stage, so stages drop different units
+
+
+def split_loss_rngs(rng: jax.Array, num_stages: int) -> LossRngs:
+  keys = jax.random.split(rng, 2 + num_stages)
+  return LossRngs(keys[0], keys[1], tuple(keys[2 + s] for s in range(num_stages)))
+
+
+def next_stage_inputs(stage_logits: Array, decoder_target_tokens: Array) -> Array:
+  """Stage s+1 input from stage s output: argmax, PAD past the length, EOS where the target has it.
+
+  At inference the decoder knows the (predicted) length, so the positions past it are PAD and
+  EOS sits at its end; training feeds later stages the same kind of input. The result is a
+  constant (stop_gradient): stage s+1's loss must train stage s+1's pass, not reach back into
+  stage s through its input.
+
+  Args:
+    stage_logits: [batch, length, V] logits of stage s.
+    decoder_target_tokens: [batch, length] int targets.
+
+  Returns:
+    [batch, length] int32 decoder input tokens of stage s+1.
+  """
+  predicted = jnp.argmax(stage_logits, axis=-1).astype(decoder_target_tokens.dtype)
+  positions = jnp.arange(decoder_target_tokens.shape[1])[None, :]
+  past_length = positions >= sequence_lengths(decoder_target_tokens)[:, None]
+  predicted = jnp.where(past_length, PAD_ID, predicted)
+  predicted = jnp.where(decoder_target_tokens == EOS_ID, EOS_ID, predicted)
+  return jax.lax.stop_gradient(predicted)
+
+
+def _method(module, name: str):
+  # Unbound method of the module's class, as flax's apply(method=...) expects.
+  return getattr(type(module), name)
+
+
+class StageOutputs(NamedTuple):
+  """What the forward passes of one training step produced.
+
+  stage_inputs / stage_logits: one [batch, length] / [batch, length, V] array per stage.
+  length_logits: [batch, L].
+  """
+  stage_inputs: tuple[Array, ...]
+  stage_logits: tuple[Array, ...]
+  length_logits: Array
+
+
+def multi_stage_forward(module, params, batch: Mapping[str, Array], rng: jax.Array,
+                        config: PadirLossConfig, enable_dropout: bool = True) -> StageOutputs:
+  """Encodes once, predicts the length, runs `config.num_stages` decoder passes.
+
+  `rng` is split by `split_loss_rngs`: corruption, encoder dropout, one dropout key per stage.
+  """
+  if "encoder_segment_ids" in batch or "decoder_segment_ids" in batch:
+    raise ValueError("PaDIR does not support packed examples (batch has *_segment_ids): the "
+                     "length classifier and the parallel decoder need one example per row; "
+                     "set pack=False in the feature converter")
+  inputs = jnp.asarray(batch["encoder_input_tokens"])
+  targets = jnp.asarray(batch["decoder_target_tokens"])
+  rngs = split_loss_rngs(rng, config.num_stages)
+  variables = {"params": params}
+
+  encoded = module.apply(variables, inputs, enable_dropout=enable_dropout,
+                         method=_method(module, "encode"), rngs={"dropout": rngs.encoder_dropout})
+  length_logits = module.apply(variables, encoded, inputs,
+                               method=_method(module, "predict_length"))
+
+  decoder_input = corruption.corrupt_targets(
+      rngs.corruption, targets, config.unmasking_rate,
+      vocab_high=config.vocab_high, vocab_low=config.vocab_low,
+      mask_id=config.mask_id if config.corruption == "mask" else None)
+  stage_inputs, stage_logits = [], []
+  for stage in range(config.num_stages):
+    if stage > 0:
+      decoder_input = next_stage_inputs(stage_logits[-1], targets)
+    logits = module.apply(variables, encoded, inputs, decoder_input, targets,
+                          enable_dropout=enable_dropout, method=_method(module, "decode"),
+                          rngs={"dropout": rngs.stage_dropout[stage]})
+    stage_inputs.append(decoder_input)
+    stage_logits.append(logits)
+  return StageOutputs(tuple(stage_inputs), tuple(stage_logits), length_logits)
+
+
+def multi_stage_loss(module, params, batch: Mapping[str, Array], rng: jax.Array,
+                     config: PadirLossConfig, enable_dropout: bool = True
+                     ) -> tuple[Array, dict[str, Array]]:
+  """The PaDIR training loss and its metrics.
+
+  loss = sum over stages of stage{s}_loss + length_loss_weight * length_loss, where
+    stage{s}_loss = `token_cross_entropy` of stage s on every target position (weights:
+      batch['decoder_loss_weights'] if present, else targets > 0), z-loss included;
+    length_loss = sum over real examples (targets not all PAD) of the length cross-entropy;
+  all divided by the resolved `config.loss_normalizing_factor` when there is one. Stage losses
+  are summed, not averaged: each stage is a full training signal (the paper trains every stage
+  with cross-entropy), and averaging would shrink the gradient per stage as stages are added.
+
+  Args:
+    module: a flax module with `encode`, `predict_length` and `decode` (padir_t5x.network).
+    params: its 'params' collection.
+    batch: 'encoder_input_tokens' [b, s], 'decoder_target_tokens' [b, t], optionally
+      'decoder_loss_weights' [b, t]. No packing ('*_segment_ids' raise ValueError).
+    rng: PRNG key (corruption and dropout).
+    config: PadirLossConfig.
+    enable_dropout: dropout on in every pass.
+
+  Returns:
+    (loss, metrics). Metrics are jnp scalars; the terms exactly as they enter the loss:
+      loss, z_loss (sum of the stages' z-loss terms, already inside the stage losses),
+      length_loss, stage{s}_loss (s from 1);
+    ratios for this batch: length_accuracy, stage{s}_accuracy (weighted token accuracy);
+    sums and counts, to average across batches as sum(correct) / sum(count):
+      stage{s}_correct (sum of weights where argmax == target) over num_tokens (weight sum),
+      length_correct over num_examples (rows with a nonempty target).
+  """
+  targets = jnp.asarray(batch["decoder_target_tokens"])
+  outputs = multi_stage_forward(module, params, batch, rng, config, enable_dropout)
+  weights = batch.get("decoder_loss_weights")
+  weights = (targets > 0) if weights is None else jnp.asarray(weights)
+  weights = weights.astype(jnp.float32)
+  # One factor for everything, resolved from the target weights: stages and length are scaled
+  # alike, so length_loss_weight keeps its meaning whatever the normalisation.
+  factor = resolve_loss_normalizing_factor(config.loss_normalizing_factor, weights)
+
+  metrics = {}
+  total_loss = 0.0
+  total_z_loss = 0.0
+  num_tokens = jnp.sum(weights)
+  for stage, logits in enumerate(outputs.stage_logits, start=1):
+    stage_loss, stage_z_loss, _ = token_cross_entropy(
+        logits, targets, weights, label_smoothing=config.label_smoothing,
+        z_loss=config.z_loss, loss_normalizing_factor=factor)
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+    metrics[f"stage{stage}_loss"] = stage_loss
+    metrics[f"stage{stage}_correct"] = correct
+    metrics[f"stage{stage}_accuracy"] = correct / jnp.maximum(num_tokens, 1e-8)
+    total_loss += stage_loss
+    total_z_loss += stage_z_loss
+
+  lengths = sequence_lengths(targets)
+  # Rows with an all-PAD target (eval batch padding) have no length to learn.
+  real_example = (lengths > 0).astype(jnp.float32)
+  per_example_length_loss, length_correct = length_cross_entropy(outputs.length_logits, lengths)
+  length_loss = jnp.sum(per_example_length_loss * real_example)
+  if factor is not None:
+    length_loss = length_loss / factor
+  num_examples = jnp.sum(real_example)
+  length_correct = jnp.sum(length_correct * real_example)
+  total_loss += config.length_loss_weight * length_loss
+
+  metrics.update(
+      loss=total_loss,
+      z_loss=total_z_loss,
+      length_loss=length_loss,
+      length_correct=length_correct,
+      length_accuracy=length_correct / jnp.maximum(num_examples, 1.0),
+      num_tokens=num_tokens,
+      num_examples=num_examples)
+  return total_loss, metrics
