@@ -1,0 +1,408 @@
+"""Tests of PaDIR inference (padir_t5x/decoding.py) with hand-made refine functions.
+
+A refine function is a pure function of the decoder input, so the tests encode "what pass is
+this" in the tokens themselves (e.g. a counter that advances by one each pass) and read the
+loop's behaviour (early stop, freezing, re-masking) off the final tokens and pass counts.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from padir_t5x import EOS_ID
+from padir_t5x import MASK_ID
+from padir_t5x import PAD_ID
+from padir_t5x import decoding
+
+V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
+LOW = 4
+T = 6  # max_decode_length
+
+
+def _config(**overrides):
+  # Explicit so that each test states the behaviour it checks, whatever the library defaults.
+  defaults = dict(length_beam=1, max_passes=4, init="mask", dedup="none", vocab_high=V,
+                  remask_stutter=False, add_length_log_prob=False, min_length=1)
+  defaults.update(overrides)
+  return decoding.DecodingConfig(**defaults)
+
+
+def _length_logits(lengths_by_preference, num_classes=8):
+  """[b, L] logits ranking, per example, the given lengths first (in that order)."""
+  logits = np.zeros((len(lengths_by_preference), num_classes), np.float32)
+  for row, lengths in enumerate(lengths_by_preference):
+    for rank, length in enumerate(lengths):
+      logits[row, length - 1] = 10.0 - rank
+  return jnp.asarray(logits)
+
+
+def _decode(refine_fn, length_logits, config, rng=0, max_decode_length=T):
+  return jax.tree.map(np.asarray, decoding.jit_iterative_refinement_decode(
+      refine_fn, length_logits, jax.random.PRNGKey(rng), config, max_decode_length))
+
+
+def _check_layout(result):
+  """EOS at length-1, PAD after, only ordinary ids before (no dedup: lengths are final)."""
+  positions = np.arange(result.sequences.shape[-1])
+  lengths = result.lengths[..., None]
+  np.testing.assert_array_equal(result.sequences[positions == lengths - 1], EOS_ID)
+  assert np.all(result.sequences[positions[None, None] >= lengths] == PAD_ID)
+  content = result.sequences[np.broadcast_to(positions < lengths - 1, result.sequences.shape)]
+  assert np.all((content >= LOW) & (content < V))
+
+
+# ----------------------------------------------------------------------------------------------
+# Config.
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dedup="greedy"), "unknown dedup"),
+    (dict(length_beam=0), "length_beam"),
+    (dict(max_passes=0), "max_passes"),
+    (dict(init="random", vocab_high=None), "vocab_high"),
+    (dict(init="noise"), "unknown init"),
+    (dict(score="max"), "unknown score"),
+    (dict(dedup="optimal", dedup_top_k=1), "dedup_top_k"),
+    (dict(vocab_low=1), "vocab_low"),
+    (dict(vocab_high=3), "empty"),
+])
+def test_config_rejects_bad_values(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    _config(**overrides)
+
+
+def test_length_beam_larger_than_decodable_lengths_is_an_error():
+  with pytest.raises(ValueError, match="length_beam"):
+    decoding.select_lengths(jnp.zeros((1, 8)), length_beam=4, max_decode_length=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stop.
+
+
+def _counter_refine(caps):
+  """Each pass writes (previous token at position 0) + 1 everywhere, up to a per-row cap.
+
+  From all-[MASK] input the first pass writes LOW; row r then advances by one per pass until it
+  reaches LOW + caps[r], so its prediction stops changing at pass caps[r] + 2.
+  """
+  caps = jnp.asarray(caps)
+
+  def refine(tokens, length_mask):
+    del length_mask
+    first = tokens[:, 0]
+    value = jnp.where(first == MASK_ID, LOW, jnp.minimum(first + 1, LOW + caps))
+    return 5.0 * jax.nn.one_hot(jnp.broadcast_to(value[:, None], tokens.shape), V)
+
+  return refine
+
+
+def test_early_stop_counts_passes_per_example():
+  # Rows (b=3, l=2): example 0's hypotheses converge at passes 2 and 2, example 1's at 2 and 3
+  # (the example waits for its slowest hypothesis), example 2 would need 7 > max_passes.
+  refine = _counter_refine([0, 0, 0, 1, 5, 5])
+  logits = _length_logits([[4, 3], [4, 3], [4, 3]])
+  result = _decode(refine, logits, _config(length_beam=2, max_passes=4))
+  np.testing.assert_array_equal(result.passes, [2, 3, 4])
+  # Frozen rows keep the tokens of their last pass; example 2 ran exactly max_passes passes.
+  content = result.sequences[:, :, 0]
+  np.testing.assert_array_equal(np.sort(content, axis=1), [[4, 4], [4, 5], [7, 7]])
+  _check_layout(result)
+
+
+def test_single_pass():
+  refine = _counter_refine([5])
+  result = _decode(refine, _length_logits([[4]]), _config(max_passes=1))
+  np.testing.assert_array_equal(result.passes, [1])
+  np.testing.assert_array_equal(result.sequences[0, 0], [4, 4, 4, EOS_ID, 0, 0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Stutter re-masking.
+
+
+def _stutter_then_fill_refine(tokens, length_mask):
+  """All-[MASK] content -> 5 everywhere (a stutter); [MASK] elsewhere -> 6 + position; else copy.
+
+  Without re-masking the stutter 5 5 5 is copied forever; with it, positions 1.. are re-masked
+  and filled with distinct tokens.
+  """
+  content = (length_mask > 0) & (tokens != EOS_ID)
+  all_masked = jnp.all(jnp.where(content, tokens == MASK_ID, True), axis=-1, keepdims=True)
+  positions = jnp.arange(tokens.shape[1])[None, :]
+  value = jnp.where(all_masked, 5, jnp.where(tokens == MASK_ID, 6 + positions, tokens))
+  return 5.0 * jax.nn.one_hot(value, V)
+
+
+@pytest.mark.parametrize("remask, expected_content, expected_passes", [
+    (True, [5, 7, 8], 3),
+    (False, [5, 5, 5], 2),
+])
+def test_stutter_remasking(remask, expected_content, expected_passes):
+  result = _decode(_stutter_then_fill_refine, _length_logits([[4]]),
+                   _config(remask_stutter=remask))
+  np.testing.assert_array_equal(result.sequences[0, 0], expected_content + [EOS_ID, 0, 0])
+  np.testing.assert_array_equal(result.passes, [expected_passes])
+
+
+def test_remask_stutter_with_random_init_draws_fresh_ordinary_tokens():
+  config = _config(init="random", remask_stutter=True)
+  predictions = jnp.array([[5, 5, 5, 6, 6, EOS_ID, 0, 0]] * 64, jnp.int32)
+  content = jnp.arange(8)[None, :] < 5
+  out = np.asarray(decoding.remask_stutter(jax.random.PRNGKey(0), predictions, content, config))
+  # The first token of each run is kept; the repeats are replaced by tokens in [LOW, V).
+  np.testing.assert_array_equal(out[:, [0, 3, 5, 6, 7]], [[5, 6, EOS_ID, 0, 0]] * 64)
+  assert np.all((out[:, [1, 2, 4]] >= LOW) & (out[:, [1, 2, 4]] < V))
+  assert len(np.unique(out[:, [1, 2, 4]])) > 3  # fresh random draws, not a constant
+  other = decoding.remask_stutter(jax.random.PRNGKey(1), predictions, content, config)
+  assert not np.array_equal(out, np.asarray(other))
+
+
+# ----------------------------------------------------------------------------------------------
+# De-duplication.
+
+
+def test_consecutive_dedup_on_known_sequences():
+  tokens = jnp.array([[5, 5, 6, 6, 6, 7, 5, EOS_ID, 0, 0],
+                      [4, 5, 4, 5, EOS_ID, 0, 0, 0, 0, 0],
+                      [9, 9, 9, 9, 9, 9, 9, 9, 9, EOS_ID],
+                      [EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0, 0]], jnp.int32)
+  lengths = jnp.array([8, 5, 10, 1])
+  content, _, _ = decoding.length_layout(lengths, 10)
+  deduplicated, new_lengths = decoding.consecutive_dedup(tokens, content)
+  np.testing.assert_array_equal(deduplicated, [[5, 6, 7, 5, EOS_ID, 0, 0, 0, 0, 0],
+                                               [4, 5, 4, 5, EOS_ID, 0, 0, 0, 0, 0],
+                                               [9, EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0],
+                                               [EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(new_lengths, [5, 5, 2, 1])
+
+
+def _brute_force_dedup(ids, log_probs, num_content):
+  best, best_score = None, -np.inf
+  for choice in itertools.product(range(ids.shape[1]), repeat=num_content):
+    tokens = [ids[i, c] for i, c in enumerate(choice)]
+    if any(a == b for a, b in zip(tokens, tokens[1:])):
+      continue
+    score = sum(log_probs[i, c] for i, c in enumerate(choice))
+    if score > best_score:
+      best, best_score = tokens, score
+  return best, best_score
+
+
+def test_optimal_dedup_matches_brute_force():
+  rng = np.random.default_rng(0)
+  n, t, k = 6, 6, 3
+  # Candidates drawn from only 4 ids, so neighbours often share candidates; the top candidate
+  # is often the same at neighbouring positions (the case dedup exists for).
+  ids = np.stack([np.stack([rng.permutation(4)[:k] + LOW for _ in range(t)]) for _ in range(n)])
+  ids[:, 1::2, 0] = ids[:, 0::2, 0]
+  log_probs = np.sort(np.log(rng.dirichlet(np.ones(8), size=(n, t))[..., :k]), axis=-1)[..., ::-1]
+  lengths = np.array([6, 5, 4, 2, 1, 6])
+  content, _, _ = decoding.length_layout(jnp.asarray(lengths), t)
+  tokens, token_log_probs = decoding.optimal_dedup(jnp.asarray(ids), jnp.asarray(log_probs),
+                                                   content)
+  tokens, token_log_probs = np.asarray(tokens), np.asarray(token_log_probs)
+  for row in range(n):
+    num_content = lengths[row] - 1
+    expected, expected_score = _brute_force_dedup(ids[row], log_probs[row], num_content)
+    np.testing.assert_array_equal(tokens[row, :num_content], expected)
+    np.testing.assert_allclose(token_log_probs[row].sum(), expected_score if num_content else 0,
+                               rtol=1e-5)
+    assert np.all(token_log_probs[row, num_content:] == 0)
+
+
+def _fixed_target_refine(target, confidence=3.0):
+  """Logits favouring `target` [t] at every row, whatever the input."""
+  target = jnp.asarray(target)
+
+  def refine(tokens, length_mask):
+    del length_mask
+    return confidence * jax.nn.one_hot(jnp.broadcast_to(target, tokens.shape), V)
+
+  return refine
+
+
+@pytest.mark.parametrize("dedup", ["none", "consecutive", "optimal"])
+def test_decode_dedup_modes(dedup):
+  refine = _fixed_target_refine([5, 5, 6, 6, 7, 8])
+  result = _decode(refine, _length_logits([[6]]), _config(dedup=dedup, dedup_top_k=2))
+  sequence = result.sequences[0, 0]
+  np.testing.assert_array_equal(result.lengths, [[6]])  # lengths before dedup
+  if dedup == "none":
+    np.testing.assert_array_equal(sequence, [5, 5, 6, 6, 7, EOS_ID])
+  elif dedup == "consecutive":
+    np.testing.assert_array_equal(sequence, [5, 6, 7, EOS_ID, 0, 0])
+  else:
+    # The second candidate everywhere is 4 (the lowest of the tied ordinary ids). The best
+    # sequence without equal neighbours keeps the length and replaces exactly one token of each
+    # pair by 4 (which one is a tie).
+    np.testing.assert_array_equal(sequence[[4, 5]], [7, EOS_ID])
+    assert np.all(sequence[1:5] != sequence[:4])
+    assert sequence[:4].tolist().count(4) == 2
+  # Scores: 'none' and 'consecutive' score the hypothesis as decoded (same numbers); 'optimal'
+  # the Viterbi sequence, which is worse by two swaps.
+  top = jax.nn.log_softmax(jnp.where(jnp.arange(V) >= LOW, 3.0 * jax.nn.one_hot(5, V), -jnp.inf))
+  best, second = float(top[5]), float(top[6])
+  expected_mean = best if dedup != "optimal" else (3 * best + 2 * second) / 5
+  np.testing.assert_allclose(result.scores[0, 0], expected_mean, rtol=1e-5)
+  np.testing.assert_allclose(result.token_log_probs[0, 0].sum() / 5, expected_mean, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Length beam, scores, special ids.
+
+
+def _length_dependent_refine(tokens, length_mask):
+  """Target 4 5 6 ...; very confident for hypotheses of length 3, less for the others."""
+  length = jnp.sum(length_mask, axis=-1, keepdims=True)[..., None]
+  confidence = jnp.where(length == 3, 8.0, 2.0)
+  target = LOW + jnp.arange(tokens.shape[1]) % (V - LOW)
+  return confidence * jax.nn.one_hot(jnp.broadcast_to(target, tokens.shape), V)
+
+
+def test_length_beam_decodes_top_lengths_and_puts_best_last():
+  # Example 0 prefers length 8 (> T, never decodable), then 2, 5, 3, 4; example 1 prefers 3, 6.
+  logits = _length_logits([[8, 7, 2, 5, 3, 4], [3, 6, 1, 2]])
+  result = _decode(_length_dependent_refine, logits, _config(length_beam=3))
+  assert result.sequences.shape == (2, 3, T)
+  assert result.scores.shape == (2, 3) and result.lengths.shape == (2, 3)
+  np.testing.assert_array_equal(np.sort(result.lengths, axis=1), [[2, 3, 5], [1, 3, 6]])
+  assert np.all(result.lengths <= T)
+  # Increasing scores; the confident length-3 hypothesis wins in example 0 although it was only
+  # the third most likely length. In example 1 the content-free length-1 hypothesis has mean
+  # score 0, the maximum (why add_length_log_prob exists).
+  assert np.all(np.diff(result.scores, axis=1) >= 0)
+  np.testing.assert_array_equal(result.lengths[:, -1], [3, 1])
+  _check_layout(result)
+
+
+def test_min_length_keeps_the_empty_hypothesis_out_of_the_beam():
+  # Same preferences as above: example 1's favourite lengths are 3, 6, 1, 2.
+  logits = _length_logits([[8, 7, 2, 5, 3, 4], [3, 6, 1, 2]])
+  result = _decode(_length_dependent_refine, logits, _config(length_beam=3, min_length=2))
+  np.testing.assert_array_equal(np.sort(result.lengths, axis=1), [[2, 3, 5], [2, 3, 6]])
+  assert np.all(result.lengths >= 2)
+  with pytest.raises(ValueError, match="min_length"):
+    _config(min_length=0)
+
+
+def test_defaults_are_the_papers_headline_setting():
+  config = decoding.DecodingConfig(vocab_high=V)
+  assert (config.length_beam, config.max_passes, config.remask_stutter) == (5, 4, True)
+  assert config.min_length == 2 and config.add_length_log_prob
+
+
+def test_add_length_log_prob_changes_ranking():
+  # Length 1 is very unlikely; adding its log-prob demotes it below length 3.
+  logits = jnp.zeros((1, 8)).at[0, 2].set(5.0).at[0, 0].set(-5.0)
+  config = _config(length_beam=8, add_length_log_prob=True, score="sum")
+  result = _decode(_length_dependent_refine, logits, config, max_decode_length=8)
+  assert result.lengths[0, -1] == 3
+  length_log_probs = jax.nn.log_softmax(logits[0])
+  plain = result.scores[0] - np.asarray(length_log_probs)[result.lengths[0] - 1]
+  # Without the length term, the 'sum' score of length 1 (no content) is 0 and the best.
+  assert plain[result.lengths[0] == 1] == pytest.approx(0.0)
+  assert np.all(plain <= 1e-6)
+
+
+def test_score_modes():
+  refine = _fixed_target_refine([5, 6, 7, 8, 9, 10], confidence=2.0)
+  per_token = float(jax.nn.log_softmax(
+      jnp.where(jnp.arange(V) >= LOW, 2.0 * jax.nn.one_hot(5, V), -jnp.inf))[5])
+  for score, expected in [("sum", 4 * per_token), ("mean", per_token),
+                          ("length_penalty", 4 * per_token / ((5 + 5) / 6) ** 0.6)]:
+    result = _decode(refine, _length_logits([[5]]), _config(score=score))
+    np.testing.assert_allclose(result.scores[0, 0], expected, rtol=1e-5)
+
+
+def _special_ids_refine(tokens, length_mask):
+  """Strongly favours PAD, EOS, UNK, MASK and the padded ids >= vocab_high; 7 is 3rd best."""
+  del length_mask
+  preference = jnp.zeros(V).at[:LOW].set(10.0).at[V - 2:].set(10.0).at[7].set(1.0)
+  return jnp.broadcast_to(preference, tokens.shape + (V,))
+
+
+def test_special_ids_never_predicted():
+  config = _config(length_beam=2, vocab_high=V - 2, init="random")
+  result = _decode(_special_ids_refine, _length_logits([[5, 2], [6, 4]]), config)
+  _check_layout(result)
+  content = result.sequences[result.sequences > EOS_ID]
+  assert content.size and np.all(content == 7)
+
+
+# ----------------------------------------------------------------------------------------------
+# Determinism and jit.
+
+
+def _copy_refine(tokens, length_mask):
+  del length_mask
+  return 4.0 * jax.nn.one_hot(tokens, V)
+
+
+def test_deterministic_given_rng_and_random_init_varies_with_it():
+  config = _config(init="random", max_passes=1, length_beam=2)
+  logits = _length_logits([[6, 5], [4, 3]])
+  first = _decode(_copy_refine, logits, config, rng=0)
+  again = _decode(_copy_refine, logits, config, rng=0)
+  other = _decode(_copy_refine, logits, config, rng=1)
+  jax.tree.map(np.testing.assert_array_equal, first, again)
+  # One pass of a copying decoder returns the random initial tokens: in range, rng-dependent.
+  _check_layout(first)
+  assert not np.array_equal(first.sequences, other.sequences)
+  np.testing.assert_array_equal(np.sort(first.lengths, axis=1), np.sort(other.lengths, axis=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# With the real network.
+
+
+@pytest.fixture(scope="module")
+def tiny_network():
+  network = pytest.importorskip("padir_t5x.network")
+  module = network.Transformer(network.tiny_config(
+      vocab_size=16, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
+      num_decoder_layers=1, max_input_length=8, max_target_length=8, dropout_rate=0.0))
+  inputs = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, 9, EOS_ID, 0, 0, 0]], jnp.int32)
+  targets = jnp.ones((2, 8), jnp.int32)
+  params = module.init(jax.random.PRNGKey(0), inputs, targets, targets,
+                       enable_dropout=False)["params"]
+  return module, params, inputs
+
+
+def test_decode_with_network(tiny_network):
+  module, params, inputs = tiny_network
+  config = decoding.DecodingConfig(length_beam=3, max_passes=3, vocab_high=14,
+                                   remask_stutter=True, dedup="consecutive")
+  result = decoding.decode_with_network(module, params, inputs, jax.random.PRNGKey(1), config,
+                                        max_decode_length=8)
+  compiled = decoding._decode_with_network._cache_size()
+  again = decoding.decode_with_network(module, params, inputs, jax.random.PRNGKey(1), config,
+                                       max_decode_length=8)
+  assert decoding._decode_with_network._cache_size() == compiled  # jitted: no recompile
+  result, again = jax.tree.map(np.asarray, result), jax.tree.map(np.asarray, again)
+  assert result.sequences.shape == (2, 3, 8) and result.sequences.dtype == np.int32
+  assert result.scores.shape == (2, 3) and result.lengths.shape == (2, 3)
+  assert result.passes.shape == (2,) and np.all((result.passes >= 1) & (result.passes <= 3))
+  assert np.all(np.diff(result.scores, axis=1) >= 0)
+  jax.tree.map(np.testing.assert_array_equal, result, again)
+
+  # The same decode by hand: the lengths are the classifier's top 3 and the encoder output is
+  # shared by each example's hypotheses (rows repeated in flat_batch_beam_expand order).
+  variables = {"params": params}
+  encoded = module.apply(variables, inputs, enable_dropout=False, method=type(module).encode)
+  length_logits = module.apply(variables, encoded, inputs, method=type(module).predict_length)
+  expected_lengths, _ = decoding.select_lengths(length_logits, 3, 8)
+  np.testing.assert_array_equal(np.sort(result.lengths, axis=1),
+                                np.sort(np.asarray(expected_lengths), axis=1))
+  with_encoded = decoding.decode_with_network(module, params, inputs, jax.random.PRNGKey(1),
+                                              config, max_decode_length=8, encoded=encoded)
+  # Same tokens; scores equal up to float rounding (the encoder ran in another computation).
+  np.testing.assert_array_equal(result.sequences, np.asarray(with_encoded.sequences))
+  np.testing.assert_allclose(result.scores, np.asarray(with_encoded.scores), rtol=1e-5)
+  deduplicated = result.sequences
+  assert np.all((deduplicated[:, :, 1:] != deduplicated[:, :, :-1]) | (deduplicated[:, :, 1:] == 0))
+  content = deduplicated[deduplicated > EOS_ID]
+  assert np.all((content >= LOW) & (content < 14))
