@@ -1,0 +1,17 @@
+"""Importing `tasks` registers every padir_* seqio task and mixture (safe to repeat).
+
+Registered names (see tasks/wmt.py and tasks/quickstart.py):
+  padir_wmt14_de_en, padir_wmt14_en_de, padir_wmt16_ro_en, padir_wmt16_en_ro,
+  padir_wmt17_zh_en, padir_wmt17_en_zh; the same with suffix _distilled;
+  mixtures padir_wmt14_de_en_both, padir_wmt16_ro_en_both, padir_wmt17_zh_en_both (and
+  *_distilled_both); padir_wmt_all over padir_wmt_multi_{src}_{tgt};
+  padir_quickstart_de_en (embedded synthetic corpus, no download).
+Your own files: tasks.own_corpus.register_parallel_corpus_task.
+"""
+
+from tasks import common, own_corpus, quickstart, wmt
+from tasks.own_corpus import register_parallel_corpus_task
+from tasks.quickstart import ensure_quickstart_data
+
+WMT_NAMES = wmt.register_wmt_tasks()
+QUICKSTART_NAME = quickstart.register_quickstart_task()
