@@ -1,0 +1,22 @@
+"""python -m padir_t5x.ising --output_dir DIR [--quick]: both Ising experiments, CSV + PNG + summary."""
+
+import argparse
+
+from padir_t5x.ising import experiments
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m padir_t5x.ising", description=__doc__)
+  parser.add_argument("--output_dir", required=True,
+                      help="where experiment{1,2}.csv and experiment{1,2}.png are written")
+  parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of seconds")
+  args = parser.parse_args(argv)
+  if args.quick:
+    config1, config2 = experiments.quick_configs()
+  else:
+    config1, config2 = experiments.Experiment1Config(), experiments.Experiment2Config()
+  print(experiments.run_all(args.output_dir, config1, config2))
+
+
+if __name__ == "__main__":
+  main()
