@@ -2,9 +2,6 @@
 
 import csv
 import itertools
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +12,17 @@ from padir_t5x.ising import estimation
 from padir_t5x.ising import experiments
 from padir_t5x.ising import model
 from padir_t5x.ising import sampling
+from padir_t5x.ising.__main__ import main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Jitted once for the module: eager (op-by-op) calls of these dominated the run time, and tests of
+# equal shapes share one compilation.
+_block_conditional_log_probs = jax.jit(
+    jax.vmap(model.block_conditional_log_probs, in_axes=(None, None, 0)))       # over subsets
+_conditional_log_prob = jax.jit(jax.vmap(model.conditional_log_prob, in_axes=(None, None, 0)))
+_direct_loss = jax.jit(estimation.k_pseudo_log_likelihood, static_argnames="k")
+_histogram_loss = jax.jit(estimation.k_pseudo_log_likelihood_from_histogram, static_argnames="k")
+_closed_form_derivatives = jax.jit(estimation.k_mple_loss_gradient_and_hessian,
+                                   static_argnames=("k", "subsets_per_chunk"))
 
 
 def _tiny_model(seed=0, n=5, scale=0.6):
@@ -29,8 +35,9 @@ def test_enumeration_round_trip_and_normalisation():
   np.testing.assert_array_equal(model.configuration_index(configurations), np.arange(16))
   params = _tiny_model(n=4)
   np.testing.assert_allclose(float(jnp.sum(model.exact_probs(params))), 1.0, rtol=1e-5)
-  # log Z by a plain Python loop over configurations.
-  brute = np.log(sum(np.exp(float(model.log_unnormalized_prob(params, jnp.asarray(c, jnp.float32))))
+  # log Z by a plain Python loop over configurations, energy written out in numpy.
+  coupling, field = np.asarray(params.coupling, np.float64), np.asarray(params.field, np.float64)
+  brute = np.log(sum(np.exp(0.5 * np.asarray(c) @ coupling @ np.asarray(c) + field @ np.asarray(c))
                      for c in itertools.product([-1.0, 1.0], repeat=4)))
   np.testing.assert_allclose(float(model.log_partition(params)), brute, rtol=1e-5)
 
@@ -42,20 +49,22 @@ def test_block_conditionals_match_brute_force(k):
   joint = np.asarray(model.exact_probs(params), np.float64)
   configurations = np.asarray(model.all_configurations(n))
   x = configurations[13]
-  for subset in itertools.combinations(range(n), k):
+  subsets = list(itertools.combinations(range(n), k))
+  all_log_probs = np.asarray(_block_conditional_log_probs(params, jnp.asarray(x),
+                                                          jnp.asarray(subsets, jnp.int32)))
+  all_observed = np.asarray(_conditional_log_prob(params, jnp.asarray(x),
+                                                  jnp.asarray(subsets, jnp.int32)))
+  for subset, log_probs, observed in zip(subsets, all_log_probs, all_observed):
     outside = [i for i in range(n) if i not in subset]
     # Condition by hand: keep the configurations that agree with x outside K, renormalise.
     agrees = np.all(configurations[:, outside] == x[outside], axis=1)
     conditional = {tuple(c[list(subset)]): p / joint[agrees].sum()
                    for c, p in zip(configurations[agrees], joint[agrees])}
-    log_probs = np.asarray(model.block_conditional_log_probs(params, jnp.asarray(x),
-                                                             jnp.asarray(subset, jnp.int32)))
     for c_index, c in enumerate(np.asarray(model.all_configurations(k))):
       np.testing.assert_allclose(np.exp(log_probs[c_index]), conditional[tuple(c)], rtol=1e-4,
                                  atol=1e-7)
-    np.testing.assert_allclose(
-        float(model.conditional_log_prob(params, jnp.asarray(x), jnp.asarray(subset, jnp.int32))),
-        np.log(conditional[tuple(x[list(subset)])]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(observed), np.log(conditional[tuple(x[list(subset)])]),
+                               rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -63,9 +72,8 @@ def test_histogram_loss_equals_direct_loss(k):
   params = _tiny_model(seed=1, n=4)
   samples = model.sample_exact(jax.random.PRNGKey(2), params, 200)
   histogram = estimation.empirical_histogram(samples)
-  np.testing.assert_allclose(
-      float(estimation.k_pseudo_log_likelihood_from_histogram(params, histogram, k)),
-      float(estimation.k_pseudo_log_likelihood(params, samples, k)), rtol=1e-5)
+  np.testing.assert_allclose(float(_histogram_loss(params, histogram, k)),
+                             float(_direct_loss(params, samples, k)), rtol=1e-5)
 
 
 def test_closed_form_derivatives_match_autodiff():
@@ -79,19 +87,19 @@ def test_closed_form_derivatives_match_autodiff():
     return -estimation.k_pseudo_log_likelihood_from_histogram(
         estimation.vector_to_params(v, n), histogram, k)
 
-  value, gradient, hessian = estimation.k_mple_loss_gradient_and_hessian(vector, histogram, k)
-  np.testing.assert_allclose(float(value), float(loss(vector)), rtol=1e-5)
-  np.testing.assert_allclose(gradient, jax.grad(loss)(vector), atol=1e-5)
-  np.testing.assert_allclose(hessian, jax.hessian(loss)(vector), atol=1e-4)
+  value, gradient, hessian = _closed_form_derivatives(vector, histogram, k)
+  np.testing.assert_allclose(float(value), float(jax.jit(loss)(vector)), rtol=1e-5)
+  np.testing.assert_allclose(gradient, jax.jit(jax.grad(loss))(vector), atol=1e-5)
+  np.testing.assert_allclose(hessian, jax.jit(jax.hessian(loss))(vector), atol=1e-4)
 
 
 def test_k_equal_n_is_the_log_likelihood():
   params = _tiny_model(seed=3, n=4)
-  samples = model.sample_exact(jax.random.PRNGKey(4), params, 50)
+  # 200 samples, as test_histogram_loss_equals_direct_loss: same shapes, one compilation.
+  samples = model.sample_exact(jax.random.PRNGKey(4), params, 200)
   log_likelihood = float(jnp.mean(model.log_unnormalized_prob(params, samples))
                          - model.log_partition(params))
-  np.testing.assert_allclose(float(estimation.k_pseudo_log_likelihood(params, samples, 4)),
-                             log_likelihood, rtol=1e-5)
+  np.testing.assert_allclose(float(_direct_loss(params, samples, 4)), log_likelihood, rtol=1e-5)
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -104,6 +112,27 @@ def test_estimator_recovers_parameters_from_many_samples(k):
   # 10 parameters: an error of 0.01 is ~0.03 per parameter, vs a parameter scale of 0.5.
   assert error < 0.01, error
   assert error < 0.02 * float(model.squared_parameter_error(estimation.vector_to_params(jnp.zeros(10), n), truth))
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_optax_fit_reaches_the_newton_estimate(method):
+  n, k = 4, 2
+  truth = _tiny_model(seed=5, n=n, scale=0.5)
+  histogram = estimation.empirical_histogram(model.sample_exact(jax.random.PRNGKey(11), truth, 2000))
+  newton = estimation.params_to_vector(estimation.fit_k_mple(histogram, k))
+  fitted = estimation.params_to_vector(
+      estimation.fit_k_mple(histogram, k, estimation.FitConfig(method=method)))
+  # Same maximiser: far closer to each other than either is to the truth (sampling error).
+  distance = float(jnp.sum((fitted - newton) ** 2))
+  assert distance < 1e-8, distance
+  assert float(jnp.sum((newton - estimation.params_to_vector(truth)) ** 2)) > 1e-4
+  # Newton really is at the maximum: the autodiff gradient of the optax loss vanishes there.
+  assert float(jnp.linalg.norm(jax.grad(estimation.k_mple_loss)(newton, histogram, k))) < 1e-5
+
+
+def test_fit_config_rejects_unknown_method():
+  with pytest.raises(ValueError):
+    estimation.FitConfig(method="sgd")
 
 
 def test_k_gibbs_chains_sample_the_target():
@@ -128,10 +157,11 @@ def test_k_gibbs_chains_sample_the_target():
 def test_parallel_step_draws_each_site_from_its_conditional():
   params = _tiny_model(seed=9, n=4)
   x = jnp.asarray([1.0, -1.0, -1.0, 1.0])
-  draws = jax.vmap(lambda key: sampling.parallel_step(key, params, x))(
-      jax.random.split(jax.random.PRNGKey(10), 20_000))
-  expected = np.asarray([np.exp(float(model.block_conditional_log_probs(
-      params, x, jnp.asarray([i], jnp.int32))[1])) for i in range(4)])
+  draws = jax.jit(jax.vmap(sampling.parallel_step, in_axes=(0, None, None)))(
+      jax.random.split(jax.random.PRNGKey(10), 20_000), params, x)
+  # p(x_i = +1 | x_{-i}): block configuration 1 of the single-site block {i}.
+  expected = np.exp(np.asarray(_block_conditional_log_probs(
+      params, x, jnp.arange(4, dtype=jnp.int32)[:, None]))[:, 1])
   np.testing.assert_allclose(np.mean(np.asarray(draws) > 0, axis=0), expected, atol=0.02)
 
 
@@ -152,13 +182,12 @@ def test_experiment2_larger_k_reaches_the_larger_mode_sooner():
   assert rows["parallel"]["stationary_tv_to_true"] > 1e-3
 
 
-def test_command_writes_csvs_and_plots(tmp_path):
-  environment = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-m", "padir_t5x.ising", "--output_dir", str(tmp_path),
-                           "--quick"], cwd=REPO, env=environment, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode == 0, result.stderr
-  assert "Experiment 1" in result.stdout and "Experiment 2" in result.stdout
+def test_command_writes_csvs_and_plots(tmp_path, capsys):
+  # In-process (`python -m padir_t5x.ising` only calls main): no second JAX start-up, and the
+  # compilations shared with the other tests are reused.
+  main(["--output_dir", str(tmp_path), "--quick"])
+  stdout = capsys.readouterr().out
+  assert "Experiment 1" in stdout and "Experiment 2" in stdout
   for name in ("experiment1.png", "experiment2.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with open(tmp_path / "experiment1.csv", encoding="utf-8") as handle:
@@ -167,8 +196,23 @@ def test_command_writes_csvs_and_plots(tmp_path):
   assert len(rows1) == (2 * len(config1.block_sizes) * len(config1.sample_sizes)
                         * config1.num_seeds)
   assert {"model", "k", "num_samples", "seed", "squared_error"} <= set(rows1[0])
+  assert {row["fit_method"] for row in rows1} == {"newton"}
   with open(tmp_path / "experiment2.csv", encoding="utf-8") as handle:
     rows2 = list(csv.DictReader(handle))
   assert [row["sampler"] for row in rows2] == [f"{k}-Gibbs" for k in config2.block_sizes] + [
       "parallel"]
   assert all(0.0 <= float(row["fraction_reached"]) <= 1.0 for row in rows2)
+
+
+def test_command_fit_method_flag(tmp_path, capsys, monkeypatch):
+  seen = []
+  monkeypatch.setattr(experiments, "run_all", lambda output_dir, config1, config2: seen.append(
+      (config1, config2)) or "summary")
+  main(["--output_dir", str(tmp_path), "--quick", "--fit_method", "lbfgs"])
+  assert seen[0][0].fit.method == "lbfgs"
+  assert seen[0][0].fit.num_iterations == experiments.quick_configs()[0].fit.num_iterations
+  main(["--output_dir", str(tmp_path), "--quick"])
+  assert seen[1][0].fit.method == "newton"
+  with pytest.raises(SystemExit):
+    main(["--output_dir", str(tmp_path), "--quick", "--fit_method", "sgd"])
+  assert "invalid choice" in capsys.readouterr().err

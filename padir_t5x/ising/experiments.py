@@ -90,7 +90,8 @@ def run_experiment1(config: Experiment1Config) -> list[dict]:
     for name, num_samples, seed, truth, histogram in datasets:
       estimate = estimation.fit_k_mple(histogram, k, config.fit)
       rows.append({"model": name, "k": k, "num_samples": num_samples, "seed": seed,
-                   "squared_error": float(model.squared_parameter_error(estimate, truth))})
+                   "squared_error": float(model.squared_parameter_error(estimate, truth)),
+                   "fit_method": config.fit.method})
   return rows
 
 

@@ -88,6 +88,7 @@ def run_until_reached(key: jax.Array, step_fn: StepFn, initial_states: jax.Array
 # ----------------------------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames="k")
 def transition_matrix_k_gibbs(params: model.IsingParams, k: int) -> jax.Array:
   """T[x, y] of k-Gibbs: mean over all C(n, k) subsets K of the exact block-K resampling kernel."""
   n = model.num_spins(params)
@@ -106,6 +107,7 @@ def transition_matrix_k_gibbs(params: model.IsingParams, k: int) -> jax.Array:
   return matrix / subsets.shape[0]
 
 
+@jax.jit
 def transition_matrix_parallel(params: model.IsingParams) -> jax.Array:
   """T[x, y] = prod_i p(y_i | x_{-i}) of the independent parallel sampler."""
   configurations = model.all_configurations(model.num_spins(params))                 # (2^n, n)
