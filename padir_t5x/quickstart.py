@@ -41,7 +41,8 @@ class QuickstartConfig:
     mlp_dim: int = 256
     num_layers: int = 2
     num_stages: int = 2
-    unmasking_rate: float = 0.3
+    unmasking_rate: float = 0.25
+    length_loss_weight: float = 1.0
     max_passes: int = 4
     length_beam: int = 3
     max_eval: int = 500
@@ -105,6 +106,7 @@ def run(config: QuickstartConfig, log=print) -> dict:
     module = network.Transformer(net_config)
     loss_config = losses.PadirLossConfig(num_stages=config.num_stages,
                                          unmasking_rate=config.unmasking_rate,
+                                         length_loss_weight=config.length_loss_weight,
                                          vocab_high=real_vocab)
     train_config = training.TrainConfig(num_steps=config.num_steps, batch_size=config.batch_size,
                                         peak_learning_rate=config.peak_learning_rate,

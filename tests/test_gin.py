@@ -125,12 +125,12 @@ def test_model_gin_builds_and_initialises(name):
 def test_padir_gin_macros_reach_the_model():
   captured = _parse([GIN / "models" / "padir_tiny.gin"], [
       "DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'", "NUM_STAGES = 3",
-      "UNMASKING_RATE = 0.25", "LENGTH_LOSS_WEIGHT = 0.5", "CORRUPTION = 'mask'",
+      "UNMASKING_RATE = 0.4", "LENGTH_LOSS_WEIGHT = 0.5", "CORRUPTION = 'mask'",
       "DECODING_INIT = 'mask'", "LENGTH_BEAM = 2", "MAX_PASSES = 7"])
   model = captured["model"]
   loss, decode = model.loss_config, model.decoding_config
   assert (loss.num_stages, loss.unmasking_rate, loss.length_loss_weight, loss.corruption) == (
-      3, 0.25, 0.5, "mask")
+      3, 0.4, 0.5, "mask")
   assert (decode.init, decode.length_beam, decode.max_passes) == ("mask", 2, 7)
 
 
