@@ -68,10 +68,6 @@ def _gather_beams(tree, beam_indices: Array, batch_size: int, old_beam: int):
     return jax.tree_util.tree_map(gather, tree)
 
 
-def _method(module, name):
-    return getattr(type(module), name)
-
-
 def beam_search(module, params, encoder_input_tokens: Array, beam_size: int,
                 max_decode_length: int, alpha: float = 0.6,
                 vocab_high: int | None = None) -> BeamResult:
@@ -91,7 +87,7 @@ def beam_search(module, params, encoder_input_tokens: Array, beam_size: int,
     b, k, t = encoder_input_tokens.shape[0], beam_size, max_decode_length
     variables = {"params": params}
     encoded = module.apply(variables, encoder_input_tokens, enable_dropout=False,
-                           method=_method(module, "encode"))
+                           method="encode")
     # The encoder ran once per example; the beam shares its output (t5x flat_batch_beam_expand).
     beam_encoded = jnp.repeat(encoded, k, axis=0)
     beam_inputs = jnp.repeat(encoder_input_tokens, k, axis=0)
@@ -101,7 +97,7 @@ def beam_search(module, params, encoder_input_tokens: Array, beam_size: int,
     cache_shapes = jax.eval_shape(
         lambda: module.apply(variables, beam_encoded, beam_inputs, dummy, dummy,
                              enable_dropout=False, decode=True, mutable=["cache"],
-                             method=_method(module, "decode"))[1]["cache"])
+                             method="decode")[1]["cache"])
     cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
     allowed = jnp.asarray(allowed_token_mask(module.config.vocab_size, vocab_high))
     max_penalty = brevity_penalty(alpha, jnp.asarray(t))
@@ -128,7 +124,7 @@ def beam_search(module, params, encoder_input_tokens: Array, beam_size: int,
         logits, new_vars = module.apply(
             {"params": params, "cache": s["cache"]}, beam_encoded, beam_inputs,
             s["last_tokens"][:, None], jnp.ones((b * k, 1), jnp.int32), enable_dropout=False,
-            decode=True, mutable=["cache"], method=_method(module, "decode"))
+            decode=True, mutable=["cache"], method="decode")
         logits = jnp.where(allowed, logits[:, 0, :].astype(jnp.float32), -jnp.inf)
         log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(b, k, -1)
         vocab = log_probs.shape[-1]

@@ -20,18 +20,9 @@ import numpy as np
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
 from padir_t5x import network
+from padir_t5x.shared_data import find_data_dir  # re-exported for the commands
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("padir", "ar")
-
-
-def find_data_dir() -> Optional[str]:
-    """$PADIR_DATA_DIR, else ../shared/data next to the repository root; None if absent."""
-    for candidate in (os.environ.get("PADIR_DATA_DIR"),
-                      os.path.join(_REPO_ROOT, "..", "shared", "data")):
-        if candidate and os.path.isdir(candidate):
-            return os.path.abspath(candidate)
-    return None
 
 
 def read_lines(path: str, limit: Optional[int] = None) -> list[str]:

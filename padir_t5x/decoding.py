@@ -494,11 +494,6 @@ jit_iterative_refinement_decode = jax.jit(
 # With the PaDIR network.
 
 
-def _method(module, name: str):
-  # Unbound method of the module's class, as flax's apply(method=...) expects.
-  return getattr(type(module), name)
-
-
 def expand_to_beam(x: Array, beam: int) -> Array:
   """[b, ...] -> [b * beam, ...], each row repeated beam times (t5x flat_batch_beam_expand)."""
   return jnp.repeat(x, beam, axis=0)
@@ -511,16 +506,16 @@ def _decode_with_network(module, params, encoder_input_tokens: Array, rng: Array
   variables = {"params": params}
   if encoded is None:
     encoded = module.apply(variables, encoder_input_tokens, enable_dropout=False,
-                           method=_method(module, "encode"))
+                           method="encode")
   length_logits = module.apply(variables, encoded, encoder_input_tokens,
-                               method=_method(module, "predict_length"))
+                               method="predict_length")
   # The encoder runs once per example; its output is shared by the example's l hypotheses.
   beam_encoded = expand_to_beam(encoded, config.length_beam)
   beam_inputs = expand_to_beam(encoder_input_tokens, config.length_beam)
 
   def refine_fn(decoder_input_tokens, length_mask):
     return module.apply(variables, beam_encoded, beam_inputs, decoder_input_tokens, length_mask,
-                        enable_dropout=False, method=_method(module, "decode"))
+                        enable_dropout=False, method="decode")
 
   return iterative_refinement_decode(refine_fn, length_logits, rng, config, max_decode_length)
 

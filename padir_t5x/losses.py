@@ -235,11 +235,6 @@ def next_stage_inputs(stage_logits: Array, decoder_target_tokens: Array) -> Arra
   return jax.lax.stop_gradient(predicted)
 
 
-def _method(module, name: str):
-  # Unbound method of the module's class, as flax's apply(method=...) expects.
-  return getattr(type(module), name)
-
-
 class StageOutputs(NamedTuple):
   """What the forward passes of one training step produced.
 
@@ -267,9 +262,9 @@ def multi_stage_forward(module, params, batch: Mapping[str, Array], rng: jax.Arr
   variables = {"params": params}
 
   encoded = module.apply(variables, inputs, enable_dropout=enable_dropout,
-                         method=_method(module, "encode"), rngs={"dropout": rngs.encoder_dropout})
+                         method="encode", rngs={"dropout": rngs.encoder_dropout})
   length_logits = module.apply(variables, encoded, inputs,
-                               method=_method(module, "predict_length"))
+                               method="predict_length")
 
   decoder_input = corruption.corrupt_targets(
       rngs.corruption, targets, config.unmasking_rate,
@@ -280,7 +275,7 @@ def multi_stage_forward(module, params, batch: Mapping[str, Array], rng: jax.Arr
     if stage > 0:
       decoder_input = next_stage_inputs(stage_logits[-1], targets)
     logits = module.apply(variables, encoded, inputs, decoder_input, targets,
-                          enable_dropout=enable_dropout, method=_method(module, "decode"),
+                          enable_dropout=enable_dropout, method="decode",
                           rngs={"dropout": rngs.stage_dropout[stage]})
     stage_inputs.append(decoder_input)
     stage_logits.append(logits)

@@ -27,6 +27,7 @@ from padir_t5x import losses
 from padir_t5x import metrics
 from padir_t5x import network
 from padir_t5x import training
+from padir_t5x import vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,7 @@ def run(config: QuickstartConfig, log=print) -> dict:
 
     real_vocab = processor.get_piece_size()
     net_config = network.tiny_config(
-        vocab_size=-(-real_vocab // 128) * 128, emb_dim=config.emb_dim,
+        vocab_size=vocab.padded_vocab_size(real_vocab), emb_dim=config.emb_dim,
         num_heads=config.num_heads, head_dim=config.emb_dim // config.num_heads,
         mlp_dim=config.mlp_dim, num_encoder_layers=config.num_layers,
         num_decoder_layers=config.num_layers, max_input_length=config.max_input_length,

@@ -1,19 +1,8 @@
 """Shared pytest fixtures: the real-data directory and a tiny SentencePiece vocabulary."""
 
-import os
-
 import pytest
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def find_data_dir():
-    """$PADIR_DATA_DIR, else ../shared/data next to the repository root; None if absent."""
-    for candidate in (os.environ.get("PADIR_DATA_DIR"),
-                      os.path.join(_REPO_ROOT, "..", "shared", "data")):
-        if candidate and os.path.isdir(candidate):
-            return os.path.abspath(candidate)
-    return None
+from padir_t5x.shared_data import find_data_dir
 
 
 @pytest.fixture(scope="session")
