@@ -18,17 +18,26 @@ from typing import Any, Optional
 import numpy as np
 
 from padir_t5x import EOS_ID
-from padir_t5x import PAD_ID
 from padir_t5x import network
+from padir_t5x import pipelines
+from padir_t5x import vocab
 from padir_t5x.shared_data import find_data_dir  # re-exported for the commands
 
 KINDS = ("padir", "ar")
 
 
 def read_lines(path: str, limit: Optional[int] = None) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    return lines[:limit] if limit is not None else lines
+    """Lines of a UTF-8 file, split on '\n' only (pipelines.iter_text_lines).
+
+    str.splitlines() would also split on U+0085 and U+2028, which occur inside sentences of
+    ../shared/data (de-en train.de line 33878): the two sides of a corpus would fall out of line.
+    """
+    lines = []
+    for _, line in pipelines.iter_text_lines(path, allow_empty_lines=True):
+        if limit is not None and len(lines) >= limit:
+            break
+        lines.append(line)
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,17 +94,7 @@ def load_checkpoint(directory: str) -> tuple[network.Transformer, dict, dict]:
 
 # ------------------------------------------------------------------------------------------------
 # Token ids <-> text.
-def ids_to_text(processor, rows: np.ndarray) -> list[str]:
-    """[n, t] ids -> n strings, each cut at its first EOS (or PAD)."""
-    texts = []
-    for row in np.asarray(rows).tolist():
-        tokens = []
-        for token in row:
-            if token in (PAD_ID, EOS_ID):
-                break
-            tokens.append(token)
-        texts.append(processor.decode(tokens))
-    return texts
+ids_to_text = vocab.ids_to_text  # re-exported for the commands
 
 
 def encode_lines(processor, lines: list[str]) -> list[list[int]]:

@@ -35,6 +35,7 @@ import optax
 from benchmarks import common
 from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import pipelines
 from padir_t5x import vocab as vocab_lib
 
 # (padded length, batch size): about 2k target tokens per batch in each bucket; two shapes,
@@ -240,10 +241,11 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
 def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "de-en"):
     """Encoded train pairs (EOS appended) with both sides <= max_length ids."""
     src, tgt = pair.split("-")
-    xs = common.encode_lines(processor, common.read_lines(os.path.join(data_dir, pair,
-                                                                       f"train.{src}")))
-    ys = common.encode_lines(processor, common.read_lines(os.path.join(data_dir, pair,
-                                                                       f"train.{tgt}")))
+    # Validated pairs: a line-count mismatch fails with the file names instead of zip() truncating.
+    pairs = pipelines.read_parallel_files(os.path.join(data_dir, pair, f"train.{src}"),
+                                          os.path.join(data_dir, pair, f"train.{tgt}"))
+    xs = common.encode_lines(processor, [source for source, _ in pairs])
+    ys = common.encode_lines(processor, [target for _, target in pairs])
     kept = [(x, y) for x, y in zip(xs, ys) if 1 < len(x) <= max_length and 1 < len(y) <= max_length]
     return [x for x, _ in kept], [y for _, y in kept], len(xs)
 

@@ -26,6 +26,7 @@ from padir_t5x import decoding
 from padir_t5x import losses
 from padir_t5x import metrics
 from padir_t5x import network
+from padir_t5x import pipelines
 from padir_t5x import training
 from padir_t5x import vocab
 
@@ -54,8 +55,8 @@ class QuickstartConfig:
 
 
 def _read(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+    # '\n'-only splitting and per-line UTF-8 errors, as every corpus reader of the package.
+    return [line for _, line in pipelines.iter_text_lines(path)]
 
 
 def _encode(processor: spm.SentencePieceProcessor, lines: list[str], length: int, path: str):
@@ -65,18 +66,6 @@ def _encode(processor: spm.SentencePieceProcessor, lines: list[str], length: int
             raise ValueError(f"{path}:{line_number}: {len(tokens) + 1} tokens with EOS, more than "
                              f"the feature length {length}; raise --max_*_length")
     return training.pad_batch(ids, length, append_eos=True)
-
-
-def _decode_ids(processor: spm.SentencePieceProcessor, rows: np.ndarray) -> list[str]:
-    texts = []
-    for row in rows.tolist():
-        tokens = []
-        for token in row:
-            if token in (0, 1):  # PAD or EOS ends the hypothesis
-                break
-            tokens.append(token)
-        texts.append(processor.decode(tokens))
-    return texts
 
 
 def run(config: QuickstartConfig, log=print) -> dict:
@@ -129,7 +118,7 @@ def run(config: QuickstartConfig, log=print) -> dict:
                                           max_decode_length=config.max_target_length)
     best = np.asarray(result.sequences)[:, -1, :]
     decode_seconds = time.perf_counter() - start
-    predictions = _decode_ids(processor, best)
+    predictions = vocab.ids_to_text(processor, best)
     bleu = metrics.make_bleu_metric("en")(test_references, predictions)
     figures = {
         "bleu": float(bleu["bleu"]),

@@ -24,6 +24,7 @@ import random
 import re
 from typing import Iterable, Iterator, List, Optional, Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from padir_t5x import EOS_ID, MASK_ID, PAD_ID, UNK_ID
@@ -61,6 +62,22 @@ def model_vocab_size(model_path: str) -> int:
 def padded_model_vocab_size(model_path: str, multiple: int = 128) -> int:
     """Vocabulary size of a `.model` file padded to a multiple of 128, e.g. for gin."""
     return padded_vocab_size(model_vocab_size(model_path), multiple)
+
+
+def ids_to_text(processor, rows) -> List[str]:
+    """[n, t] model output ids -> n strings, each cut at its first EOS (or PAD).
+
+    `processor` is a sentencepiece.SentencePieceProcessor (or anything with `decode(ids)`).
+    """
+    texts = []
+    for row in np.asarray(rows).tolist():
+        tokens = []
+        for token in row:
+            if token in (PAD_ID, EOS_ID):
+                break
+            tokens.append(token)
+        texts.append(processor.decode(tokens))
+    return texts
 
 
 def read_lines(paths: Sequence[str]) -> List[str]:

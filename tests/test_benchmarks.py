@@ -182,3 +182,12 @@ def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
     table = (out_dir / "results.md").read_text().strip().splitlines()
     assert len(table) == 2 + len(results) and "median ms" in table[0]
     assert (out_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_lines_keeps_unicode_line_separators_inside_a_line(tmp_path):
+    # str.splitlines() would split at U+0085 / U+2028 and shift every later line of one side of a
+    # parallel corpus (../shared/data de-en train.de has such a line).
+    path = tmp_path / "side.de"
+    path.write_text("eins\u0085zwei\ndrei\u2028vier\nfünf\n", encoding="utf-8")
+    assert common.read_lines(str(path)) == ["eins\u0085zwei", "drei\u2028vier", "fünf"]
+    assert common.read_lines(str(path), limit=2) == ["eins\u0085zwei", "drei\u2028vier"]

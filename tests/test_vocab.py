@@ -122,3 +122,12 @@ def test_real_de_en_32k_with_sampling(data_dir, tmp_path):
     text = "Das ist ein Test."
     assert v.decode(v.encode(text)) == text
     assert len(v.encode(text)) < 10
+
+
+def test_ids_to_text_cuts_at_eos_and_pad():
+    class Joiner:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    rows = [[5, 6, 1, 7, 0], [8, 0, 9, 0, 0], [1, 0, 0, 0, 0]]
+    assert vocab.ids_to_text(Joiner(), rows) == ["5 6", "8", ""]
