@@ -14,6 +14,12 @@ Round 0 trains the autoregressive (AR) model on the raw data. Round k = 1..K the
 The candidates are the support of the regularised posterior (the AR model's N-best list); the
 NAR score picks among them. The last round's rk_nar_train checkpoint is the result.
 
+For measurements, `raw_baseline` adds r0_nar_train (PaDIR on the raw targets, same steps), and
+`student_eval_gin` / `teacher_eval_gin` (t5x.eval configs) add an `*_eval` stage after every
+PaDIR / AR training: its DONE marker holds the metrics. So r0_nar_eval (raw targets),
+r1_nar_eval (distilled by the round-0 AR model) and rK_nar_eval (after EM round K) are one
+table, which `--report` prints.
+
 Design: `plan(config)` is a pure list of `Stage`s; `run_plan` runs them in order, skipping each
 stage whose directory `{run_dir}/stages/{name}/DONE.json` exists. A stage works in
 `stages/.partial-{name}` and is renamed into place after its DONE marker (with counts) is
@@ -50,7 +56,7 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Prot
 import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGE_KINDS = ("train", "infer", "select", "write")
+STAGE_KINDS = ("train", "infer", "select", "write", "eval")
 # t5x resumes these by itself, so their partial directories are kept across kills.
 RESUMABLE_KINDS = ("train", "infer")
 DONE_FILE = "DONE.json"
@@ -99,6 +105,12 @@ class EmConfig:
     student_score_gin: Tuple[str, ...] = ("gin/experiments/quickstart_infer.gin",)
     teacher_bindings: Tuple[str, ...] = ()
     student_bindings: Tuple[str, ...] = ()
+    # Measurement: PaDIR on the raw targets too (stage r0_nar_train), and t5x.eval after each
+    # training (empty = no eval stages) on `eval_split` of the eval gin's task.
+    raw_baseline: bool = False
+    teacher_eval_gin: Tuple[str, ...] = ()
+    student_eval_gin: Tuple[str, ...] = ()
+    eval_split: str = "validation"
     infer_batch_size: Optional[int] = None
     target_language: str = "en"
     num_shards: int = 4
@@ -112,7 +124,7 @@ class EmConfig:
     def __post_init__(self):
         for name in ("train_files", "teacher_train_gin", "teacher_infer_gin",
                      "student_train_gin", "student_score_gin", "teacher_bindings",
-                     "student_bindings"):
+                     "student_bindings", "teacher_eval_gin", "student_eval_gin"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(value))
@@ -165,14 +177,32 @@ class Stage:
     round: int = 0
 
 
-def _ar_train(k: int, data_stage: str, data: str) -> Stage:
-    return Stage(f"r{k}_ar_train", "train", "ar_train", (data_stage,), ("model",), k)
+def _trained(config: EmConfig, train: Stage) -> List[Stage]:
+    """A train stage, followed by its eval stage when the model's eval gin is configured."""
+    teacher = train.action == "ar_train"
+    if not (config.teacher_eval_gin if teacher else config.student_eval_gin):
+        return [train]
+    return [train, Stage(train.name[:-len("_train")] + "_eval", "eval",
+                         "ar_eval" if teacher else "nar_eval", (train.name,), ("eval",),
+                         train.round)]
+
+
+def _ar_train(config: EmConfig, k: int, data_stage: str) -> List[Stage]:
+    return _trained(config, Stage(f"r{k}_ar_train", "train", "ar_train", (data_stage,),
+                                  ("model",), k))
+
+
+def _nar_train(config: EmConfig, k: int, data_stage: str) -> List[Stage]:
+    return _trained(config, Stage(f"r{k}_nar_train", "train", "nar_train", (data_stage,),
+                                  ("model",), k))
 
 
 def plan(config: EmConfig) -> List[Stage]:
     """The stages of an EM run, in execution order (pure; stage names are stable)."""
     stages = [Stage("prepare", "write", "prepare", (), ("data",), 0),
-              _ar_train(0, "prepare", "data")]
+              *_ar_train(config, 0, "prepare")]
+    if config.raw_baseline:
+        stages += _nar_train(config, 0, "prepare")
     for k in range(1, config.rounds + 1):
         previous_ar = f"r{k - 1}_ar_train"
         stages += [
@@ -180,7 +210,7 @@ def plan(config: EmConfig) -> List[Stage]:
                   ("infer",), k),
             Stage(f"r{k}_candidates", "write", "candidates", ("prepare", f"r{k}_ar_decode"),
                   ("candidates", "candidates.meta.jsonl", "distilled"), k),
-            Stage(f"r{k}_nar_train", "train", "nar_train", (f"r{k}_candidates",), ("model",), k),
+            *_nar_train(config, k, f"r{k}_candidates"),
         ]
         if k < config.rounds or config.final_e_step:
             stages += [
@@ -189,7 +219,7 @@ def plan(config: EmConfig) -> List[Stage]:
                 Stage(f"r{k}_select", "select", "select",
                       ("prepare", f"r{k}_candidates", f"r{k}_nar_score"),
                       ("selected", "selection.jsonl"), k),
-                _ar_train(k, f"r{k}_select", "selected"),
+                *_ar_train(config, k, f"r{k}_select"),
             ]
     check_plan(stages)
     return stages
@@ -452,14 +482,27 @@ class InferJob:
     target_language: str = "en"
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalJob:
+    """t5x.eval of a checkpoint on `split` of the task the gin files name."""
+    gin_files: Tuple[str, ...]
+    bindings: Tuple[str, ...]
+    checkpoint: str
+    output_dir: str
+    split: str
+
+
 class StageRunner(Protocol):
-    """Runs the t5x part of train and infer stages (real: T5xRunner; tests: a fake)."""
+    """Runs the t5x part of train, infer and eval stages (real: T5xRunner; tests: a fake)."""
 
     def train(self, job: TrainJob) -> None:
         """Leaves `{job.model_dir}/checkpoint_{job.steps}`; raises on failure."""
 
     def infer(self, job: InferJob) -> None:
         """Leaves t5x.infer's `*-{job.mode}.jsonl-00000-of-00001` in job.output_dir."""
+
+    def evaluate(self, job: EvalJob) -> None:
+        """Leaves t5x.eval's `inference_eval/{task}-metrics.jsonl` in job.output_dir."""
 
 
 def _gin_str(value: str) -> str:
@@ -517,6 +560,49 @@ def infer_stage_gin(job: InferJob) -> str:
     return "\n".join(lines + list(job.bindings)) + "\n"
 
 
+def eval_stage_gin(job: EvalJob) -> str:
+    """gin bound after the job's t5x.eval files: checkpoint, output directory, split."""
+    lines = ["# Written by padir_t5x.em: stage settings, bound after the experiment's files.",
+             "from __gin__ import dynamic_registration",
+             "from t5x import utils",
+             f"CHECKPOINT_PATH = {_gin_str(os.path.abspath(job.checkpoint))}",
+             f"EVAL_OUTPUT_DIR = {_gin_str(os.path.abspath(job.output_dir))}",
+             f"utils.DatasetConfig.split = {_gin_str(job.split)}",
+             *job.bindings]
+    return "\n".join(lines) + "\n"
+
+
+def read_eval_metrics(output_dir: str) -> Dict[str, Dict[str, float]]:
+    """{task: {metric: value}} from t5x.eval's `inference_eval/*-metrics.jsonl` (last line).
+
+    seqio's JSONLogger writes one line per evaluated step: {"step": N, "bleu": ..., ...};
+    non-numeric values (e.g. text samples) are left out.
+    """
+    directory = os.path.join(output_dir, "inference_eval")
+    suffix = "-metrics.jsonl"
+    names = sorted(n for n in os.listdir(directory) if n.endswith(suffix)) \
+        if os.path.isdir(directory) else []
+    if not names:
+        raise EmError(f"{directory}: no '*{suffix}' written by t5x.eval")
+    metrics = {}
+    for name in names:
+        path = os.path.join(directory, name)
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        if not lines:
+            raise EmError(f"{path}: empty")
+        try:
+            record = json.loads(lines[-1])
+        except json.JSONDecodeError as e:
+            raise EmError(f"{path}: line {len(lines)} is not valid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise EmError(f"{path}: line {len(lines)} is not an object")
+        metrics[name[:-len(suffix)]] = {
+            key: float(value) for key, value in record.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step"}
+    return metrics
+
+
 @dataclasses.dataclass
 class T5xRunner:
     """Runs `python -m t5x.train|t5x.infer` as subprocesses; output goes to `t5x.log`."""
@@ -553,6 +639,10 @@ class T5xRunner:
 
     def infer(self, job: InferJob) -> None:
         self._run("t5x.infer", job.gin_files, infer_stage_gin(job),
+                  os.path.dirname(job.output_dir.rstrip("/")))
+
+    def evaluate(self, job: EvalJob) -> None:
+        self._run("t5x.eval", job.gin_files, eval_stage_gin(job),
                   os.path.dirname(job.output_dir.rstrip("/")))
 
 
@@ -641,8 +731,27 @@ def action_ar_train(ctx: StageContext) -> Dict[str, Any]:
 
 def action_nar_train(ctx: StageContext) -> Dict[str, Any]:
     c = ctx.config
-    return _train(ctx, c.student_train_gin, c.student_bindings,
-                  ctx.input_dir(ctx.stage.inputs[0], "distilled"), c.nar_steps)
+    source = ctx.stage.inputs[0]
+    data = ctx.input_dir(source, "data" if source == "prepare" else "distilled")
+    return _train(ctx, c.student_train_gin, c.student_bindings, data, c.nar_steps)
+
+
+def _evaluate(ctx: StageContext, gin_files, bindings) -> Dict[str, Any]:
+    output_dir = os.path.join(ctx.work, "eval")
+    train_stage = ctx.stage.inputs[0]
+    checkpoint = final_checkpoint(ctx.config.run_dir, train_stage)
+    ctx.runner.evaluate(EvalJob(tuple(gin_files), tuple(bindings), checkpoint, output_dir,
+                                ctx.config.eval_split))
+    return {"split": ctx.config.eval_split, "checkpoint": os.path.relpath(
+        checkpoint, ctx.config.run_dir), "metrics": read_eval_metrics(output_dir)}
+
+
+def action_ar_eval(ctx: StageContext) -> Dict[str, Any]:
+    return _evaluate(ctx, ctx.config.teacher_eval_gin, ctx.config.teacher_bindings)
+
+
+def action_nar_eval(ctx: StageContext) -> Dict[str, Any]:
+    return _evaluate(ctx, ctx.config.student_eval_gin, ctx.config.student_bindings)
 
 
 def _infer(ctx: StageContext, gin_files, bindings, data_dir, checkpoint, mode,
@@ -714,6 +823,7 @@ ACTIONS: Dict[str, Callable[[StageContext], Dict[str, Any]]] = {
     "prepare": action_prepare, "ar_train": action_ar_train, "ar_decode": action_ar_decode,
     "candidates": action_candidates, "nar_train": action_nar_train,
     "nar_score": action_nar_score, "select": action_select,
+    "ar_eval": action_ar_eval, "nar_eval": action_nar_eval,
 }
 
 
@@ -846,7 +956,10 @@ def describe(stage: Stage) -> str:
                                                 f"round {stage.round}'s selected pairs"),
         "ar_decode": "AR model beam-decodes the training sources",
         "candidates": "check the beams against the sources; write candidates + top-1 corpus",
-        "nar_train": "M-step: train PaDIR on the AR outputs",
+        "nar_train": ("train PaDIR on the raw targets (baseline)" if stage.round == 0 else
+                      "M-step: train PaDIR on the AR outputs"),
+        "ar_eval": "t5x.eval of the AR model",
+        "nar_eval": "t5x.eval of PaDIR",
         "nar_score": "PaDIR scores every candidate",
         "select": "E-step: keep the best-scoring candidate per source",
         "teacher_decode": "the teacher beam-decodes the training sources",
@@ -868,6 +981,47 @@ def result_paths(config: EmConfig) -> Dict[str, str]:
         paths["selected"] = os.path.join(stage_dir(config.run_dir, last_sel[-1].name),
                                          "selected")
     return paths
+
+
+def _trained_on(stage: Stage) -> str:
+    if stage.action == "ar_train":
+        return "raw targets" if stage.round == 0 else f"round {stage.round} E-step selection"
+    if stage.round == 0:
+        return "raw targets"
+    return ("AR round 0 top beam (distilled)" if stage.round == 1 else
+            f"AR round {stage.round - 1} top beam (EM round {stage.round})")
+
+
+def report(config: EmConfig, metric_names: Sequence[str] = ("bleu", "chrf", "stutter_rate")
+           ) -> str:
+    """A markdown table of every finished eval stage: model, its data, steps, time, metrics."""
+    rows = []
+    header = None
+    stages = {stage.name: stage for stage in plan(config)}
+    for stage in stages.values():
+        if stage.kind != "eval":
+            continue
+        done, train_done = read_done(config.run_dir, stage.name), read_done(
+            config.run_dir, stage.inputs[0])
+        if done is None or train_done is None:
+            continue
+        train_stage = stages[stage.inputs[0]]
+        for task, values in sorted(done["counts"]["metrics"].items()):
+            names = [m for m in metric_names if m in values] or sorted(values)
+            if header is None:
+                header = names
+            rows.append([stage.inputs[0], "AR" if stage.action == "ar_eval" else "PaDIR",
+                         _trained_on(train_stage), str(train_done["counts"]["steps"]),
+                         str(train_done["counts"]["train_examples"]),
+                         f"{train_done['seconds'] / 60:.1f}", f"{task} ({done['counts']['split']})",
+                         *[f"{values[m]:.2f}" if m in values else "" for m in header]])
+    if not rows:
+        return "(no finished eval stage)"
+    columns = ["stage", "model", "trained on", "steps", "train pairs", "train min", "eval on",
+               *header]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -892,13 +1046,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in _FLAG_TYPES.items():
         parser.add_argument(f"--{name}", type=kind)
     for name in ("teacher_train_gin", "teacher_infer_gin", "student_train_gin",
-                 "student_score_gin", "teacher_bindings", "student_bindings"):
+                 "student_score_gin", "teacher_bindings", "student_bindings",
+                 "teacher_eval_gin", "student_eval_gin"):
         parser.add_argument(f"--{name}", action="append",
                             help="repeat for several (replaces the configured list)")
     parser.add_argument("--final_e_step", choices=("true", "false"))
+    parser.add_argument("--raw_baseline", choices=("true", "false"))
+    parser.add_argument("--eval_split")
     parser.add_argument("--python", help="interpreter with t5x (default: this one)")
     parser.add_argument("--cwd", help="directory t5x runs in (default: the repository root)")
     parser.add_argument("--dry_run", action="store_true", help="print the plan and stop")
+    parser.add_argument("--report", action="store_true",
+                        help="print the table of finished eval stages and stop")
     return parser
 
 
@@ -912,8 +1071,9 @@ def config_from_args(args: argparse.Namespace) -> EmConfig:
         value = getattr(args, field.name, None)
         if value is not None:
             overrides[field.name] = value
-    if "final_e_step" in overrides:
-        overrides["final_e_step"] = overrides["final_e_step"] == "true"
+    for name in ("final_e_step", "raw_baseline"):
+        if name in overrides:
+            overrides[name] = overrides[name] == "true"
     # The two data options exclude each other: a flag for one replaces a gin binding of the other.
     if "train_files" in overrides and "task" not in overrides:
         overrides["task"] = None
@@ -933,10 +1093,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{state}  {stage.name:16s} {stage.kind:6s} inputs={list(stage.inputs)} "
                   f"outputs={list(stage.outputs)}")
         return 0
+    if args.report:
+        print(report(config))
+        return 0
     runner = T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
     run_plan(config, runner, stages)
     for name, path in result_paths(config).items():
         print(f"[em] {name}: {path}")
+    if any(stage.kind == "eval" for stage in stages):
+        print(report(config))
     return 0
 
 

@@ -89,6 +89,27 @@ class FakeRunner:
         self.completed[stage] += 1
 
 
+    def evaluate(self, job):
+        stage = self._stage(job.output_dir)
+        directory = os.path.join(job.output_dir, "inference_eval")
+        os.makedirs(directory, exist_ok=True)
+        self._maybe_crash(stage)
+        with open(os.path.join(job.checkpoint, "trained_on.json")) as f:
+            examples = json.load(f)["examples"]
+        # A value that depends on the checkpoint evaluated, so the report's rows can be checked.
+        bleu = fake_bleu(job.checkpoint)
+        with open(os.path.join(directory, "padir_fake-metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 1, "bleu": bleu - 1}) + "\n")  # an earlier line
+            f.write(json.dumps({"step": 2, "bleu": bleu, "chrf": float(examples),
+                                "samples": "text is left out"}) + "\n")
+        self.completed[stage] += 1
+
+
+def fake_bleu(checkpoint):
+    return float(zlib.crc32(os.path.relpath(checkpoint, os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.dirname(checkpoint))))).encode()) % 1000) / 10
+
+
 def write_corpus(tmp_path, pairs):
     src, tgt = tmp_path / "train.de", tmp_path / "train.en"
     # Line files cannot hold newlines inside sentences; the shards after 'prepare' can.
@@ -137,6 +158,23 @@ def test_plan_two_rounds_without_final_e_step_and_inputs_come_first():
     for stage in stages:
         assert stage.kind in em.STAGE_KINDS
         assert all(names.index(i) < names.index(stage.name) for i in stage.inputs)
+
+
+def test_plan_with_raw_baseline_and_eval_stages():
+    config = em.EmConfig(run_dir="r", rounds=2, final_e_step=False, raw_baseline=True,
+                         student_eval_gin=("s.gin",), teacher_eval_gin=("t.gin",))
+    stages = {s.name: s for s in em.plan(config)}
+    names = list(stages)
+    assert names[:5] == ["prepare", "r0_ar_train", "r0_ar_eval", "r0_nar_train", "r0_nar_eval"]
+    assert stages["r0_nar_train"].inputs == ("prepare",)
+    evals = [n for n in names if stages[n].kind == "eval"]
+    assert evals == ["r0_ar_eval", "r0_nar_eval", "r1_nar_eval", "r1_ar_eval", "r2_nar_eval"]
+    for name in evals:
+        assert stages[name].inputs == (name.replace("_eval", "_train"),)
+        assert names.index(name) == names.index(name.replace("_eval", "_train")) + 1
+    # Without eval gins there are no eval stages; without raw_baseline no r0_nar_train.
+    plain = [s.name for s in em.plan(em.EmConfig(run_dir="r", rounds=2))]
+    assert not [n for n in plain if n.endswith("_eval")] and "r0_nar_train" not in plain
 
 
 def test_plan_extends_when_rounds_grow():
@@ -288,6 +326,11 @@ def test_stage_gin_binds_data_steps_and_mode(tmp_path):
         assert line in infer.splitlines()
     score = em.infer_stage_gin(em.InferJob(("g.gin",), (), "/d", "/c", "/o", "score"))
     assert "return_all_decodes" not in score and "infer_script.infer.mode = 'score'" in score
+    evaluate = em.eval_stage_gin(em.EvalJob(("e.gin",), ("X = 1",), "/c/checkpoint_5", "/o",
+                                            "validation"))
+    for line in ("CHECKPOINT_PATH = '/c/checkpoint_5'", "EVAL_OUTPUT_DIR = '/o'",
+                 "utils.DatasetConfig.split = 'validation'", "X = 1"):
+        assert line in evaluate.splitlines()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +452,47 @@ def test_more_rounds_extend_a_finished_run(tmp_path):
         "r2_ar_decode", "r2_nar_train", "r2_nar_score", "r2_ar_train")}
 
 
+def test_baseline_and_eval_stages_run_report_and_resume(tmp_path):
+    config, pairs = make_config(tmp_path, n=4, rounds=2, final_e_step=False, raw_baseline=True,
+                                student_eval_gin=("s.gin",), teacher_eval_gin=("t.gin",))
+    with pytest.raises(Killed):
+        run(config, FakeRunner(crash_in="r1_nar_eval"))
+    runner = FakeRunner()
+    done = run(config, runner)
+    # The killed eval stage is redone (not resumable); the stages before it are not.
+    assert em.PARTIAL_PREFIX + "r0_nar_eval" not in runner.completed
+    assert runner.completed[em.PARTIAL_PREFIX + "r1_nar_eval"] == 1
+    # The baseline trained on the raw pairs (the prepare stage's data).
+    with open(os.path.join(em.final_checkpoint(config.run_dir, "r0_nar_train"),
+                           "trained_on.json")) as f:
+        assert json.load(f)["data_dir"].endswith(os.path.join("prepare", "data"))
+    for name in ("r0_ar_eval", "r0_nar_eval", "r1_nar_eval", "r1_ar_eval", "r2_nar_eval"):
+        counts = done[name]["counts"]
+        checkpoint = os.path.join(config.run_dir, counts["checkpoint"])
+        assert counts["metrics"] == {"padir_fake": {"bleu": fake_bleu(checkpoint),
+                                                    "chrf": float(len(pairs))}}
+    table = em.report(config).splitlines()
+    assert table[0].startswith("| stage | model | trained on | steps |")
+    rows = {line.split(" | ")[0][2:]: line for line in table[2:]}
+    assert list(rows) == ["r0_ar_train", "r0_nar_train", "r1_nar_train", "r1_ar_train",
+                          "r2_nar_train"]
+    assert "| PaDIR | raw targets | 3 | 4 |" in rows["r0_nar_train"]
+    assert "AR round 0 top beam (distilled)" in rows["r1_nar_train"]
+    assert "(EM round 2)" in rows["r2_nar_train"]
+    bleu = fake_bleu(os.path.join(config.run_dir, done["r2_nar_eval"]["counts"]["checkpoint"]))
+    assert rows["r2_nar_train"].endswith(f"| padir_fake (validation) | {bleu:.2f} | 4.00 |")
+
+
+def test_read_eval_metrics_names_missing_and_bad_files(tmp_path):
+    with pytest.raises(em.EmError, match="no '\\*-metrics.jsonl' written by t5x.eval"):
+        em.read_eval_metrics(str(tmp_path))
+    directory = tmp_path / "inference_eval"
+    directory.mkdir()
+    (directory / "t-metrics.jsonl").write_text('{"step": 1, "bleu": 2}\n{"bleu": \n')
+    with pytest.raises(em.EmError, match="t-metrics.jsonl: line 2 is not valid JSON"):
+        em.read_eval_metrics(str(tmp_path))
+
+
 def test_stage_dir_without_marker_is_an_error(tmp_path):
     config, _ = make_config(tmp_path, n=3)
     os.makedirs(em.stage_dir(config.run_dir, "prepare"))
@@ -432,13 +516,14 @@ def test_cli_gin_then_flags(tmp_path):
                         "EmConfig.teacher_bindings = ('A = 1',)\n")
     args = em.build_parser().parse_args([
         "--gin_file", str(gin_file), "--run_dir", "r", "--beam_size", "8",
-        "--train_files", "a", "b", "--final_e_step", "false"])
+        "--train_files", "a", "b", "--final_e_step", "false", "--student_eval_gin", "e.gin"])
     gin.clear_config()
     try:
         config = em.config_from_args(args)
     finally:
         gin.clear_config()
     assert (config.rounds, config.beam_size, config.final_e_step) == (3, 8, False)
+    assert not config.raw_baseline and config.student_eval_gin == ("e.gin",)
     assert config.teacher_bindings == ("A = 1",) and config.train_files == ("a", "b")
 
 
