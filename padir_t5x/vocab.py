@@ -186,6 +186,23 @@ def train_sentencepiece(sentences: Iterable[str], output_prefix: str,
     return model_path
 
 
+def ensure_pair_vocabulary(data_dir: str, pair: str, vocab_size: int, output_dir: str,
+                           seed: int = 0) -> str:
+    """`{output_dir}/{src}_{tgt}.{vocab_size}.model`, trained on first use.
+
+    Trained on both sides of `{data_dir}/{pair}/train.{src,tgt}` (every non-blank line, '\\n'
+    splitting only); the benchmarks and the padir_shared_* tasks share it this way.
+    """
+    source, target = pair.split("-")
+    prefix = os.path.join(output_dir, f"{source}_{target}.{vocab_size}")
+    if not os.path.exists(prefix + ".model"):
+        files = [os.path.join(data_dir, pair, f"train.{language}")
+                 for language in (source, target)]
+        lines = [line for line in read_lines(files) if line.strip()]
+        train_sentencepiece(lines, prefix, vocab_size=vocab_size, seed=seed, num_threads=2)
+    return prefix + ".model"
+
+
 def _atomic_write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:

@@ -8,9 +8,10 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
+import padir_t5x
 import tasks
 from padir_t5x import corpus, pipelines, vocab
-from tasks import common, own_corpus, quickstart
+from tasks import common, own_corpus, quickstart, shared_corpus
 
 LENGTHS = {"inputs": 32, "targets": 32}
 DIRECTIONS = ["de_en", "en_de", "ro_en", "en_ro", "zh_en", "en_zh"]
@@ -230,3 +231,47 @@ def test_quickstart_replaces_incomplete_cache(tmp_path):
     data_dir, vocab_path = quickstart.ensure_quickstart_data(str(tmp_path))
     assert data_dir == directory and os.path.exists(vocab_path)
     assert os.path.getsize(os.path.join(data_dir, "train.de")) > 0
+
+
+def _write_shared_layout(root, pairs_by_stem):
+    directory = root / "de-en"
+    directory.mkdir(parents=True)
+    for stem, pairs in pairs_by_stem.items():
+        (directory / f"{stem}.de").write_text("".join(d + "\n" for d, _ in pairs), encoding="utf-8")
+        (directory / f"{stem}.en").write_text("".join(e + "\n" for _, e in pairs), encoding="utf-8")
+    return directory
+
+
+def test_shared_task_reads_the_data_dir_and_builds_its_vocabulary(tmp_path, monkeypatch):
+    pairs = corpus.generate_pairs(700, seed=3)
+    _write_shared_layout(tmp_path / "data", {"train": pairs[:500], "dev-multi30k": pairs[500:600],
+                                             "dev": pairs[600:]})
+    monkeypatch.setenv("PADIR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PADIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(shared_corpus, "VOCAB_SIZE", 150)  # the synthetic text is small
+    assert "padir_shared_de_en" in seqio.TaskRegistry.names()
+    task = seqio.get_mixture_or_task("padir_shared_de_en")
+    for split, first in (("train", pairs[0]), ("validation", pairs[500]), ("test", pairs[600])):
+        ex = _first(task.get_dataset({"inputs": 64, "targets": 64}, split=split,
+                                     shuffle=False), 1)[0]
+        assert (ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode()) == first
+        assert ex["targets"][-1] == padir_t5x.EOS_ID
+        assert task.output_features["targets"].vocabulary.decode(ex["targets"].tolist()) == first[1]
+    # Built from both sides of train.{de,en}, cached under $PADIR_CACHE_DIR/shared.
+    model = tmp_path / "cache" / "shared" / "de_en.150.model"
+    assert shared_corpus.vocabulary_path() == str(model) and model.exists()
+    assert vocab.model_vocab_size(str(model)) == 150
+
+
+def test_shared_task_errors_name_the_problem(tmp_path, monkeypatch):
+    monkeypatch.setattr(shared_corpus.shared_data, "find_data_dir", lambda: None)
+    with pytest.raises(FileNotFoundError, match="set \\$PADIR_DATA_DIR"):
+        shared_corpus.vocabulary_path()
+    pairs = corpus.generate_pairs(20, seed=3)
+    directory = _write_shared_layout(tmp_path / "data", {"dev-multi30k": pairs})
+    with open(directory / "dev-multi30k.en", "a", encoding="utf-8") as f:
+        f.write("one line too many\n")
+    monkeypatch.setattr(shared_corpus.shared_data, "find_data_dir",
+                        lambda: str(tmp_path / "data"))
+    with pytest.raises(pipelines.CorpusFileError, match="dev-multi30k"):
+        shared_corpus._dataset_fn("validation", shuffle_files=False)
