@@ -69,6 +69,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--padir_checkpoint", required=True)
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--split", default="dev", help="dev (newstest2013) or dev-multi30k")
     parser.add_argument("--num_sentences", type=int, default=500)
     parser.add_argument("--max_passes", type=int, default=4)
     parser.add_argument("--length_beam", type=int, default=3)
@@ -82,12 +83,13 @@ def main(argv=None):
         parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
     processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
     max_length = min(module.config.max_input_length, module.config.max_target_length)
-    _, _, source_ids, _ = common.load_dev_set(data_dir, processor, args.num_sentences, max_length)
+    _, _, source_ids, _ = common.load_dev_set(data_dir, processor, args.num_sentences, max_length,
+                                              args.split)
     config = decoding.DecodingConfig(length_beam=args.length_beam, max_passes=args.max_passes,
                                      vocab_high=meta["vocab_high"], dedup="none",
                                      remask_stutter=args.remask_stutter)
     tables = analyse(module, params, source_ids, config)
-    print(f"{tables['num_sentences']} dev sentences; {tables['fixed_point_rows']} fixed-point rows "
+    print(f"{tables['num_sentences']} {args.split} sentences; {tables['fixed_point_rows']} fixed-point rows "
           f"analysed (T={args.max_passes}, l={args.length_beam}, dedup off, remask_stutter="
           f"{args.remask_stutter})")
     print(analysis.format_tables(tables))

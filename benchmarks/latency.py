@@ -12,8 +12,10 @@ models' position tables:
   p99, mean (ms);
 * compile time, apart: the first call's wall time (for bucketed PaDIR: compiling every bucket
   first) minus the median steady-state latency;
-* throughput (sentences/s) over the same sentences at `throughput_batch` (halved on
-  RESOURCE_EXHAUSTED until it fits);
+* throughput (sentences/s) over the same sentences at the largest batch that fits, or where
+  doubling it stops paying: from `throughput_batch`, halved on RESOURCE_EXHAUSTED until it
+  fits, then doubled up to `max_throughput_batch` while sentences/s still grow by 5% (every
+  batch tried is in results.json; on a CPU, memory is never the limit, the cores are);
 * SacreBLEU and the word-level stutter rate of the batch-1 outputs;
 * decoder passes per sentence: PaDIR's passes after early stop, AR's decoder steps (its output
   length in tokens, EOS included, plus any steps the beam ran on after the best hypothesis ended,
@@ -126,37 +128,16 @@ def padir_system(module, params, passes: int, length_beam: int, max_decode_lengt
 
 def bucketed_padir_system(module, params, passes: int, length_beam: int, max_decode_length: int,
                           vocab_high: int, buckets: Sequence[int], seed: int = 0) -> System:
-    """PaDIR with the decode length cut to the smallest bucket that holds the length beam.
-
-    decode_with_network refines [b * l, t] rows with t = max_decode_length whatever the predicted
-    lengths, so every pass pays attention and FFN over the whole position table. Here a first
-    jitted call encodes and reads the length beam; the refinement then runs with t = the
-    smallest bucket >= the longest candidate (one compile per bucket), reusing the encoder
-    output (decode_with_network's `encoded` argument). The candidate lengths are the same as
-    with the full t (select_lengths only drops lengths > t); the random initial tokens differ
-    because their shape does.
-    """
+    """PaDIR through decoding.decode_with_network_bucketed: the decode length is cut to the
+    smallest bucket that holds the length beam (one host sync per batch, one compile per
+    bucket, the encoder output reused)."""
     config = decoding.DecodingConfig(length_beam=length_beam, max_passes=passes,
                                      vocab_high=vocab_high)
     rng = jax.random.PRNGKey(seed)
-    buckets = sorted(b for b in buckets if b < max_decode_length) + [max_decode_length]
-
-    @jax.jit
-    def encode_and_lengths(p, tokens):
-        encoded = module.apply({"params": p}, tokens, enable_dropout=False,
-                               method=type(module).encode)
-        logits = module.apply({"params": p}, encoded, tokens,
-                              method=type(module).predict_length)
-        lengths, _ = decoding.select_lengths(logits, length_beam, max_decode_length,
-                                             config.min_length)
-        return encoded, jnp.max(lengths)
 
     def decode(tokens):
-        tokens = jnp.asarray(tokens)
-        encoded, longest = encode_and_lengths(params, tokens)
-        t = next(b for b in buckets if b >= int(longest))  # the one host sync: a scalar
-        out = decoding.decode_with_network(module, params, tokens, rng, config, t,
-                                           encoded=encoded)
+        out, t = decoding.decode_with_network_bucketed(module, params, tokens, rng, config,
+                                                       max_decode_length, buckets)
         jax.block_until_ready(out)
         ids = np.zeros((tokens.shape[0], max_decode_length), np.int32)
         ids[:, :t] = np.asarray(out.sequences[:, -1, :])
@@ -164,11 +145,13 @@ def bucketed_padir_system(module, params, passes: int, length_beam: int, max_dec
 
     def precompile(tokens):
         tokens = jnp.asarray(tokens)
-        encoded, _ = encode_and_lengths(params, tokens)
-        for t in buckets:
-            if t >= length_beam + config.min_length - 1:  # select_lengths needs l lengths <= t
-                jax.block_until_ready(decoding.decode_with_network(
-                    module, params, tokens, rng, config, t, encoded=encoded))
+        encoded = module.apply({"params": params}, tokens, enable_dropout=False,
+                               method=type(module).encode)
+        for t in decoding.length_buckets(max_decode_length, buckets, length_beam,
+                                         config.min_length):
+            jax.block_until_ready(decoding.decode_with_network(
+                module, params, tokens, rng, config, t, encoded=encoded))
+        decode(tokens)  # compiles the encode-and-lengths call
     return System("padir", f"T={passes},l={length_beam},bucketed",
                   {"max_passes": passes, "length_beam": length_beam,
                    "length_buckets": list(buckets)}, decode, precompile)
@@ -179,7 +162,7 @@ def _is_oom(error: Exception) -> bool:
 
 
 def measure(system: System, source_ids: np.ndarray, warmup: int, throughput_batch: int,
-            log=print) -> dict:
+            log=print, max_throughput_batch: int = 512) -> dict:
     """Runs the batch-1 latency loop and the throughput pass; returns timings and outputs."""
     n = source_ids.shape[0]
     start = time.perf_counter()
@@ -198,30 +181,62 @@ def measure(system: System, source_ids: np.ndarray, warmup: int, throughput_batc
         passes.append(int(used[0]))
     latency = latency_summary(seconds)
 
-    batch = min(throughput_batch, n)
-    throughput = None
-    while batch >= 1:
+    by_batch = measure_throughput(system, source_ids, throughput_batch, max_throughput_batch,
+                                  log)
+    best = max(by_batch, key=by_batch.get) if by_batch else None
+    return {"latency_ms": latency, "compile_s": max(0.0, first_call - latency["median"] / 1e3),
+            "first_call_s": first_call,
+            "throughput_sent_per_s": by_batch[best] if best else None,
+            "throughput_batch": best, "throughput_by_batch": by_batch,
+            "outputs": np.stack(outputs), "passes": passes}
+
+
+def _throughput_at(system: System, source_ids: np.ndarray, batch: int) -> float:
+    """Sentences per second decoding all of source_ids in batches of `batch` (after warm-up)."""
+    n = source_ids.shape[0]
+    # Pad the last batch with copies of row 0, so one shape (one compile) serves all.
+    num_batches = -(-n // batch)
+    padded = np.concatenate([source_ids, np.repeat(source_ids[:1], num_batches * batch - n, 0)])
+    if system.precompile is not None:
+        system.precompile(padded[:batch])
+    system.decode(padded[:batch])  # compile + warm-up
+    start = time.perf_counter()
+    for j in range(num_batches):
+        system.decode(padded[j * batch:(j + 1) * batch])
+    return n / (time.perf_counter() - start)
+
+
+def measure_throughput(system: System, source_ids: np.ndarray, start_batch: int,
+                       max_batch: int, log=print, min_gain: float = 0.05) -> dict[int, float]:
+    """{batch: sentences/s}: the largest batch that fits, or where doubling stops paying.
+
+    From `start_batch`, halves on out-of-memory until a batch fits, then doubles (up to
+    `max_batch` and the number of sentences) while the throughput still grows by `min_gain`.
+    The best entry is the reported throughput.
+    """
+    n = source_ids.shape[0]
+    batch = max(1, min(start_batch, n))
+    by_batch: dict[int, float] = {}
+    limit = min(max_batch, n)  # lowered to (the smallest batch that did not fit) - 1
+    while True:
         try:
-            # Pad the last batch with copies of row 0, so one shape (one compile) serves all.
-            num_batches = -(-n // batch)
-            padded = np.concatenate([source_ids, np.repeat(source_ids[:1],
-                                                           num_batches * batch - n, 0)])
-            if system.precompile is not None:
-                system.precompile(padded[:batch])
-            system.decode(padded[:batch])  # compile + warm-up
-            start = time.perf_counter()
-            for j in range(num_batches):
-                system.decode(padded[j * batch:(j + 1) * batch])
-            throughput = n / (time.perf_counter() - start)
-            break
+            by_batch[batch] = _throughput_at(system, source_ids, batch)
         except Exception as e:  # pylint: disable=broad-except
             if not _is_oom(e):
                 raise
-            log(f"  batch {batch} does not fit ({type(e).__name__}); halving")
+            log(f"  batch {batch} does not fit ({type(e).__name__})")
+            limit = batch - 1
+            if by_batch or batch == 1:
+                break  # the previous (smaller) batch was the largest that fits
             batch //= 2
-    return {"latency_ms": latency, "compile_s": max(0.0, first_call - latency["median"] / 1e3),
-            "first_call_s": first_call, "throughput_sent_per_s": throughput,
-            "throughput_batch": batch, "outputs": np.stack(outputs), "passes": passes}
+            continue
+        previous = by_batch.get(batch // 2)
+        if previous is not None and by_batch[batch] < previous * (1 + min_gain):
+            break
+        if batch * 2 > limit:
+            break
+        batch *= 2
+    return {b: round(v, 2) for b, v in sorted(by_batch.items())}
 
 
 def score(processor, references: list[str], output_ids: np.ndarray) -> dict:
@@ -236,9 +251,13 @@ def run_benchmark(ar_checkpoint: Optional[str], padir_checkpoint: Optional[str],
                   out_dir: str, num_sentences: int = 500, warmup: int = 10,
                   ar_beams: Sequence[int] = (1, 5), passes: Sequence[int] = (1, 2, 4, 10),
                   length_beams: Sequence[int] = (1, 3, 5), throughput_batch: int = 64,
+                  max_throughput_batch: int = 512,
                   bucketed: Sequence[tuple[int, int]] = (), length_buckets: Sequence[int] = (
-                      16, 24, 32, 48, 64), log=print) -> dict:
-    """Benchmarks every setting; writes results.json, results.md, pareto.png; returns the JSON."""
+                      16, 24, 32, 48, 64), log=print, split: str = "dev") -> dict:
+    """Benchmarks every setting; writes results.json, results.md, pareto.png; returns the JSON.
+
+    `split`: the de-en/{split}.{de,en} files of data_dir to translate.
+    """
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
     loaded = {}
     for kind, path in (("ar", ar_checkpoint), ("padir", padir_checkpoint)):
@@ -259,8 +278,8 @@ def run_benchmark(ar_checkpoint: Optional[str], padir_checkpoint: Optional[str],
     max_length = min(min(m.config.max_input_length, m.config.max_target_length)
                      for m, _, _ in loaded.values())
     sources, references, source_ids, kept = common.load_dev_set(data_dir, processor,
-                                                                num_sentences, max_length)
-    log(f"{len(sources)} dev sentences (first {num_sentences} with source and reference "
+                                                                num_sentences, max_length, split)
+    log(f"{len(sources)} {split} sentences (first {num_sentences} with source and reference "
         f"<= {max_length} pieces; last line used: {kept[-1] + 1 if kept else 0})")
 
     systems = []
@@ -277,7 +296,8 @@ def run_benchmark(ar_checkpoint: Optional[str], padir_checkpoint: Optional[str],
     results = []
     os.makedirs(out_dir, exist_ok=True)
     for system in systems:
-        measured = measure(system, source_ids, warmup, throughput_batch, log)
+        measured = measure(system, source_ids, warmup, throughput_batch, log,
+                           max_throughput_batch)
         scored = score(processor, references, measured["outputs"])
         lengths = [output_length(row) for row in measured["outputs"]]
         entry = {
@@ -289,6 +309,7 @@ def run_benchmark(ar_checkpoint: Optional[str], padir_checkpoint: Optional[str],
             "throughput_sent_per_s": (round(measured["throughput_sent_per_s"], 2)
                                       if measured["throughput_sent_per_s"] else None),
             "throughput_batch": measured["throughput_batch"],
+            "throughput_by_batch": measured["throughput_by_batch"],
             "decoder_passes_per_sentence": round(float(np.mean(measured["passes"])), 2),
             "mean_output_tokens": round(float(np.mean(lengths)), 2)}
         results.append(entry)
@@ -301,7 +322,7 @@ def run_benchmark(ar_checkpoint: Optional[str], padir_checkpoint: Optional[str],
             f.write("\n".join(scored["hypotheses"]) + "\n")
 
     report = {"results": results, "environment": environment(),
-              "data": {"data_dir": data_dir, "num_sentences": len(sources),
+              "data": {"data_dir": data_dir, "split": split, "num_sentences": len(sources),
                        "max_length": max_length, "dev_line_indices_first_last":
                        [kept[0], kept[-1]] if kept else []},
               "checkpoints": {k: {"path": p, "train": loaded[k][2].get("train", {})}
@@ -372,12 +393,17 @@ def main(argv=None):
     parser.add_argument("--padir_checkpoint")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--out_dir", default="runs/bench")
+    parser.add_argument("--split", default="dev",
+                        help="de-en/{split}.{de,en} of the data dir: dev (newstest2013) or "
+                             "dev-multi30k (Multi30k validation)")
     parser.add_argument("--num_sentences", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--ar_beams", type=_ints, default=[1, 5])
     parser.add_argument("--passes", type=_ints, default=[1, 2, 4, 10])
     parser.add_argument("--length_beams", type=_ints, default=[1, 3, 5])
-    parser.add_argument("--throughput_batch", type=int, default=64)
+    parser.add_argument("--throughput_batch", type=int, default=64,
+                        help="first batch size of the throughput search")
+    parser.add_argument("--max_throughput_batch", type=int, default=512)
     parser.add_argument("--bucketed", default="4:3",
                         help="PaDIR T:l settings also run with length-bucketed decoding, "
                              "comma-separated ('' for none)")
@@ -390,8 +416,9 @@ def main(argv=None):
         parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
     report = run_benchmark(args.ar_checkpoint, args.padir_checkpoint, data_dir, args.out_dir,
                            args.num_sentences, args.warmup, args.ar_beams, args.passes,
-                           args.length_beams, args.throughput_batch, bucketed,
-                           args.length_buckets)
+                           args.length_beams, args.throughput_batch,
+                           args.max_throughput_batch, bucketed,
+                           args.length_buckets, split=args.split)
     print(markdown_table(report["results"]))
 
 

@@ -161,7 +161,7 @@ def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
     report = latency.run_benchmark(str(tmp_path / "ar"), str(tmp_path / "padir"), str(data_dir),
                                    str(out_dir), num_sentences=3, warmup=1, ar_beams=(2,),
                                    passes=(1, 3), length_beams=(2,), throughput_batch=1,
-                                   log=lambda *_: None)
+                                   max_throughput_batch=1, log=lambda *_: None)
     with open(out_dir / "results.json") as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(report))
@@ -191,3 +191,35 @@ def test_read_lines_keeps_unicode_line_separators_inside_a_line(tmp_path):
     path.write_text("eins\u0085zwei\ndrei\u2028vier\nfünf\n", encoding="utf-8")
     assert common.read_lines(str(path)) == ["eins\u0085zwei", "drei\u2028vier", "fünf"]
     assert common.read_lines(str(path), limit=2) == ["eins\u0085zwei", "drei\u2028vier"]
+
+
+class _FakeThroughputSystem:
+    """decode() costs `overhead + per_row * B` seconds of fake time; OOM above `fits`."""
+
+    def __init__(self, fits, overhead, per_row):
+        self.fits, self.overhead, self.per_row = fits, overhead, per_row
+        self.clock = 0.0
+        self.precompile = None
+        self.name, self.setting = "fake", "x"
+
+    def decode(self, tokens):
+        if tokens.shape[0] > self.fits:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        self.clock += self.overhead + self.per_row * tokens.shape[0]
+        return tokens, np.ones(tokens.shape[0], np.int32)
+
+
+@pytest.mark.parametrize("fits,overhead,start,expected_batches", [
+    (1000, 1.0, 8, [8, 16, 32, 64, 128]),  # per-call overhead dominates: grows to the cap
+    (1000, 0.0, 8, [8, 16]),               # no gain from batching: stops after one doubling
+    (20, 1.0, 64, [16]),                   # 64 and 32 do not fit: halves to 16, not 32 again
+])
+def test_throughput_search(monkeypatch, fits, overhead, start, expected_batches):
+    system = _FakeThroughputSystem(fits, overhead, 0.01)
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: system.clock)
+    source_ids = np.ones((200, 4), np.int32)
+    by_batch = latency.measure_throughput(system, source_ids, start, 128, log=lambda *_: None)
+    assert list(by_batch) == expected_batches
+    for batch, value in by_batch.items():
+        calls = -(-200 // batch)
+        assert value == pytest.approx(200 / (calls * (overhead + 0.01 * batch)), rel=1e-3)

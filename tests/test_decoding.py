@@ -406,3 +406,45 @@ def test_decode_with_network(tiny_network):
   assert np.all((deduplicated[:, :, 1:] != deduplicated[:, :, :-1]) | (deduplicated[:, :, 1:] == 0))
   content = deduplicated[deduplicated > EOS_ID]
   assert np.all((content >= LOW) & (content < 14))
+
+
+def test_length_buckets():
+  assert decoding.length_buckets(64, (16, 8, 64, 128, 32), 3, 2) == (8, 16, 32, 64)
+  # A bucket must hold l lengths >= min_length: 4 + 2 - 1 = 5 positions at least.
+  assert decoding.length_buckets(24, (4, 5, 12), 4, 2) == (5, 12, 24)
+
+
+@pytest.mark.parametrize("favoured,expected_bucket", [((3, 4, 5), 8), ((9, 10, 11), 12),
+                                                      ((20, 21, 22), 24)])
+def test_bucketed_decoding_matches_the_full_length_decode(favoured, expected_bucket):
+  """With 'mask' init nothing random is drawn, so cutting the position table to the bucket must
+  not change any hypothesis: padding positions are masked out of every attention."""
+  network = pytest.importorskip("padir_t5x.network")
+  module = network.Transformer(network.tiny_config(
+      vocab_size=16, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
+      num_decoder_layers=1, max_input_length=8, max_target_length=24, dropout_rate=0.0))
+  inputs = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, 9, EOS_ID, 0, 0, 0]], jnp.int32)
+  targets = jnp.ones((2, 24), jnp.int32)
+  params = module.init(jax.random.PRNGKey(0), inputs, targets, targets,
+                       enable_dropout=False)["params"]
+  # Make the length classifier prefer the classes `favoured` (class i = length i + 1, EOS
+  # included), so the beam is known.
+  bias = np.full((24,), -20.0, np.float32)
+  bias[list(favoured)] = [3.0, 2.0, 1.0]
+  params = jax.tree.map(lambda x: x, params)
+  params["length_predictor"]["logits"]["bias"] = jnp.asarray(bias)
+  params["length_predictor"]["logits"]["kernel"] = jnp.zeros((32, 24))
+  config = decoding.DecodingConfig(length_beam=3, max_passes=3, init="mask", vocab_high=14)
+  rng = jax.random.PRNGKey(1)
+  full = jax.tree.map(np.asarray, decoding.decode_with_network(module, params, inputs, rng,
+                                                               config, 24))
+  cut, bucket = decoding.decode_with_network_bucketed(module, params, inputs, rng, config, 24,
+                                                      buckets=(8, 12, 16))
+  cut = jax.tree.map(np.asarray, cut)
+  assert bucket == expected_bucket and cut.sequences.shape == (2, 3, bucket)
+  np.testing.assert_array_equal(np.sort(cut.lengths, axis=1),
+                                [[c + 1 for c in favoured]] * 2)
+  np.testing.assert_array_equal(cut.sequences, full.sequences[:, :, :bucket])
+  assert not full.sequences[:, :, bucket:].any()
+  np.testing.assert_array_equal(cut.passes, full.passes)
+  np.testing.assert_allclose(cut.scores, full.scores, rtol=1e-4, atol=1e-5)
