@@ -1064,7 +1064,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> EmConfig:
     """EmConfig from the gin files/bindings, then the flags (flags win)."""
     gin.add_config_file_search_path(REPO_ROOT)
-    gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings)
+    # Not finalized: a stage may import modules with gin configurables later (the padir_*
+    # tasks, when the training data are a seqio task), which a locked config would refuse.
+    gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings,
+                                        finalize_config=False)
     config = EmConfig()
     overrides = {}
     for field in dataclasses.fields(EmConfig):
