@@ -992,6 +992,13 @@ def _trained_on(stage: Stage) -> str:
             f"AR round {stage.round - 1} top beam (EM round {stage.round})")
 
 
+def _format_metric(name: str, values: Mapping[str, float]) -> str:
+    if name not in values:
+        return ""
+    # Rates (stutter) are fractions: two decimals would round 1.5% to 0.02.
+    return f"{values[name]:.4f}" if name.endswith("rate") else f"{values[name]:.2f}"
+
+
 def report(config: EmConfig, metric_names: Sequence[str] = ("bleu", "chrf", "stutter_rate")
            ) -> str:
     """A markdown table of every finished eval stage: model, its data, steps, time, metrics."""
@@ -1014,7 +1021,7 @@ def report(config: EmConfig, metric_names: Sequence[str] = ("bleu", "chrf", "stu
                          _trained_on(train_stage), str(train_done["counts"]["steps"]),
                          str(train_done["counts"]["train_examples"]),
                          f"{train_done['seconds'] / 60:.1f}", f"{task} ({done['counts']['split']})",
-                         *[f"{values[m]:.2f}" if m in values else "" for m in header]])
+                         *[_format_metric(m, values) for m in header]])
     if not rows:
         return "(no finished eval stage)"
     columns = ["stage", "model", "trained on", "steps", "train pairs", "train min", "eval on",

@@ -151,3 +151,27 @@ def test_distill_command_writes_where_distilled_tasks_read(em_run, train_files, 
     sources = [s for s, _ in pipelines.read_parallel_files(*train_files)[:16]]
     assert [s for s, _ in pairs] == sources
     assert "[distill] 16 pairs in 3 shards" in result.stdout
+
+
+def test_raw_baseline_eval_stage_and_report(tmp_path, train_files):
+    """rounds=0 with raw_baseline and a student eval gin: AR and PaDIR on the raw pairs, then
+    t5x.eval of PaDIR on the quickstart validation split; the report shows its BLEU."""
+    run_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "padir_t5x.em", "--gin_file=gin/em/quickstart.gin",
+               f"--run_dir={run_dir}", "--train_files", *train_files, f"--limit={LIMIT}",
+               "--rounds=0", "--ar_steps=5", "--nar_steps=5", "--raw_baseline=true",
+               "--student_eval_gin=gin/experiments/quickstart_eval.gin",
+               "--eval_split=validation", "--teacher_bindings=WARMUP_STEPS = 1",
+               "--student_bindings=WARMUP_STEPS = 1"]
+    result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True,
+                            text=True, timeout=1800)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    done = em.read_done(run_dir, "r0_nar_eval")
+    assert done["counts"]["split"] == "validation"
+    assert done["counts"]["checkpoint"] == os.path.join("stages", "r0_nar_train", "model",
+                                                        "checkpoint_5")
+    metrics = done["counts"]["metrics"]["padir_quickstart_de_en"]
+    assert 0.0 <= metrics["bleu"] <= 100.0 and "stutter_rate" in metrics
+    assert em.read_done(run_dir, "r0_nar_train")["counts"]["train_examples"] == LIMIT
+    row = [line for line in result.stdout.splitlines() if line.startswith("| r0_nar_train |")]
+    assert row and f"| {metrics['bleu']:.2f} |" in row[0], result.stdout[-2000:]
