@@ -75,11 +75,6 @@ def transformer_config(config: BudgetConfig, vocab_high: int) -> network.Transfo
         decoder_mode="padir" if config.model == "padir" else "autoregressive")
 
 
-def ensure_vocab(data_dir: str, vocab_dir: str, vocab_size: int, pair: str = "de-en") -> str:
-    """The shared SentencePiece model (built from train.de + train.en on first use)."""
-    return vocab_lib.ensure_pair_vocabulary(data_dir, pair, vocab_size, vocab_dir)
-
-
 def bucket_batches(inputs: list[list[int]], targets: list[list[int]],
                    buckets=DEFAULT_BUCKETS, seed: int = 0) -> Iterator[dict]:
     """Endless shuffled batches, each from one length bucket (padded to the bucket length).
@@ -257,7 +252,8 @@ def main(argv=None):
         parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
     config = BudgetConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BudgetConfig)})
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-    vocab_model = ensure_vocab(data_dir, args.vocab_dir, config.vocab_size)
+    vocab_model = vocab_lib.ensure_pair_vocabulary(data_dir, "de-en", config.vocab_size,
+                                                   args.vocab_dir)
     processor = spm.SentencePieceProcessor(model_file=vocab_model)
     inputs, targets, total = load_training_pairs(data_dir, processor, config.max_length)
     print(f"{len(inputs)} of {total} training pairs fit in {config.max_length} ids; "

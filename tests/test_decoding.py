@@ -359,17 +359,23 @@ def test_deterministic_given_rng_and_random_init_varies_with_it():
 # With the real network.
 
 
-@pytest.fixture(scope="module")
-def tiny_network():
+def make_tiny_network(max_target_length):
+  """(module, params, inputs [2, 6]) of a 1+1-layer PaDIR network over a 16-id vocabulary."""
   network = pytest.importorskip("padir_t5x.network")
   module = network.Transformer(network.tiny_config(
       vocab_size=16, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
-      num_decoder_layers=1, max_input_length=8, max_target_length=8, dropout_rate=0.0))
+      num_decoder_layers=1, max_input_length=8, max_target_length=max_target_length,
+      dropout_rate=0.0))
   inputs = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, 9, EOS_ID, 0, 0, 0]], jnp.int32)
-  targets = jnp.ones((2, 8), jnp.int32)
+  targets = jnp.ones((2, max_target_length), jnp.int32)
   params = module.init(jax.random.PRNGKey(0), inputs, targets, targets,
                        enable_dropout=False)["params"]
   return module, params, inputs
+
+
+@pytest.fixture(scope="module")
+def tiny_network():
+  return make_tiny_network(8)
 
 
 def test_decode_with_network(tiny_network):
@@ -419,14 +425,7 @@ def test_length_buckets():
 def test_bucketed_decoding_matches_the_full_length_decode(favoured, expected_bucket):
   """With 'mask' init nothing random is drawn, so cutting the position table to the bucket must
   not change any hypothesis: padding positions are masked out of every attention."""
-  network = pytest.importorskip("padir_t5x.network")
-  module = network.Transformer(network.tiny_config(
-      vocab_size=16, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
-      num_decoder_layers=1, max_input_length=8, max_target_length=24, dropout_rate=0.0))
-  inputs = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, 9, EOS_ID, 0, 0, 0]], jnp.int32)
-  targets = jnp.ones((2, 24), jnp.int32)
-  params = module.init(jax.random.PRNGKey(0), inputs, targets, targets,
-                       enable_dropout=False)["params"]
+  module, params, inputs = make_tiny_network(24)
   # Make the length classifier prefer the classes `favoured` (class i = length i + 1, EOS
   # included), so the beam is known.
   bias = np.full((24,), -20.0, np.float32)
