@@ -27,76 +27,93 @@ from padir_t5x import analysis
 from padir_t5x import decoding
 
 
-def analyse(module, params, source_ids: np.ndarray, config: decoding.DecodingConfig,
-            batch_size: int = 50, seed: int = 0) -> dict:
-    """Decodes `source_ids` [n, s] and returns analysis.stutter_attention_tables + counts."""
-    t = module.config.max_target_length
-    rng = jax.random.PRNGKey(seed)
-    tables_in = {"self": [], "cross": [], "tokens": [], "length_mask": [], "fixed": []}
-    for start in range(0, len(source_ids), batch_size):
-        chunk = source_ids[start:start + batch_size]
-        real = len(chunk)
-        if real < batch_size:  # one shape, one compile
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - real, 0)])
-        result = decoding.decode_with_network(module, params, chunk, rng, config, t)
-        best = np.asarray(result.sequences[:, -1])
-        lengths = np.asarray(result.lengths[:, -1])
-        length_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
-        out = analysis.decoder_attention(module, params, chunk, best, length_mask)
-        logits = decoding.restrict_logits(out["logits"], config.vocab_low, config.vocab_high)
-        again = np.asarray(jnp.argmax(logits, -1))
-        content = np.arange(t)[None, :] < lengths[:, None] - 1
-        fixed = np.all(np.where(content, again == best, True), axis=1)
-        tables_in["self"].append(np.asarray(out["self"])[:, :real])
-        tables_in["cross"].append(np.asarray(out["cross"])[:, :real])
-        tables_in["tokens"].append(best[:real])
-        tables_in["length_mask"].append(length_mask[:real])
-        tables_in["fixed"].append(fixed[:real])
-    self_w = np.concatenate(tables_in["self"], axis=1)
-    cross_w = np.concatenate(tables_in["cross"], axis=1)
-    tokens = np.concatenate(tables_in["tokens"])
-    length_mask = np.concatenate(tables_in["length_mask"])
-    fixed = np.concatenate(tables_in["fixed"])
-    tables = analysis.stutter_attention_tables(self_w, cross_w, tokens, length_mask, rows=fixed)
-    all_stutter, all_non = analysis.adjacent_pairs(tokens, length_mask)
-    tables.update(num_sentences=int(len(tokens)), fixed_point_rows=int(fixed.sum()),
-                  stutter_pairs_all_rows=int(all_stutter.sum()),
-                  non_stutter_pairs_all_rows=int(all_non.sum()))
-    return tables
+def analyse(
+    module,
+    params,
+    source_ids: np.ndarray,
+    config: decoding.DecodingConfig,
+    batch_size: int = 50,
+    seed: int = 0,
+) -> dict:
+  """Decodes `source_ids` [n, s] and returns analysis.stutter_attention_tables + counts."""
+  t = module.config.max_target_length
+  rng = jax.random.PRNGKey(seed)
+  tables_in = {"self": [], "cross": [], "tokens": [], "length_mask": [], "fixed": []}
+  for start in range(0, len(source_ids), batch_size):
+    chunk = source_ids[start : start + batch_size]
+    real = len(chunk)
+    if real < batch_size:  # one shape, one compile
+      chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - real, 0)])
+    result = decoding.decode_with_network(module, params, chunk, rng, config, t)
+    best = np.asarray(result.sequences[:, -1])
+    lengths = np.asarray(result.lengths[:, -1])
+    length_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
+    out = analysis.decoder_attention(module, params, chunk, best, length_mask)
+    logits = decoding.restrict_logits(out["logits"], config.vocab_low, config.vocab_high)
+    again = np.asarray(jnp.argmax(logits, -1))
+    content = np.arange(t)[None, :] < lengths[:, None] - 1
+    fixed = np.all(np.where(content, again == best, True), axis=1)
+    tables_in["self"].append(np.asarray(out["self"])[:, :real])
+    tables_in["cross"].append(np.asarray(out["cross"])[:, :real])
+    tables_in["tokens"].append(best[:real])
+    tables_in["length_mask"].append(length_mask[:real])
+    tables_in["fixed"].append(fixed[:real])
+  self_w = np.concatenate(tables_in["self"], axis=1)
+  cross_w = np.concatenate(tables_in["cross"], axis=1)
+  tokens = np.concatenate(tables_in["tokens"])
+  length_mask = np.concatenate(tables_in["length_mask"])
+  fixed = np.concatenate(tables_in["fixed"])
+  tables = analysis.stutter_attention_tables(self_w, cross_w, tokens, length_mask, rows=fixed)
+  all_stutter, all_non = analysis.adjacent_pairs(tokens, length_mask)
+  tables.update(
+      num_sentences=int(len(tokens)),
+      fixed_point_rows=int(fixed.sum()),
+      stutter_pairs_all_rows=int(all_stutter.sum()),
+      non_stutter_pairs_all_rows=int(all_non.sum()),
+  )
+  return tables
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--padir_checkpoint", required=True)
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--split", default="dev", help="dev (newstest2013) or dev-multi30k")
-    parser.add_argument("--num_sentences", type=int, default=500)
-    parser.add_argument("--max_passes", type=int, default=4)
-    parser.add_argument("--length_beam", type=int, default=3)
-    parser.add_argument("--remask_stutter", action="store_true")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-    module, params, meta = common.load_checkpoint(args.padir_checkpoint)
-    data_dir = args.data_dir or common.find_data_dir()
-    if data_dir is None:
-        parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-    processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
-    max_length = min(module.config.max_input_length, module.config.max_target_length)
-    _, _, source_ids, _ = common.load_dev_set(data_dir, processor, args.num_sentences, max_length,
-                                              args.split)
-    config = decoding.DecodingConfig(length_beam=args.length_beam, max_passes=args.max_passes,
-                                     vocab_high=meta["vocab_high"], dedup="none",
-                                     remask_stutter=args.remask_stutter)
-    tables = analyse(module, params, source_ids, config)
-    print(f"{tables['num_sentences']} {args.split} sentences; {tables['fixed_point_rows']} fixed-point rows "
-          f"analysed (T={args.max_passes}, l={args.length_beam}, dedup off, remask_stutter="
-          f"{args.remask_stutter})")
-    print(analysis.format_tables(tables))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(tables, f, indent=2)
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--padir_checkpoint", required=True)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--split", default="dev", help="dev (newstest2013) or dev-multi30k")
+  parser.add_argument("--num_sentences", type=int, default=500)
+  parser.add_argument("--max_passes", type=int, default=4)
+  parser.add_argument("--length_beam", type=int, default=3)
+  parser.add_argument("--remask_stutter", action="store_true")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  module, params, meta = common.load_checkpoint(args.padir_checkpoint)
+  data_dir = args.data_dir or common.find_data_dir()
+  if data_dir is None:
+    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
+  max_length = min(module.config.max_input_length, module.config.max_target_length)
+  _, _, source_ids, _ = common.load_dev_set(
+      data_dir, processor, args.num_sentences, max_length, args.split
+  )
+  config = decoding.DecodingConfig(
+      length_beam=args.length_beam,
+      max_passes=args.max_passes,
+      vocab_high=meta["vocab_high"],
+      dedup="none",
+      remask_stutter=args.remask_stutter,
+  )
+  tables = analyse(module, params, source_ids, config)
+  print(
+      f"{tables['num_sentences']} {args.split} sentences; {tables['fixed_point_rows']} fixed-point rows "
+      f"analysed (T={args.max_passes}, l={args.length_beam}, dedup off, remask_stutter="
+      f"{args.remask_stutter})"
+  )
+  print(analysis.format_tables(tables))
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(tables, f, indent=2)
 
 
 if __name__ == "__main__":
-    main()
+  main()

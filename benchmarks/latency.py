@@ -37,7 +37,7 @@ import json
 import os
 import platform
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,377 +50,527 @@ from padir_t5x import EOS_ID
 from padir_t5x import decoding
 from padir_t5x import metrics as metrics_lib
 
-RESULT_KEYS = ("system", "setting", "params", "num_sentences", "bleu", "stutter_rate",
-               "latency_ms", "compile_s", "throughput_sent_per_s", "throughput_batch",
-               "decoder_passes_per_sentence", "mean_output_tokens")
+RESULT_KEYS = (
+    "system",
+    "setting",
+    "params",
+    "num_sentences",
+    "bleu",
+    "stutter_rate",
+    "latency_ms",
+    "compile_s",
+    "throughput_sent_per_s",
+    "throughput_batch",
+    "decoder_passes_per_sentence",
+    "mean_output_tokens",
+)
 LATENCY_KEYS = ("median", "p90", "p99", "mean")
 
 
 def latency_summary(seconds: Sequence[float]) -> dict:
-    """Median, p90, p99 and mean, in milliseconds, of per-call wall times given in seconds.
+  """Median, p90, p99 and mean, in milliseconds, of per-call wall times given in seconds.
 
-    Percentiles use linear interpolation between order statistics (numpy's default), so for
-    1..100 ms the p90 is 90.1 ms.
-    """
-    ms = np.asarray(seconds, np.float64) * 1e3
-    if ms.size == 0:
-        raise ValueError("no latencies to summarise")
-    return {"median": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
+  Percentiles use linear interpolation between order statistics (numpy's default), so for
+  1..100 ms the p90 is 90.1 ms.
+  """
+  ms = np.asarray(seconds, np.float64) * 1e3
+  if ms.size == 0:
+    raise ValueError("no latencies to summarise")
+  return {
+      "median": float(np.percentile(ms, 50)),
+      "p90": float(np.percentile(ms, 90)),
+      "p99": float(np.percentile(ms, 99)),
+      "mean": float(ms.mean()),
+  }
 
 
 def output_length(row: np.ndarray) -> int:
-    """Tokens of an output row up to and including its first EOS (all non-PAD if none)."""
-    row = np.asarray(row)
-    eos = np.flatnonzero(row == EOS_ID)
-    return int(eos[0]) + 1 if eos.size else int(np.sum(row != 0))
+  """Tokens of an output row up to and including its first EOS (all non-PAD if none)."""
+  row = np.asarray(row)
+  eos = np.flatnonzero(row == EOS_ID)
+  return int(eos[0]) + 1 if eos.size else int(np.sum(row != 0))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (latency, bleu) points no other point beats on both (lower latency, higher
-    BLEU), sorted by latency."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+  """Indices of the (latency, bleu) points no other point beats on both (lower latency, higher
+  BLEU), sorted by latency."""
+  order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+  front, best = [], -np.inf
+  for i in order:
+    if points[i][1] > best:
+      front.append(i)
+      best = points[i][1]
+  return front
 
 
 @dataclasses.dataclass
 class System:
-    """A decoder to benchmark: decode(tokens [B, s]) -> (best ids [B, t], passes [B])."""
-    name: str
-    setting: str
-    params: dict
-    decode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-    # Compiles every shape decode may need for this batch shape (None: decode's first call does).
-    precompile: Optional[Callable[[np.ndarray], None]] = None
+  """A decoder to benchmark: decode(tokens [B, s]) -> (best ids [B, t], passes [B])."""
+
+  name: str
+  setting: str
+  params: dict
+  decode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  # Compiles every shape decode may need for this batch shape (None: decode's first call does).
+  precompile: Callable[[np.ndarray], None] | None = None
 
 
-def ar_system(module, params, beam: int, max_decode_length: int, vocab_high: int,
-              alpha: float = 0.6) -> System:
-    def decode(tokens):
-        out = ar_decoding.jit_beam_search(module, params, jnp.asarray(tokens), beam_size=beam,
-                                          max_decode_length=max_decode_length, alpha=alpha,
-                                          vocab_high=vocab_high)
-        jax.block_until_ready(out)
-        steps = np.full((tokens.shape[0],), int(out.steps))
-        return np.asarray(out.sequences[:, -1, :]), steps
-    return System("ar", f"beam={beam}", {"beam": beam, "alpha": alpha}, decode)
+def ar_system(
+    module, params, beam: int, max_decode_length: int, vocab_high: int, alpha: float = 0.6
+) -> System:
+  def decode(tokens):
+    out = ar_decoding.jit_beam_search(
+        module,
+        params,
+        jnp.asarray(tokens),
+        beam_size=beam,
+        max_decode_length=max_decode_length,
+        alpha=alpha,
+        vocab_high=vocab_high,
+    )
+    jax.block_until_ready(out)
+    steps = np.full((tokens.shape[0],), int(out.steps))
+    return np.asarray(out.sequences[:, -1, :]), steps
+
+  return System("ar", f"beam={beam}", {"beam": beam, "alpha": alpha}, decode)
 
 
-def padir_system(module, params, passes: int, length_beam: int, max_decode_length: int,
-                 vocab_high: int, seed: int = 0) -> System:
-    config = decoding.DecodingConfig(length_beam=length_beam, max_passes=passes,
-                                     vocab_high=vocab_high)
-    rng = jax.random.PRNGKey(seed)
+def padir_system(
+    module,
+    params,
+    passes: int,
+    length_beam: int,
+    max_decode_length: int,
+    vocab_high: int,
+    seed: int = 0,
+) -> System:
+  config = decoding.DecodingConfig(
+      length_beam=length_beam, max_passes=passes, vocab_high=vocab_high
+  )
+  rng = jax.random.PRNGKey(seed)
 
-    def decode(tokens):
-        out = decoding.decode_with_network(module, params, jnp.asarray(tokens), rng, config,
-                                           max_decode_length)
-        jax.block_until_ready(out)
-        return np.asarray(out.sequences[:, -1, :]), np.asarray(out.passes)
-    return System("padir", f"T={passes},l={length_beam}",
-                  {"max_passes": passes, "length_beam": length_beam}, decode)
+  def decode(tokens):
+    out = decoding.decode_with_network(
+        module, params, jnp.asarray(tokens), rng, config, max_decode_length
+    )
+    jax.block_until_ready(out)
+    return np.asarray(out.sequences[:, -1, :]), np.asarray(out.passes)
+
+  return System(
+      "padir",
+      f"T={passes},l={length_beam}",
+      {"max_passes": passes, "length_beam": length_beam},
+      decode,
+  )
 
 
-def bucketed_padir_system(module, params, passes: int, length_beam: int, max_decode_length: int,
-                          vocab_high: int, buckets: Sequence[int], seed: int = 0) -> System:
-    """PaDIR through decoding.decode_with_network_bucketed: the decode length is cut to the
-    smallest bucket that holds the length beam (one host sync per batch, one compile per
-    bucket, the encoder output reused)."""
-    config = decoding.DecodingConfig(length_beam=length_beam, max_passes=passes,
-                                     vocab_high=vocab_high)
-    rng = jax.random.PRNGKey(seed)
+def bucketed_padir_system(
+    module,
+    params,
+    passes: int,
+    length_beam: int,
+    max_decode_length: int,
+    vocab_high: int,
+    buckets: Sequence[int],
+    seed: int = 0,
+) -> System:
+  """PaDIR through decoding.decode_with_network_bucketed: the decode length is cut to the
+  smallest bucket that holds the length beam (one host sync per batch, one compile per
+  bucket, the encoder output reused)."""
+  config = decoding.DecodingConfig(
+      length_beam=length_beam, max_passes=passes, vocab_high=vocab_high
+  )
+  rng = jax.random.PRNGKey(seed)
 
-    def decode(tokens):
-        out, t = decoding.decode_with_network_bucketed(module, params, tokens, rng, config,
-                                                       max_decode_length, buckets)
-        jax.block_until_ready(out)
-        ids = np.zeros((tokens.shape[0], max_decode_length), np.int32)
-        ids[:, :t] = np.asarray(out.sequences[:, -1, :])
-        return ids, np.asarray(out.passes)
+  def decode(tokens):
+    out, t = decoding.decode_with_network_bucketed(
+        module, params, tokens, rng, config, max_decode_length, buckets
+    )
+    jax.block_until_ready(out)
+    ids = np.zeros((tokens.shape[0], max_decode_length), np.int32)
+    ids[:, :t] = np.asarray(out.sequences[:, -1, :])
+    return ids, np.asarray(out.passes)
 
-    def precompile(tokens):
-        tokens = jnp.asarray(tokens)
-        encoded = module.apply({"params": params}, tokens, enable_dropout=False,
-                               method=type(module).encode)
-        for t in decoding.length_buckets(max_decode_length, buckets, length_beam,
-                                         config.min_length):
-            jax.block_until_ready(decoding.decode_with_network(
-                module, params, tokens, rng, config, t, encoded=encoded))
-        decode(tokens)  # compiles the encode-and-lengths call
-    return System("padir", f"T={passes},l={length_beam},bucketed",
-                  {"max_passes": passes, "length_beam": length_beam,
-                   "length_buckets": list(buckets)}, decode, precompile)
+  def precompile(tokens):
+    tokens = jnp.asarray(tokens)
+    encoded = module.apply(
+        {"params": params}, tokens, enable_dropout=False, method=type(module).encode
+    )
+    for t in decoding.length_buckets(max_decode_length, buckets, length_beam, config.min_length):
+      jax.block_until_ready(
+          decoding.decode_with_network(module, params, tokens, rng, config, t, encoded=encoded)
+      )
+    decode(tokens)  # compiles the encode-and-lengths call
+
+  return System(
+      "padir",
+      f"T={passes},l={length_beam},bucketed",
+      {"max_passes": passes, "length_beam": length_beam, "length_buckets": list(buckets)},
+      decode,
+      precompile,
+  )
 
 
 def _is_oom(error: Exception) -> bool:
-    return "RESOURCE_EXHAUSTED" in str(error) or isinstance(error, MemoryError)
+  return "RESOURCE_EXHAUSTED" in str(error) or isinstance(error, MemoryError)
 
 
-def measure(system: System, source_ids: np.ndarray, warmup: int, throughput_batch: int,
-            log=print, max_throughput_batch: int = 512) -> dict:
-    """Runs the batch-1 latency loop and the throughput pass; returns timings and outputs."""
-    n = source_ids.shape[0]
+def measure(
+    system: System,
+    source_ids: np.ndarray,
+    warmup: int,
+    throughput_batch: int,
+    log=print,
+    max_throughput_batch: int = 512,
+) -> dict:
+  """Runs the batch-1 latency loop and the throughput pass; returns timings and outputs."""
+  n = source_ids.shape[0]
+  start = time.perf_counter()
+  if system.precompile is not None:
+    system.precompile(source_ids[:1])
+  system.decode(source_ids[:1])
+  first_call = time.perf_counter() - start
+  for i in range(warmup):
+    system.decode(source_ids[i % n : i % n + 1])
+  seconds, outputs, passes = [], [], []
+  for i in range(n):
     start = time.perf_counter()
-    if system.precompile is not None:
-        system.precompile(source_ids[:1])
-    system.decode(source_ids[:1])
-    first_call = time.perf_counter() - start
-    for i in range(warmup):
-        system.decode(source_ids[i % n:i % n + 1])
-    seconds, outputs, passes = [], [], []
-    for i in range(n):
-        start = time.perf_counter()
-        ids, used = system.decode(source_ids[i:i + 1])
-        seconds.append(time.perf_counter() - start)
-        outputs.append(ids[0])
-        passes.append(int(used[0]))
-    latency = latency_summary(seconds)
+    ids, used = system.decode(source_ids[i : i + 1])
+    seconds.append(time.perf_counter() - start)
+    outputs.append(ids[0])
+    passes.append(int(used[0]))
+  latency = latency_summary(seconds)
 
-    by_batch = measure_throughput(system, source_ids, throughput_batch, max_throughput_batch,
-                                  log)
-    best = max(by_batch, key=by_batch.get) if by_batch else None
-    return {"latency_ms": latency, "compile_s": max(0.0, first_call - latency["median"] / 1e3),
-            "first_call_s": first_call,
-            "throughput_sent_per_s": by_batch[best] if best else None,
-            "throughput_batch": best, "throughput_by_batch": by_batch,
-            "outputs": np.stack(outputs), "passes": passes}
+  by_batch = measure_throughput(system, source_ids, throughput_batch, max_throughput_batch, log)
+  best = max(by_batch, key=by_batch.get) if by_batch else None
+  return {
+      "latency_ms": latency,
+      "compile_s": max(0.0, first_call - latency["median"] / 1e3),
+      "first_call_s": first_call,
+      "throughput_sent_per_s": by_batch[best] if best else None,
+      "throughput_batch": best,
+      "throughput_by_batch": by_batch,
+      "outputs": np.stack(outputs),
+      "passes": passes,
+  }
 
 
 def _throughput_at(system: System, source_ids: np.ndarray, batch: int) -> float:
-    """Sentences per second decoding all of source_ids in batches of `batch` (after warm-up)."""
-    n = source_ids.shape[0]
-    # Pad the last batch with copies of row 0, so one shape (one compile) serves all.
-    num_batches = -(-n // batch)
-    padded = np.concatenate([source_ids, np.repeat(source_ids[:1], num_batches * batch - n, 0)])
-    if system.precompile is not None:
-        system.precompile(padded[:batch])
-    system.decode(padded[:batch])  # compile + warm-up
-    start = time.perf_counter()
-    for j in range(num_batches):
-        system.decode(padded[j * batch:(j + 1) * batch])
-    return n / (time.perf_counter() - start)
+  """Sentences per second decoding all of source_ids in batches of `batch` (after warm-up)."""
+  n = source_ids.shape[0]
+  # Pad the last batch with copies of row 0, so one shape (one compile) serves all.
+  num_batches = -(-n // batch)
+  padded = np.concatenate([source_ids, np.repeat(source_ids[:1], num_batches * batch - n, 0)])
+  if system.precompile is not None:
+    system.precompile(padded[:batch])
+  system.decode(padded[:batch])  # compile + warm-up
+  start = time.perf_counter()
+  for j in range(num_batches):
+    system.decode(padded[j * batch : (j + 1) * batch])
+  return n / (time.perf_counter() - start)
 
 
-def measure_throughput(system: System, source_ids: np.ndarray, start_batch: int,
-                       max_batch: int, log=print, min_gain: float = 0.05) -> dict[int, float]:
-    """{batch: sentences/s}: the largest batch that fits, or where doubling stops paying.
+def measure_throughput(
+    system: System,
+    source_ids: np.ndarray,
+    start_batch: int,
+    max_batch: int,
+    log=print,
+    min_gain: float = 0.05,
+) -> dict[int, float]:
+  """{batch: sentences/s}: the largest batch that fits, or where doubling stops paying.
 
-    From `start_batch`, halves on out-of-memory until a batch fits, then doubles (up to
-    `max_batch` and the number of sentences) while the throughput still grows by `min_gain`.
-    The best entry is the reported throughput.
-    """
-    n = source_ids.shape[0]
-    batch = max(1, min(start_batch, n))
-    by_batch: dict[int, float] = {}
-    limit = min(max_batch, n)  # lowered to (the smallest batch that did not fit) - 1
-    while True:
-        try:
-            by_batch[batch] = _throughput_at(system, source_ids, batch)
-        except Exception as e:  # pylint: disable=broad-except
-            if not _is_oom(e):
-                raise
-            log(f"  batch {batch} does not fit ({type(e).__name__})")
-            limit = batch - 1
-            if by_batch or batch == 1:
-                break  # the previous (smaller) batch was the largest that fits
-            batch //= 2
-            continue
-        previous = by_batch.get(batch // 2)
-        if previous is not None and by_batch[batch] < previous * (1 + min_gain):
-            break
-        if batch * 2 > limit:
-            break
-        batch *= 2
-    return {b: round(v, 2) for b, v in sorted(by_batch.items())}
+  From `start_batch`, halves on out-of-memory until a batch fits, then doubles (up to
+  `max_batch` and the number of sentences) while the throughput still grows by `min_gain`.
+  The best entry is the reported throughput.
+  """
+  n = source_ids.shape[0]
+  batch = max(1, min(start_batch, n))
+  by_batch: dict[int, float] = {}
+  limit = min(max_batch, n)  # lowered to (the smallest batch that did not fit) - 1
+  while True:
+    try:
+      by_batch[batch] = _throughput_at(system, source_ids, batch)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_oom(e):
+        raise
+      log(f"  batch {batch} does not fit ({type(e).__name__})")
+      limit = batch - 1
+      if by_batch or batch == 1:
+        break  # the previous (smaller) batch was the largest that fits
+      batch //= 2
+      continue
+    previous = by_batch.get(batch // 2)
+    if previous is not None and by_batch[batch] < previous * (1 + min_gain):
+      break
+    if batch * 2 > limit:
+      break
+    batch *= 2
+  return {b: round(v, 2) for b, v in sorted(by_batch.items())}
 
 
 def score(processor, references: list[str], output_ids: np.ndarray) -> dict:
-    hypotheses = common.ids_to_text(processor, output_ids)
-    bleu = sacrebleu.metrics.BLEU(tokenize=metrics_lib.bleu_tokenizer("en"))
-    return {"bleu": float(bleu.corpus_score(hypotheses, [references]).score),
-            "stutter_rate": metrics_lib.stutter_rate(references, hypotheses)["stutter_rate"],
-            "hypotheses": hypotheses}
+  hypotheses = common.ids_to_text(processor, output_ids)
+  bleu = sacrebleu.metrics.BLEU(tokenize=metrics_lib.bleu_tokenizer("en"))
+  return {
+      "bleu": float(bleu.corpus_score(hypotheses, [references]).score),
+      "stutter_rate": metrics_lib.stutter_rate(references, hypotheses)["stutter_rate"],
+      "hypotheses": hypotheses,
+  }
 
 
-def run_benchmark(ar_checkpoint: Optional[str], padir_checkpoint: Optional[str], data_dir: str,
-                  out_dir: str, num_sentences: int = 500, warmup: int = 10,
-                  ar_beams: Sequence[int] = (1, 5), passes: Sequence[int] = (1, 2, 4, 10),
-                  length_beams: Sequence[int] = (1, 3, 5), throughput_batch: int = 64,
-                  max_throughput_batch: int = 512,
-                  bucketed: Sequence[tuple[int, int]] = (), length_buckets: Sequence[int] = (
-                      16, 24, 32, 48, 64), log=print, split: str = "dev") -> dict:
-    """Benchmarks every setting; writes results.json, results.md, pareto.png; returns the JSON.
+def run_benchmark(
+    ar_checkpoint: str | None,
+    padir_checkpoint: str | None,
+    data_dir: str,
+    out_dir: str,
+    num_sentences: int = 500,
+    warmup: int = 10,
+    ar_beams: Sequence[int] = (1, 5),
+    passes: Sequence[int] = (1, 2, 4, 10),
+    length_beams: Sequence[int] = (1, 3, 5),
+    throughput_batch: int = 64,
+    max_throughput_batch: int = 512,
+    bucketed: Sequence[tuple[int, int]] = (),
+    length_buckets: Sequence[int] = (16, 24, 32, 48, 64),
+    log=print,
+    split: str = "dev",
+) -> dict:
+  """Benchmarks every setting; writes results.json, results.md, pareto.png; returns the JSON.
 
-    `split`: the de-en/{split}.{de,en} files of data_dir to translate.
-    """
-    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-    loaded = {}
-    for kind, path in (("ar", ar_checkpoint), ("padir", padir_checkpoint)):
-        if path:
-            loaded[kind] = common.load_checkpoint(path)
-            if loaded[kind][2]["kind"] != kind:
-                raise ValueError(f"{path} holds a {loaded[kind][2]['kind']!r} checkpoint, "
-                                 f"expected {kind!r}")
-    if not loaded:
-        raise ValueError("give at least one of ar_checkpoint / padir_checkpoint")
-    metas = [m for _, _, m in loaded.values()]
-    vocab_models = {m["vocab_model"] for m in metas}
-    if len(vocab_models) != 1:
-        raise ValueError(f"the checkpoints use different vocabularies: {sorted(vocab_models)}")
-    processor = spm.SentencePieceProcessor(model_file=vocab_models.pop())
-    vocab_high = metas[0]["vocab_high"]
-    # One shape for every system: the smallest position table of the loaded models.
-    max_length = min(min(m.config.max_input_length, m.config.max_target_length)
-                     for m, _, _ in loaded.values())
-    sources, references, source_ids, kept = common.load_dev_set(data_dir, processor,
-                                                                num_sentences, max_length, split)
-    log(f"{len(sources)} {split} sentences (first {num_sentences} with source and reference "
-        f"<= {max_length} pieces; last line used: {kept[-1] + 1 if kept else 0})")
+  `split`: the de-en/{split}.{de,en} files of data_dir to translate.
+  """
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
-    systems = []
-    if "ar" in loaded:
-        module, params, _ = loaded["ar"]
-        systems += [ar_system(module, params, k, max_length, vocab_high) for k in ar_beams]
-    if "padir" in loaded:
-        module, params, _ = loaded["padir"]
-        systems += [padir_system(module, params, t, l, max_length, vocab_high)
-                    for t in passes for l in length_beams]
-        systems += [bucketed_padir_system(module, params, t, l, max_length, vocab_high,
-                                          length_buckets) for t, l in bucketed]
+  loaded = {}
+  for kind, path in (("ar", ar_checkpoint), ("padir", padir_checkpoint)):
+    if path:
+      loaded[kind] = common.load_checkpoint(path)
+      if loaded[kind][2]["kind"] != kind:
+        raise ValueError(
+            f"{path} holds a {loaded[kind][2]['kind']!r} checkpoint, " f"expected {kind!r}"
+        )
+  if not loaded:
+    raise ValueError("give at least one of ar_checkpoint / padir_checkpoint")
+  metas = [m for _, _, m in loaded.values()]
+  vocab_models = {m["vocab_model"] for m in metas}
+  if len(vocab_models) != 1:
+    raise ValueError(f"the checkpoints use different vocabularies: {sorted(vocab_models)}")
+  processor = spm.SentencePieceProcessor(model_file=vocab_models.pop())
+  vocab_high = metas[0]["vocab_high"]
+  # One shape for every system: the smallest position table of the loaded models.
+  max_length = min(
+      min(m.config.max_input_length, m.config.max_target_length) for m, _, _ in loaded.values()
+  )
+  sources, references, source_ids, kept = common.load_dev_set(
+      data_dir, processor, num_sentences, max_length, split
+  )
+  log(
+      f"{len(sources)} {split} sentences (first {num_sentences} with source and reference "
+      f"<= {max_length} pieces; last line used: {kept[-1] + 1 if kept else 0})"
+  )
 
-    results = []
-    os.makedirs(out_dir, exist_ok=True)
-    for system in systems:
-        measured = measure(system, source_ids, warmup, throughput_batch, log,
-                           max_throughput_batch)
-        scored = score(processor, references, measured["outputs"])
-        lengths = [output_length(row) for row in measured["outputs"]]
-        entry = {
-            "system": system.name, "setting": system.setting, "params": system.params,
-            "num_sentences": len(sources), "bleu": round(scored["bleu"], 2),
-            "stutter_rate": round(scored["stutter_rate"], 4),
-            "latency_ms": {k: round(v, 3) for k, v in measured["latency_ms"].items()},
-            "compile_s": round(measured["compile_s"], 2),
-            "throughput_sent_per_s": (round(measured["throughput_sent_per_s"], 2)
-                                      if measured["throughput_sent_per_s"] else None),
-            "throughput_batch": measured["throughput_batch"],
-            "throughput_by_batch": measured["throughput_by_batch"],
-            "decoder_passes_per_sentence": round(float(np.mean(measured["passes"])), 2),
-            "mean_output_tokens": round(float(np.mean(lengths)), 2)}
-        results.append(entry)
-        log(f"{system.name:5s} {system.setting:10s} BLEU {entry['bleu']:6.2f}  "
-            f"median {entry['latency_ms']['median']:8.2f} ms  p99 {entry['latency_ms']['p99']:8.2f}"
-            f" ms  compile {entry['compile_s']:.1f}s  passes {entry['decoder_passes_per_sentence']}"
-            f"  {entry['throughput_sent_per_s']} sent/s @ {entry['throughput_batch']}")
-        with open(os.path.join(out_dir, f"hyps.{system.name}.{system.setting}.txt".replace(
-                ",", "_").replace("=", ""), ), "w", encoding="utf-8") as f:
-            f.write("\n".join(scored["hypotheses"]) + "\n")
+  systems = []
+  if "ar" in loaded:
+    module, params, _ = loaded["ar"]
+    systems += [ar_system(module, params, k, max_length, vocab_high) for k in ar_beams]
+  if "padir" in loaded:
+    module, params, _ = loaded["padir"]
+    systems += [
+        padir_system(module, params, t, l, max_length, vocab_high)
+        for t in passes
+        for l in length_beams
+    ]
+    systems += [
+        bucketed_padir_system(module, params, t, l, max_length, vocab_high, length_buckets)
+        for t, l in bucketed
+    ]
 
-    report = {"results": results, "environment": environment(),
-              "data": {"data_dir": data_dir, "split": split, "num_sentences": len(sources),
-                       "max_length": max_length, "dev_line_indices_first_last":
-                       [kept[0], kept[-1]] if kept else []},
-              "checkpoints": {k: {"path": p, "train": loaded[k][2].get("train", {})}
-                              for k, p in (("ar", ar_checkpoint), ("padir", padir_checkpoint))
-                              if p},
-              "warmup": warmup}
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown_table(results) + "\n")
-    plot_pareto(results, os.path.join(out_dir, "pareto.png"))
-    return report
+  results = []
+  os.makedirs(out_dir, exist_ok=True)
+  for system in systems:
+    measured = measure(system, source_ids, warmup, throughput_batch, log, max_throughput_batch)
+    scored = score(processor, references, measured["outputs"])
+    lengths = [output_length(row) for row in measured["outputs"]]
+    entry = {
+        "system": system.name,
+        "setting": system.setting,
+        "params": system.params,
+        "num_sentences": len(sources),
+        "bleu": round(scored["bleu"], 2),
+        "stutter_rate": round(scored["stutter_rate"], 4),
+        "latency_ms": {k: round(v, 3) for k, v in measured["latency_ms"].items()},
+        "compile_s": round(measured["compile_s"], 2),
+        "throughput_sent_per_s": (
+            round(measured["throughput_sent_per_s"], 2)
+            if measured["throughput_sent_per_s"]
+            else None
+        ),
+        "throughput_batch": measured["throughput_batch"],
+        "throughput_by_batch": measured["throughput_by_batch"],
+        "decoder_passes_per_sentence": round(float(np.mean(measured["passes"])), 2),
+        "mean_output_tokens": round(float(np.mean(lengths)), 2),
+    }
+    results.append(entry)
+    log(
+        f"{system.name:5s} {system.setting:10s} BLEU {entry['bleu']:6.2f}  "
+        f"median {entry['latency_ms']['median']:8.2f} ms  p99 {entry['latency_ms']['p99']:8.2f}"
+        f" ms  compile {entry['compile_s']:.1f}s  passes {entry['decoder_passes_per_sentence']}"
+        f"  {entry['throughput_sent_per_s']} sent/s @ {entry['throughput_batch']}"
+    )
+    with open(
+        os.path.join(
+            out_dir, f"hyps.{system.name}.{system.setting}.txt".replace(",", "_").replace("=", "")
+        ),
+        "w",
+        encoding="utf-8",
+    ) as f:
+      f.write("\n".join(scored["hypotheses"]) + "\n")
+
+  report = {
+      "results": results,
+      "environment": environment(),
+      "data": {
+          "data_dir": data_dir,
+          "split": split,
+          "num_sentences": len(sources),
+          "max_length": max_length,
+          "dev_line_indices_first_last": [kept[0], kept[-1]] if kept else [],
+      },
+      "checkpoints": {
+          k: {"path": p, "train": loaded[k][2].get("train", {})}
+          for k, p in (("ar", ar_checkpoint), ("padir", padir_checkpoint))
+          if p
+      },
+      "warmup": warmup,
+  }
+  with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(markdown_table(results) + "\n")
+  plot_pareto(results, os.path.join(out_dir, "pareto.png"))
+  return report
 
 
 def environment() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()]}
+  return {
+      "platform": platform.platform(),
+      "processor": platform.processor(),
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "devices": [str(d) for d in jax.devices()],
+  }
 
 
 def markdown_table(results: Sequence[dict]) -> str:
-    header = ("| system | setting | BLEU | stutter | median ms | p90 ms | p99 ms | compile s | "
-              "sent/s (batch) | decoder passes/sent | output tokens |")
-    lines = [header, "|" + "---|" * 11]
-    for r in results:
-        lat = r["latency_ms"]
-        throughput = (f"{r['throughput_sent_per_s']:.1f} ({r['throughput_batch']})"
-                      if r["throughput_sent_per_s"] else "n/a")
-        lines.append(f"| {r['system']} | {r['setting']} | {r['bleu']:.2f} | "
-                     f"{100 * r['stutter_rate']:.2f}% | {lat['median']:.1f} | {lat['p90']:.1f} | "
-                     f"{lat['p99']:.1f} | {r['compile_s']:.1f} | {throughput} | "
-                     f"{r['decoder_passes_per_sentence']:.2f} | {r['mean_output_tokens']:.1f} |")
-    return "\n".join(lines)
+  header = (
+      "| system | setting | BLEU | stutter | median ms | p90 ms | p99 ms | compile s | "
+      "sent/s (batch) | decoder passes/sent | output tokens |"
+  )
+  lines = [header, "|" + "---|" * 11]
+  for r in results:
+    lat = r["latency_ms"]
+    throughput = (
+        f"{r['throughput_sent_per_s']:.1f} ({r['throughput_batch']})"
+        if r["throughput_sent_per_s"]
+        else "n/a"
+    )
+    lines.append(
+        f"| {r['system']} | {r['setting']} | {r['bleu']:.2f} | "
+        f"{100 * r['stutter_rate']:.2f}% | {lat['median']:.1f} | {lat['p90']:.1f} | "
+        f"{lat['p99']:.1f} | {r['compile_s']:.1f} | {throughput} | "
+        f"{r['decoder_passes_per_sentence']:.2f} | {r['mean_output_tokens']:.1f} |"
+    )
+  return "\n".join(lines)
 
 
 def plot_pareto(results: Sequence[dict], path: str) -> None:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = [(r["latency_ms"]["median"], r["bleu"]) for r in results]
-    for system, marker in (("ar", "s"), ("padir", "o")):
-        xs = [p for p, r in zip(points, results) if r["system"] == system]
-        if xs:
-            ax.scatter([x for x, _ in xs], [y for _, y in xs], marker=marker, label=system.upper())
-    for (x, y), r in zip(points, results):
-        ax.annotate(r["setting"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8,
-            label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("median latency per sentence, batch 1 (ms, log scale)")
-    ax.set_ylabel("SacreBLEU")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  points = [(r["latency_ms"]["median"], r["bleu"]) for r in results]
+  for system, marker in (("ar", "s"), ("padir", "o")):
+    xs = [p for p, r in zip(points, results) if r["system"] == system]
+    if xs:
+      ax.scatter([x for x, _ in xs], [y for _, y in xs], marker=marker, label=system.upper())
+  for (x, y), r in zip(points, results):
+    ax.annotate(r["setting"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  front = pareto_front(points)
+  ax.plot(
+      [points[i][0] for i in front],
+      [points[i][1] for i in front],
+      "k--",
+      lw=0.8,
+      label="Pareto front",
+  )
+  ax.set_xscale("log")
+  ax.set_xlabel("median latency per sentence, batch 1 (ms, log scale)")
+  ax.set_ylabel("SacreBLEU")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+  return [int(x) for x in text.split(",") if x]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ar_checkpoint")
-    parser.add_argument("--padir_checkpoint")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--out_dir", default="runs/bench")
-    parser.add_argument("--split", default="dev",
-                        help="de-en/{split}.{de,en} of the data dir: dev (newstest2013) or "
-                             "dev-multi30k (Multi30k validation)")
-    parser.add_argument("--num_sentences", type=int, default=500)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--ar_beams", type=_ints, default=[1, 5])
-    parser.add_argument("--passes", type=_ints, default=[1, 2, 4, 10])
-    parser.add_argument("--length_beams", type=_ints, default=[1, 3, 5])
-    parser.add_argument("--throughput_batch", type=int, default=64,
-                        help="first batch size of the throughput search")
-    parser.add_argument("--max_throughput_batch", type=int, default=512)
-    parser.add_argument("--bucketed", default="4:3",
-                        help="PaDIR T:l settings also run with length-bucketed decoding, "
-                             "comma-separated ('' for none)")
-    parser.add_argument("--length_buckets", type=_ints, default=[16, 24, 32, 48, 64])
-    args = parser.parse_args(argv)
-    bucketed = [tuple(int(v) for v in item.split(":")) for item in args.bucketed.split(",")
-                if item]
-    data_dir = args.data_dir or common.find_data_dir()
-    if data_dir is None:
-        parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-    report = run_benchmark(args.ar_checkpoint, args.padir_checkpoint, data_dir, args.out_dir,
-                           args.num_sentences, args.warmup, args.ar_beams, args.passes,
-                           args.length_beams, args.throughput_batch,
-                           args.max_throughput_batch, bucketed,
-                           args.length_buckets, split=args.split)
-    print(markdown_table(report["results"]))
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--ar_checkpoint")
+  parser.add_argument("--padir_checkpoint")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--out_dir", default="runs/bench")
+  parser.add_argument(
+      "--split",
+      default="dev",
+      help="de-en/{split}.{de,en} of the data dir: dev (newstest2013) or "
+      "dev-multi30k (Multi30k validation)",
+  )
+  parser.add_argument("--num_sentences", type=int, default=500)
+  parser.add_argument("--warmup", type=int, default=10)
+  parser.add_argument("--ar_beams", type=_ints, default=[1, 5])
+  parser.add_argument("--passes", type=_ints, default=[1, 2, 4, 10])
+  parser.add_argument("--length_beams", type=_ints, default=[1, 3, 5])
+  parser.add_argument(
+      "--throughput_batch", type=int, default=64, help="first batch size of the throughput search"
+  )
+  parser.add_argument("--max_throughput_batch", type=int, default=512)
+  parser.add_argument(
+      "--bucketed",
+      default="4:3",
+      help="PaDIR T:l settings also run with length-bucketed decoding, "
+      "comma-separated ('' for none)",
+  )
+  parser.add_argument("--length_buckets", type=_ints, default=[16, 24, 32, 48, 64])
+  args = parser.parse_args(argv)
+  bucketed = [tuple(int(v) for v in item.split(":")) for item in args.bucketed.split(",") if item]
+  data_dir = args.data_dir or common.find_data_dir()
+  if data_dir is None:
+    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  report = run_benchmark(
+      args.ar_checkpoint,
+      args.padir_checkpoint,
+      data_dir,
+      args.out_dir,
+      args.num_sentences,
+      args.warmup,
+      args.ar_beams,
+      args.passes,
+      args.length_beams,
+      args.throughput_batch,
+      args.max_throughput_batch,
+      bucketed,
+      args.length_buckets,
+      split=args.split,
+  )
+  print(markdown_table(report["results"]))
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -23,200 +23,293 @@ from __future__ import annotations
 import argparse
 import os
 import random
-from typing import Dict, List, Tuple
 
 # ---------------------------------------------------------------------------------------------
 # Number words 2..999.
 _DE_UNITS = ["", "ein", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"]
-_DE_TEENS = ["zehn", "elf", "zwölf", "dreizehn", "vierzehn", "fünfzehn", "sechzehn", "siebzehn",
-             "achtzehn", "neunzehn"]
-_DE_TENS = ["", "", "zwanzig", "dreißig", "vierzig", "fünfzig", "sechzig", "siebzig", "achtzig",
-            "neunzig"]
+_DE_TEENS = [
+    "zehn",
+    "elf",
+    "zwölf",
+    "dreizehn",
+    "vierzehn",
+    "fünfzehn",
+    "sechzehn",
+    "siebzehn",
+    "achtzehn",
+    "neunzehn",
+]
+_DE_TENS = [
+    "",
+    "",
+    "zwanzig",
+    "dreißig",
+    "vierzig",
+    "fünfzig",
+    "sechzig",
+    "siebzig",
+    "achtzig",
+    "neunzig",
+]
 _EN_UNITS = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-_EN_TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
-             "seventeen", "eighteen", "nineteen"]
+_EN_TEENS = [
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 _EN_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
 def _german_below_100(n: int) -> str:
-    if n < 10:
-        # A final "eins" keeps its s ("hunderteins"); inside compounds it is "ein" ("einundzwanzig").
-        return "eins" if n == 1 else _DE_UNITS[n]
-    if n < 20:
-        return _DE_TEENS[n - 10]
-    tens, units = divmod(n, 10)
-    return (_DE_UNITS[units] + "und" if units else "") + _DE_TENS[tens]
+  if n < 10:
+    # A final "eins" keeps its s ("hunderteins"); inside compounds it is "ein" ("einundzwanzig").
+    return "eins" if n == 1 else _DE_UNITS[n]
+  if n < 20:
+    return _DE_TEENS[n - 10]
+  tens, units = divmod(n, 10)
+  return (_DE_UNITS[units] + "und" if units else "") + _DE_TENS[tens]
 
 
 def german_number(n: int) -> str:
-    """German number word for 1 <= n <= 999 as one compound, e.g. 342 -> dreihundertzweiundvierzig."""
-    if not 1 <= n <= 999:
-        raise ValueError(f"german_number supports 1..999, got {n}")
-    hundreds, rest = divmod(n, 100)
-    word = (_DE_UNITS[hundreds] + "hundert") if hundreds else ""
-    return word + (_german_below_100(rest) if rest else "")
+  """German number word for 1 <= n <= 999 as one compound, e.g. 342 -> dreihundertzweiundvierzig."""
+  if not 1 <= n <= 999:
+    raise ValueError(f"german_number supports 1..999, got {n}")
+  hundreds, rest = divmod(n, 100)
+  word = (_DE_UNITS[hundreds] + "hundert") if hundreds else ""
+  return word + (_german_below_100(rest) if rest else "")
 
 
 def english_number(n: int) -> str:
-    """English number words for 1 <= n <= 999, e.g. 342 -> 'three hundred forty-two'."""
-    if not 1 <= n <= 999:
-        raise ValueError(f"english_number supports 1..999, got {n}")
-    hundreds, rest = divmod(n, 100)
-    words = [_EN_UNITS[hundreds], "hundred"] if hundreds else []
-    if rest >= 20:
-        tens, units = divmod(rest, 10)
-        words.append(_EN_TENS[tens] + ("-" + _EN_UNITS[units] if units else ""))
-    elif rest >= 10:
-        words.append(_EN_TEENS[rest - 10])
-    elif rest:
-        words.append(_EN_UNITS[rest])
-    return " ".join(words)
+  """English number words for 1 <= n <= 999, e.g. 342 -> 'three hundred forty-two'."""
+  if not 1 <= n <= 999:
+    raise ValueError(f"english_number supports 1..999, got {n}")
+  hundreds, rest = divmod(n, 100)
+  words = [_EN_UNITS[hundreds], "hundred"] if hundreds else []
+  if rest >= 20:
+    tens, units = divmod(rest, 10)
+    words.append(_EN_TENS[tens] + ("-" + _EN_UNITS[units] if units else ""))
+  elif rest >= 10:
+    words.append(_EN_TEENS[rest - 10])
+  elif rest:
+    words.append(_EN_UNITS[rest])
+  return " ".join(words)
 
 
 # ---------------------------------------------------------------------------------------------
 # Lexicon. Plural nouns only (counts are >= 2), so adjectives take the strong plural ending -e.
-_NOUNS = [("äpfel", "apples"), ("bücher", "books"), ("hunde", "dogs"), ("katzen", "cats"),
-          ("häuser", "houses"), ("blumen", "flowers"), ("stühle", "chairs"), ("tische", "tables"),
-          ("autos", "cars"), ("vögel", "birds"), ("lampen", "lamps"), ("tassen", "cups")]
-_ADJECTIVES = [("rote", "red"), ("blaue", "blue"), ("große", "big"), ("kleine", "small"),
-               ("alte", "old"), ("neue", "new"), ("grüne", "green"), ("schöne", "beautiful")]
+_NOUNS = [
+    ("äpfel", "apples"),
+    ("bücher", "books"),
+    ("hunde", "dogs"),
+    ("katzen", "cats"),
+    ("häuser", "houses"),
+    ("blumen", "flowers"),
+    ("stühle", "chairs"),
+    ("tische", "tables"),
+    ("autos", "cars"),
+    ("vögel", "birds"),
+    ("lampen", "lamps"),
+    ("tassen", "cups"),
+]
+_ADJECTIVES = [
+    ("rote", "red"),
+    ("blaue", "blue"),
+    ("große", "big"),
+    ("kleine", "small"),
+    ("alte", "old"),
+    ("neue", "new"),
+    ("grüne", "green"),
+    ("schöne", "beautiful"),
+]
 # Subjects: (german, english, person key).
-_SUBJECTS = [("ich", "i", "1s"), ("du", "you", "2s"), ("er", "he", "3s"), ("sie", "she", "3s"),
-             ("wir", "we", "1p")]
+_SUBJECTS = [
+    ("ich", "i", "1s"),
+    ("du", "you", "2s"),
+    ("er", "he", "3s"),
+    ("sie", "she", "3s"),
+    ("wir", "we", "1p"),
+]
 # Verbs: german conjugations by person, german infinitive, english base form, english 3sg form.
 _VERBS = [
     ({"1s": "kaufe", "2s": "kaufst", "3s": "kauft", "1p": "kaufen"}, "kaufen", "buy", "buys"),
-    ({"1s": "verkaufe", "2s": "verkaufst", "3s": "verkauft", "1p": "verkaufen"}, "verkaufen",
-     "sell", "sells"),
-    ({"1s": "brauche", "2s": "brauchst", "3s": "braucht", "1p": "brauchen"}, "brauchen", "need",
-     "needs"),
+    (
+        {"1s": "verkaufe", "2s": "verkaufst", "3s": "verkauft", "1p": "verkaufen"},
+        "verkaufen",
+        "sell",
+        "sells",
+    ),
+    (
+        {"1s": "brauche", "2s": "brauchst", "3s": "braucht", "1p": "brauchen"},
+        "brauchen",
+        "need",
+        "needs",
+    ),
     ({"1s": "zähle", "2s": "zählst", "3s": "zählt", "1p": "zählen"}, "zählen", "count", "counts"),
     ({"1s": "male", "2s": "malst", "3s": "malt", "1p": "malen"}, "malen", "paint", "paints"),
-    ({"1s": "bestelle", "2s": "bestellst", "3s": "bestellt", "1p": "bestellen"}, "bestellen",
-     "order", "orders"),
+    (
+        {"1s": "bestelle", "2s": "bestellst", "3s": "bestellt", "1p": "bestellen"},
+        "bestellen",
+        "order",
+        "orders",
+    ),
 ]
-_ADVERBS = [("heute", "today"), ("morgen", "tomorrow"), ("jetzt", "now"),
-            ("am montag", "on monday"), ("am freitag", "on friday")]
-_MODALS = [({"1s": "will", "2s": "willst", "3s": "will", "1p": "wollen"}, "want to", "wants to"),
-           ({"1s": "kann", "2s": "kannst", "3s": "kann", "1p": "können"}, "can", "can"),
-           ({"1s": "muss", "2s": "musst", "3s": "muss", "1p": "müssen"}, "have to", "has to")]
+_ADVERBS = [
+    ("heute", "today"),
+    ("morgen", "tomorrow"),
+    ("jetzt", "now"),
+    ("am montag", "on monday"),
+    ("am freitag", "on friday"),
+]
+_MODALS = [
+    ({"1s": "will", "2s": "willst", "3s": "will", "1p": "wollen"}, "want to", "wants to"),
+    ({"1s": "kann", "2s": "kannst", "3s": "kann", "1p": "können"}, "can", "can"),
+    ({"1s": "muss", "2s": "musst", "3s": "muss", "1p": "müssen"}, "have to", "has to"),
+]
 # Matrix clauses for subordinate sentences: (german, english).
-_MATRIX = [("er sagt", "he says"), ("sie glaubt", "she believes"), ("ich weiß", "i know"),
-           ("wir hoffen", "we hope"), ("du denkst", "you think")]
+_MATRIX = [
+    ("er sagt", "he says"),
+    ("sie glaubt", "she believes"),
+    ("ich weiß", "i know"),
+    ("wir hoffen", "we hope"),
+    ("du denkst", "you think"),
+]
 
 
 def _english_verb(verb, person: str) -> str:
-    return verb[3] if person == "3s" else verb[2]
+  return verb[3] if person == "3s" else verb[2]
 
 
 def _sample_number(rng: random.Random) -> int:
-    # Equal thirds of small, two-digit and three-digit numbers; uniform 2..999 would be ~90%
-    # three-digit numbers and the model would rarely see the teens.
-    bucket = rng.randrange(3)
-    if bucket == 0:
-        return rng.randint(2, 20)
-    if bucket == 1:
-        return rng.randint(21, 99)
-    return rng.randint(100, 999)
+  # Equal thirds of small, two-digit and three-digit numbers; uniform 2..999 would be ~90%
+  # three-digit numbers and the model would rarely see the teens.
+  bucket = rng.randrange(3)
+  if bucket == 0:
+    return rng.randint(2, 20)
+  if bucket == 1:
+    return rng.randint(21, 99)
+  return rng.randint(100, 999)
 
 
-def _object_phrase(rng: random.Random) -> Tuple[str, str]:
-    n = _sample_number(rng)
-    noun_de, noun_en = rng.choice(_NOUNS)
-    if rng.random() < 0.6:
-        adj_de, adj_en = rng.choice(_ADJECTIVES)
-        return (f"{german_number(n)} {adj_de} {noun_de}", f"{english_number(n)} {adj_en} {noun_en}")
-    return f"{german_number(n)} {noun_de}", f"{english_number(n)} {noun_en}"
+def _object_phrase(rng: random.Random) -> tuple[str, str]:
+  n = _sample_number(rng)
+  noun_de, noun_en = rng.choice(_NOUNS)
+  if rng.random() < 0.6:
+    adj_de, adj_en = rng.choice(_ADJECTIVES)
+    return (f"{german_number(n)} {adj_de} {noun_de}", f"{english_number(n)} {adj_en} {noun_en}")
+  return f"{german_number(n)} {noun_de}", f"{english_number(n)} {noun_en}"
 
 
-def _sample_pair(rng: random.Random) -> Tuple[str, str]:
-    subj_de, subj_en, person = rng.choice(_SUBJECTS)
-    verb = rng.choice(_VERBS)
-    obj_de, obj_en = _object_phrase(rng)
-    template = rng.randrange(4)
-    if template == 0:  # Plain SVO.
-        return (f"{subj_de} {verb[0][person]} {obj_de}.",
-                f"{subj_en} {_english_verb(verb, person)} {obj_en}.")
-    if template == 1:  # V2 inversion after a fronted adverb.
-        adv_de, adv_en = rng.choice(_ADVERBS)
-        return (f"{adv_de} {verb[0][person]} {subj_de} {obj_de}.",
-                f"{adv_en} {subj_en} {_english_verb(verb, person)} {obj_en}.")
-    if template == 2:  # Verb-final subordinate clause.
-        matrix_de, matrix_en = rng.choice(_MATRIX)
-        return (f"{matrix_de}, dass {subj_de} {obj_de} {verb[0][person]}.",
-                f"{matrix_en} that {subj_en} {_english_verb(verb, person)} {obj_en}.")
-    # Modal verb with the infinitive at the end of the German clause.
-    modal, modal_en, modal_en_3s = rng.choice(_MODALS)
-    modal_en = modal_en_3s if person == "3s" else modal_en
-    return (f"{subj_de} {modal[person]} {obj_de} {verb[1]}.",
-            f"{subj_en} {modal_en} {verb[2]} {obj_en}.")
+def _sample_pair(rng: random.Random) -> tuple[str, str]:
+  subj_de, subj_en, person = rng.choice(_SUBJECTS)
+  verb = rng.choice(_VERBS)
+  obj_de, obj_en = _object_phrase(rng)
+  template = rng.randrange(4)
+  if template == 0:  # Plain SVO.
+    return (
+        f"{subj_de} {verb[0][person]} {obj_de}.",
+        f"{subj_en} {_english_verb(verb, person)} {obj_en}.",
+    )
+  if template == 1:  # V2 inversion after a fronted adverb.
+    adv_de, adv_en = rng.choice(_ADVERBS)
+    return (
+        f"{adv_de} {verb[0][person]} {subj_de} {obj_de}.",
+        f"{adv_en} {subj_en} {_english_verb(verb, person)} {obj_en}.",
+    )
+  if template == 2:  # Verb-final subordinate clause.
+    matrix_de, matrix_en = rng.choice(_MATRIX)
+    return (
+        f"{matrix_de}, dass {subj_de} {obj_de} {verb[0][person]}.",
+        f"{matrix_en} that {subj_en} {_english_verb(verb, person)} {obj_en}.",
+    )
+  # Modal verb with the infinitive at the end of the German clause.
+  modal, modal_en, modal_en_3s = rng.choice(_MODALS)
+  modal_en = modal_en_3s if person == "3s" else modal_en
+  return (
+      f"{subj_de} {modal[person]} {obj_de} {verb[1]}.",
+      f"{subj_en} {modal_en} {verb[2]} {obj_en}.",
+  )
 
 
-def generate_pairs(num_pairs: int, seed: int = 0) -> List[Tuple[str, str]]:
-    """Returns `num_pairs` distinct (german, english) pairs, deterministic for `seed`.
+def generate_pairs(num_pairs: int, seed: int = 0) -> list[tuple[str, str]]:
+  """Returns `num_pairs` distinct (german, english) pairs, deterministic for `seed`.
 
-    Pairs are distinct by German side (hence by pair), which lets `write_corpus` cut disjoint
-    splits from one list. The space holds millions of pairs, so any realistic size is reachable.
-    """
-    if num_pairs < 0:
-        raise ValueError(f"num_pairs must be >= 0, got {num_pairs}")
-    rng = random.Random(seed)
-    seen: Dict[str, str] = {}
-    attempts = 0
-    while len(seen) < num_pairs:
-        attempts += 1
-        if attempts > 20 * num_pairs + 1000:
-            raise ValueError(f"could not generate {num_pairs} distinct pairs; ask for fewer")
-        de, en = _sample_pair(rng)
-        if de not in seen:
-            seen[de] = en
-    return list(seen.items())
+  Pairs are distinct by German side (hence by pair), which lets `write_corpus` cut disjoint
+  splits from one list. The space holds millions of pairs, so any realistic size is reachable.
+  """
+  if num_pairs < 0:
+    raise ValueError(f"num_pairs must be >= 0, got {num_pairs}")
+  rng = random.Random(seed)
+  seen: dict[str, str] = {}
+  attempts = 0
+  while len(seen) < num_pairs:
+    attempts += 1
+    if attempts > 20 * num_pairs + 1000:
+      raise ValueError(f"could not generate {num_pairs} distinct pairs; ask for fewer")
+    de, en = _sample_pair(rng)
+    if de not in seen:
+      seen[de] = en
+  return list(seen.items())
 
 
 SPLITS = ("train", "validation", "test")
 
 
-def write_corpus(directory: str, num_train: int = 20000, num_validation: int = 500,
-                 num_test: int = 500, seed: int = 0) -> Dict[str, Tuple[str, str]]:
-    """Writes line-aligned {split}.de / {split}.en files with disjoint splits.
+def write_corpus(
+    directory: str,
+    num_train: int = 20000,
+    num_validation: int = 500,
+    num_test: int = 500,
+    seed: int = 0,
+) -> dict[str, tuple[str, str]]:
+  """Writes line-aligned {split}.de / {split}.en files with disjoint splits.
 
-    Returns:
-      {split: (german_path, english_path)} for 'train', 'validation', 'test'.
-    """
-    pairs = generate_pairs(num_train + num_validation + num_test, seed)
-    bounds = {"train": (0, num_train),
-              "validation": (num_train, num_train + num_validation),
-              "test": (num_train + num_validation, len(pairs))}
-    os.makedirs(directory, exist_ok=True)
-    paths = {}
-    for split in SPLITS:
-        lo, hi = bounds[split]
-        split_paths = []
-        for lang, index in (("de", 0), ("en", 1)):
-            path = os.path.join(directory, f"{split}.{lang}")
-            # Write then rename, so a concurrent reader never sees a half-written file.
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                f.writelines(pair[index] + "\n" for pair in pairs[lo:hi])
-            os.replace(tmp, path)
-            split_paths.append(path)
-        paths[split] = tuple(split_paths)
-    return paths
+  Returns:
+    {split: (german_path, english_path)} for 'train', 'validation', 'test'.
+  """
+  pairs = generate_pairs(num_train + num_validation + num_test, seed)
+  bounds = {
+      "train": (0, num_train),
+      "validation": (num_train, num_train + num_validation),
+      "test": (num_train + num_validation, len(pairs)),
+  }
+  os.makedirs(directory, exist_ok=True)
+  paths = {}
+  for split in SPLITS:
+    lo, hi = bounds[split]
+    split_paths = []
+    for lang, index in (("de", 0), ("en", 1)):
+      path = os.path.join(directory, f"{split}.{lang}")
+      # Write then rename, so a concurrent reader never sees a half-written file.
+      tmp = f"{path}.tmp{os.getpid()}"
+      with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(pair[index] + "\n" for pair in pairs[lo:hi])
+      os.replace(tmp, path)
+      split_paths.append(path)
+    paths[split] = tuple(split_paths)
+  return paths
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--num_train", type=int, default=20000)
-    parser.add_argument("--num_validation", type=int, default=500)
-    parser.add_argument("--num_test", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    paths = write_corpus(args.output_dir, args.num_train, args.num_validation, args.num_test,
-                         args.seed)
-    for split, (de, en) in paths.items():
-        print(f"{split}: {de} {en}")
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--num_train", type=int, default=20000)
+  parser.add_argument("--num_validation", type=int, default=500)
+  parser.add_argument("--num_test", type=int, default=500)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  paths = write_corpus(
+      args.output_dir, args.num_train, args.num_validation, args.num_test, args.seed
+  )
+  for split, (de, en) in paths.items():
+    print(f"{split}: {de} {en}")
 
 
 if __name__ == "__main__":
-    main()
+  main()

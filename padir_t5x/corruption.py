@@ -14,7 +14,7 @@ is never touched either: it lies past the length and is masked out of attention 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,11 +36,9 @@ def _check_rate_if_concrete(unmasking_rate) -> None:
     raise ValueError(f"unmasking_rate must lie in [0, 1], got {unmasking_rate!r}")
 
 
-def corruption_mask(rng: jax.Array,
-                    targets: jnp.ndarray,
-                    unmasking_rate,
-                    *,
-                    keep_ids: Sequence[int] = (EOS_ID,)) -> jnp.ndarray:
+def corruption_mask(
+    rng: jax.Array, targets: jnp.ndarray, unmasking_rate, *, keep_ids: Sequence[int] = (EOS_ID,)
+) -> jnp.ndarray:
   """Chooses which target positions get corrupted.
 
   Among the corruptible positions of each row (not PAD, not in `keep_ids`), n_row in number,
@@ -80,15 +78,16 @@ def corruption_mask(rng: jax.Array,
   return corruptible & ~kept
 
 
-def corrupt_targets_with_mask(rng: jax.Array,
-                              targets: jnp.ndarray,
-                              unmasking_rate,
-                              *,
-                              vocab_high: int | None,
-                              vocab_low: int = FIRST_ORDINARY_ID,
-                              mask_id: int | None = None,
-                              keep_ids: Sequence[int] = (EOS_ID,)
-                              ) -> tuple[jnp.ndarray, jnp.ndarray]:
+def corrupt_targets_with_mask(
+    rng: jax.Array,
+    targets: jnp.ndarray,
+    unmasking_rate,
+    *,
+    vocab_high: int | None,
+    vocab_low: int = FIRST_ORDINARY_ID,
+    mask_id: int | None = None,
+    keep_ids: Sequence[int] = (EOS_ID,),
+) -> tuple[jnp.ndarray, jnp.ndarray]:
   """`corrupt_targets`, also returning the [batch, length] bool mask of the replaced positions.
 
   A random replacement may coincide with the original token by chance; the mask records the
@@ -98,29 +97,34 @@ def corrupt_targets_with_mask(rng: jax.Array,
     if vocab_high is None:
       raise ValueError("vocab_high is required for random-token corruption (mask_id is None)")
     if not 0 <= vocab_low < vocab_high:
-      raise ValueError(f"random replacement range [vocab_low={vocab_low}, "
-                       f"vocab_high={vocab_high}) must be nonempty and nonnegative")
+      raise ValueError(
+          f"random replacement range [vocab_low={vocab_low}, "
+          f"vocab_high={vocab_high}) must be nonempty and nonnegative"
+      )
   elif mask_id in (PAD_ID, *keep_ids):
     raise ValueError(f"mask_id {mask_id} collides with PAD or a kept id {tuple(keep_ids)}")
   mask_rng, token_rng = jax.random.split(rng)
   targets = jnp.asarray(targets)
   replace = corruption_mask(mask_rng, targets, unmasking_rate, keep_ids=keep_ids)
   if mask_id is None:
-    replacement = jax.random.randint(token_rng, targets.shape, vocab_low, vocab_high,
-                                     dtype=targets.dtype)
+    replacement = jax.random.randint(
+        token_rng, targets.shape, vocab_low, vocab_high, dtype=targets.dtype
+    )
   else:
     replacement = jnp.full_like(targets, mask_id)
   return jnp.where(replace, replacement, targets), replace
 
 
-def corrupt_targets(rng: jax.Array,
-                    targets: jnp.ndarray,
-                    unmasking_rate,
-                    *,
-                    vocab_high: int | None,
-                    vocab_low: int = FIRST_ORDINARY_ID,
-                    mask_id: int | None = None,
-                    keep_ids: Sequence[int] = (EOS_ID,)) -> jnp.ndarray:
+def corrupt_targets(
+    rng: jax.Array,
+    targets: jnp.ndarray,
+    unmasking_rate,
+    *,
+    vocab_high: int | None,
+    vocab_low: int = FIRST_ORDINARY_ID,
+    mask_id: int | None = None,
+    keep_ids: Sequence[int] = (EOS_ID,),
+) -> jnp.ndarray:
   """Keeps a fraction of each row's tokens and replaces the rest: the first stage's input.
 
   Among the non-PAD, non-`keep_ids` positions of each row (n_row of them), exactly
@@ -148,6 +152,12 @@ def corrupt_targets(rng: jax.Array,
     ValueError: rate outside [0, 1] (when concrete), empty vocabulary range, bad shapes.
   """
   corrupted, _ = corrupt_targets_with_mask(
-      rng, targets, unmasking_rate, vocab_high=vocab_high, vocab_low=vocab_low,
-      mask_id=mask_id, keep_ids=keep_ids)
+      rng,
+      targets,
+      unmasking_rate,
+      vocab_high=vocab_high,
+      vocab_low=vocab_low,
+      mask_id=mask_id,
+      keep_ids=keep_ids,
+  )
   return corrupted

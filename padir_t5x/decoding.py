@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Sequence
 
 import flax
 import jax
@@ -92,6 +93,7 @@ class DecodingConfig:
   The defaults are the paper's headline setting (Li et al. 2024): 5 length candidates, 4 passes,
   stutter re-masking between passes.
   """
+
   length_beam: int = 5
   max_passes: int = 4
   init: str = "random"
@@ -102,7 +104,7 @@ class DecodingConfig:
   dedup: str = "consecutive"
   dedup_top_k: int = 4
   vocab_low: int = FIRST_ORDINARY_ID
-  vocab_high: Optional[int] = None
+  vocab_high: int | None = None
   mask_id: int = MASK_ID
   min_length: int = 2
 
@@ -145,6 +147,7 @@ class DecodeResult:
     token_log_probs: [b, l, t] float32 log-prob of each token of the scored hypothesis (before
       'consecutive' de-duplication, the Viterbi tokens for 'optimal'); 0 at EOS and PAD.
   """
+
   sequences: Array
   scores: Array
   lengths: Array
@@ -156,8 +159,9 @@ class DecodeResult:
 # Building blocks.
 
 
-def select_lengths(length_logits: Array, length_beam: int, max_decode_length: int,
-                   min_length: int = 1) -> tuple[Array, Array]:
+def select_lengths(
+    length_logits: Array, length_beam: int, max_decode_length: int, min_length: int = 1
+) -> tuple[Array, Array]:
   """The `length_beam` most likely lengths in min_length..max_decode_length, most likely first.
 
   Class j of the classifier stands for length j + 1 (length 1 = EOS only). Classes whose length
@@ -176,9 +180,11 @@ def select_lengths(length_logits: Array, length_beam: int, max_decode_length: in
   num_classes = length_logits.shape[-1]
   num_allowed = min(num_classes, max_decode_length) - (min_length - 1)
   if length_beam > num_allowed:
-    raise ValueError(f"length_beam {length_beam} exceeds the number of decodable lengths "
-                     f"({num_allowed}: {min_length}..min({num_classes} classes, "
-                     f"max_decode_length {max_decode_length}))")
+    raise ValueError(
+        f"length_beam {length_beam} exceeds the number of decodable lengths "
+        f"({num_allowed}: {min_length}..min({num_classes} classes, "
+        f"max_decode_length {max_decode_length}))"
+    )
   lengths = jnp.arange(num_classes) + 1
   allowed = (lengths <= max_decode_length) & (lengths >= min_length)
   logits = jnp.where(allowed, length_logits.astype(jnp.float32), -jnp.inf)
@@ -199,8 +205,7 @@ def length_layout(lengths: Array, max_decode_length: int) -> tuple[Array, Array,
   """
   positions = jnp.arange(max_decode_length)[None, :]
   lengths = lengths[:, None]
-  return positions < lengths - 1, positions == lengths - 1, (positions < lengths).astype(
-      jnp.int32)
+  return positions < lengths - 1, positions == lengths - 1, (positions < lengths).astype(jnp.int32)
 
 
 def frame_tokens(content_tokens: Array, content: Array, eos: Array) -> Array:
@@ -215,7 +220,7 @@ def stutter_mask(tokens: Array, content: Array) -> Array:
   return content & previous_content & (tokens == previous)
 
 
-def restrict_logits(logits: Array, vocab_low: int, vocab_high: Optional[int]) -> Array:
+def restrict_logits(logits: Array, vocab_low: int, vocab_high: int | None) -> Array:
   """Sets logits of ids outside [vocab_low, vocab_high) to -inf, so they are never predicted.
 
   PAD, EOS and MASK are placed by the decoder's layout, never predicted; predicting them at a
@@ -228,8 +233,9 @@ def restrict_logits(logits: Array, vocab_low: int, vocab_high: Optional[int]) ->
   return jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
 
 
-def initial_tokens(rng: Array, lengths: Array, max_decode_length: int,
-                   config: DecodingConfig) -> Array:
+def initial_tokens(
+    rng: Array, lengths: Array, max_decode_length: int, config: DecodingConfig
+) -> Array:
   """[n, t] int32 first decoder input: random or MASK content, EOS at length-1, PAD after."""
   content, eos, _ = length_layout(lengths, max_decode_length)
   shape = (lengths.shape[0], max_decode_length)
@@ -240,13 +246,13 @@ def initial_tokens(rng: Array, lengths: Array, max_decode_length: int,
   return frame_tokens(fill, content, eos)
 
 
-def remask_stutter(rng: Array, predictions: Array, content: Array,
-                   config: DecodingConfig) -> Array:
+def remask_stutter(rng: Array, predictions: Array, content: Array, config: DecodingConfig) -> Array:
   """Next pass's input: `predictions` with stuttering positions re-masked (or re-randomised)."""
   stutter = stutter_mask(predictions, content)
   if config.init == "random":
-    fill = jax.random.randint(rng, predictions.shape, config.vocab_low, config.vocab_high,
-                              dtype=jnp.int32)
+    fill = jax.random.randint(
+        rng, predictions.shape, config.vocab_low, config.vocab_high, dtype=jnp.int32
+    )
   else:
     fill = jnp.full(predictions.shape, config.mask_id, jnp.int32)
   return jnp.where(stutter, fill, predictions)
@@ -269,15 +275,15 @@ def consecutive_dedup(tokens: Array, content: Array) -> tuple[Array, Array]:
   keep = content & ~stutter_mask(tokens, content)
   target = jnp.where(keep, jnp.cumsum(keep, axis=-1) - 1, t)
   rows = jnp.arange(n)[:, None]
-  compact = jnp.zeros((n, t), jnp.int32).at[rows, target].set(tokens.astype(jnp.int32),
-                                                              mode="drop")
+  compact = jnp.zeros((n, t), jnp.int32).at[rows, target].set(tokens.astype(jnp.int32), mode="drop")
   num_kept = jnp.sum(keep, axis=-1).astype(jnp.int32)
   new_content, new_eos, _ = length_layout(num_kept + 1, t)
   return frame_tokens(compact, new_content, new_eos), num_kept + 1
 
 
-def optimal_dedup(candidate_ids: Array, candidate_log_probs: Array,
-                  content: Array) -> tuple[Array, Array]:
+def optimal_dedup(
+    candidate_ids: Array, candidate_log_probs: Array, content: Array
+) -> tuple[Array, Array]:
   """Optimal de-duplicated decoding (Sun & Yang 2020) by Viterbi over top-k candidates.
 
   Chooses, per row, one of the k candidates at every content position so that no two adjacent
@@ -316,8 +322,9 @@ def optimal_dedup(candidate_ids: Array, candidate_log_probs: Array,
     new_ids = jnp.where(cur_content[:, None], cur_ids, previous_ids)
     return (new_score, new_ids), back
 
-  (final_score, _), backpointers = jax.lax.scan(step, (first, ids[0]),
-                                                (ids[1:], log_probs[1:], is_content[1:]))
+  (final_score, _), backpointers = jax.lax.scan(
+      step, (first, ids[0]), (ids[1:], log_probs[1:], is_content[1:])
+  )
   last_state = jnp.argmax(final_score, axis=-1)  # [n]
 
   def backtrack(state, back):
@@ -331,8 +338,9 @@ def optimal_dedup(candidate_ids: Array, candidate_log_probs: Array,
   return tokens.astype(jnp.int32), jnp.where(content, token_log_probs, 0.0).astype(jnp.float32)
 
 
-def score_hypotheses(token_log_probs: Array, lengths: Array, length_log_probs: Array,
-                     config: DecodingConfig) -> Array:
+def score_hypotheses(
+    token_log_probs: Array, lengths: Array, length_log_probs: Array, config: DecodingConfig
+) -> Array:
   """[n] float32 scores from content-token log-probs [n, t] (0 elsewhere) and lengths [n].
 
   A length-1 hypothesis (EOS only) has no content: its 'mean' is 0, not NaN.
@@ -364,12 +372,14 @@ class _LoopState(flax.struct.PyTreeNode):
   passes: Array  # [b] int32
 
 
-def iterative_refinement_decode(refine_fn: RefineFn,
-                                length_logits: Array,
-                                rng: Array,
-                                config: DecodingConfig,
-                                max_decode_length: int,
-                                length_beam_lengths: Optional[Array] = None) -> DecodeResult:
+def iterative_refinement_decode(
+    refine_fn: RefineFn,
+    length_logits: Array,
+    rng: Array,
+    config: DecodingConfig,
+    max_decode_length: int,
+    length_beam_lengths: Array | None = None,
+) -> DecodeResult:
   """Parallel decoding with iterative refinement over a beam of lengths.
 
   All b * l hypotheses are decoded together as n rows in t5x's flat_batch_beam_expand order
@@ -392,15 +402,20 @@ def iterative_refinement_decode(refine_fn: RefineFn,
   batch_size = length_logits.shape[0]
   t = max_decode_length
   if length_beam_lengths is None:
-    lengths, length_log_probs = select_lengths(length_logits, config.length_beam, t,
-                                                config.min_length)
+    lengths, length_log_probs = select_lengths(
+        length_logits, config.length_beam, t, config.min_length
+    )
   else:
     lengths = jnp.clip(length_beam_lengths.astype(jnp.int32), 1, t)
     all_log_probs = jax.nn.log_softmax(
-        jnp.where(jnp.arange(length_logits.shape[-1]) < t, length_logits.astype(jnp.float32),
-                  -jnp.inf), axis=-1)
+        jnp.where(
+            jnp.arange(length_logits.shape[-1]) < t, length_logits.astype(jnp.float32), -jnp.inf
+        ),
+        axis=-1,
+    )
     length_log_probs = jnp.take_along_axis(
-        all_log_probs, jnp.clip(lengths - 1, 0, length_logits.shape[-1] - 1), axis=-1)
+        all_log_probs, jnp.clip(lengths - 1, 0, length_logits.shape[-1] - 1), axis=-1
+    )
   beam = lengths.shape[1]
   n = batch_size * beam
   flat_lengths = lengths.reshape(n)
@@ -412,7 +427,8 @@ def iterative_refinement_decode(refine_fn: RefineFn,
   def one_pass(state: _LoopState) -> _LoopState:
     logits = refine_fn(state.inputs, length_mask)
     log_probs = jax.nn.log_softmax(
-        restrict_logits(logits, config.vocab_low, config.vocab_high), axis=-1)
+        restrict_logits(logits, config.vocab_low, config.vocab_high), axis=-1
+    )
     # top_k's first entry is the argmax (lowest id among ties), so it is the prediction.
     candidate_log_probs, candidate_ids = jax.lax.top_k(log_probs, k)
     candidate_ids = candidate_ids.astype(jnp.int32)
@@ -425,8 +441,9 @@ def iterative_refinement_decode(refine_fn: RefineFn,
 
     next_inputs = predictions
     if config.remask_stutter:
-      next_inputs = remask_stutter(jax.random.fold_in(loop_rng, state.step), predictions,
-                                   content, config)
+      next_inputs = remask_stutter(
+          jax.random.fold_in(loop_rng, state.step), predictions, content, config
+      )
 
     def keep_frozen(new, old):
       mask = active_rows.reshape((n,) + (1,) * (new.ndim - 1))
@@ -439,7 +456,8 @@ def iterative_refinement_decode(refine_fn: RefineFn,
         candidate_ids=keep_frozen(candidate_ids, state.candidate_ids),
         candidate_log_probs=keep_frozen(candidate_log_probs, state.candidate_log_probs),
         done=state.done | (active & ~changed),
-        passes=state.passes + active.astype(jnp.int32))
+        passes=state.passes + active.astype(jnp.int32),
+    )
 
   def not_finished(state: _LoopState) -> Array:
     return (state.step < config.max_passes) & ~jnp.all(state.done)
@@ -451,12 +469,14 @@ def iterative_refinement_decode(refine_fn: RefineFn,
       candidate_ids=jnp.zeros((n, t, k), jnp.int32),
       candidate_log_probs=jnp.zeros((n, t, k), jnp.float32),
       done=jnp.zeros((batch_size,), bool),
-      passes=jnp.zeros((batch_size,), jnp.int32))
+      passes=jnp.zeros((batch_size,), jnp.int32),
+  )
   final = jax.lax.while_loop(not_finished, one_pass, initial_state)
 
   if config.dedup == "optimal":
-    viterbi_tokens, token_log_probs = optimal_dedup(final.candidate_ids,
-                                                    final.candidate_log_probs, content)
+    viterbi_tokens, token_log_probs = optimal_dedup(
+        final.candidate_ids, final.candidate_log_probs, content
+    )
     sequences = frame_tokens(viterbi_tokens, content, eos)
   else:
     token_log_probs = jnp.where(content, final.candidate_log_probs[..., 0], 0.0)
@@ -481,13 +501,15 @@ def iterative_refinement_decode(refine_fn: RefineFn,
       scores=by_score(scores.reshape(n)).astype(jnp.float32),
       lengths=by_score(flat_lengths).astype(jnp.int32),
       passes=final.passes,
-      token_log_probs=by_score(token_log_probs).astype(jnp.float32))
+      token_log_probs=by_score(token_log_probs).astype(jnp.float32),
+  )
 
 
 # Jitted convenience wrapper: refine_fn must be hashable (a function, or a functools.partial of
 # hashable arguments); one compile per (refine_fn, config, shapes).
 jit_iterative_refinement_decode = jax.jit(
-    iterative_refinement_decode, static_argnames=("refine_fn", "config", "max_decode_length"))
+    iterative_refinement_decode, static_argnames=("refine_fn", "config", "max_decode_length")
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,29 +522,46 @@ def expand_to_beam(x: Array, beam: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("module", "config", "max_decode_length"))
-def _decode_with_network(module, params, encoder_input_tokens: Array, rng: Array,
-                         config: DecodingConfig, max_decode_length: int,
-                         encoded: Optional[Array]) -> DecodeResult:
+def _decode_with_network(
+    module,
+    params,
+    encoder_input_tokens: Array,
+    rng: Array,
+    config: DecodingConfig,
+    max_decode_length: int,
+    encoded: Array | None,
+) -> DecodeResult:
   variables = {"params": params}
   if encoded is None:
-    encoded = module.apply(variables, encoder_input_tokens, enable_dropout=False,
-                           method="encode")
-  length_logits = module.apply(variables, encoded, encoder_input_tokens,
-                               method="predict_length")
+    encoded = module.apply(variables, encoder_input_tokens, enable_dropout=False, method="encode")
+  length_logits = module.apply(variables, encoded, encoder_input_tokens, method="predict_length")
   # The encoder runs once per example; its output is shared by the example's l hypotheses.
   beam_encoded = expand_to_beam(encoded, config.length_beam)
   beam_inputs = expand_to_beam(encoder_input_tokens, config.length_beam)
 
   def refine_fn(decoder_input_tokens, length_mask):
-    return module.apply(variables, beam_encoded, beam_inputs, decoder_input_tokens, length_mask,
-                        enable_dropout=False, method="decode")
+    return module.apply(
+        variables,
+        beam_encoded,
+        beam_inputs,
+        decoder_input_tokens,
+        length_mask,
+        enable_dropout=False,
+        method="decode",
+    )
 
   return iterative_refinement_decode(refine_fn, length_logits, rng, config, max_decode_length)
 
 
-def decode_with_network(module, params: Any, encoder_input_tokens: Array, rng: Array,
-                        config: DecodingConfig, max_decode_length: int,
-                        encoded: Optional[Array] = None) -> DecodeResult:
+def decode_with_network(
+    module,
+    params: Any,
+    encoder_input_tokens: Array,
+    rng: Array,
+    config: DecodingConfig,
+    max_decode_length: int,
+    encoded: Array | None = None,
+) -> DecodeResult:
   """Encodes once, predicts the length beam and decodes it with `iterative_refinement_decode`.
 
   Jitted (module, config and max_decode_length static): one compile per input shape.
@@ -539,23 +578,27 @@ def decode_with_network(module, params: Any, encoder_input_tokens: Array, rng: A
   Returns:
     DecodeResult, best hypothesis last along axis 1.
   """
-  return _decode_with_network(module, params, jnp.asarray(encoder_input_tokens), rng, config,
-                              max_decode_length, encoded)
+  return _decode_with_network(
+      module, params, jnp.asarray(encoder_input_tokens), rng, config, max_decode_length, encoded
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("module", "config", "max_decode_length"))
-def _encode_and_longest_length(module, params, encoder_input_tokens: Array,
-                               config: DecodingConfig, max_decode_length: int):
+def _encode_and_longest_length(
+    module, params, encoder_input_tokens: Array, config: DecodingConfig, max_decode_length: int
+):
   variables = {"params": params}
   encoded = module.apply(variables, encoder_input_tokens, enable_dropout=False, method="encode")
   length_logits = module.apply(variables, encoded, encoder_input_tokens, method="predict_length")
-  lengths, _ = select_lengths(length_logits, config.length_beam, max_decode_length,
-                              config.min_length)
+  lengths, _ = select_lengths(
+      length_logits, config.length_beam, max_decode_length, config.min_length
+  )
   return encoded, jnp.max(lengths)
 
 
-def length_buckets(max_decode_length: int, buckets: Sequence[int], length_beam: int,
-                   min_length: int) -> tuple[int, ...]:
+def length_buckets(
+    max_decode_length: int, buckets: Sequence[int], length_beam: int, min_length: int
+) -> tuple[int, ...]:
   """The usable decode lengths: the given ones below max_decode_length, then max_decode_length.
 
   A bucket must hold `length_beam` distinct lengths >= min_length, or select_lengths could not
@@ -566,10 +609,15 @@ def length_buckets(max_decode_length: int, buckets: Sequence[int], length_beam: 
   return tuple(usable) + (max_decode_length,)
 
 
-def decode_with_network_bucketed(module, params: Any, encoder_input_tokens: Array, rng: Array,
-                                 config: DecodingConfig, max_decode_length: int,
-                                 buckets: Sequence[int] = (16, 24, 32, 48, 64, 96, 128)
-                                 ) -> tuple[DecodeResult, int]:
+def decode_with_network_bucketed(
+    module,
+    params: Any,
+    encoder_input_tokens: Array,
+    rng: Array,
+    config: DecodingConfig,
+    max_decode_length: int,
+    buckets: Sequence[int] = (16, 24, 32, 48, 64, 96, 128),
+) -> tuple[DecodeResult, int]:
   """decode_with_network over only as many positions as the predicted lengths need.
 
   decode_with_network refines [b * l, t] rows with t = max_decode_length whatever the predicted
@@ -589,10 +637,15 @@ def decode_with_network_bucketed(module, params: Any, encoder_input_tokens: Arra
     (DecodeResult with sequences of length t', t').
   """
   encoder_input_tokens = jnp.asarray(encoder_input_tokens)
-  encoded, longest = _encode_and_longest_length(module, params, encoder_input_tokens, config,
-                                                max_decode_length)
+  encoded, longest = _encode_and_longest_length(
+      module, params, encoder_input_tokens, config, max_decode_length
+  )
   longest = int(longest)  # the one host round-trip
   usable = length_buckets(max_decode_length, buckets, config.length_beam, config.min_length)
   bucket = next(b for b in usable if b >= longest)
-  return decode_with_network(module, params, encoder_input_tokens, rng, config, bucket,
-                             encoded=encoded), bucket
+  return (
+      decode_with_network(
+          module, params, encoder_input_tokens, rng, config, bucket, encoded=encoded
+      ),
+      bucket,
+  )

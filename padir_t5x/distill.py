@@ -27,7 +27,8 @@ import argparse
 import hashlib
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from padir_t5x import em
 
@@ -41,126 +42,174 @@ DISTILL_STAGES = [
 # ---------------------------------------------------------------------------------------------
 # The seqio task over JSON-lines shards (used from the gin files that padir_t5x.em writes).
 def shards_task_name(directory: str, split: str = "train") -> str:
-    """A stable task name per (absolute directory, split)."""
-    key = f"{os.path.abspath(directory)}\0{split}".encode("utf-8")
-    return f"padir_shards_{hashlib.sha1(key).hexdigest()[:12]}"
+  """A stable task name per (absolute directory, split)."""
+  key = f"{os.path.abspath(directory)}\0{split}".encode("utf-8")
+  return f"padir_shards_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
-def shards_task(directory: str, vocabulary, split: str = "train",
-                target_language: str = "en", name: Optional[str] = None) -> str:
-    """Registers (once) a translation task whose `split` is the shards in `directory`.
+def shards_task(
+    directory: str,
+    vocabulary,
+    split: str = "train",
+    target_language: str = "en",
+    name: str | None = None,
+) -> str:
+  """Registers (once) a translation task whose `split` is the shards in `directory`.
 
-    Pass the model's own vocabulary (gin: `%VOCABULARY`), since t5x checks that task and model
-    vocabularies are equal. Returns the task name, so gin can bind
-    `MIXTURE_OR_TASK_NAME = @distill.shards_task()`.
-    """
-    import seqio
-    from padir_t5x import pipelines
-    from tasks import common
+  Pass the model's own vocabulary (gin: `%VOCABULARY`), since t5x checks that task and model
+  vocabularies are equal. Returns the task name, so gin can bind
+  `MIXTURE_OR_TASK_NAME = @distill.shards_task()`.
+  """
+  import seqio
+  from padir_t5x import pipelines
+  from tasks import common
 
-    name = name or shards_task_name(directory, split)
-    if name in seqio.TaskRegistry.names():
-        return name
-    pipelines.distilled_shard_paths(directory, split)  # fail now, naming the directory
-
-    def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
-        del shuffle_files, seed  # Order matters for inference; t5x.train shuffles examples.
-        return pipelines.distilled_dataset(directory, split)
-
-    source = seqio.FunctionDataSource(dataset_fn, splits=(split,))
-    seqio.TaskRegistry.add_provider(
-        name, common.make_task(name, source, vocabulary, target_language))
+  name = name or shards_task_name(directory, split)
+  if name in seqio.TaskRegistry.names():
     return name
+  pipelines.distilled_shard_paths(directory, split)  # fail now, naming the directory
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+    del shuffle_files, seed  # Order matters for inference; t5x.train shuffles examples.
+    return pipelines.distilled_dataset(directory, split)
+
+  source = seqio.FunctionDataSource(dataset_fn, splits=(split,))
+  seqio.TaskRegistry.add_provider(name, common.make_task(name, source, vocabulary, target_language))
+  return name
 
 
 # ---------------------------------------------------------------------------------------------
 # Distillation as a pipeline.
 def _decode_action(checkpoint: str):
-    def action(ctx: em.StageContext) -> Dict[str, Any]:
-        c = ctx.config
-        path = em._infer(ctx, c.teacher_infer_gin, c.teacher_bindings,
-                         ctx.input_dir("prepare", "data"), checkpoint, "predict_with_aux",
-                         num_decodes=c.beam_size)
-        return {"decoded": em._count_lines(path), "beam_size": c.beam_size}
-    return action
+  def action(ctx: em.StageContext) -> dict[str, Any]:
+    c = ctx.config
+    path = em._infer(
+        ctx,
+        c.teacher_infer_gin,
+        c.teacher_bindings,
+        ctx.input_dir("prepare", "data"),
+        checkpoint,
+        "predict_with_aux",
+        num_decodes=c.beam_size,
+    )
+    return {"decoded": em._count_lines(path), "beam_size": c.beam_size}
+
+  return action
 
 
 def _write_action(output_dir: str):
-    def action(ctx: em.StageContext) -> Dict[str, Any]:
-        from padir_t5x import pipelines
-        pairs = em._read_pairs(ctx.input_dir("prepare", "data"))
-        path = em.infer_output_path(ctx.input_dir("teacher_decode", "infer"), "predict_with_aux")
-        candidates = em.candidates_from_decodes(
-            pairs, list(em.iter_infer_records(path, "predict_with_aux")), 1)
-        shards = pipelines.write_distilled_shards(
-            output_dir, "train", [(c.source, c.target) for c in candidates],
-            ctx.config.num_shards)
-        changed = sum(1 for (_, target), c in zip(pairs, candidates) if c.target != target)
-        return {"examples": len(candidates), "shards": len(shards),
-                "differs_from_reference": changed, "output_dir": output_dir}
-    return action
+  def action(ctx: em.StageContext) -> dict[str, Any]:
+    from padir_t5x import pipelines
+
+    pairs = em._read_pairs(ctx.input_dir("prepare", "data"))
+    path = em.infer_output_path(ctx.input_dir("teacher_decode", "infer"), "predict_with_aux")
+    candidates = em.candidates_from_decodes(
+        pairs, list(em.iter_infer_records(path, "predict_with_aux")), 1
+    )
+    shards = pipelines.write_distilled_shards(
+        output_dir, "train", [(c.source, c.target) for c in candidates], ctx.config.num_shards
+    )
+    changed = sum(1 for (_, target), c in zip(pairs, candidates) if c.target != target)
+    return {
+        "examples": len(candidates),
+        "shards": len(shards),
+        "differs_from_reference": changed,
+        "output_dir": output_dir,
+    }
+
+  return action
 
 
-def distill(config: em.EmConfig, checkpoint: str, output_dir: str,
-            runner: Optional[em.StageRunner] = None, log=print) -> Dict[str, Any]:
-    """Runs (or resumes) the distillation; `config.run_dir` is the work directory.
+def distill(
+    config: em.EmConfig,
+    checkpoint: str,
+    output_dir: str,
+    runner: em.StageRunner | None = None,
+    log=print,
+) -> dict[str, Any]:
+  """Runs (or resumes) the distillation; `config.run_dir` is the work directory.
 
-    Uses config's training data (train_files or task, limit), teacher_infer_gin,
-    teacher_bindings, beam_size, num_shards, infer_batch_size.
-    """
-    runner = runner or em.T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
-    actions = {"prepare": em.action_prepare, "teacher_decode": _decode_action(checkpoint),
-               "write_distilled": _write_action(output_dir)}
-    done = em.run_plan(config, runner, DISTILL_STAGES, log=log, actions=actions,
-                       extra={"checkpoint": os.path.abspath(checkpoint),
-                              "output_dir": os.path.abspath(output_dir)})
-    return done["write"]["counts"]
+  Uses config's training data (train_files or task, limit), teacher_infer_gin,
+  teacher_bindings, beam_size, num_shards, infer_batch_size.
+  """
+  runner = runner or em.T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
+  actions = {
+      "prepare": em.action_prepare,
+      "teacher_decode": _decode_action(checkpoint),
+      "write_distilled": _write_action(output_dir),
+  }
+  done = em.run_plan(
+      config,
+      runner,
+      DISTILL_STAGES,
+      log=log,
+      actions=actions,
+      extra={"checkpoint": os.path.abspath(checkpoint), "output_dir": os.path.abspath(output_dir)},
+  )
+  return done["write"]["counts"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m padir_t5x.distill",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="the AR teacher's t5x checkpoint")
-    parser.add_argument("--output_dir", required=True,
-                        help="distilled-corpus root ($PADIR_DISTILLED_DIR)")
-    parser.add_argument("--corpus", required=True,
-                        help="subdirectory, e.g. wmt14_de_en (what the *_distilled task reads)")
-    parser.add_argument("--train_files", nargs=2, metavar=("SOURCE", "TARGET"))
-    parser.add_argument("--task", help="seqio task whose split is decoded")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--teacher_gin", action="append",
-                        help="t5x.infer gin files of the teacher (repeat; default: the "
-                             "quickstart AR twin)")
-    parser.add_argument("--teacher_binding", action="append", default=[])
-    parser.add_argument("--beam_size", type=int, default=4)
-    parser.add_argument("--batch_size", type=int)
-    parser.add_argument("--num_shards", type=int, default=4)
-    parser.add_argument("--target_language", default="en")
-    parser.add_argument("--work_dir", help="default: {output_dir}/{corpus}.work")
-    parser.add_argument("--python", default="", help="interpreter with t5x (default: this one)")
-    parser.add_argument("--cwd", default="", help="directory t5x runs in (default: repo root)")
-    return parser
+  parser = argparse.ArgumentParser(
+      prog="python -m padir_t5x.distill", description=__doc__.split("\n\n")[0]
+  )
+  parser.add_argument("--checkpoint", required=True, help="the AR teacher's t5x checkpoint")
+  parser.add_argument(
+      "--output_dir", required=True, help="distilled-corpus root ($PADIR_DISTILLED_DIR)"
+  )
+  parser.add_argument(
+      "--corpus",
+      required=True,
+      help="subdirectory, e.g. wmt14_de_en (what the *_distilled task reads)",
+  )
+  parser.add_argument("--train_files", nargs=2, metavar=("SOURCE", "TARGET"))
+  parser.add_argument("--task", help="seqio task whose split is decoded")
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--limit", type=int)
+  parser.add_argument(
+      "--teacher_gin",
+      action="append",
+      help="t5x.infer gin files of the teacher (repeat; default: the " "quickstart AR twin)",
+  )
+  parser.add_argument("--teacher_binding", action="append", default=[])
+  parser.add_argument("--beam_size", type=int, default=4)
+  parser.add_argument("--batch_size", type=int)
+  parser.add_argument("--num_shards", type=int, default=4)
+  parser.add_argument("--target_language", default="en")
+  parser.add_argument("--work_dir", help="default: {output_dir}/{corpus}.work")
+  parser.add_argument("--python", default="", help="interpreter with t5x (default: this one)")
+  parser.add_argument("--cwd", default="", help="directory t5x runs in (default: repo root)")
+  return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    defaults = em.EmConfig()
-    config = em.EmConfig(
-        run_dir=args.work_dir or os.path.join(args.output_dir, f"{args.corpus}.work"),
-        train_files=tuple(args.train_files) if args.train_files else None, task=args.task,
-        split=args.split, limit=args.limit, rounds=0, num_candidates=1,
-        beam_size=args.beam_size, teacher_infer_gin=tuple(args.teacher_gin or
-                                                          defaults.teacher_infer_gin),
-        teacher_bindings=tuple(args.teacher_binding), infer_batch_size=args.batch_size,
-        target_language=args.target_language, num_shards=args.num_shards,
-        python=args.python, cwd=args.cwd)
-    counts = distill(config, args.checkpoint, os.path.join(args.output_dir, args.corpus))
-    print(f"[distill] {counts['examples']} pairs in {counts['shards']} shards under "
-          f"{counts['output_dir']} ({counts['differs_from_reference']} differ from the "
-          "reference)")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  defaults = em.EmConfig()
+  config = em.EmConfig(
+      run_dir=args.work_dir or os.path.join(args.output_dir, f"{args.corpus}.work"),
+      train_files=tuple(args.train_files) if args.train_files else None,
+      task=args.task,
+      split=args.split,
+      limit=args.limit,
+      rounds=0,
+      num_candidates=1,
+      beam_size=args.beam_size,
+      teacher_infer_gin=tuple(args.teacher_gin or defaults.teacher_infer_gin),
+      teacher_bindings=tuple(args.teacher_binding),
+      infer_batch_size=args.batch_size,
+      target_language=args.target_language,
+      num_shards=args.num_shards,
+      python=args.python,
+      cwd=args.cwd,
+  )
+  counts = distill(config, args.checkpoint, os.path.join(args.output_dir, args.corpus))
+  print(
+      f"[distill] {counts['examples']} pairs in {counts['shards']} shards under "
+      f"{counts['output_dir']} ({counts['differs_from_reference']} differ from the "
+      "reference)"
+  )
+  return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

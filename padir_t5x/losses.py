@@ -12,7 +12,8 @@ t5x.losses.cross_entropy_with_logits for the z-loss), so the numbers match a t5x
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,9 @@ ALL_DECODER_TOKENS = ("NUMBER_OF_ALL_DECODER_TOKENS", "NUM_TOTAL_TARGET_TOKENS")
 SPECIAL_LOSS_NORMALIZING_FACTORS = (REAL_TARGET_TOKENS, *ALL_DECODER_TOKENS)
 
 
-def resolve_loss_normalizing_factor(loss_normalizing_factor: LossNormalizingFactor,
-                                    weights: Array) -> Array | float | None:
+def resolve_loss_normalizing_factor(
+    loss_normalizing_factor: LossNormalizingFactor, weights: Array
+) -> Array | float | None:
   """Turns a number, a special string or None into the divisor (None: do not divide).
 
   Args:
@@ -52,21 +54,24 @@ def resolve_loss_normalizing_factor(loss_normalizing_factor: LossNormalizingFact
       return jnp.maximum(jnp.sum(weights), 1e-8)
     if name in ALL_DECODER_TOKENS:
       return float(weights.shape[0] * weights.shape[1])
-    raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; expected "
-                     f"None, a number or one of {SPECIAL_LOSS_NORMALIZING_FACTORS}")
+    raise ValueError(
+        f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; expected "
+        f"None, a number or one of {SPECIAL_LOSS_NORMALIZING_FACTORS}"
+    )
   # Arrays (already resolved, possibly traced) pass through; only plain numbers are checked.
   if isinstance(loss_normalizing_factor, (int, float)) and loss_normalizing_factor <= 0:
     raise ValueError(f"loss_normalizing_factor must be positive, got {loss_normalizing_factor}")
   return loss_normalizing_factor
 
 
-def token_cross_entropy(logits: Array,
-                        targets: Array,
-                        weights: Array | None,
-                        label_smoothing: float = 0.0,
-                        z_loss: float = 0.0,
-                        loss_normalizing_factor: LossNormalizingFactor = None
-                        ) -> tuple[Array, Array, Array]:
+def token_cross_entropy(
+    logits: Array,
+    targets: Array,
+    weights: Array | None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    loss_normalizing_factor: LossNormalizingFactor = None,
+) -> tuple[Array, Array, Array]:
   """Weighted, label-smoothed cross-entropy with z-loss, summed over positions.
 
   Mirrors t5x.losses.compute_weighted_cross_entropy and cross_entropy_with_logits: the smoothed
@@ -95,8 +100,10 @@ def token_cross_entropy(logits: Array,
   confidence = 1.0 - label_smoothing
   low_confidence = (1.0 - confidence) / max(vocab_size - 1, 1)
   # Entropy of the smoothed target (1e-20 avoids log 0 when label_smoothing is 0).
-  normalizing_constant = -(confidence * jnp.log(confidence)
-                           + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  normalizing_constant = -(
+      confidence * jnp.log(confidence)
+      + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20)
+  )
   soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
   soft_targets = soft_targets * (confidence - low_confidence) + low_confidence
 
@@ -163,6 +170,7 @@ class PadirLossConfig:
     vocab_low: inclusive bound of random tokens (default: first non-special id).
     mask_id: the [MASK] id for corruption='mask'.
   """
+
   num_stages: int = 2
   unmasking_rate: float = 0.25
   corruption: str = "random"
@@ -196,12 +204,14 @@ class PadirLossConfig:
       if self.loss_normalizing_factor.upper() not in SPECIAL_LOSS_NORMALIZING_FACTORS:
         raise ValueError(f"unknown loss_normalizing_factor {self.loss_normalizing_factor!r}")
     elif self.loss_normalizing_factor is not None and self.loss_normalizing_factor <= 0:
-      raise ValueError(f"loss_normalizing_factor must be positive, got "
-                       f"{self.loss_normalizing_factor}")
+      raise ValueError(
+          f"loss_normalizing_factor must be positive, got " f"{self.loss_normalizing_factor}"
+      )
 
 
 class LossRngs(NamedTuple):
   """The independent PRNG keys of one training step."""
+
   corruption: jax.Array
   encoder_dropout: jax.Array
   stage_dropout: tuple[jax.Array, ...]  # one per stage, so stages drop different units
@@ -241,50 +251,79 @@ class StageOutputs(NamedTuple):
   stage_inputs / stage_logits: one [batch, length] / [batch, length, V] array per stage.
   length_logits: [batch, L].
   """
+
   stage_inputs: tuple[Array, ...]
   stage_logits: tuple[Array, ...]
   length_logits: Array
 
 
-def multi_stage_forward(module, params, batch: Mapping[str, Array], rng: jax.Array,
-                        config: PadirLossConfig, enable_dropout: bool = True) -> StageOutputs:
+def multi_stage_forward(
+    module,
+    params,
+    batch: Mapping[str, Array],
+    rng: jax.Array,
+    config: PadirLossConfig,
+    enable_dropout: bool = True,
+) -> StageOutputs:
   """Encodes once, predicts the length, runs `config.num_stages` decoder passes.
 
   `rng` is split by `split_loss_rngs`: corruption, encoder dropout, one dropout key per stage.
   """
   if "encoder_segment_ids" in batch or "decoder_segment_ids" in batch:
-    raise ValueError("PaDIR does not support packed examples (batch has *_segment_ids): the "
-                     "length classifier and the parallel decoder need one example per row; "
-                     "set pack=False in the feature converter")
+    raise ValueError(
+        "PaDIR does not support packed examples (batch has *_segment_ids): the "
+        "length classifier and the parallel decoder need one example per row; "
+        "set pack=False in the feature converter"
+    )
   inputs = jnp.asarray(batch["encoder_input_tokens"])
   targets = jnp.asarray(batch["decoder_target_tokens"])
   rngs = split_loss_rngs(rng, config.num_stages)
   variables = {"params": params}
 
-  encoded = module.apply(variables, inputs, enable_dropout=enable_dropout,
-                         method="encode", rngs={"dropout": rngs.encoder_dropout})
-  length_logits = module.apply(variables, encoded, inputs,
-                               method="predict_length")
+  encoded = module.apply(
+      variables,
+      inputs,
+      enable_dropout=enable_dropout,
+      method="encode",
+      rngs={"dropout": rngs.encoder_dropout},
+  )
+  length_logits = module.apply(variables, encoded, inputs, method="predict_length")
 
   decoder_input = corruption.corrupt_targets(
-      rngs.corruption, targets, config.unmasking_rate,
-      vocab_high=config.vocab_high, vocab_low=config.vocab_low,
-      mask_id=config.mask_id if config.corruption == "mask" else None)
+      rngs.corruption,
+      targets,
+      config.unmasking_rate,
+      vocab_high=config.vocab_high,
+      vocab_low=config.vocab_low,
+      mask_id=config.mask_id if config.corruption == "mask" else None,
+  )
   stage_inputs, stage_logits = [], []
   for stage in range(config.num_stages):
     if stage > 0:
       decoder_input = next_stage_inputs(stage_logits[-1], targets)
-    logits = module.apply(variables, encoded, inputs, decoder_input, targets,
-                          enable_dropout=enable_dropout, method="decode",
-                          rngs={"dropout": rngs.stage_dropout[stage]})
+    logits = module.apply(
+        variables,
+        encoded,
+        inputs,
+        decoder_input,
+        targets,
+        enable_dropout=enable_dropout,
+        method="decode",
+        rngs={"dropout": rngs.stage_dropout[stage]},
+    )
     stage_inputs.append(decoder_input)
     stage_logits.append(logits)
   return StageOutputs(tuple(stage_inputs), tuple(stage_logits), length_logits)
 
 
-def multi_stage_loss(module, params, batch: Mapping[str, Array], rng: jax.Array,
-                     config: PadirLossConfig, enable_dropout: bool = True
-                     ) -> tuple[Array, dict[str, Array]]:
+def multi_stage_loss(
+    module,
+    params,
+    batch: Mapping[str, Array],
+    rng: jax.Array,
+    config: PadirLossConfig,
+    enable_dropout: bool = True,
+) -> tuple[Array, dict[str, Array]]:
   """The PaDIR training loss and its metrics.
 
   loss = sum over stages of stage{s}_loss + length_loss_weight * length_loss, where
@@ -328,8 +367,13 @@ def multi_stage_loss(module, params, batch: Mapping[str, Array], rng: jax.Array,
   num_tokens = jnp.sum(weights)
   for stage, logits in enumerate(outputs.stage_logits, start=1):
     stage_loss, stage_z_loss, _ = token_cross_entropy(
-        logits, targets, weights, label_smoothing=config.label_smoothing,
-        z_loss=config.z_loss, loss_normalizing_factor=factor)
+        logits,
+        targets,
+        weights,
+        label_smoothing=config.label_smoothing,
+        z_loss=config.z_loss,
+        loss_normalizing_factor=factor,
+    )
     correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
     metrics[f"stage{stage}_loss"] = stage_loss
     metrics[f"stage{stage}_correct"] = correct
@@ -355,5 +399,6 @@ def multi_stage_loss(module, params, batch: Mapping[str, Array], rng: jax.Array,
       length_correct=length_correct,
       length_accuracy=length_correct / jnp.maximum(num_examples, 1.0),
       num_tokens=num_tokens,
-      num_examples=num_examples)
+      num_examples=num_examples,
+  )
   return total_loss, metrics

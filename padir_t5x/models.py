@@ -21,7 +21,8 @@ need it): batches with `*_segment_ids` or `*_positions` raise ValueError; set pa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple, Union
+from typing import Any
+from collections.abc import Callable, Mapping, MutableMapping
 
 import clu.metrics as clu_metrics
 from flax import core as flax_core
@@ -45,8 +46,12 @@ PyTree = Any
 
 # Features a PaDIR batch may carry (seqio.EncDecFeatureConverter with pack=False).
 _REQUIRED_TRAIN_FEATURES = ("encoder_input_tokens", "decoder_target_tokens")
-_PACKING_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                     "decoder_positions")
+_PACKING_FEATURES = (
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+)
 SCORE_DECODER_INPUTS = ("mask", "random")
 # decoder_params keys t5x callers may pass that are not DecodingConfig fields.
 _T5X_DECODER_PARAM_KEYS = ("decode_rng", "eos_id")
@@ -70,8 +75,9 @@ def padir_logical_factor_rules():
   return flax_core.freeze(rules)
 
 
-def check_batch(batch: Mapping[str, Any], required=_REQUIRED_TRAIN_FEATURES,
-                shapes: bool = False) -> None:
+def check_batch(
+    batch: Mapping[str, Any], required=_REQUIRED_TRAIN_FEATURES, shapes: bool = False
+) -> None:
   """Raises ValueError for packed batches, missing features or features not [batch, length].
 
   With shapes=True the values are shapes (t5x's input_shapes), not arrays.
@@ -81,12 +87,15 @@ def check_batch(batch: Mapping[str, Any], required=_REQUIRED_TRAIN_FEATURES,
     raise ValueError(
         f"PaDIR does not support packed examples, but the batch has {packed}: the length "
         "classifier and the parallel decoder need one example per row. Set pack=False in the "
-        "DatasetConfig / feature converter.")
+        "DatasetConfig / feature converter."
+    )
   missing = [k for k in required if k not in batch]
   if missing:
-    raise ValueError(f"PaDIR batch lacks feature(s) {missing}; got {sorted(batch)}. Use "
-                     "seqio.EncDecFeatureConverter(pack=False) on a task with 'inputs' and "
-                     "'targets'.")
+    raise ValueError(
+        f"PaDIR batch lacks feature(s) {missing}; got {sorted(batch)}. Use "
+        "seqio.EncDecFeatureConverter(pack=False) on a task with 'inputs' and "
+        "'targets'."
+    )
   for key in required:
     shape = tuple(batch[key]) if shapes else jnp.shape(batch[key])
     if len(shape) != 2:
@@ -118,46 +127,56 @@ class PadirModel(t5x_models.EncoderDecoderModel):
 
   FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
 
-  def __init__(self,
-               module,
-               input_vocabulary: seqio.Vocabulary,
-               output_vocabulary: seqio.Vocabulary,
-               optimizer_def: optimizers.OptimizerDefType,
-               num_stages: int = 2,
-               unmasking_rate: float = 0.25,
-               corruption: str = "random",
-               length_loss_weight: float = 1.0,
-               label_smoothing: float = 0.0,
-               z_loss: float = 1e-4,
-               loss_normalizing_factor: Optional[Union[float, int, str]] = None,
-               decoding_config: Optional[Union[decoding.DecodingConfig,
-                                               Mapping[str, Any]]] = None,
-               vocab_high: Optional[int] = None,
-               eval_corruption_seed: int = 0,
-               score_decoder_input: Optional[str] = None,
-               score_seed: int = 0,
-               feature_converter_cls: Optional[Callable[..., seqio.FeatureConverter]] = None,
-               default_decoder_params: Optional[t5x_models.DecoderParams] = None):
+  def __init__(
+      self,
+      module,
+      input_vocabulary: seqio.Vocabulary,
+      output_vocabulary: seqio.Vocabulary,
+      optimizer_def: optimizers.OptimizerDefType,
+      num_stages: int = 2,
+      unmasking_rate: float = 0.25,
+      corruption: str = "random",
+      length_loss_weight: float = 1.0,
+      label_smoothing: float = 0.0,
+      z_loss: float = 1e-4,
+      loss_normalizing_factor: float | int | str | None = None,
+      decoding_config: decoding.DecodingConfig | Mapping[str, Any] | None = None,
+      vocab_high: int | None = None,
+      eval_corruption_seed: int = 0,
+      score_decoder_input: str | None = None,
+      score_seed: int = 0,
+      feature_converter_cls: Callable[..., seqio.FeatureConverter] | None = None,
+      default_decoder_params: t5x_models.DecoderParams | None = None,
+  ):
     config = getattr(module, "config", None)
     if config is not None and getattr(config, "decoder_mode", "padir") != "padir":
       raise ValueError(
           f"PadirModel needs a network with decoder_mode='padir', got "
           f"{config.decoder_mode!r}; for the autoregressive twin use "
-          "t5x.models.EncoderDecoderModel")
+          "t5x.models.EncoderDecoderModel"
+      )
     if isinstance(loss_normalizing_factor, t5x_losses.SpecialLossNormalizingFactor):
       loss_normalizing_factor = loss_normalizing_factor.name
     if score_decoder_input is not None and score_decoder_input not in SCORE_DECODER_INPUTS:
-      raise ValueError(f"score_decoder_input must be None or one of {SCORE_DECODER_INPUTS}, "
-                       f"got {score_decoder_input!r}")
+      raise ValueError(
+          f"score_decoder_input must be None or one of {SCORE_DECODER_INPUTS}, "
+          f"got {score_decoder_input!r}"
+      )
     self._loss_kwargs = dict(
-        num_stages=num_stages, unmasking_rate=unmasking_rate, corruption=corruption,
-        length_loss_weight=length_loss_weight, label_smoothing=label_smoothing, z_loss=z_loss,
-        loss_normalizing_factor=loss_normalizing_factor)
+        num_stages=num_stages,
+        unmasking_rate=unmasking_rate,
+        corruption=corruption,
+        length_loss_weight=length_loss_weight,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        loss_normalizing_factor=loss_normalizing_factor,
+    )
     # Validate now (a placeholder vocab_high stands in for the lazily read vocabulary size).
     losses.PadirLossConfig(vocab_high=vocab_high or FIRST_ORDINARY_ID + 1, **self._loss_kwargs)
     if isinstance(decoding_config, decoding.DecodingConfig):
-      decoding_config = {f.name: getattr(decoding_config, f.name)
-                         for f in dataclasses.fields(decoding_config)}
+      decoding_config = {
+          f.name: getattr(decoding_config, f.name) for f in dataclasses.fields(decoding_config)
+      }
     self._decoding_fields = dict(decoding_config or {})
     # Validate now, as for the loss (vocab_high may only be known once the vocabulary loads).
     self._build_decoding_config(self._decoding_fields, vocab_high or FIRST_ORDINARY_ID + 1)
@@ -175,7 +194,8 @@ class PadirModel(t5x_models.EncoderDecoderModel):
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         loss_normalizing_factor=loss_normalizing_factor,
-        default_decoder_params=default_decoder_params)
+        default_decoder_params=default_decoder_params,
+    )
 
   # ----------------------------------------------------------------------------------------------
   # Configuration.
@@ -187,8 +207,10 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       vocab_high = int(self.output_vocabulary.vocab_size)
       table = getattr(getattr(self.module, "config", None), "vocab_size", None)
       if table is not None and vocab_high > table:
-        raise ValueError(f"output vocabulary has {vocab_high} ids but the network's embedding "
-                         f"table only {table} rows: raise TransformerConfig.vocab_size")
+        raise ValueError(
+            f"output vocabulary has {vocab_high} ids but the network's embedding "
+            f"table only {table} rows: raise TransformerConfig.vocab_size"
+        )
       self._vocab_high = vocab_high
     return self._vocab_high
 
@@ -197,13 +219,15 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     return losses.PadirLossConfig(vocab_high=self.vocab_high, **self._loss_kwargs)
 
   @staticmethod
-  def _build_decoding_config(fields: Mapping[str, Any],
-                             vocab_high: Optional[int]) -> decoding.DecodingConfig:
+  def _build_decoding_config(
+      fields: Mapping[str, Any], vocab_high: int | None
+  ) -> decoding.DecodingConfig:
     names = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
     unknown = sorted(set(fields) - names)
     if unknown:
-      raise ValueError(f"unknown DecodingConfig field(s) {unknown}; expected some of "
-                       f"{sorted(names)}")
+      raise ValueError(
+          f"unknown DecodingConfig field(s) {unknown}; expected some of " f"{sorted(names)}"
+      )
     fields = dict(fields)
     if fields.get("vocab_high") is None:
       fields["vocab_high"] = vocab_high
@@ -214,8 +238,9 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     """The default DecodingConfig, vocab_high filled in from the vocabulary when not given."""
     return self._build_decoding_config(self._decoding_fields, self.vocab_high)
 
-  def resolve_decoding_config(self, decoder_params: Optional[Mapping[str, Any]] = None,
-                              num_decodes: Optional[int] = None) -> decoding.DecodingConfig:
+  def resolve_decoding_config(
+      self, decoder_params: Mapping[str, Any] | None = None, num_decodes: int | None = None
+  ) -> decoding.DecodingConfig:
     """Default DecodingConfig with per-call overrides.
 
     Args:
@@ -227,33 +252,42 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     Raises:
       ValueError: unknown field, or num_decodes contradicting decoder_params['length_beam'].
     """
-    overrides = {k: v for k, v in dict(decoder_params or {}).items()
-                 if k not in _T5X_DECODER_PARAM_KEYS}
+    overrides = {
+        k: v for k, v in dict(decoder_params or {}).items() if k not in _T5X_DECODER_PARAM_KEYS
+    }
     fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-      raise ValueError(f"unknown decoder_params {unknown}; PaDIR accepts DecodingConfig fields "
-                       f"{sorted(fields)} and {list(_T5X_DECODER_PARAM_KEYS)}")
+      raise ValueError(
+          f"unknown decoder_params {unknown}; PaDIR accepts DecodingConfig fields "
+          f"{sorted(fields)} and {list(_T5X_DECODER_PARAM_KEYS)}"
+      )
     if num_decodes is not None:
       if "length_beam" in overrides and overrides["length_beam"] != num_decodes:
-        raise ValueError(f"num_decodes={num_decodes} contradicts decoder_params['length_beam']="
-                         f"{overrides['length_beam']}: num_decodes is the length beam")
+        raise ValueError(
+            f"num_decodes={num_decodes} contradicts decoder_params['length_beam']="
+            f"{overrides['length_beam']}: num_decodes is the length beam"
+        )
       overrides["length_beam"] = int(num_decodes)
     return self._build_decoding_config({**self._decoding_fields, **overrides}, self.vocab_high)
 
   # ----------------------------------------------------------------------------------------------
   # Initialisation.
 
-  def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Any],
-                            input_types: Optional[Mapping[str, jnp.dtype]] = None
-                            ) -> flax_core.scope.FrozenVariableDict:
+  def get_initial_variables(
+      self,
+      rng: jax.Array,
+      input_shapes: Mapping[str, Any],
+      input_types: Mapping[str, jnp.dtype] | None = None,
+  ) -> flax_core.scope.FrozenVariableDict:
     """Initialises the network (length classifier included) on int32 dummy inputs.
 
     t5x's default input_shapes ({'encoder_input_tokens': ..., 'decoder_input_tokens': ...})
     suffice; token types default to int32 (t5x's default, float32, is not a token type).
     """
-    check_batch(input_shapes, required=("encoder_input_tokens", "decoder_input_tokens"),
-                shapes=True)
+    check_batch(
+        input_shapes, required=("encoder_input_tokens", "decoder_input_tokens"), shapes=True
+    )
     input_types = dict(input_types or {})
     encoder_type = input_types.get("encoder_input_tokens", jnp.int32)
     decoder_type = input_types.get("decoder_input_tokens", jnp.int32)
@@ -263,26 +297,33 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       decoder_type = jnp.int32
     encoder_shape = tuple(input_shapes["encoder_input_tokens"])
     decoder_shape = tuple(input_shapes["decoder_input_tokens"])
-    return flax_core.freeze(self.module.init(
-        rng, jnp.ones(encoder_shape, encoder_type), jnp.ones(decoder_shape, decoder_type),
-        jnp.ones(decoder_shape, decoder_type), enable_dropout=False))
+    return flax_core.freeze(
+        self.module.init(
+            rng,
+            jnp.ones(encoder_shape, encoder_type),
+            jnp.ones(decoder_shape, decoder_type),
+            jnp.ones(decoder_shape, decoder_type),
+            enable_dropout=False,
+        )
+    )
 
   # ----------------------------------------------------------------------------------------------
   # Training and evaluation.
 
-  def _compute_logits(self, params, batch, dropout_rng=None, mutable=False,
-                      other_variables=None):
+  def _compute_logits(self, params, batch, dropout_rng=None, mutable=False, other_variables=None):
     """Logits of one decoder pass on the batch's own decoder_input_tokens (t5x hook).
 
     Not used by PaDIR's loss (which runs the multi-stage forward); kept for t5x utilities that
     call it, e.g. for debugging.
     """
-    check_batch(batch, required=("encoder_input_tokens", "decoder_input_tokens",
-                                 "decoder_target_tokens"))
+    check_batch(
+        batch, required=("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    )
     return super()._compute_logits(params, batch, dropout_rng, mutable, other_variables)
 
-  def loss_fn(self, params: PyTree, batch: Mapping[str, Array],
-              dropout_rng: Optional[jax.Array]) -> Tuple[Array, Mapping[str, Any]]:
+  def loss_fn(
+      self, params: PyTree, batch: Mapping[str, Array], dropout_rng: jax.Array | None
+  ) -> tuple[Array, Mapping[str, Any]]:
     """PaDIR multi-stage loss; corruption and dropout drawn from `dropout_rng`.
 
     With dropout_rng=None (eval), dropout is off and the corruption uses the fixed key
@@ -293,17 +334,18 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       rng, enable_dropout = jax.random.PRNGKey(self._eval_corruption_seed), False
     else:
       rng, enable_dropout = dropout_rng, True
-    loss, core_metrics = losses.multi_stage_loss(self.module, params, batch, rng,
-                                                 self.loss_config, enable_dropout=enable_dropout)
+    loss, core_metrics = losses.multi_stage_loss(
+        self.module, params, batch, rng, self.loss_config, enable_dropout=enable_dropout
+    )
     return loss, self._compute_padir_metrics(core_metrics, batch)
 
-  def eval_fn(self, params: PyTree,
-              batch: Mapping[str, Array]) -> Tuple[Array, Mapping[str, Any]]:
+  def eval_fn(self, params: PyTree, batch: Mapping[str, Array]) -> tuple[Array, Mapping[str, Any]]:
     """loss_fn without dropout, corruption from PRNGKey(eval_corruption_seed)."""
     return self.loss_fn(params, batch, dropout_rng=None)
 
-  def _compute_padir_metrics(self, m: Mapping[str, Array],
-                             batch: Mapping[str, Array]) -> Mapping[str, Any]:
+  def _compute_padir_metrics(
+      self, m: Mapping[str, Array], batch: Mapping[str, Array]
+  ) -> Mapping[str, Any]:
     """clu/t5x metrics from `losses.multi_stage_loss`'s scalars, as compute_base_metrics.
 
     Per-step averages (AveragePerStep) for the loss terms; ratios accumulated as
@@ -323,27 +365,30 @@ class PadirModel(t5x_models.EncoderDecoderModel):
         "loss_per_nonpadding_target_token": clu_metrics.Average(total=loss, count=num_tokens),
         "loss_per_all_target_tokens": clu_metrics.Average(total=loss, count=num_positions),
         # Token accuracy of the last stage (what decoding converges to), and of every stage.
-        "accuracy": clu_metrics.Average(total=m[f"stage{num_stages}_correct"],
-                                        count=num_tokens),
-        "length_accuracy": clu_metrics.Average(total=m["length_correct"],
-                                               count=m["num_examples"]),
-        "non_padding_fraction/loss_weights": clu_metrics.Average(total=num_tokens,
-                                                                 count=num_positions),
+        "accuracy": clu_metrics.Average(total=m[f"stage{num_stages}_correct"], count=num_tokens),
+        "length_accuracy": clu_metrics.Average(total=m["length_correct"], count=m["num_examples"]),
+        "non_padding_fraction/loss_weights": clu_metrics.Average(
+            total=num_tokens, count=num_positions
+        ),
         "timing/seqs_per_second": metrics_lib.TimeRate.from_model_output(numerator=num_rows),
         "timing/steps_per_second": metrics_lib.StepsPerTime.from_model_output(),
         "timing/seconds": metrics_lib.Time(),
         "timing/seqs": metrics_lib.Sum(num_rows),
         "timing/seqs_per_second_per_core": metrics_lib.TimeRate.from_model_output(
-            numerator=num_rows / num_devices),
+            numerator=num_rows / num_devices
+        ),
         "timing/target_tokens_per_second": metrics_lib.TimeRate.from_model_output(
-            numerator=num_positions),
+            numerator=num_positions
+        ),
         "timing/target_tokens_per_second_per_core": metrics_lib.TimeRate.from_model_output(
-            numerator=num_positions / num_devices),
+            numerator=num_positions / num_devices
+        ),
     }
     for s in range(1, num_stages + 1):
       metrics[f"stage{s}/loss"] = metrics_lib.AveragePerStep(total=m[f"stage{s}_loss"])
-      metrics[f"stage{s}/accuracy"] = clu_metrics.Average(total=m[f"stage{s}_correct"],
-                                                          count=num_tokens)
+      metrics[f"stage{s}/accuracy"] = clu_metrics.Average(
+          total=m[f"stage{s}_correct"], count=num_tokens
+      )
     return metrics
 
   # ----------------------------------------------------------------------------------------------
@@ -353,12 +398,12 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       self,
       params: PyTree,
       batch: Mapping[str, Array],
-      rng: Optional[jax.Array] = None,
-      decoder_params: Optional[MutableMapping[str, Any]] = None,
-      return_all_decodes: Optional[bool] = None,
-      num_decodes: Optional[int] = None,
+      rng: jax.Array | None = None,
+      decoder_params: MutableMapping[str, Any] | None = None,
+      return_all_decodes: bool | None = None,
+      num_decodes: int | None = None,
       prompt_with_targets: bool = False,
-  ) -> Tuple[Array, Mapping[str, Array]]:
+  ) -> tuple[Array, Mapping[str, Array]]:
     """Decodes a batch with length beam + iterative refinement (`decoding.decode_with_network`).
 
     Args:
@@ -383,8 +428,9 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     """
     if prompt_with_targets:
       raise ValueError("prompt_with_targets is not supported by PaDIR (no decoder prompt)")
-    length_key = ("decoder_input_tokens" if "decoder_input_tokens" in batch
-                  else "decoder_target_tokens")
+    length_key = (
+        "decoder_input_tokens" if "decoder_input_tokens" in batch else "decoder_target_tokens"
+    )
     check_batch(batch, required=("encoder_input_tokens", length_key))
     if return_all_decodes is None:
       return_all_decodes = self._default_decoder_params.return_all_decodes
@@ -401,17 +447,27 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     table = getattr(getattr(self.module, "config", None), "max_target_length", None)
     if table is not None:
       max_decode_length = min(output_length, table)
-    result = decoding.decode_with_network(self.module, params, batch["encoder_input_tokens"],
-                                          rng, config, max_decode_length)
+    result = decoding.decode_with_network(
+        self.module, params, batch["encoder_input_tokens"], rng, config, max_decode_length
+    )
     sequences = result.sequences
     if max_decode_length < output_length:
-      sequences = jnp.pad(sequences, ((0, 0), (0, 0), (0, output_length - max_decode_length)),
-                          constant_values=PAD_ID)
+      sequences = jnp.pad(
+          sequences,
+          ((0, 0), (0, 0), (0, output_length - max_decode_length)),
+          constant_values=PAD_ID,
+      )
     if return_all_decodes:
-      return sequences, {"scores": result.scores, "lengths": result.lengths,
-                         "passes": result.passes}
-    return sequences[:, -1, :], {"scores": result.scores[:, -1],
-                                 "lengths": result.lengths[:, -1], "passes": result.passes}
+      return sequences, {
+          "scores": result.scores,
+          "lengths": result.lengths,
+          "passes": result.passes,
+      }
+    return sequences[:, -1, :], {
+        "scores": result.scores[:, -1],
+        "lengths": result.lengths[:, -1],
+        "passes": result.passes,
+    }
 
   def score_decoder_inputs(self, decoder_target_tokens: Array) -> Array:
     """The fixed decoder input `score_batch` conditions on: [b, t] int32.
@@ -424,7 +480,8 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     (DecodingConfig.init).
     """
     mode = self._score_decoder_input or self._decoding_fields.get(
-        "init", decoding.DecodingConfig.init)
+        "init", decoding.DecodingConfig.init
+    )
     targets = jnp.asarray(decoder_target_tokens)
     batch_size, t = targets.shape
     lengths = losses.sequence_lengths(targets)
@@ -433,14 +490,19 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       fill = jnp.full((batch_size, t), MASK_ID, jnp.int32)
     else:
       table = getattr(getattr(self.module, "config", None), "max_target_length", None) or t
-      row = jax.random.randint(jax.random.PRNGKey(self._score_seed), (max(table, t),),
-                               FIRST_ORDINARY_ID, self.vocab_high, dtype=jnp.int32)
+      row = jax.random.randint(
+          jax.random.PRNGKey(self._score_seed),
+          (max(table, t),),
+          FIRST_ORDINARY_ID,
+          self.vocab_high,
+          dtype=jnp.int32,
+      )
       fill = jnp.broadcast_to(row[:t], (batch_size, t))
     return decoding.frame_tokens(fill, content, eos)
 
-  def score_batch(self, params: PyTree, batch: Mapping[str, Array],
-                  return_intermediates: bool = False
-                  ) -> Union[Array, Tuple[Array, Mapping[str, Any]]]:
+  def score_batch(
+      self, params: PyTree, batch: Mapping[str, Array], return_intermediates: bool = False
+  ) -> Array | tuple[Array, Mapping[str, Any]]:
     """Log-likelihood of the given targets: length log-prob + content-token log-probs.
 
     score = log p(length | x) + sum_{i < length-1} w_i log p(y_i | x, length, z), where
@@ -470,10 +532,8 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
     variables = {"params": params}
     module_cls = type(self.module)
-    encoded = self.module.apply(variables, inputs, enable_dropout=False,
-                                method=module_cls.encode)
-    length_logits = self.module.apply(variables, encoded, inputs,
-                                      method=module_cls.predict_length)
+    encoded = self.module.apply(variables, inputs, enable_dropout=False, method=module_cls.encode)
+    length_logits = self.module.apply(variables, encoded, inputs, method=module_cls.predict_length)
     lengths = losses.sequence_lengths(targets)
     length_log_probs = jax.nn.log_softmax(length_logits.astype(jnp.float32), axis=-1)
     length_class = jnp.clip(lengths - 1, 0, length_logits.shape[-1] - 1)
@@ -481,25 +541,40 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     length_scores = jnp.where(lengths > 0, length_scores, 0.0)
 
     decoder_inputs = self.score_decoder_inputs(targets)
-    logits = self.module.apply(variables, encoded, inputs, decoder_inputs, targets,
-                               enable_dropout=False, method=module_cls.decode)
+    logits = self.module.apply(
+        variables,
+        encoded,
+        inputs,
+        decoder_inputs,
+        targets,
+        enable_dropout=False,
+        method=module_cls.decode,
+    )
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
-                                          axis=-1)[..., 0]
+    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[
+        ..., 0
+    ]
     content, _, _ = decoding.length_layout(lengths, targets.shape[1])
     token_scores = jnp.where(content, token_log_probs * weights.astype(jnp.float32), 0.0)
     sequence_scores = length_scores + jnp.sum(token_scores, axis=-1)
     if return_intermediates:
-      intermediates = {"decoder": {
-          "target_tokens": (targets,),
-          "loss_weights": (weights,),
-          "decoder_input_tokens": (decoder_inputs,),
-          "token_scores": (token_scores,),
-          "length_scores": (length_scores,),
-      }}
+      intermediates = {
+          "decoder": {
+              "target_tokens": (targets,),
+              "loss_weights": (weights,),
+              "decoder_input_tokens": (decoder_inputs,),
+              "token_scores": (token_scores,),
+              "length_scores": (length_scores,),
+          }
+      }
       return sequence_scores, intermediates
     return sequence_scores
 
 
-__all__ = ["PadirModel", "check_batch", "padir_logical_factor_rules",
-           "ADDITIONAL_LOGICAL_AXIS_RULES", "SCORE_DECODER_INPUTS"]
+__all__ = [
+    "PadirModel",
+    "check_batch",
+    "padir_logical_factor_rules",
+    "ADDITIONAL_LOGICAL_AXIS_RULES",
+    "SCORE_DECODER_INPUTS",
+]

@@ -33,116 +33,146 @@ from padir_t5x import vocab
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartConfig:
-    """Sizes of the quickstart run: the tiny 2+2-layer, 64-wide PaDIR and a few CPU minutes."""
-    num_steps: int = 1500
-    batch_size: int = 64
-    max_input_length: int = 32   # the corpus's longest source is 25 pieces with EOS
-    max_target_length: int = 36  # and its longest target 33
-    emb_dim: int = 64
-    num_heads: int = 4
-    mlp_dim: int = 256
-    num_layers: int = 2
-    num_stages: int = 2
-    unmasking_rate: float = 0.25
-    length_loss_weight: float = 1.0
-    max_passes: int = 4
-    length_beam: int = 3
-    max_eval: int = 500
-    eval_split: str = "test"  # 'validation' for sweeps, so that the test split stays unseen
-    dropout_rate: float = 0.0
-    peak_learning_rate: float = 3e-3
-    seed: int = 0
+  """Sizes of the quickstart run: the tiny 2+2-layer, 64-wide PaDIR and a few CPU minutes."""
+
+  num_steps: int = 1500
+  batch_size: int = 64
+  max_input_length: int = 32  # the corpus's longest source is 25 pieces with EOS
+  max_target_length: int = 36  # and its longest target 33
+  emb_dim: int = 64
+  num_heads: int = 4
+  mlp_dim: int = 256
+  num_layers: int = 2
+  num_stages: int = 2
+  unmasking_rate: float = 0.25
+  length_loss_weight: float = 1.0
+  max_passes: int = 4
+  length_beam: int = 3
+  max_eval: int = 500
+  eval_split: str = "test"  # 'validation' for sweeps, so that the test split stays unseen
+  dropout_rate: float = 0.0
+  peak_learning_rate: float = 3e-3
+  seed: int = 0
 
 
 def _read(path: str) -> list[str]:
-    # '\n'-only splitting and per-line UTF-8 errors, as every corpus reader of the package.
-    return [line for _, line in pipelines.iter_text_lines(path)]
+  # '\n'-only splitting and per-line UTF-8 errors, as every corpus reader of the package.
+  return [line for _, line in pipelines.iter_text_lines(path)]
 
 
 def _encode(processor: spm.SentencePieceProcessor, lines: list[str], length: int, path: str):
-    ids = processor.encode(lines)
-    for line_number, tokens in enumerate(ids, start=1):
-        if len(tokens) + 1 > length:
-            raise ValueError(f"{path}:{line_number}: {len(tokens) + 1} tokens with EOS, more than "
-                             f"the feature length {length}; raise --max_*_length")
-    return training.pad_batch(ids, length, append_eos=True)
+  ids = processor.encode(lines)
+  for line_number, tokens in enumerate(ids, start=1):
+    if len(tokens) + 1 > length:
+      raise ValueError(
+          f"{path}:{line_number}: {len(tokens) + 1} tokens with EOS, more than "
+          f"the feature length {length}; raise --max_*_length"
+      )
+  return training.pad_batch(ids, length, append_eos=True)
 
 
 def run(config: QuickstartConfig, log=print) -> dict:
-    """Trains and evaluates; returns the figures it printed, as a dict."""
-    from tasks import ensure_quickstart_data  # pylint: disable=g-import-not-at-top
-    data_dir, vocab_path = ensure_quickstart_data()
-    processor = spm.SentencePieceProcessor(model_file=vocab_path)
-    if config.eval_split not in ("validation", "test"):
-        raise ValueError(f"eval_split must be 'validation' or 'test', got {config.eval_split!r}")
-    split = {s: {lang: os.path.join(data_dir, f"{s}.{lang}") for lang in ("de", "en")}
-             for s in ("train", config.eval_split)}
-    train_inputs = _encode(processor, _read(split["train"]["de"]), config.max_input_length,
-                           split["train"]["de"])
-    train_targets = _encode(processor, _read(split["train"]["en"]), config.max_target_length,
-                            split["train"]["en"])
-    eval_paths = split[config.eval_split]
-    test_sources = _read(eval_paths["de"])[:config.max_eval]
-    test_references = _read(eval_paths["en"])[:config.max_eval]
-    test_inputs = _encode(processor, test_sources, config.max_input_length, eval_paths["de"])
+  """Trains and evaluates; returns the figures it printed, as a dict."""
+  from tasks import ensure_quickstart_data  # pylint: disable=g-import-not-at-top
 
-    real_vocab = processor.get_piece_size()
-    net_config = network.tiny_config(
-        vocab_size=vocab.padded_vocab_size(real_vocab), emb_dim=config.emb_dim,
-        num_heads=config.num_heads, head_dim=config.emb_dim // config.num_heads,
-        mlp_dim=config.mlp_dim, num_encoder_layers=config.num_layers,
-        num_decoder_layers=config.num_layers, max_input_length=config.max_input_length,
-        max_target_length=config.max_target_length, dropout_rate=config.dropout_rate)
-    module = network.Transformer(net_config)
-    loss_config = losses.PadirLossConfig(num_stages=config.num_stages,
-                                         unmasking_rate=config.unmasking_rate,
-                                         length_loss_weight=config.length_loss_weight,
-                                         vocab_high=real_vocab)
-    train_config = training.TrainConfig(num_steps=config.num_steps, batch_size=config.batch_size,
-                                        peak_learning_rate=config.peak_learning_rate,
-                                        warmup_steps=min(200, config.num_steps // 10 + 1),
-                                        seed=config.seed, log_every=250)
-    log(f"training PaDIR ({config.num_layers}+{config.num_layers} layers, d={config.emb_dim}) "
-        f"on {len(train_inputs)} pairs for {config.num_steps} steps")
-    params, train_metrics, train_seconds = training.train(
-        module, loss_config, train_config,
-        training.batch_iterator(train_inputs, train_targets, config.batch_size, config.seed),
-        log=log)
+  data_dir, vocab_path = ensure_quickstart_data()
+  processor = spm.SentencePieceProcessor(model_file=vocab_path)
+  if config.eval_split not in ("validation", "test"):
+    raise ValueError(f"eval_split must be 'validation' or 'test', got {config.eval_split!r}")
+  split = {
+      s: {lang: os.path.join(data_dir, f"{s}.{lang}") for lang in ("de", "en")}
+      for s in ("train", config.eval_split)
+  }
+  train_inputs = _encode(
+      processor, _read(split["train"]["de"]), config.max_input_length, split["train"]["de"]
+  )
+  train_targets = _encode(
+      processor, _read(split["train"]["en"]), config.max_target_length, split["train"]["en"]
+  )
+  eval_paths = split[config.eval_split]
+  test_sources = _read(eval_paths["de"])[: config.max_eval]
+  test_references = _read(eval_paths["en"])[: config.max_eval]
+  test_inputs = _encode(processor, test_sources, config.max_input_length, eval_paths["de"])
 
-    decoding_config = decoding.DecodingConfig(max_passes=config.max_passes,
-                                              length_beam=config.length_beam,
-                                              vocab_high=real_vocab)
-    start = time.perf_counter()
-    result = decoding.decode_with_network(module, params, test_inputs, jax.random.PRNGKey(0),
-                                          decoding_config,
-                                          max_decode_length=config.max_target_length)
-    best = np.asarray(result.sequences)[:, -1, :]
-    decode_seconds = time.perf_counter() - start
-    predictions = vocab.ids_to_text(processor, best)
-    bleu = metrics.make_bleu_metric("en")(test_references, predictions)
-    figures = {
-        "bleu": float(bleu["bleu"]),
-        "exact_match": float(np.mean([p == r for p, r in zip(predictions, test_references)])),
-        "stutter_rate": metrics.stutter_rate(test_references, predictions)["stutter_rate"],
-        "mean_passes": float(np.mean(np.asarray(result.passes))),
-        "train_seconds": round(train_seconds, 1),
-        "decode_seconds_incl_compile": round(decode_seconds, 1),
-        "final_train_metrics": train_metrics,
-        "eval_examples": len(predictions),
-    }
-    for source, prediction, reference in list(zip(test_sources, predictions, test_references))[:3]:
-        log(f"  de:   {source}\n  padir: {prediction}\n  ref:  {reference}")
-    log(json.dumps({k: v for k, v in figures.items() if k != "final_train_metrics"}))
-    log(f"BLEU {figures['bleu']:.2f}  ({metrics.bleu_signature('en')})")
-    return figures
+  real_vocab = processor.get_piece_size()
+  net_config = network.tiny_config(
+      vocab_size=vocab.padded_vocab_size(real_vocab),
+      emb_dim=config.emb_dim,
+      num_heads=config.num_heads,
+      head_dim=config.emb_dim // config.num_heads,
+      mlp_dim=config.mlp_dim,
+      num_encoder_layers=config.num_layers,
+      num_decoder_layers=config.num_layers,
+      max_input_length=config.max_input_length,
+      max_target_length=config.max_target_length,
+      dropout_rate=config.dropout_rate,
+  )
+  module = network.Transformer(net_config)
+  loss_config = losses.PadirLossConfig(
+      num_stages=config.num_stages,
+      unmasking_rate=config.unmasking_rate,
+      length_loss_weight=config.length_loss_weight,
+      vocab_high=real_vocab,
+  )
+  train_config = training.TrainConfig(
+      num_steps=config.num_steps,
+      batch_size=config.batch_size,
+      peak_learning_rate=config.peak_learning_rate,
+      warmup_steps=min(200, config.num_steps // 10 + 1),
+      seed=config.seed,
+      log_every=250,
+  )
+  log(
+      f"training PaDIR ({config.num_layers}+{config.num_layers} layers, d={config.emb_dim}) "
+      f"on {len(train_inputs)} pairs for {config.num_steps} steps"
+  )
+  params, train_metrics, train_seconds = training.train(
+      module,
+      loss_config,
+      train_config,
+      training.batch_iterator(train_inputs, train_targets, config.batch_size, config.seed),
+      log=log,
+  )
+
+  decoding_config = decoding.DecodingConfig(
+      max_passes=config.max_passes, length_beam=config.length_beam, vocab_high=real_vocab
+  )
+  start = time.perf_counter()
+  result = decoding.decode_with_network(
+      module,
+      params,
+      test_inputs,
+      jax.random.PRNGKey(0),
+      decoding_config,
+      max_decode_length=config.max_target_length,
+  )
+  best = np.asarray(result.sequences)[:, -1, :]
+  decode_seconds = time.perf_counter() - start
+  predictions = vocab.ids_to_text(processor, best)
+  bleu = metrics.make_bleu_metric("en")(test_references, predictions)
+  figures = {
+      "bleu": float(bleu["bleu"]),
+      "exact_match": float(np.mean([p == r for p, r in zip(predictions, test_references)])),
+      "stutter_rate": metrics.stutter_rate(test_references, predictions)["stutter_rate"],
+      "mean_passes": float(np.mean(np.asarray(result.passes))),
+      "train_seconds": round(train_seconds, 1),
+      "decode_seconds_incl_compile": round(decode_seconds, 1),
+      "final_train_metrics": train_metrics,
+      "eval_examples": len(predictions),
+  }
+  for source, prediction, reference in list(zip(test_sources, predictions, test_references))[:3]:
+    log(f"  de:   {source}\n  padir: {prediction}\n  ref:  {reference}")
+  log(json.dumps({k: v for k, v in figures.items() if k != "final_train_metrics"}))
+  log(f"BLEU {figures['bleu']:.2f}  ({metrics.bleu_signature('en')})")
+  return figures
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for field in dataclasses.fields(QuickstartConfig):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    run(QuickstartConfig(**vars(parser.parse_args(argv))))
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  for field in dataclasses.fields(QuickstartConfig):
+    parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+  run(QuickstartConfig(**vars(parser.parse_args(argv))))
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import re
-from typing import Iterable, Iterator, List, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -38,234 +38,275 @@ MAX_SENTENCE_BYTES = 4192
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
-    """Rounds a vocabulary size up to a multiple of `multiple` (t5x pads embeddings this way)."""
-    return -(-int(vocab_size) // multiple) * multiple
+  """Rounds a vocabulary size up to a multiple of `multiple` (t5x pads embeddings this way)."""
+  return -(-int(vocab_size) // multiple) * multiple
 
 
 def load_vocabulary(path: str, extra_ids: int = 0):
-    """Returns a lazily loaded seqio.SentencePieceVocabulary for a `.model` file.
+  """Returns a lazily loaded seqio.SentencePieceVocabulary for a `.model` file.
 
-    The file is not read here (seqio loads it on first use), so tasks can be registered before
-    their vocabulary is built.
-    """
-    import seqio  # Deferred: seqio pulls in TensorFlow, which the CLI's --files mode never needs.
+  The file is not read here (seqio loads it on first use), so tasks can be registered before
+  their vocabulary is built.
+  """
+  import seqio  # Deferred: seqio pulls in TensorFlow, which the CLI's --files mode never needs.
 
-    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
 def model_vocab_size(model_path: str) -> int:
-    """Number of pieces in a SentencePiece `.model` file (unpadded)."""
-    processor = spm.SentencePieceProcessor(model_file=model_path)
-    return processor.get_piece_size()
+  """Number of pieces in a SentencePiece `.model` file (unpadded)."""
+  processor = spm.SentencePieceProcessor(model_file=model_path)
+  return processor.get_piece_size()
 
 
 def padded_model_vocab_size(model_path: str, multiple: int = 128) -> int:
-    """Vocabulary size of a `.model` file padded to a multiple of 128, e.g. for gin."""
-    return padded_vocab_size(model_vocab_size(model_path), multiple)
+  """Vocabulary size of a `.model` file padded to a multiple of 128, e.g. for gin."""
+  return padded_vocab_size(model_vocab_size(model_path), multiple)
 
 
-def ids_to_text(processor, rows) -> List[str]:
-    """[n, t] model output ids -> n strings, each cut at its first EOS (or PAD).
+def ids_to_text(processor, rows) -> list[str]:
+  """[n, t] model output ids -> n strings, each cut at its first EOS (or PAD).
 
-    `processor` is a sentencepiece.SentencePieceProcessor (or anything with `decode(ids)`).
-    """
-    texts = []
-    for row in np.asarray(rows).tolist():
-        tokens = []
-        for token in row:
-            if token in (PAD_ID, EOS_ID):
-                break
-            tokens.append(token)
-        texts.append(processor.decode(tokens))
-    return texts
-
-
-def read_lines(paths: Sequence[str]) -> List[str]:
-    """Reads non-empty lines from UTF-8 files (newline-delimited; tabs kept)."""
-    lines: List[str] = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"vocabulary input file not found: {path}")
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as e:
-                    raise ValueError(f"{path}: line {number} is not valid UTF-8 ({e})") from None
-                if line.strip():
-                    lines.append(line)
-    return lines
+  `processor` is a sentencepiece.SentencePieceProcessor (or anything with `decode(ids)`).
+  """
+  texts = []
+  for row in np.asarray(rows).tolist():
+    tokens = []
+    for token in row:
+      if token in (PAD_ID, EOS_ID):
+        break
+      tokens.append(token)
+    texts.append(processor.decode(tokens))
+  return texts
 
 
-def sample_sentences(sentences: Sequence[str], max_sentences: Optional[int],
-                     seed: int) -> List[str]:
-    """Keeps at most `max_sentences` sentences, chosen by a seeded RNG, in their original order."""
-    sentences = [s for s in sentences if len(s.encode("utf-8")) <= MAX_SENTENCE_BYTES]
-    if not max_sentences or len(sentences) <= max_sentences:
-        return list(sentences)
-    keep = sorted(random.Random(seed).sample(range(len(sentences)), max_sentences))
-    return [sentences[i] for i in keep]
+def read_lines(paths: Sequence[str]) -> list[str]:
+  """Reads non-empty lines from UTF-8 files (newline-delimited; tabs kept)."""
+  lines: list[str] = []
+  for path in paths:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"vocabulary input file not found: {path}")
+    with open(path, "rb") as f:
+      for number, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{path}: line {number} is not valid UTF-8 ({e})") from None
+        if line.strip():
+          lines.append(line)
+  return lines
+
+
+def sample_sentences(sentences: Sequence[str], max_sentences: int | None, seed: int) -> list[str]:
+  """Keeps at most `max_sentences` sentences, chosen by a seeded RNG, in their original order."""
+  sentences = [s for s in sentences if len(s.encode("utf-8")) <= MAX_SENTENCE_BYTES]
+  if not max_sentences or len(sentences) <= max_sentences:
+    return list(sentences)
+  keep = sorted(random.Random(seed).sample(range(len(sentences)), max_sentences))
+  return [sentences[i] for i in keep]
 
 
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
-def train_sentencepiece(sentences: Iterable[str], output_prefix: str,
-                        vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0,
-                        max_sentences: Optional[int] = None,
-                        character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
-                        model_type: str = "unigram",
-                        user_defined_symbols: Sequence[str] = (),
-                        allow_smaller_vocab: bool = False,
-                        num_threads: int = 2) -> str:
-    """Trains a SentencePiece model with PaDIR's special ids and writes it.
+def train_sentencepiece(
+    sentences: Iterable[str],
+    output_prefix: str,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    seed: int = 0,
+    max_sentences: int | None = None,
+    character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+    model_type: str = "unigram",
+    user_defined_symbols: Sequence[str] = (),
+    allow_smaller_vocab: bool = False,
+    num_threads: int = 2,
+) -> str:
+  """Trains a SentencePiece model with PaDIR's special ids and writes it.
 
-    Args:
-      sentences: training text, both languages mixed (one sentence per item).
-      output_prefix: writes `{output_prefix}.model` and `{output_prefix}.vocab`.
-      vocab_size: number of pieces including the 4 specials.
-      seed: seeds the sentence sampling and sentencepiece's own RNG.
-      max_sentences: sample this many sentences (deterministically for `seed`); None = all.
-      character_coverage: 0.9995 suits alphabetic languages; use 0.9995-1.0 for Chinese
-        (1.0 keeps every character, rarer ones otherwise map to unk).
-      user_defined_symbols: extra always-whole pieces placed after '<mask>' (ids 4, 5, ...),
-        e.g. language tags '<2de>'.
-      allow_smaller_vocab: if the text cannot support `vocab_size` pieces, train with the largest
-        size sentencepiece accepts and log a warning instead of raising ValueError.
-    Returns:
-      Path of the written `.model` file.
-    """
-    data = sample_sentences(list(sentences), max_sentences, seed)
-    if not data:
-        raise ValueError("no training sentences for the vocabulary (all inputs empty?)")
-    symbols = [MASK_PIECE] + [s for s in user_defined_symbols if s != MASK_PIECE]
-    spm.set_random_generator_seed(seed)
-    kwargs = dict(
-        model_type=model_type, vocab_size=vocab_size, character_coverage=character_coverage,
-        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        user_defined_symbols=symbols,
-        # We sample ourselves; sentencepiece's own sampling would need its (unseeded) shuffle.
-        input_sentence_size=0, shuffle_input_sentence=False,
-        max_sentence_length=MAX_SENTENCE_BYTES, num_threads=num_threads,
-        minloglevel=2,
-    )
+  Args:
+    sentences: training text, both languages mixed (one sentence per item).
+    output_prefix: writes `{output_prefix}.model` and `{output_prefix}.vocab`.
+    vocab_size: number of pieces including the 4 specials.
+    seed: seeds the sentence sampling and sentencepiece's own RNG.
+    max_sentences: sample this many sentences (deterministically for `seed`); None = all.
+    character_coverage: 0.9995 suits alphabetic languages; use 0.9995-1.0 for Chinese
+      (1.0 keeps every character, rarer ones otherwise map to unk).
+    user_defined_symbols: extra always-whole pieces placed after '<mask>' (ids 4, 5, ...),
+      e.g. language tags '<2de>'.
+    allow_smaller_vocab: if the text cannot support `vocab_size` pieces, train with the largest
+      size sentencepiece accepts and log a warning instead of raising ValueError.
+  Returns:
+    Path of the written `.model` file.
+  """
+  data = sample_sentences(list(sentences), max_sentences, seed)
+  if not data:
+    raise ValueError("no training sentences for the vocabulary (all inputs empty?)")
+  symbols = [MASK_PIECE] + [s for s in user_defined_symbols if s != MASK_PIECE]
+  spm.set_random_generator_seed(seed)
+  kwargs = dict(
+      model_type=model_type,
+      vocab_size=vocab_size,
+      character_coverage=character_coverage,
+      pad_id=PAD_ID,
+      eos_id=EOS_ID,
+      unk_id=UNK_ID,
+      bos_id=-1,
+      user_defined_symbols=symbols,
+      # We sample ourselves; sentencepiece's own sampling would need its (unseeded) shuffle.
+      input_sentence_size=0,
+      shuffle_input_sentence=False,
+      max_sentence_length=MAX_SENTENCE_BYTES,
+      num_threads=num_threads,
+      minloglevel=2,
+  )
+  buffer = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(data), model_writer=buffer, **kwargs)
+  except RuntimeError as e:
+    match = _TOO_HIGH.search(str(e))
+    if not match:
+      raise
+    limit = int(match.group(2))
+    if not allow_smaller_vocab:
+      raise ValueError(
+          f"the training text ({len(data)} sentences) supports at most {limit} pieces, "
+          f"not {vocab_size}: pass a smaller vocab_size (e.g. --vocab_size {limit}), more "
+          "text, or allow_smaller_vocab=True / --allow_smaller_vocab"
+      ) from None
+    logging.warning("vocab_size %d is too large for this text; using %d", vocab_size, limit)
+    kwargs["vocab_size"] = limit
     buffer = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(data), model_writer=buffer, **kwargs)
-    except RuntimeError as e:
-        match = _TOO_HIGH.search(str(e))
-        if not match:
-            raise
-        limit = int(match.group(2))
-        if not allow_smaller_vocab:
-            raise ValueError(
-                f"the training text ({len(data)} sentences) supports at most {limit} pieces, "
-                f"not {vocab_size}: pass a smaller vocab_size (e.g. --vocab_size {limit}), more "
-                "text, or allow_smaller_vocab=True / --allow_smaller_vocab") from None
-        logging.warning("vocab_size %d is too large for this text; using %d", vocab_size, limit)
-        kwargs["vocab_size"] = limit
-        buffer = io.BytesIO()
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(data), model_writer=buffer, **kwargs)
-    model_bytes = buffer.getvalue()
-    processor = spm.SentencePieceProcessor(model_proto=model_bytes)
-    # The whole package relies on these ids; fail loudly rather than train with a shifted mask.
-    got = (processor.pad_id(), processor.eos_id(), processor.unk_id(),
-           processor.piece_to_id(MASK_PIECE))
-    assert got == (PAD_ID, EOS_ID, UNK_ID, MASK_ID), f"unexpected special ids {got}"
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(data), model_writer=buffer, **kwargs)
+  model_bytes = buffer.getvalue()
+  processor = spm.SentencePieceProcessor(model_proto=model_bytes)
+  # The whole package relies on these ids; fail loudly rather than train with a shifted mask.
+  got = (
+      processor.pad_id(),
+      processor.eos_id(),
+      processor.unk_id(),
+      processor.piece_to_id(MASK_PIECE),
+  )
+  assert got == (PAD_ID, EOS_ID, UNK_ID, MASK_ID), f"unexpected special ids {got}"
 
-    directory = os.path.dirname(output_prefix)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    model_path = output_prefix + ".model"
-    _atomic_write(model_path, model_bytes)
-    vocab_lines = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n"
-                          for i in range(processor.get_piece_size()))
-    _atomic_write(output_prefix + ".vocab", vocab_lines.encode("utf-8"))
-    logging.info("wrote %s (%d pieces from %d sentences)", model_path,
-                 processor.get_piece_size(), len(data))
-    return model_path
+  directory = os.path.dirname(output_prefix)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  model_path = output_prefix + ".model"
+  _atomic_write(model_path, model_bytes)
+  vocab_lines = "".join(
+      f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n"
+      for i in range(processor.get_piece_size())
+  )
+  _atomic_write(output_prefix + ".vocab", vocab_lines.encode("utf-8"))
+  logging.info(
+      "wrote %s (%d pieces from %d sentences)", model_path, processor.get_piece_size(), len(data)
+  )
+  return model_path
 
 
-def ensure_pair_vocabulary(data_dir: str, pair: str, vocab_size: int, output_dir: str,
-                           seed: int = 0) -> str:
-    """`{output_dir}/{src}_{tgt}.{vocab_size}.model`, trained on first use.
+def ensure_pair_vocabulary(
+    data_dir: str, pair: str, vocab_size: int, output_dir: str, seed: int = 0
+) -> str:
+  """`{output_dir}/{src}_{tgt}.{vocab_size}.model`, trained on first use.
 
-    Trained on both sides of `{data_dir}/{pair}/train.{src,tgt}` (every non-blank line, '\\n'
-    splitting only); the benchmarks and the padir_shared_* tasks share it this way.
-    """
-    source, target = pair.split("-")
-    prefix = os.path.join(output_dir, f"{source}_{target}.{vocab_size}")
-    if not os.path.exists(prefix + ".model"):
-        files = [os.path.join(data_dir, pair, f"train.{language}")
-                 for language in (source, target)]
-        lines = [line for line in read_lines(files) if line.strip()]
-        train_sentencepiece(lines, prefix, vocab_size=vocab_size, seed=seed, num_threads=2)
-    return prefix + ".model"
+  Trained on both sides of `{data_dir}/{pair}/train.{src,tgt}` (every non-blank line, '\\n'
+  splitting only); the benchmarks and the padir_shared_* tasks share it this way.
+  """
+  source, target = pair.split("-")
+  prefix = os.path.join(output_dir, f"{source}_{target}.{vocab_size}")
+  if not os.path.exists(prefix + ".model"):
+    files = [os.path.join(data_dir, pair, f"train.{language}") for language in (source, target)]
+    lines = [line for line in read_lines(files) if line.strip()]
+    train_sentencepiece(lines, prefix, vocab_size=vocab_size, seed=seed, num_threads=2)
+  return prefix + ".model"
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
 
 
 def task_sentences(task_name: str, split: str = "train") -> Iterator[str]:
-    """Yields every string feature of a registered seqio task's (or mixture's) raw source.
+  """Yields every string feature of a registered seqio task's (or mixture's) raw source.
 
-    The raw source is read (before tokenization), so the task's vocabulary need not exist yet.
-    TFDS translation sources give both language fields; text-file sources give inputs/targets.
-    """
-    import seqio
-    import tasks  # noqa: F401  Registers the padir_* tasks.
-    import tensorflow as tf
+  The raw source is read (before tokenization), so the task's vocabulary need not exist yet.
+  TFDS translation sources give both language fields; text-file sources give inputs/targets.
+  """
+  import seqio
+  import tasks  # noqa: F401  Registers the padir_* tasks.
+  import tensorflow as tf
 
-    if task_name in seqio.MixtureRegistry.names():
-        task_list = seqio.get_mixture_or_task(task_name).tasks
-    else:
-        task_list = [seqio.get_mixture_or_task(task_name)]
-    for task in task_list:
-        dataset = task.source.get_dataset(split=split, shuffle=False)
-        keys = [k for k, spec in dataset.element_spec.items()
-                if spec.dtype == tf.string and spec.shape.rank == 0]
-        for example in dataset.as_numpy_iterator():
-            for key in keys:
-                yield example[key].decode("utf-8")
+  if task_name in seqio.MixtureRegistry.names():
+    task_list = seqio.get_mixture_or_task(task_name).tasks
+  else:
+    task_list = [seqio.get_mixture_or_task(task_name)]
+  for task in task_list:
+    dataset = task.source.get_dataset(split=split, shuffle=False)
+    keys = [
+        k
+        for k, spec in dataset.element_spec.items()
+        if spec.dtype == tf.string and spec.shape.rank == 0
+    ]
+    for example in dataset.as_numpy_iterator():
+      for key in keys:
+        yield example[key].decode("utf-8")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Build a bilingual SentencePiece vocabulary.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="registered seqio task or mixture; its train text is used")
-    source.add_argument("--files", help="comma-separated UTF-8 text files, one sentence a line")
-    parser.add_argument("--output_prefix", required=True)
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_sentences", type=int, default=None,
-                        help="sample this many sentences (deterministic for --seed)")
-    parser.add_argument("--character_coverage", type=float, default=DEFAULT_CHARACTER_COVERAGE,
-                        help="0.9995 for alphabetic scripts; up to 1.0 when Chinese is included")
-    parser.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
-    parser.add_argument("--user_defined_symbols", default="",
-                        help="comma-separated extra pieces after <mask>, e.g. '<2de>,<2en>'")
-    parser.add_argument("--allow_smaller_vocab", action="store_true",
-                        help="shrink vocab_size with a warning if the text is too small")
-    parser.add_argument("--num_threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    if args.files:
-        sentences = read_lines([p for p in args.files.split(",") if p])
-    else:
-        sentences = list(task_sentences(args.task))
-    path = train_sentencepiece(
-        sentences, args.output_prefix, vocab_size=args.vocab_size, seed=args.seed,
-        max_sentences=args.max_sentences, character_coverage=args.character_coverage,
-        model_type=args.model_type,
-        user_defined_symbols=[s for s in args.user_defined_symbols.split(",") if s],
-        allow_smaller_vocab=args.allow_smaller_vocab, num_threads=args.num_threads)
-    size = model_vocab_size(path)
-    print(f"{path}: {size} pieces (padded to {padded_vocab_size(size)})")
+  parser = argparse.ArgumentParser(description="Build a bilingual SentencePiece vocabulary.")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--task", help="registered seqio task or mixture; its train text is used")
+  source.add_argument("--files", help="comma-separated UTF-8 text files, one sentence a line")
+  parser.add_argument("--output_prefix", required=True)
+  parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+      "--max_sentences",
+      type=int,
+      default=None,
+      help="sample this many sentences (deterministic for --seed)",
+  )
+  parser.add_argument(
+      "--character_coverage",
+      type=float,
+      default=DEFAULT_CHARACTER_COVERAGE,
+      help="0.9995 for alphabetic scripts; up to 1.0 when Chinese is included",
+  )
+  parser.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+  parser.add_argument(
+      "--user_defined_symbols",
+      default="",
+      help="comma-separated extra pieces after <mask>, e.g. '<2de>,<2en>'",
+  )
+  parser.add_argument(
+      "--allow_smaller_vocab",
+      action="store_true",
+      help="shrink vocab_size with a warning if the text is too small",
+  )
+  parser.add_argument("--num_threads", type=int, default=2)
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO)
+  if args.files:
+    sentences = read_lines([p for p in args.files.split(",") if p])
+  else:
+    sentences = list(task_sentences(args.task))
+  path = train_sentencepiece(
+      sentences,
+      args.output_prefix,
+      vocab_size=args.vocab_size,
+      seed=args.seed,
+      max_sentences=args.max_sentences,
+      character_coverage=args.character_coverage,
+      model_type=args.model_type,
+      user_defined_symbols=[s for s in args.user_defined_symbols.split(",") if s],
+      allow_smaller_vocab=args.allow_smaller_vocab,
+      num_threads=args.num_threads,
+  )
+  size = model_vocab_size(path)
+  print(f"{path}: {size} pieces (padded to {padded_vocab_size(size)})")
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -14,6 +14,19 @@ from tasks import common, own_corpus, quickstart, shared_corpus, wmt
 from tasks.own_corpus import register_parallel_corpus_task
 from tasks.quickstart import ensure_quickstart_data
 
+__all__ = [
+    "common",
+    "own_corpus",
+    "quickstart",
+    "shared_corpus",
+    "wmt",
+    "register_parallel_corpus_task",
+    "ensure_quickstart_data",
+    "WMT_NAMES",
+    "QUICKSTART_NAME",
+    "SHARED_NAME",
+]
+
 WMT_NAMES = wmt.register_wmt_tasks()
 QUICKSTART_NAME = quickstart.register_quickstart_task()
 SHARED_NAME = shared_corpus.register_shared_task()

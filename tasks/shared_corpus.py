@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
 
 import seqio
 
@@ -34,42 +33,49 @@ SPLIT_FILES = {"train": "train", "validation": "dev-multi30k", "test": "dev"}
 
 
 def data_dir() -> str:
-    """The shared data directory; FileNotFoundError saying how to point at it."""
-    found = shared_data.find_data_dir()
-    if found is None:
-        raise FileNotFoundError(
-            f"task {TASK_NAME}: no shared data directory; set $PADIR_DATA_DIR to the directory "
-            "holding de-en/train.de (see ../shared/data/README.md)")
-    return found
+  """The shared data directory; FileNotFoundError saying how to point at it."""
+  found = shared_data.find_data_dir()
+  if found is None:
+    raise FileNotFoundError(
+        f"task {TASK_NAME}: no shared data directory; set $PADIR_DATA_DIR to the directory "
+        "holding de-en/train.de (see ../shared/data/README.md)"
+    )
+  return found
 
 
 def vocabulary_path() -> str:
-    """The 4k SentencePiece model, built from the shared train files on first use."""
-    return vocab.ensure_pair_vocabulary(data_dir(), PAIR, VOCAB_SIZE,
-                                        os.path.join(common.padir_cache_dir(), "shared"))
+  """The 4k SentencePiece model, built from the shared train files on first use."""
+  return vocab.ensure_pair_vocabulary(
+      data_dir(), PAIR, VOCAB_SIZE, os.path.join(common.padir_cache_dir(), "shared")
+  )
 
 
 def _vocab_resolver(key: str) -> str:
-    del key  # One vocabulary; the key only names it in gin and in the vocabulary's repr.
-    return vocabulary_path()
+  del key  # One vocabulary; the key only names it in gin and in the vocabulary's repr.
+  return vocabulary_path()
 
 
 common.VOCAB_RESOLVERS["shared_de_en"] = _vocab_resolver
 
 
-def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
-    del shuffle_files, seed  # One file per side.
-    stem = os.path.join(data_dir(), PAIR, SPLIT_FILES[split])
-    # validate: a full read (about a second for train), so a damaged copy of the data fails
-    # here naming the file and line instead of misaligning pairs.
-    return pipelines.parallel_text_dataset(f"{stem}.de", f"{stem}.en", validate=True)
+def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+  del shuffle_files, seed  # One file per side.
+  stem = os.path.join(data_dir(), PAIR, SPLIT_FILES[split])
+  # validate: a full read (about a second for train), so a damaged copy of the data fails
+  # here naming the file and line instead of misaligning pairs.
+  return pipelines.parallel_text_dataset(f"{stem}.de", f"{stem}.en", validate=True)
 
 
 def register_shared_task() -> str:
-    """Registers padir_shared_de_en (idempotent); files are found when data are read."""
-    common.add_task_once(functools.partial(
-        common.make_task, TASK_NAME,
-        seqio.FunctionDataSource(_dataset_fn, splits=tuple(SPLIT_FILES)),
-        common.DeferredSentencePieceVocabulary("shared_de_en", f"de_en.{VOCAB_SIZE}.model"),
-        "en"), TASK_NAME)
-    return TASK_NAME
+  """Registers padir_shared_de_en (idempotent); files are found when data are read."""
+  common.add_task_once(
+      functools.partial(
+          common.make_task,
+          TASK_NAME,
+          seqio.FunctionDataSource(_dataset_fn, splits=tuple(SPLIT_FILES)),
+          common.DeferredSentencePieceVocabulary("shared_de_en", f"de_en.{VOCAB_SIZE}.model"),
+          "en",
+      ),
+      TASK_NAME,
+  )
+  return TASK_NAME

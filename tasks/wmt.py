@@ -30,7 +30,6 @@ Names (src_tgt is one of de_en, en_de, ro_en, en_ro, zh_en, en_zh):
 from __future__ import annotations
 
 import functools
-from typing import List, Optional
 
 import seqio
 
@@ -45,67 +44,98 @@ ALL_MIXTURE = "padir_wmt_all"
 
 
 def tfds_name(year: int, config: str) -> str:
-    return f"wmt{year}_translate/{config}:{TFDS_VERSION}"
+  return f"wmt{year}_translate/{config}:{TFDS_VERSION}"
 
 
 def _tfds_source(year: int, config: str) -> seqio.TfdsDataSource:
-    return seqio.TfdsDataSource(tfds_name=tfds_name(year, config),
-                                splits={s: s for s in SPLITS})
+  return seqio.TfdsDataSource(tfds_name=tfds_name(year, config), splits={s: s for s in SPLITS})
 
 
 def _directions(other: str):
-    return [(other, "en"), ("en", other)]
+  return [(other, "en"), ("en", other)]
 
 
-def _distilled_dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
-                          corpus: str, year: int, config: str, source_language: str,
-                          target_language: str):
-    """Distilled shards for 'train'; the original TFDS references for other splits."""
-    if split == "train":
-        directory = f"{common.padir_distilled_dir()}/{corpus}"
-        return pipelines.distilled_dataset(directory, split)
-    dataset = _tfds_source(year, config).get_dataset(split=split, shuffle=shuffle_files,
-                                                     seed=seed)
-    return pipelines.translate_pair(dataset, source_language, target_language)
+def _distilled_dataset_fn(
+    split: str,
+    shuffle_files: bool,
+    seed: int | None = None,
+    *,
+    corpus: str,
+    year: int,
+    config: str,
+    source_language: str,
+    target_language: str,
+):
+  """Distilled shards for 'train'; the original TFDS references for other splits."""
+  if split == "train":
+    directory = f"{common.padir_distilled_dir()}/{corpus}"
+    return pipelines.distilled_dataset(directory, split)
+  dataset = _tfds_source(year, config).get_dataset(split=split, shuffle=shuffle_files, seed=seed)
+  return pipelines.translate_pair(dataset, source_language, target_language)
 
 
-def register_wmt_tasks() -> List[str]:
-    """Registers every WMT task and mixture (idempotent); returns the registered names."""
-    names = []
-    multi_tasks = []
-    multi_vocab = common.DeferredSentencePieceVocabulary("vocab_dir", "wmt_all.32k.model")
-    for year, config, other in WMT_PAIRS:
-        pair = f"{other}_en"
-        vocabulary = common.pair_vocabulary(pair)
-        raw_names, distilled_names = [], []
-        for src, tgt in _directions(other):
-            corpus = f"wmt{year}_{src}_{tgt}"
-            raw = f"padir_{corpus}"
-            common.add_task_once(functools.partial(
-                common.make_task, raw, _tfds_source(year, config), vocabulary, tgt,
-                [common.translate_preprocessor(src, tgt)]), raw)
-            distilled = f"{raw}_distilled"
-            source = seqio.FunctionDataSource(
-                functools.partial(_distilled_dataset_fn, corpus=corpus, year=year,
-                                  config=config, source_language=src, target_language=tgt),
-                splits=SPLITS)
-            common.add_task_once(functools.partial(
-                common.make_task, distilled, source, vocabulary, tgt), distilled)
-            multi = f"padir_wmt_multi_{src}_{tgt}"
-            common.add_task_once(functools.partial(
-                common.make_task, multi, _tfds_source(year, config), multi_vocab, tgt,
-                [common.translate_preprocessor(src, tgt),
-                 functools.partial(pipelines.prepend_text,
-                                   prefix=common.language_tag(tgt) + " ")]), multi)
-            raw_names.append(raw)
-            distilled_names.append(distilled)
-            multi_tasks.append(multi)
-        both = f"padir_wmt{year}_{pair}_both"
-        common.add_mixture_once(both, raw_names)
-        common.add_mixture_once(f"padir_wmt{year}_{pair}_distilled_both", distilled_names)
-        names += raw_names + distilled_names + [both, f"padir_wmt{year}_{pair}_distilled_both"]
-    names += multi_tasks
-    # Equal rates: simple and predictable; rebalance with your own mixture if needed.
-    common.add_mixture_once(ALL_MIXTURE, multi_tasks)
-    names.append(ALL_MIXTURE)
-    return names
+def register_wmt_tasks() -> list[str]:
+  """Registers every WMT task and mixture (idempotent); returns the registered names."""
+  names = []
+  multi_tasks = []
+  multi_vocab = common.DeferredSentencePieceVocabulary("vocab_dir", "wmt_all.32k.model")
+  for year, config, other in WMT_PAIRS:
+    pair = f"{other}_en"
+    vocabulary = common.pair_vocabulary(pair)
+    raw_names, distilled_names = [], []
+    for src, tgt in _directions(other):
+      corpus = f"wmt{year}_{src}_{tgt}"
+      raw = f"padir_{corpus}"
+      common.add_task_once(
+          functools.partial(
+              common.make_task,
+              raw,
+              _tfds_source(year, config),
+              vocabulary,
+              tgt,
+              [common.translate_preprocessor(src, tgt)],
+          ),
+          raw,
+      )
+      distilled = f"{raw}_distilled"
+      source = seqio.FunctionDataSource(
+          functools.partial(
+              _distilled_dataset_fn,
+              corpus=corpus,
+              year=year,
+              config=config,
+              source_language=src,
+              target_language=tgt,
+          ),
+          splits=SPLITS,
+      )
+      common.add_task_once(
+          functools.partial(common.make_task, distilled, source, vocabulary, tgt), distilled
+      )
+      multi = f"padir_wmt_multi_{src}_{tgt}"
+      common.add_task_once(
+          functools.partial(
+              common.make_task,
+              multi,
+              _tfds_source(year, config),
+              multi_vocab,
+              tgt,
+              [
+                  common.translate_preprocessor(src, tgt),
+                  functools.partial(pipelines.prepend_text, prefix=common.language_tag(tgt) + " "),
+              ],
+          ),
+          multi,
+      )
+      raw_names.append(raw)
+      distilled_names.append(distilled)
+      multi_tasks.append(multi)
+    both = f"padir_wmt{year}_{pair}_both"
+    common.add_mixture_once(both, raw_names)
+    common.add_mixture_once(f"padir_wmt{year}_{pair}_distilled_both", distilled_names)
+    names += raw_names + distilled_names + [both, f"padir_wmt{year}_{pair}_distilled_both"]
+  names += multi_tasks
+  # Equal rates: simple and predictable; rebalance with your own mixture if needed.
+  common.add_mixture_once(ALL_MIXTURE, multi_tasks)
+  names.append(ALL_MIXTURE)
+  return names

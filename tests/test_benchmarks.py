@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,208 +17,258 @@ from padir_t5x import network
 
 
 def _ar_net(vocab_size, seed=0, max_length=8):
-    cfg = network.tiny_config(vocab_size=vocab_size, emb_dim=32, num_heads=2, head_dim=16,
-                              mlp_dim=64, num_encoder_layers=1, num_decoder_layers=2,
-                              max_input_length=max_length, max_target_length=max_length,
-                              decoder_mode="autoregressive", dropout_rate=0.0)
-    module = network.Transformer(cfg)
-    enc = jnp.array([[5, 6, 7, 1, 0], [4, 7, 1, 0, 0], [6, 1, 0, 0, 0]], jnp.int32)
-    params = module.init(jax.random.PRNGKey(seed), enc, enc, enc, enable_dropout=False)["params"]
-    return module, params, enc
+  cfg = network.tiny_config(
+      vocab_size=vocab_size,
+      emb_dim=32,
+      num_heads=2,
+      head_dim=16,
+      mlp_dim=64,
+      num_encoder_layers=1,
+      num_decoder_layers=2,
+      max_input_length=max_length,
+      max_target_length=max_length,
+      decoder_mode="autoregressive",
+      dropout_rate=0.0,
+  )
+  module = network.Transformer(cfg)
+  enc = jnp.array([[5, 6, 7, 1, 0], [4, 7, 1, 0, 0], [6, 1, 0, 0, 0]], jnp.int32)
+  params = module.init(jax.random.PRNGKey(seed), enc, enc, enc, enable_dropout=False)["params"]
+  return module, params, enc
 
 
 # ------------------------------------------------------------------------------------------------
 # Percentiles and the Pareto front.
 def test_latency_summary_percentiles():
-    summary = latency.latency_summary(np.arange(1, 101) / 1e3)  # 1..100 ms
-    assert summary == pytest.approx({"median": 50.5, "p90": 90.1, "p99": 99.01, "mean": 50.5})
-    with pytest.raises(ValueError):
-        latency.latency_summary([])
+  summary = latency.latency_summary(np.arange(1, 101) / 1e3)  # 1..100 ms
+  assert summary == pytest.approx({"median": 50.5, "p90": 90.1, "p99": 99.01, "mean": 50.5})
+  with pytest.raises(ValueError):
+    latency.latency_summary([])
 
 
 def test_pareto_front():
-    points = [(10.0, 20.0), (5.0, 15.0), (20.0, 19.0), (30.0, 25.0), (5.0, 10.0)]
-    assert latency.pareto_front(points) == [1, 0, 3]
+  points = [(10.0, 20.0), (5.0, 15.0), (20.0, 19.0), (30.0, 25.0), (5.0, 10.0)]
+  assert latency.pareto_front(points) == [1, 0, 3]
 
 
 def test_output_length():
-    assert latency.output_length(np.array([5, 6, EOS_ID, 0])) == 3
-    assert latency.output_length(np.array([5, 6, 7, 8])) == 4
+  assert latency.output_length(np.array([5, 6, EOS_ID, 0])) == 3
+  assert latency.output_length(np.array([5, 6, 7, 8])) == 4
 
 
 # ------------------------------------------------------------------------------------------------
 # AR beam search.
 def test_beam_one_is_greedy_reference():
-    module, params, enc = _ar_net(vocab_size=128)
-    out = ar_decoding.jit_beam_search(module, params, enc, beam_size=1, max_decode_length=8,
-                                      alpha=0.0, vocab_high=100)
-    expected = ar_decoding.greedy_reference(module, params, np.asarray(enc), 8, vocab_high=100)
-    np.testing.assert_array_equal(np.asarray(out.sequences[:, -1]), expected)
+  module, params, enc = _ar_net(vocab_size=128)
+  out = ar_decoding.jit_beam_search(
+      module, params, enc, beam_size=1, max_decode_length=8, alpha=0.0, vocab_high=100
+  )
+  expected = ar_decoding.greedy_reference(module, params, np.asarray(enc), 8, vocab_high=100)
+  np.testing.assert_array_equal(np.asarray(out.sequences[:, -1]), expected)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6])
 def test_wide_beam_finds_the_brute_force_best(alpha):
-    """Vocabulary {EOS, 4..7}, t = 3: beam 40 keeps every prefix, so the search is exact."""
-    module, params, enc = _ar_net(vocab_size=8, seed=1)
-    t, choices = 3, [EOS_ID, 4, 5, 6, 7]
-    candidates = []
-    for length in range(1, t + 1):
-        for body in itertools.product(choices[1:], repeat=length - 1):
-            candidates.append(list(body) + [EOS_ID] + [0] * (t - length))
-    candidates = np.array(candidates, np.int32)
-    out = ar_decoding.jit_beam_search(module, params, enc, beam_size=40, max_decode_length=t,
-                                      alpha=alpha, vocab_high=8)
-    for row in range(enc.shape[0]):
-        tiled = np.repeat(np.asarray(enc[row:row + 1]), len(candidates), 0)
-        log_probs = ar_decoding.sequence_log_prob(module, params, tiled, candidates, 8)
-        lengths = np.argmax(candidates == EOS_ID, axis=1) + 1
-        scores = log_probs / ((5.0 + lengths) / 6.0) ** alpha
-        best = int(np.argmax(scores))
-        np.testing.assert_array_equal(np.asarray(out.sequences[row, -1]), candidates[best])
-        assert float(out.scores[row, -1]) == pytest.approx(scores[best], rel=1e-4, abs=1e-4)
-        # Scores increase along the beam (best last, the t5x convention).
-        assert np.all(np.diff(np.asarray(out.scores[row])) >= 0)
+  """Vocabulary {EOS, 4..7}, t = 3: beam 40 keeps every prefix, so the search is exact."""
+  module, params, enc = _ar_net(vocab_size=8, seed=1)
+  t, choices = 3, [EOS_ID, 4, 5, 6, 7]
+  candidates = []
+  for length in range(1, t + 1):
+    for body in itertools.product(choices[1:], repeat=length - 1):
+      candidates.append(list(body) + [EOS_ID] + [0] * (t - length))
+  candidates = np.array(candidates, np.int32)
+  out = ar_decoding.jit_beam_search(
+      module, params, enc, beam_size=40, max_decode_length=t, alpha=alpha, vocab_high=8
+  )
+  for row in range(enc.shape[0]):
+    tiled = np.repeat(np.asarray(enc[row : row + 1]), len(candidates), 0)
+    log_probs = ar_decoding.sequence_log_prob(module, params, tiled, candidates, 8)
+    lengths = np.argmax(candidates == EOS_ID, axis=1) + 1
+    scores = log_probs / ((5.0 + lengths) / 6.0) ** alpha
+    best = int(np.argmax(scores))
+    np.testing.assert_array_equal(np.asarray(out.sequences[row, -1]), candidates[best])
+    assert float(out.scores[row, -1]) == pytest.approx(scores[best], rel=1e-4, abs=1e-4)
+    # Scores increase along the beam (best last, the t5x convention).
+    assert np.all(np.diff(np.asarray(out.scores[row])) >= 0)
 
 
 def test_beam_search_rejects_padir_network():
-    module = network.Transformer(network.tiny_config())
-    with pytest.raises(ValueError, match="autoregressive"):
-        ar_decoding.beam_search(module, {}, jnp.ones((1, 4), jnp.int32), 2, 4)
+  module = network.Transformer(network.tiny_config())
+  with pytest.raises(ValueError, match="autoregressive"):
+    ar_decoding.beam_search(module, {}, jnp.ones((1, 4), jnp.int32), 2, 4)
 
 
 # ------------------------------------------------------------------------------------------------
 # Checkpoints and training pieces.
 def test_checkpoint_round_trip(tmp_path):
-    module, params, _ = _ar_net(vocab_size=16)
-    common.save_checkpoint(str(tmp_path), params, module.config, "ar", vocab_model="v.model",
-                           vocab_high=12, train_record={"steps": 3})
-    loaded_module, loaded_params, meta = common.load_checkpoint(str(tmp_path))
-    assert loaded_module.config == module.config
-    assert meta["kind"] == "ar" and meta["vocab_high"] == 12 and meta["train"] == {"steps": 3}
-    jax.tree_util.tree_map(np.testing.assert_array_equal, params, loaded_params)
-    with pytest.raises(ValueError, match="decoder_mode"):
-        common.save_checkpoint(str(tmp_path), params, module.config, "padir")
+  module, params, _ = _ar_net(vocab_size=16)
+  common.save_checkpoint(
+      str(tmp_path),
+      params,
+      module.config,
+      "ar",
+      vocab_model="v.model",
+      vocab_high=12,
+      train_record={"steps": 3},
+  )
+  loaded_module, loaded_params, meta = common.load_checkpoint(str(tmp_path))
+  assert loaded_module.config == module.config
+  assert meta["kind"] == "ar" and meta["vocab_high"] == 12 and meta["train"] == {"steps": 3}
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, loaded_params)
+  with pytest.raises(ValueError, match="decoder_mode"):
+    common.save_checkpoint(str(tmp_path), params, module.config, "padir")
 
 
 def test_ar_loss_is_teacher_forced_cross_entropy():
-    module, params, enc = _ar_net(vocab_size=16)
-    targets = jnp.array([[5, 6, 1, 0], [7, 1, 0, 0], [4, 4, 4, 1]], jnp.int32)
-    loss, metrics = train_budget.ar_loss(module, params, {"encoder_input_tokens": enc,
-                                                          "decoder_target_tokens": targets},
-                                         jax.random.PRNGKey(0), z_loss=0.0,
-                                         enable_dropout=False)
-    # The training loss is over the unrestricted vocabulary (sequence_log_prob restricts it),
-    # so the reference is computed directly.
-    logits = module.apply({"params": params}, enc, train_budget.shift_right(targets), targets,
-                          enable_dropout=False)
-    picked = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
-    expected = -jnp.sum(picked * (targets > 0)) / jnp.sum(targets > 0)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-    assert float(metrics["num_tokens"]) == 9
+  module, params, enc = _ar_net(vocab_size=16)
+  targets = jnp.array([[5, 6, 1, 0], [7, 1, 0, 0], [4, 4, 4, 1]], jnp.int32)
+  loss, metrics = train_budget.ar_loss(
+      module,
+      params,
+      {"encoder_input_tokens": enc, "decoder_target_tokens": targets},
+      jax.random.PRNGKey(0),
+      z_loss=0.0,
+      enable_dropout=False,
+  )
+  # The training loss is over the unrestricted vocabulary (sequence_log_prob restricts it),
+  # so the reference is computed directly.
+  logits = module.apply(
+      {"params": params}, enc, train_budget.shift_right(targets), targets, enable_dropout=False
+  )
+  picked = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+  expected = -jnp.sum(picked * (targets > 0)) / jnp.sum(targets > 0)
+  assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+  assert float(metrics["num_tokens"]) == 9
 
 
 def test_time_schedule_and_buckets():
-    config = train_budget.BudgetConfig(peak_learning_rate=1.0, warmup_fraction=0.1,
-                                       final_learning_rate_fraction=0.1)
-    assert train_budget.time_schedule(config, 0.05) == pytest.approx(0.5)
-    assert train_budget.time_schedule(config, 0.1) == pytest.approx(1.0)
-    assert train_budget.time_schedule(config, 1.0) == pytest.approx(0.1)
-    inputs = [[5] * n + [1] for n in (2, 3, 9, 10, 2, 3)]
-    targets = [[6] * n + [1] for n in (3, 2, 2, 12, 3, 2)]
-    batches = train_budget.bucket_batches(inputs, targets, buckets=((5, 2), (16, 2)), seed=0)
-    for _ in range(6):
-        batch = next(batches)
-        shape = batch["encoder_input_tokens"].shape
-        assert shape == batch["decoder_target_tokens"].shape and shape in ((2, 5), (2, 16))
-        if shape == (2, 5):  # only pairs that fit 5 ids land in the short bucket
-            assert np.all((batch["decoder_target_tokens"] > 0).sum(1) <= 5)
+  config = train_budget.BudgetConfig(
+      peak_learning_rate=1.0, warmup_fraction=0.1, final_learning_rate_fraction=0.1
+  )
+  assert train_budget.time_schedule(config, 0.05) == pytest.approx(0.5)
+  assert train_budget.time_schedule(config, 0.1) == pytest.approx(1.0)
+  assert train_budget.time_schedule(config, 1.0) == pytest.approx(0.1)
+  inputs = [[5] * n + [1] for n in (2, 3, 9, 10, 2, 3)]
+  targets = [[6] * n + [1] for n in (3, 2, 2, 12, 3, 2)]
+  batches = train_budget.bucket_batches(inputs, targets, buckets=((5, 2), (16, 2)), seed=0)
+  for _ in range(6):
+    batch = next(batches)
+    shape = batch["encoder_input_tokens"].shape
+    assert shape == batch["decoder_target_tokens"].shape and shape in ((2, 5), (2, 16))
+    if shape == (2, 5):  # only pairs that fit 5 ids land in the short bucket
+      assert np.all((batch["decoder_target_tokens"] > 0).sum(1) <= 5)
 
 
 # ------------------------------------------------------------------------------------------------
 # The latency harness end to end on tiny random-init checkpoints.
 def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
-    import sentencepiece as spm
-    from padir_t5x import corpus
-    processor = spm.SentencePieceProcessor(model_file=tiny_vocab_path)
-    vocab_high = processor.get_piece_size()
-    data_dir = tmp_path / "data"
-    (data_dir / "de-en").mkdir(parents=True)
-    pairs = corpus.generate_pairs(6, seed=3)
-    (data_dir / "de-en" / "dev.de").write_text("\n".join(p[0] for p in pairs) + "\n")
-    (data_dir / "de-en" / "dev.en").write_text("\n".join(p[1] for p in pairs) + "\n")
-    for kind in ("ar", "padir"):
-        cfg = network.tiny_config(vocab_size=256, emb_dim=32, num_heads=2, head_dim=16,
-                                  mlp_dim=64, num_encoder_layers=1, num_decoder_layers=1,
-                                  max_input_length=40, max_target_length=40,
-                                  decoder_mode="padir" if kind == "padir" else "autoregressive")
-        module = network.Transformer(cfg)
-        x = jnp.ones((1, 40), jnp.int32)
-        params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
-        common.save_checkpoint(str(tmp_path / kind), params, cfg, kind,
-                               vocab_model=tiny_vocab_path, vocab_high=vocab_high)
-    out_dir = tmp_path / "bench"
-    report = latency.run_benchmark(str(tmp_path / "ar"), str(tmp_path / "padir"), str(data_dir),
-                                   str(out_dir), num_sentences=3, warmup=1, ar_beams=(2,),
-                                   passes=(1, 3), length_beams=(2,), throughput_batch=1,
-                                   max_throughput_batch=1, log=lambda *_: None)
-    with open(out_dir / "results.json") as f:
-        saved = json.load(f)
-    assert saved == json.loads(json.dumps(report))
-    results = saved["results"]
-    assert [(r["system"], r["setting"]) for r in results] == [
-        ("ar", "beam=2"), ("padir", "T=1,l=2"), ("padir", "T=3,l=2")]
-    for r in results:
-        assert set(latency.RESULT_KEYS) <= set(r)
-        assert set(latency.LATENCY_KEYS) == set(r["latency_ms"])
-        lat = r["latency_ms"]
-        assert 0 < lat["median"] <= lat["p90"] <= lat["p99"]
-        assert r["num_sentences"] == 3 and r["throughput_batch"] == 1
-        assert r["throughput_sent_per_s"] > 0
-        assert 0.0 <= r["bleu"] <= 100.0 and 0.0 <= r["stutter_rate"] <= 1.0
-    assert results[1]["decoder_passes_per_sentence"] == 1.0
-    assert 1.0 <= results[2]["decoder_passes_per_sentence"] <= 3.0
-    assert 1.0 <= results[0]["decoder_passes_per_sentence"] <= 40.0
-    table = (out_dir / "results.md").read_text().strip().splitlines()
-    assert len(table) == 2 + len(results) and "median ms" in table[0]
-    assert (out_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  import sentencepiece as spm
+  from padir_t5x import corpus
+
+  processor = spm.SentencePieceProcessor(model_file=tiny_vocab_path)
+  vocab_high = processor.get_piece_size()
+  data_dir = tmp_path / "data"
+  (data_dir / "de-en").mkdir(parents=True)
+  pairs = corpus.generate_pairs(6, seed=3)
+  (data_dir / "de-en" / "dev.de").write_text("\n".join(p[0] for p in pairs) + "\n")
+  (data_dir / "de-en" / "dev.en").write_text("\n".join(p[1] for p in pairs) + "\n")
+  for kind in ("ar", "padir"):
+    cfg = network.tiny_config(
+        vocab_size=256,
+        emb_dim=32,
+        num_heads=2,
+        head_dim=16,
+        mlp_dim=64,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        max_input_length=40,
+        max_target_length=40,
+        decoder_mode="padir" if kind == "padir" else "autoregressive",
+    )
+    module = network.Transformer(cfg)
+    x = jnp.ones((1, 40), jnp.int32)
+    params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
+    common.save_checkpoint(
+        str(tmp_path / kind), params, cfg, kind, vocab_model=tiny_vocab_path, vocab_high=vocab_high
+    )
+  out_dir = tmp_path / "bench"
+  report = latency.run_benchmark(
+      str(tmp_path / "ar"),
+      str(tmp_path / "padir"),
+      str(data_dir),
+      str(out_dir),
+      num_sentences=3,
+      warmup=1,
+      ar_beams=(2,),
+      passes=(1, 3),
+      length_beams=(2,),
+      throughput_batch=1,
+      max_throughput_batch=1,
+      log=lambda *_: None,
+  )
+  with open(out_dir / "results.json") as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(report))
+  results = saved["results"]
+  assert [(r["system"], r["setting"]) for r in results] == [
+      ("ar", "beam=2"),
+      ("padir", "T=1,l=2"),
+      ("padir", "T=3,l=2"),
+  ]
+  for r in results:
+    assert set(latency.RESULT_KEYS) <= set(r)
+    assert set(latency.LATENCY_KEYS) == set(r["latency_ms"])
+    lat = r["latency_ms"]
+    assert 0 < lat["median"] <= lat["p90"] <= lat["p99"]
+    assert r["num_sentences"] == 3 and r["throughput_batch"] == 1
+    assert r["throughput_sent_per_s"] > 0
+    assert 0.0 <= r["bleu"] <= 100.0 and 0.0 <= r["stutter_rate"] <= 1.0
+  assert results[1]["decoder_passes_per_sentence"] == 1.0
+  assert 1.0 <= results[2]["decoder_passes_per_sentence"] <= 3.0
+  assert 1.0 <= results[0]["decoder_passes_per_sentence"] <= 40.0
+  table = (out_dir / "results.md").read_text().strip().splitlines()
+  assert len(table) == 2 + len(results) and "median ms" in table[0]
+  assert (out_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_read_lines_keeps_unicode_line_separators_inside_a_line(tmp_path):
-    # str.splitlines() would split at U+0085 / U+2028 and shift every later line of one side of a
-    # parallel corpus (../shared/data de-en train.de has such a line).
-    path = tmp_path / "side.de"
-    path.write_text("eins\u0085zwei\ndrei\u2028vier\nfünf\n", encoding="utf-8")
-    assert common.read_lines(str(path)) == ["eins\u0085zwei", "drei\u2028vier", "fünf"]
-    assert common.read_lines(str(path), limit=2) == ["eins\u0085zwei", "drei\u2028vier"]
+  # str.splitlines() would split at U+0085 / U+2028 and shift every later line of one side of a
+  # parallel corpus (../shared/data de-en train.de has such a line).
+  path = tmp_path / "side.de"
+  path.write_text("eins\u0085zwei\ndrei\u2028vier\nfünf\n", encoding="utf-8")
+  assert common.read_lines(str(path)) == ["eins\u0085zwei", "drei\u2028vier", "fünf"]
+  assert common.read_lines(str(path), limit=2) == ["eins\u0085zwei", "drei\u2028vier"]
 
 
 class _FakeThroughputSystem:
-    """decode() costs `overhead + per_row * B` seconds of fake time; OOM above `fits`."""
+  """decode() costs `overhead + per_row * B` seconds of fake time; OOM above `fits`."""
 
-    def __init__(self, fits, overhead, per_row):
-        self.fits, self.overhead, self.per_row = fits, overhead, per_row
-        self.clock = 0.0
-        self.precompile = None
-        self.name, self.setting = "fake", "x"
+  def __init__(self, fits, overhead, per_row):
+    self.fits, self.overhead, self.per_row = fits, overhead, per_row
+    self.clock = 0.0
+    self.precompile = None
+    self.name, self.setting = "fake", "x"
 
-    def decode(self, tokens):
-        if tokens.shape[0] > self.fits:
-            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
-        self.clock += self.overhead + self.per_row * tokens.shape[0]
-        return tokens, np.ones(tokens.shape[0], np.int32)
+  def decode(self, tokens):
+    if tokens.shape[0] > self.fits:
+      raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+    self.clock += self.overhead + self.per_row * tokens.shape[0]
+    return tokens, np.ones(tokens.shape[0], np.int32)
 
 
-@pytest.mark.parametrize("fits,overhead,start,expected_batches", [
-    (1000, 1.0, 8, [8, 16, 32, 64, 128]),  # per-call overhead dominates: grows to the cap
-    (1000, 0.0, 8, [8, 16]),               # no gain from batching: stops after one doubling
-    (20, 1.0, 64, [16]),                   # 64 and 32 do not fit: halves to 16, not 32 again
-])
+@pytest.mark.parametrize(
+    "fits,overhead,start,expected_batches",
+    [
+        (1000, 1.0, 8, [8, 16, 32, 64, 128]),  # per-call overhead dominates: grows to the cap
+        (1000, 0.0, 8, [8, 16]),  # no gain from batching: stops after one doubling
+        (20, 1.0, 64, [16]),  # 64 and 32 do not fit: halves to 16, not 32 again
+    ],
+)
 def test_throughput_search(monkeypatch, fits, overhead, start, expected_batches):
-    system = _FakeThroughputSystem(fits, overhead, 0.01)
-    monkeypatch.setattr(latency.time, "perf_counter", lambda: system.clock)
-    source_ids = np.ones((200, 4), np.int32)
-    by_batch = latency.measure_throughput(system, source_ids, start, 128, log=lambda *_: None)
-    assert list(by_batch) == expected_batches
-    for batch, value in by_batch.items():
-        calls = -(-200 // batch)
-        assert value == pytest.approx(200 / (calls * (overhead + 0.01 * batch)), rel=1e-3)
+  system = _FakeThroughputSystem(fits, overhead, 0.01)
+  monkeypatch.setattr(latency.time, "perf_counter", lambda: system.clock)
+  source_ids = np.ones((200, 4), np.int32)
+  by_batch = latency.measure_throughput(system, source_ids, start, 128, log=lambda *_: None)
+  assert list(by_batch) == expected_batches
+  for batch, value in by_batch.items():
+    calls = -(-200 // batch)
+    assert value == pytest.approx(200 / (calls * (overhead + 0.01 * batch)), rel=1e-3)

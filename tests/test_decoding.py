@@ -24,8 +24,16 @@ T = 6  # max_decode_length
 
 def _config(**overrides):
   # Explicit so that each test states the behaviour it checks, whatever the library defaults.
-  defaults = dict(length_beam=1, max_passes=4, init="mask", dedup="none", vocab_high=V,
-                  remask_stutter=False, add_length_log_prob=False, min_length=1)
+  defaults = dict(
+      length_beam=1,
+      max_passes=4,
+      init="mask",
+      dedup="none",
+      vocab_high=V,
+      remask_stutter=False,
+      add_length_log_prob=False,
+      min_length=1,
+  )
   defaults.update(overrides)
   return decoding.DecodingConfig(**defaults)
 
@@ -40,8 +48,12 @@ def _length_logits(lengths_by_preference, num_classes=8):
 
 
 def _decode(refine_fn, length_logits, config, rng=0, max_decode_length=T):
-  return jax.tree.map(np.asarray, decoding.jit_iterative_refinement_decode(
-      refine_fn, length_logits, jax.random.PRNGKey(rng), config, max_decode_length))
+  return jax.tree.map(
+      np.asarray,
+      decoding.jit_iterative_refinement_decode(
+          refine_fn, length_logits, jax.random.PRNGKey(rng), config, max_decode_length
+      ),
+  )
 
 
 def _check_layout(result):
@@ -58,17 +70,20 @@ def _check_layout(result):
 # Config.
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(dedup="greedy"), "unknown dedup"),
-    (dict(length_beam=0), "length_beam"),
-    (dict(max_passes=0), "max_passes"),
-    (dict(init="random", vocab_high=None), "vocab_high"),
-    (dict(init="noise"), "unknown init"),
-    (dict(score="max"), "unknown score"),
-    (dict(dedup="optimal", dedup_top_k=1), "dedup_top_k"),
-    (dict(vocab_low=1), "vocab_low"),
-    (dict(vocab_high=3), "empty"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(dedup="greedy"), "unknown dedup"),
+        (dict(length_beam=0), "length_beam"),
+        (dict(max_passes=0), "max_passes"),
+        (dict(init="random", vocab_high=None), "vocab_high"),
+        (dict(init="noise"), "unknown init"),
+        (dict(score="max"), "unknown score"),
+        (dict(dedup="optimal", dedup_top_k=1), "dedup_top_k"),
+        (dict(vocab_low=1), "vocab_low"),
+        (dict(vocab_high=3), "empty"),
+    ],
+)
 def test_config_rejects_bad_values(overrides, message):
   with pytest.raises(ValueError, match=message):
     _config(**overrides)
@@ -137,13 +152,11 @@ def _stutter_then_fill_refine(tokens, length_mask):
   return 5.0 * jax.nn.one_hot(value, V)
 
 
-@pytest.mark.parametrize("remask, expected_content, expected_passes", [
-    (True, [5, 7, 8], 3),
-    (False, [5, 5, 5], 2),
-])
+@pytest.mark.parametrize(
+    "remask, expected_content, expected_passes", [(True, [5, 7, 8], 3), (False, [5, 5, 5], 2)]
+)
 def test_stutter_remasking(remask, expected_content, expected_passes):
-  result = _decode(_stutter_then_fill_refine, _length_logits([[4]]),
-                   _config(remask_stutter=remask))
+  result = _decode(_stutter_then_fill_refine, _length_logits([[4]]), _config(remask_stutter=remask))
   np.testing.assert_array_equal(result.sequences[0, 0], expected_content + [EOS_ID, 0, 0])
   np.testing.assert_array_equal(result.passes, [expected_passes])
 
@@ -166,17 +179,27 @@ def test_remask_stutter_with_random_init_draws_fresh_ordinary_tokens():
 
 
 def test_consecutive_dedup_on_known_sequences():
-  tokens = jnp.array([[5, 5, 6, 6, 6, 7, 5, EOS_ID, 0, 0],
-                      [4, 5, 4, 5, EOS_ID, 0, 0, 0, 0, 0],
-                      [9, 9, 9, 9, 9, 9, 9, 9, 9, EOS_ID],
-                      [EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0, 0]], jnp.int32)
+  tokens = jnp.array(
+      [
+          [5, 5, 6, 6, 6, 7, 5, EOS_ID, 0, 0],
+          [4, 5, 4, 5, EOS_ID, 0, 0, 0, 0, 0],
+          [9, 9, 9, 9, 9, 9, 9, 9, 9, EOS_ID],
+          [EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+      ],
+      jnp.int32,
+  )
   lengths = jnp.array([8, 5, 10, 1])
   content, _, _ = decoding.length_layout(lengths, 10)
   deduplicated, new_lengths = decoding.consecutive_dedup(tokens, content)
-  np.testing.assert_array_equal(deduplicated, [[5, 6, 7, 5, EOS_ID, 0, 0, 0, 0, 0],
-                                               [4, 5, 4, 5, EOS_ID, 0, 0, 0, 0, 0],
-                                               [9, EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0],
-                                               [EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+      deduplicated,
+      [
+          [5, 6, 7, 5, EOS_ID, 0, 0, 0, 0, 0],
+          [4, 5, 4, 5, EOS_ID, 0, 0, 0, 0, 0],
+          [9, EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0],
+          [EOS_ID, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+      ],
+  )
   np.testing.assert_array_equal(new_lengths, [5, 5, 2, 1])
 
 
@@ -202,15 +225,17 @@ def test_optimal_dedup_matches_brute_force():
   log_probs = np.sort(np.log(rng.dirichlet(np.ones(8), size=(n, t))[..., :k]), axis=-1)[..., ::-1]
   lengths = np.array([6, 5, 4, 2, 1, 6])
   content, _, _ = decoding.length_layout(jnp.asarray(lengths), t)
-  tokens, token_log_probs = decoding.optimal_dedup(jnp.asarray(ids), jnp.asarray(log_probs),
-                                                   content)
+  tokens, token_log_probs = decoding.optimal_dedup(
+      jnp.asarray(ids), jnp.asarray(log_probs), content
+  )
   tokens, token_log_probs = np.asarray(tokens), np.asarray(token_log_probs)
   for row in range(n):
     num_content = lengths[row] - 1
     expected, expected_score = _brute_force_dedup(ids[row], log_probs[row], num_content)
     np.testing.assert_array_equal(tokens[row, :num_content], expected)
-    np.testing.assert_allclose(token_log_probs[row].sum(), expected_score if num_content else 0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        token_log_probs[row].sum(), expected_score if num_content else 0, rtol=1e-5
+    )
     assert np.all(token_log_probs[row, num_content:] == 0)
 
 
@@ -310,10 +335,14 @@ def test_add_length_log_prob_changes_ranking():
 
 def test_score_modes():
   refine = _fixed_target_refine([5, 6, 7, 8, 9, 10], confidence=2.0)
-  per_token = float(jax.nn.log_softmax(
-      jnp.where(jnp.arange(V) >= LOW, 2.0 * jax.nn.one_hot(5, V), -jnp.inf))[5])
-  for score, expected in [("sum", 4 * per_token), ("mean", per_token),
-                          ("length_penalty", 4 * per_token / ((5 + 5) / 6) ** 0.6)]:
+  per_token = float(
+      jax.nn.log_softmax(jnp.where(jnp.arange(V) >= LOW, 2.0 * jax.nn.one_hot(5, V), -jnp.inf))[5]
+  )
+  for score, expected in [
+      ("sum", 4 * per_token),
+      ("mean", per_token),
+      ("length_penalty", 4 * per_token / ((5 + 5) / 6) ** 0.6),
+  ]:
     result = _decode(refine, _length_logits([[5]]), _config(score=score))
     np.testing.assert_allclose(result.scores[0, 0], expected, rtol=1e-5)
 
@@ -321,7 +350,7 @@ def test_score_modes():
 def _special_ids_refine(tokens, length_mask):
   """Strongly favours PAD, EOS, UNK, MASK and the padded ids >= vocab_high; 7 is 3rd best."""
   del length_mask
-  preference = jnp.zeros(V).at[:LOW].set(10.0).at[V - 2:].set(10.0).at[7].set(1.0)
+  preference = jnp.zeros(V).at[:LOW].set(10.0).at[V - 2 :].set(10.0).at[7].set(1.0)
   return jnp.broadcast_to(preference, tokens.shape + (V,))
 
 
@@ -362,14 +391,25 @@ def test_deterministic_given_rng_and_random_init_varies_with_it():
 def make_tiny_network(max_target_length):
   """(module, params, inputs [2, 6]) of a 1+1-layer PaDIR network over a 16-id vocabulary."""
   network = pytest.importorskip("padir_t5x.network")
-  module = network.Transformer(network.tiny_config(
-      vocab_size=16, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
-      num_decoder_layers=1, max_input_length=8, max_target_length=max_target_length,
-      dropout_rate=0.0))
+  module = network.Transformer(
+      network.tiny_config(
+          vocab_size=16,
+          emb_dim=32,
+          num_heads=2,
+          head_dim=16,
+          mlp_dim=64,
+          num_encoder_layers=1,
+          num_decoder_layers=1,
+          max_input_length=8,
+          max_target_length=max_target_length,
+          dropout_rate=0.0,
+      )
+  )
   inputs = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, 9, EOS_ID, 0, 0, 0]], jnp.int32)
   targets = jnp.ones((2, max_target_length), jnp.int32)
-  params = module.init(jax.random.PRNGKey(0), inputs, targets, targets,
-                       enable_dropout=False)["params"]
+  params = module.init(jax.random.PRNGKey(0), inputs, targets, targets, enable_dropout=False)[
+      "params"
+  ]
   return module, params, inputs
 
 
@@ -380,13 +420,16 @@ def tiny_network():
 
 def test_decode_with_network(tiny_network):
   module, params, inputs = tiny_network
-  config = decoding.DecodingConfig(length_beam=3, max_passes=3, vocab_high=14,
-                                   remask_stutter=True, dedup="consecutive")
-  result = decoding.decode_with_network(module, params, inputs, jax.random.PRNGKey(1), config,
-                                        max_decode_length=8)
+  config = decoding.DecodingConfig(
+      length_beam=3, max_passes=3, vocab_high=14, remask_stutter=True, dedup="consecutive"
+  )
+  result = decoding.decode_with_network(
+      module, params, inputs, jax.random.PRNGKey(1), config, max_decode_length=8
+  )
   compiled = decoding._decode_with_network._cache_size()
-  again = decoding.decode_with_network(module, params, inputs, jax.random.PRNGKey(1), config,
-                                       max_decode_length=8)
+  again = decoding.decode_with_network(
+      module, params, inputs, jax.random.PRNGKey(1), config, max_decode_length=8
+  )
   assert decoding._decode_with_network._cache_size() == compiled  # jitted: no recompile
   result, again = jax.tree.map(np.asarray, result), jax.tree.map(np.asarray, again)
   assert result.sequences.shape == (2, 3, 8) and result.sequences.dtype == np.int32
@@ -401,10 +444,12 @@ def test_decode_with_network(tiny_network):
   encoded = module.apply(variables, inputs, enable_dropout=False, method=type(module).encode)
   length_logits = module.apply(variables, encoded, inputs, method=type(module).predict_length)
   expected_lengths, _ = decoding.select_lengths(length_logits, 3, 8)
-  np.testing.assert_array_equal(np.sort(result.lengths, axis=1),
-                                np.sort(np.asarray(expected_lengths), axis=1))
-  with_encoded = decoding.decode_with_network(module, params, inputs, jax.random.PRNGKey(1),
-                                              config, max_decode_length=8, encoded=encoded)
+  np.testing.assert_array_equal(
+      np.sort(result.lengths, axis=1), np.sort(np.asarray(expected_lengths), axis=1)
+  )
+  with_encoded = decoding.decode_with_network(
+      module, params, inputs, jax.random.PRNGKey(1), config, max_decode_length=8, encoded=encoded
+  )
   # Same tokens; scores equal up to float rounding (the encoder ran in another computation).
   np.testing.assert_array_equal(result.sequences, np.asarray(with_encoded.sequences))
   np.testing.assert_allclose(result.scores, np.asarray(with_encoded.scores), rtol=1e-5)
@@ -420,8 +465,9 @@ def test_length_buckets():
   assert decoding.length_buckets(24, (4, 5, 12), 4, 2) == (5, 12, 24)
 
 
-@pytest.mark.parametrize("favoured,expected_bucket", [((3, 4, 5), 8), ((9, 10, 11), 12),
-                                                      ((20, 21, 22), 24)])
+@pytest.mark.parametrize(
+    "favoured,expected_bucket", [((3, 4, 5), 8), ((9, 10, 11), 12), ((20, 21, 22), 24)]
+)
 def test_bucketed_decoding_matches_the_full_length_decode(favoured, expected_bucket):
   """With 'mask' init nothing random is drawn, so cutting the position table to the bucket must
   not change any hypothesis: padding positions are masked out of every attention."""
@@ -435,14 +481,15 @@ def test_bucketed_decoding_matches_the_full_length_decode(favoured, expected_buc
   params["length_predictor"]["logits"]["kernel"] = jnp.zeros((32, 24))
   config = decoding.DecodingConfig(length_beam=3, max_passes=3, init="mask", vocab_high=14)
   rng = jax.random.PRNGKey(1)
-  full = jax.tree.map(np.asarray, decoding.decode_with_network(module, params, inputs, rng,
-                                                               config, 24))
-  cut, bucket = decoding.decode_with_network_bucketed(module, params, inputs, rng, config, 24,
-                                                      buckets=(8, 12, 16))
+  full = jax.tree.map(
+      np.asarray, decoding.decode_with_network(module, params, inputs, rng, config, 24)
+  )
+  cut, bucket = decoding.decode_with_network_bucketed(
+      module, params, inputs, rng, config, 24, buckets=(8, 12, 16)
+  )
   cut = jax.tree.map(np.asarray, cut)
   assert bucket == expected_bucket and cut.sequences.shape == (2, 3, bucket)
-  np.testing.assert_array_equal(np.sort(cut.lengths, axis=1),
-                                [[c + 1 for c in favoured]] * 2)
+  np.testing.assert_array_equal(np.sort(cut.lengths, axis=1), [[c + 1 for c in favoured]] * 2)
   np.testing.assert_array_equal(cut.sequences, full.sequences[:, :, :bucket])
   assert not full.sequences[:, :, bucket:].any()
   np.testing.assert_array_equal(cut.passes, full.passes)

@@ -19,7 +19,6 @@ t5x = pytest.importorskip("t5x")
 import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import t5x.eval  # noqa: E402
 import t5x.infer  # noqa: E402
@@ -33,20 +32,31 @@ from padir_t5x import models, network, shared_data  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIN = REPO / "gin"
 T5X_CONFIG_ROOT = os.path.dirname(os.path.dirname(t5x.__file__))
-EXPERIMENTS = sorted(p.name for p in (GIN / "experiments").glob("*.gin")
-                     if not p.name.endswith(("_eval.gin", "_infer.gin")))
+EXPERIMENTS = sorted(
+    p.name
+    for p in (GIN / "experiments").glob("*.gin")
+    if not p.name.endswith(("_eval.gin", "_infer.gin"))
+)
 WMT_EXPERIMENTS = [n for n in EXPERIMENTS if "_wmt" in n]
 # Shrinks any network a gin file builds, so that initialising it stays cheap.
 TINY_NETWORK = [
     f"padir_t5x.network.TransformerConfig.{k} = {v}"
-    for k, v in dict(emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1,
-                     num_decoder_layers=1, vocab_size=512).items()
+    for k, v in dict(
+        emb_dim=16,
+        num_heads=2,
+        head_dim=8,
+        mlp_dim=32,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        vocab_size=512,
+    ).items()
 ]
 
 
 def _capture(model=None, axis_rules=None, train=None, train_eval=None, infer_eval=None):
-  return dict(model=model, axis_rules=axis_rules, train=train, train_eval=train_eval,
-              infer_eval=infer_eval)
+  return dict(
+      model=model, axis_rules=axis_rules, train=train, train_eval=train_eval, infer_eval=infer_eval
+  )
 
 
 gin.external_configurable(_capture, "padir_test_capture")
@@ -81,15 +91,16 @@ def _parse(files, bindings=(), capture=("model",)):
       "infer_eval": "@infer_eval/t5x.utils.DatasetConfig()",
   }
   capture_bindings = [f"padir_test_capture.{k} = {targets[k]}" for k in capture]
-  gin.parse_config_files_and_bindings([str(f) for f in files],
-                                      list(bindings) + capture_bindings)
+  gin.parse_config_files_and_bindings([str(f) for f in files], list(bindings) + capture_bindings)
   return gin.get_configurable("padir_test_capture")()
 
 
 def _toy_init(model):
   variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 8)},
-      {"encoder_input_tokens": jnp.int32, "decoder_input_tokens": jnp.int32})
+      jax.random.PRNGKey(0),
+      {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 8)},
+      {"encoder_input_tokens": jnp.int32, "decoder_input_tokens": jnp.int32},
+  )
   assert "params" in variables and "params_axes" in variables
   return variables
 
@@ -98,8 +109,7 @@ def _quickstart_vocab_path():
   return tasks.ensure_quickstart_data()[1]
 
 
-@pytest.mark.parametrize("name", ["padir_base.gin", "padir_tiny.gin", "ar_base.gin",
-                                  "ar_tiny.gin"])
+@pytest.mark.parametrize("name", ["padir_base.gin", "padir_tiny.gin", "ar_base.gin", "ar_tiny.gin"])
 def test_model_gin_builds_and_initialises(name):
   bindings = ["DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'"]
   if "base" in name:
@@ -123,14 +133,28 @@ def test_model_gin_builds_and_initialises(name):
 
 
 def test_padir_gin_macros_reach_the_model():
-  captured = _parse([GIN / "models" / "padir_tiny.gin"], [
-      "DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'", "NUM_STAGES = 3",
-      "UNMASKING_RATE = 0.4", "LENGTH_LOSS_WEIGHT = 0.5", "CORRUPTION = 'mask'",
-      "DECODING_INIT = 'mask'", "LENGTH_BEAM = 2", "MAX_PASSES = 7"])
+  captured = _parse(
+      [GIN / "models" / "padir_tiny.gin"],
+      [
+          "DROPOUT_RATE = 0.0",
+          f"VOCAB_PATH = '{_quickstart_vocab_path()}'",
+          "NUM_STAGES = 3",
+          "UNMASKING_RATE = 0.4",
+          "LENGTH_LOSS_WEIGHT = 0.5",
+          "CORRUPTION = 'mask'",
+          "DECODING_INIT = 'mask'",
+          "LENGTH_BEAM = 2",
+          "MAX_PASSES = 7",
+      ],
+  )
   model = captured["model"]
   loss, decode = model.loss_config, model.decoding_config
   assert (loss.num_stages, loss.unmasking_rate, loss.length_loss_weight, loss.corruption) == (
-      3, 0.4, 0.5, "mask")
+      3,
+      0.4,
+      0.5,
+      "mask",
+  )
   assert (decode.init, decode.length_beam, decode.max_passes) == ("mask", 2, 7)
 
 
@@ -151,14 +175,20 @@ def test_partitioning_rules_cover_every_network_axis(name):
 def test_experiment_gin_parses_and_initialises(name):
   path = GIN / "experiments" / name
   header = path.read_text().splitlines()[:25]
-  assert any(f"--gin_file=gin/experiments/{name}" in line for line in header), (
-      "every experiment opens with the command that runs it")
+  assert any(
+      f"--gin_file=gin/experiments/{name}" in line for line in header
+  ), "every experiment opens with the command that runs it"
   assert any(line.startswith("# Expected") or "BLEU" in line for line in header)
   if name.startswith("shared_de_en") and shared_data.find_data_dir() is None:
-    pytest.skip("padir_shared_de_en needs the shared data (set $PADIR_DATA_DIR or provide "
-                "../shared/data): its vocabulary is built from them")
-  captured = _parse([path], ["MODEL_DIR = '/tmp/unused'"] + TINY_NETWORK,
-                    capture=("model", "axis_rules", "train", "train_eval", "infer_eval"))
+    pytest.skip(
+        "padir_shared_de_en needs the shared data (set $PADIR_DATA_DIR or provide "
+        "../shared/data): its vocabulary is built from them"
+    )
+  captured = _parse(
+      [path],
+      ["MODEL_DIR = '/tmp/unused'"] + TINY_NETWORK,
+      capture=("model", "axis_rules", "train", "train_eval", "infer_eval"),
+  )
   model = captured["model"]
   is_padir = not (name.startswith("ar_") or name.endswith("_ar.gin"))
   assert isinstance(model, models.PadirModel) == is_padir
@@ -185,8 +215,7 @@ def test_experiment_gin_parses_and_initialises(name):
     match = re.match(r"(padir|ar)_wmt(\d\d)_([a-z]{2})_([a-z]{2})(_distilled)?\.gin", name)
     assert match, name
     _, year, src, tgt, distilled = match.groups()
-    assert train_cfg.mixture_or_task_name == (
-        f"padir_wmt{year}_{src}_{tgt}" + (distilled or ""))
+    assert train_cfg.mixture_or_task_name == (f"padir_wmt{year}_{src}_{tgt}" + (distilled or ""))
     assert train_cfg.batch_size == 2048
     assert gin.query_parameter("TRAIN_STEPS/macro.value") == 500000
     assert config.dropout_rate == 0.1
@@ -202,9 +231,11 @@ def test_experiment_gin_parses_and_initialises(name):
     assert float(schedule(warmup // 2)) == pytest.approx(peak / 2)
     middle = float(schedule((warmup + 500000) // 2))
     assert middle == pytest.approx(
-        (peak + gin.query_parameter("FINAL_LEARNING_RATE/macro.value")) / 2, rel=1e-3)
+        (peak + gin.query_parameter("FINAL_LEARNING_RATE/macro.value")) / 2, rel=1e-3
+    )
     assert float(schedule(500000)) == pytest.approx(
-        gin.query_parameter("FINAL_LEARNING_RATE/macro.value"))
+        gin.query_parameter("FINAL_LEARNING_RATE/macro.value")
+    )
   _toy_init(model)
 
 
@@ -214,11 +245,19 @@ def test_wmt_eval_and_infer_commands_parse(kind):
   for mode, output in (("eval", "EVAL_OUTPUT_DIR"), ("infer", "INFER_OUTPUT_DIR")):
     gin.clear_config()
     captured = _parse(
-        [GIN / "experiments" / "recipe" / f"wmt_{kind}.gin",
-         GIN / "experiments" / "recipe" / f"{mode}.gin",
-         GIN / "partitioning" / "data_parallel.gin"],
-        ["VOCAB_PAIR = 'ro_en'", "MIXTURE_OR_TASK_NAME = 'padir_wmt16_en_ro'",
-         "CHECKPOINT_PATH = '/tmp/unused'", f"{output} = '/tmp/unused'"] + TINY_NETWORK)
+        [
+            GIN / "experiments" / "recipe" / f"wmt_{kind}.gin",
+            GIN / "experiments" / "recipe" / f"{mode}.gin",
+            GIN / "partitioning" / "data_parallel.gin",
+        ],
+        [
+            "VOCAB_PAIR = 'ro_en'",
+            "MIXTURE_OR_TASK_NAME = 'padir_wmt16_en_ro'",
+            "CHECKPOINT_PATH = '/tmp/unused'",
+            f"{output} = '/tmp/unused'",
+        ]
+        + TINY_NETWORK,
+    )
     model = captured["model"]
     assert isinstance(model, models.PadirModel) == (kind == "padir")
     cfg = gin.query_parameter("t5x.utils.DatasetConfig.pack")
@@ -230,8 +269,14 @@ def _run(args, log_path, timeout=900):
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   with open(log_path, "w") as log:
-    proc = subprocess.run([sys.executable, "-m"] + args, cwd=REPO, env=env, stdout=log,
-                          stderr=subprocess.STDOUT, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m"] + args,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+    )
   text = pathlib.Path(log_path).read_text()
   assert proc.returncode == 0, text[-5000:]
   return text
@@ -241,20 +286,35 @@ def _run(args, log_path, timeout=900):
 def test_quickstart_train_eval_infer(tmp_path):
   """20 t5x training steps on the quickstart, then t5x.eval and t5x.infer on the checkpoint."""
   model_dir = tmp_path / "model"
-  log = _run(["t5x.train", "--gin_file=gin/experiments/quickstart.gin",
-              f"--gin.MODEL_DIR='{model_dir}'", "--gin.QUICKSTART_STEPS=20",
-              "--gin.WARMUP_STEPS=5", "--gin.EVALUATOR_NUM_EXAMPLES=100",
-              "--alsologtostderr"], tmp_path / "train.log")
+  log = _run(
+      [
+          "t5x.train",
+          "--gin_file=gin/experiments/quickstart.gin",
+          f"--gin.MODEL_DIR='{model_dir}'",
+          "--gin.QUICKSTART_STEPS=20",
+          "--gin.WARMUP_STEPS=5",
+          "--gin.EVALUATOR_NUM_EXAMPLES=100",
+          "--alsologtostderr",
+      ],
+      tmp_path / "train.log",
+  )
   assert re.search(r"padir_quickstart_de_en/bleu at step 20: [0-9.]+", log)
   assert "stage2/accuracy" in log and "length_accuracy" in log
   checkpoint = model_dir / "checkpoint_20"
   assert checkpoint.is_dir()
 
   eval_dir = tmp_path / "eval"
-  log = _run(["t5x.eval", "--gin_file=gin/experiments/quickstart_eval.gin",
-              f"--gin.CHECKPOINT_PATH='{checkpoint}'", f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'",
-              "--gin.seqio.Evaluator.num_examples=100", "--alsologtostderr"],
-             tmp_path / "eval.log")
+  log = _run(
+      [
+          "t5x.eval",
+          "--gin_file=gin/experiments/quickstart_eval.gin",
+          f"--gin.CHECKPOINT_PATH='{checkpoint}'",
+          f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'",
+          "--gin.seqio.Evaluator.num_examples=100",
+          "--alsologtostderr",
+      ],
+      tmp_path / "eval.log",
+  )
   assert re.search(r"padir_quickstart_de_en/bleu at step 20: [0-9.]+", log)
   metrics_files = list(eval_dir.rglob("*-metrics.jsonl"))
   assert metrics_files
@@ -262,11 +322,22 @@ def test_quickstart_train_eval_infer(tmp_path):
   assert "bleu" in record and 0.0 <= float(record["bleu"]) <= 100.0
 
   infer_dir = tmp_path / "infer"
-  _run(["t5x.infer", "--gin_file=gin/experiments/quickstart_infer.gin",
-        f"--gin.CHECKPOINT_PATH='{checkpoint}'", f"--gin.INFER_OUTPUT_DIR='{infer_dir}'",
-        "--gin.INFER_SPLIT='validation'", "--alsologtostderr"], tmp_path / "infer.log")
-  outputs = [p for p in infer_dir.glob("padir_quickstart_de_en-predict.jsonl-*-of-*")
-             if not p.name.endswith(".COMPLETED")]
+  _run(
+      [
+          "t5x.infer",
+          "--gin_file=gin/experiments/quickstart_infer.gin",
+          f"--gin.CHECKPOINT_PATH='{checkpoint}'",
+          f"--gin.INFER_OUTPUT_DIR='{infer_dir}'",
+          "--gin.INFER_SPLIT='validation'",
+          "--alsologtostderr",
+      ],
+      tmp_path / "infer.log",
+  )
+  outputs = [
+      p
+      for p in infer_dir.glob("padir_quickstart_de_en-predict.jsonl-*-of-*")
+      if not p.name.endswith(".COMPLETED")
+  ]
   assert outputs, sorted(p.name for p in infer_dir.iterdir())
   lines = [json.loads(line) for p in outputs for line in p.read_text().splitlines()]
   assert len(lines) == 500

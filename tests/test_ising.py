@@ -17,12 +17,14 @@ from padir_t5x.ising.__main__ import main
 # Jitted once for the module: eager (op-by-op) calls of these dominated the run time, and tests of
 # equal shapes share one compilation.
 _block_conditional_log_probs = jax.jit(
-    jax.vmap(model.block_conditional_log_probs, in_axes=(None, None, 0)))       # over subsets
+    jax.vmap(model.block_conditional_log_probs, in_axes=(None, None, 0))
+)  # over subsets
 _conditional_log_prob = jax.jit(jax.vmap(model.conditional_log_prob, in_axes=(None, None, 0)))
 _direct_loss = jax.jit(estimation.k_pseudo_log_likelihood, static_argnames="k")
 _histogram_loss = jax.jit(estimation.k_pseudo_log_likelihood_from_histogram, static_argnames="k")
-_closed_form_derivatives = jax.jit(estimation.k_mple_loss_gradient_and_hessian,
-                                   static_argnames=("k", "subsets_per_chunk"))
+_closed_form_derivatives = jax.jit(
+    estimation.k_mple_loss_gradient_and_hessian, static_argnames=("k", "subsets_per_chunk")
+)
 
 
 def _tiny_model(seed=0, n=5, scale=0.6):
@@ -37,8 +39,12 @@ def test_enumeration_round_trip_and_normalisation():
   np.testing.assert_allclose(float(jnp.sum(model.exact_probs(params))), 1.0, rtol=1e-5)
   # log Z by a plain Python loop over configurations, energy written out in numpy.
   coupling, field = np.asarray(params.coupling, np.float64), np.asarray(params.field, np.float64)
-  brute = np.log(sum(np.exp(0.5 * np.asarray(c) @ coupling @ np.asarray(c) + field @ np.asarray(c))
-                     for c in itertools.product([-1.0, 1.0], repeat=4)))
+  brute = np.log(
+      sum(
+          np.exp(0.5 * np.asarray(c) @ coupling @ np.asarray(c) + field @ np.asarray(c))
+          for c in itertools.product([-1.0, 1.0], repeat=4)
+      )
+  )
   np.testing.assert_allclose(float(model.log_partition(params)), brute, rtol=1e-5)
 
 
@@ -50,21 +56,27 @@ def test_block_conditionals_match_brute_force(k):
   configurations = np.asarray(model.all_configurations(n))
   x = configurations[13]
   subsets = list(itertools.combinations(range(n), k))
-  all_log_probs = np.asarray(_block_conditional_log_probs(params, jnp.asarray(x),
-                                                          jnp.asarray(subsets, jnp.int32)))
-  all_observed = np.asarray(_conditional_log_prob(params, jnp.asarray(x),
-                                                  jnp.asarray(subsets, jnp.int32)))
+  all_log_probs = np.asarray(
+      _block_conditional_log_probs(params, jnp.asarray(x), jnp.asarray(subsets, jnp.int32))
+  )
+  all_observed = np.asarray(
+      _conditional_log_prob(params, jnp.asarray(x), jnp.asarray(subsets, jnp.int32))
+  )
   for subset, log_probs, observed in zip(subsets, all_log_probs, all_observed):
     outside = [i for i in range(n) if i not in subset]
     # Condition by hand: keep the configurations that agree with x outside K, renormalise.
     agrees = np.all(configurations[:, outside] == x[outside], axis=1)
-    conditional = {tuple(c[list(subset)]): p / joint[agrees].sum()
-                   for c, p in zip(configurations[agrees], joint[agrees])}
+    conditional = {
+        tuple(c[list(subset)]): p / joint[agrees].sum()
+        for c, p in zip(configurations[agrees], joint[agrees])
+    }
     for c_index, c in enumerate(np.asarray(model.all_configurations(k))):
-      np.testing.assert_allclose(np.exp(log_probs[c_index]), conditional[tuple(c)], rtol=1e-4,
-                                 atol=1e-7)
-    np.testing.assert_allclose(float(observed), np.log(conditional[tuple(x[list(subset)])]),
-                               rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(
+          np.exp(log_probs[c_index]), conditional[tuple(c)], rtol=1e-4, atol=1e-7
+      )
+    np.testing.assert_allclose(
+        float(observed), np.log(conditional[tuple(x[list(subset)])]), rtol=1e-4, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -72,8 +84,11 @@ def test_histogram_loss_equals_direct_loss(k):
   params = _tiny_model(seed=1, n=4)
   samples = model.sample_exact(jax.random.PRNGKey(2), params, 200)
   histogram = estimation.empirical_histogram(samples)
-  np.testing.assert_allclose(float(_histogram_loss(params, histogram, k)),
-                             float(_direct_loss(params, samples, k)), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(_histogram_loss(params, histogram, k)),
+      float(_direct_loss(params, samples, k)),
+      rtol=1e-5,
+  )
 
 
 def test_closed_form_derivatives_match_autodiff():
@@ -85,7 +100,8 @@ def test_closed_form_derivatives_match_autodiff():
 
   def loss(v):
     return -estimation.k_pseudo_log_likelihood_from_histogram(
-        estimation.vector_to_params(v, n), histogram, k)
+        estimation.vector_to_params(v, n), histogram, k
+    )
 
   value, gradient, hessian = _closed_form_derivatives(vector, histogram, k)
   np.testing.assert_allclose(float(value), float(jax.jit(loss)(vector)), rtol=1e-5)
@@ -97,8 +113,9 @@ def test_k_equal_n_is_the_log_likelihood():
   params = _tiny_model(seed=3, n=4)
   # 200 samples, as test_histogram_loss_equals_direct_loss: same shapes, one compilation.
   samples = model.sample_exact(jax.random.PRNGKey(4), params, 200)
-  log_likelihood = float(jnp.mean(model.log_unnormalized_prob(params, samples))
-                         - model.log_partition(params))
+  log_likelihood = float(
+      jnp.mean(model.log_unnormalized_prob(params, samples)) - model.log_partition(params)
+  )
   np.testing.assert_allclose(float(_direct_loss(params, samples, 4)), log_likelihood, rtol=1e-5)
 
 
@@ -111,17 +128,22 @@ def test_estimator_recovers_parameters_from_many_samples(k):
   error = float(model.squared_parameter_error(estimate, truth))
   # 10 parameters: an error of 0.01 is ~0.03 per parameter, vs a parameter scale of 0.5.
   assert error < 0.01, error
-  assert error < 0.02 * float(model.squared_parameter_error(estimation.vector_to_params(jnp.zeros(10), n), truth))
+  assert error < 0.02 * float(
+      model.squared_parameter_error(estimation.vector_to_params(jnp.zeros(10), n), truth)
+  )
 
 
 @pytest.mark.parametrize("method", ["lbfgs", "adam"])
 def test_optax_fit_reaches_the_newton_estimate(method):
   n, k = 4, 2
   truth = _tiny_model(seed=5, n=n, scale=0.5)
-  histogram = estimation.empirical_histogram(model.sample_exact(jax.random.PRNGKey(11), truth, 2000))
+  histogram = estimation.empirical_histogram(
+      model.sample_exact(jax.random.PRNGKey(11), truth, 2000)
+  )
   newton = estimation.params_to_vector(estimation.fit_k_mple(histogram, k))
   fitted = estimation.params_to_vector(
-      estimation.fit_k_mple(histogram, k, estimation.FitConfig(method=method)))
+      estimation.fit_k_mple(histogram, k, estimation.FitConfig(method=method))
+  )
   # Same maximiser: far closer to each other than either is to the truth (sampling error).
   distance = float(jnp.sum((fitted - newton) ** 2))
   assert distance < 1e-8, distance
@@ -148,8 +170,12 @@ def test_k_gibbs_chains_sample_the_target():
   # Monte Carlo: many chains after many steps, from a fixed start, land distributed as p.
   initial = -jnp.ones((4000, n))
   _, final = sampling.run_until_reached(
-      jax.random.PRNGKey(8), lambda key, x: sampling.k_gibbs_step(key, params, x, 2), initial,
-      lambda x: jnp.all(x > 0), 60)
+      jax.random.PRNGKey(8),
+      lambda key, x: sampling.k_gibbs_step(key, params, x, 2),
+      initial,
+      lambda x: jnp.all(x > 0),
+      60,
+  )
   empirical = np.asarray(estimation.empirical_histogram(final), np.float64)
   assert 0.5 * np.abs(empirical - target).sum() < 0.05
 
@@ -158,10 +184,14 @@ def test_parallel_step_draws_each_site_from_its_conditional():
   params = _tiny_model(seed=9, n=4)
   x = jnp.asarray([1.0, -1.0, -1.0, 1.0])
   draws = jax.jit(jax.vmap(sampling.parallel_step, in_axes=(0, None, None)))(
-      jax.random.split(jax.random.PRNGKey(10), 20_000), params, x)
+      jax.random.split(jax.random.PRNGKey(10), 20_000), params, x
+  )
   # p(x_i = +1 | x_{-i}): block configuration 1 of the single-site block {i}.
-  expected = np.exp(np.asarray(_block_conditional_log_probs(
-      params, x, jnp.arange(4, dtype=jnp.int32)[:, None]))[:, 1])
+  expected = np.exp(
+      np.asarray(_block_conditional_log_probs(params, x, jnp.arange(4, dtype=jnp.int32)[:, None]))[
+          :, 1
+      ]
+  )
   np.testing.assert_allclose(np.mean(np.asarray(draws) > 0, axis=0), expected, atol=0.02)
 
 
@@ -172,8 +202,9 @@ def test_experiment1_larger_k_lowers_the_error_on_the_peaky_model():
 
 
 def test_experiment2_larger_k_reaches_the_larger_mode_sooner():
-  config = experiments.Experiment2Config(clique_size=4, num_independent=2, block_sizes=(1, 4),
-                                         num_chains=128, num_steps=300)
+  config = experiments.Experiment2Config(
+      clique_size=4, num_independent=2, block_sizes=(1, 4), num_chains=128, num_steps=300
+  )
   rows = {row["sampler"]: row for row in experiments.run_experiment2(config)}
   assert rows["4-Gibbs"]["median_steps"] < rows["1-Gibbs"]["median_steps"]
   assert rows["4-Gibbs"]["fraction_reached"] >= rows["1-Gibbs"]["fraction_reached"]
@@ -193,21 +224,26 @@ def test_command_writes_csvs_and_plots(tmp_path, capsys):
   with open(tmp_path / "experiment1.csv", encoding="utf-8") as handle:
     rows1 = list(csv.DictReader(handle))
   config1, config2 = experiments.quick_configs()
-  assert len(rows1) == (2 * len(config1.block_sizes) * len(config1.sample_sizes)
-                        * config1.num_seeds)
+  assert len(rows1) == (
+      2 * len(config1.block_sizes) * len(config1.sample_sizes) * config1.num_seeds
+  )
   assert {"model", "k", "num_samples", "seed", "squared_error"} <= set(rows1[0])
   assert {row["fit_method"] for row in rows1} == {"newton"}
   with open(tmp_path / "experiment2.csv", encoding="utf-8") as handle:
     rows2 = list(csv.DictReader(handle))
   assert [row["sampler"] for row in rows2] == [f"{k}-Gibbs" for k in config2.block_sizes] + [
-      "parallel"]
+      "parallel"
+  ]
   assert all(0.0 <= float(row["fraction_reached"]) <= 1.0 for row in rows2)
 
 
 def test_command_fit_method_flag(tmp_path, capsys, monkeypatch):
   seen = []
-  monkeypatch.setattr(experiments, "run_all", lambda output_dir, config1, config2: seen.append(
-      (config1, config2)) or "summary")
+  monkeypatch.setattr(
+      experiments,
+      "run_all",
+      lambda output_dir, config1, config2: seen.append((config1, config2)) or "summary",
+  )
   main(["--output_dir", str(tmp_path), "--quick", "--fit_method", "lbfgs"])
   assert seen[0][0].fit.method == "lbfgs"
   assert seen[0][0].fit.num_iterations == experiments.quick_configs()[0].fit.num_iterations

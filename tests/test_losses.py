@@ -42,7 +42,7 @@ def _numpy_cross_entropy(logits, targets, weights, label_smoothing, z_loss):
       q = on if k == targets[idx] else off
       if q > 0:
         total[idx] += -q * log_p[idx][k] + q * np.log(q)  # + q log q: minus the entropy
-  z = z_loss * log_z ** 2
+  z = z_loss * log_z**2
   return np.sum((total + z) * weights), np.sum(z * weights)
 
 
@@ -55,15 +55,21 @@ def _ce_example():
   return logits, targets, weights
 
 
-@pytest.mark.parametrize("label_smoothing, z_loss", [(0.0, 0.0), (0.1, 0.0), (0.0, 1e-2),
-                                                     (0.2, 1e-1)])
+@pytest.mark.parametrize(
+    "label_smoothing, z_loss", [(0.0, 0.0), (0.1, 0.0), (0.0, 1e-2), (0.2, 1e-1)]
+)
 def test_token_cross_entropy_matches_hand_computation(ce_example, label_smoothing, z_loss):
   logits, targets, weights = ce_example
   loss, z_term, weight_sum = losses.token_cross_entropy(
-      jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights),
-      label_smoothing=label_smoothing, z_loss=z_loss)
-  expected_loss, expected_z = _numpy_cross_entropy(logits, targets, weights, label_smoothing,
-                                                   z_loss)
+      jnp.asarray(logits),
+      jnp.asarray(targets),
+      jnp.asarray(weights),
+      label_smoothing=label_smoothing,
+      z_loss=z_loss,
+  )
+  expected_loss, expected_z = _numpy_cross_entropy(
+      logits, targets, weights, label_smoothing, z_loss
+  )
   np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5)
   np.testing.assert_allclose(float(z_term), expected_z, rtol=1e-5, atol=1e-7)
   assert float(weight_sum) == pytest.approx(4.5)
@@ -78,15 +84,27 @@ def test_perfect_smoothed_prediction_costs_nothing():
   assert float(worse) > 1e-3
 
 
-@pytest.mark.parametrize("factor, divisor", [
-    (None, 1.0), (2.0, 2.0), ("NUM_REAL_TARGET_TOKENS", 4.5),
-    ("NUMBER_OF_ALL_DECODER_TOKENS", 6.0), ("num_total_target_tokens", 6.0)])
+@pytest.mark.parametrize(
+    "factor, divisor",
+    [
+        (None, 1.0),
+        (2.0, 2.0),
+        ("NUM_REAL_TARGET_TOKENS", 4.5),
+        ("NUMBER_OF_ALL_DECODER_TOKENS", 6.0),
+        ("num_total_target_tokens", 6.0),
+    ],
+)
 def test_loss_normalizing_factor_variants(ce_example, factor, divisor):
   logits, targets, weights = ce_example
   expected_loss, expected_z = _numpy_cross_entropy(logits, targets, weights, 0.1, 1e-2)
   loss, z_term, weight_sum = losses.token_cross_entropy(
-      jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), label_smoothing=0.1,
-      z_loss=1e-2, loss_normalizing_factor=factor)
+      jnp.asarray(logits),
+      jnp.asarray(targets),
+      jnp.asarray(weights),
+      label_smoothing=0.1,
+      z_loss=1e-2,
+      loss_normalizing_factor=factor,
+  )
   np.testing.assert_allclose(float(loss), expected_loss / divisor, rtol=1e-5)
   np.testing.assert_allclose(float(z_term), expected_z / divisor, rtol=1e-5)
   assert float(weight_sum) == pytest.approx(4.5)  # never normalised
@@ -96,14 +114,24 @@ def test_loss_normalizing_factor_variants(ce_example, factor, divisor):
 def test_bad_loss_normalizing_factor_raises(ce_example, factor):
   logits, targets, weights = ce_example
   with pytest.raises(ValueError, match="loss_normalizing_factor"):
-    losses.token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights),
-                               loss_normalizing_factor=factor)
+    losses.token_cross_entropy(
+        jnp.asarray(logits),
+        jnp.asarray(targets),
+        jnp.asarray(weights),
+        loss_normalizing_factor=factor,
+    )
 
 
 def test_length_cross_entropy_hand_example():
-  length_logits = jnp.log(jnp.array([[0.1, 0.7, 0.2],    # length 2 -> class 1: right
-                                     [0.5, 0.25, 0.25],  # length 3 -> class 2: wrong
-                                     [0.2, 0.2, 0.6]]))  # length 9 clipped to class 2: right
+  length_logits = jnp.log(
+      jnp.array(
+          [
+              [0.1, 0.7, 0.2],  # length 2 -> class 1: right
+              [0.5, 0.25, 0.25],  # length 3 -> class 2: wrong
+              [0.2, 0.2, 0.6],
+          ]
+      )
+  )  # length 9 clipped to class 2: right
   loss, correct = losses.length_cross_entropy(length_logits, jnp.array([2, 3, 9]))
   np.testing.assert_allclose(np.asarray(loss), -np.log([0.7, 0.25, 0.6]), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(correct), [True, False, True])
@@ -115,15 +143,21 @@ def test_next_stage_inputs_pads_past_length_and_restores_eos():
   logits = jax.nn.one_hot(jnp.full(targets.shape, 9), VOCAB_SIZE)
   np.testing.assert_array_equal(
       np.asarray(losses.next_stage_inputs(logits, targets)),
-      [[9, 9, 9, EOS_ID, 0, 0], [9, EOS_ID, 0, 0, 0, 0]])
+      [[9, 9, 9, EOS_ID, 0, 0], [9, EOS_ID, 0, 0, 0, 0]],
+  )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(vocab_high=None), "vocab_high"), (dict(vocab_high=16, num_stages=0), "num_stages"),
-    (dict(vocab_high=16, unmasking_rate=1.5), "unmasking_rate"),
-    (dict(vocab_high=16, corruption="bert"), "corruption"),
-    (dict(vocab_high=16, label_smoothing=1.0), "label_smoothing"),
-    (dict(vocab_high=16, loss_normalizing_factor="PER_BATCH"), "loss_normalizing_factor")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(vocab_high=None), "vocab_high"),
+        (dict(vocab_high=16, num_stages=0), "num_stages"),
+        (dict(vocab_high=16, unmasking_rate=1.5), "unmasking_rate"),
+        (dict(vocab_high=16, corruption="bert"), "corruption"),
+        (dict(vocab_high=16, label_smoothing=1.0), "label_smoothing"),
+        (dict(vocab_high=16, loss_normalizing_factor="PER_BATCH"), "loss_normalizing_factor"),
+    ],
+)
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
     losses.PadirLossConfig(**kwargs)
@@ -140,6 +174,7 @@ def test_mask_corruption_needs_no_vocab_high():
 class FakePadirNetwork(nn.Module):
   """Smallest module with the padir_t5x.network.Transformer methods: each output position reads
   its own input position (enough to learn copying) and the length head reads the mean encoding."""
+
   vocab_size: int = VOCAB_SIZE
   num_length_classes: int = LENGTH
   dim: int = 32
@@ -161,28 +196,46 @@ class FakePadirNetwork(nn.Module):
     mask = (encoder_input_tokens > 0)[..., None]
     return self.length_head(jnp.sum(encoded * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1))
 
-  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-             enable_dropout=True):
+  def decode(
+      self,
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      enable_dropout=True,
+  ):
     del encoder_input_tokens, decoder_target_tokens
-    y = self.embed(decoder_input_tokens) + encoded[:, :decoder_input_tokens.shape[1]]
+    y = self.embed(decoder_input_tokens) + encoded[:, : decoder_input_tokens.shape[1]]
     y = self.dropout(jnp.tanh(self.decoder_layer(y)), deterministic=not enable_dropout)
     return self.output_layer(y)
 
-  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-               enable_dropout=True):
+  def __call__(
+      self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, enable_dropout=True
+  ):
     encoded = self.encode(encoder_input_tokens, enable_dropout)
     self.predict_length(encoded, encoder_input_tokens)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens, enable_dropout)
+    return self.decode(
+        encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, enable_dropout
+    )
 
 
 def _real_network():
   from padir_t5x import network  # pylint: disable=g-import-not-at-top
   # tiny_config, shrunk further: these tests check wiring, not capacity, on a shared CPU.
-  return network.Transformer(network.tiny_config(
-      vocab_size=VOCAB_SIZE, max_input_length=LENGTH, max_target_length=LENGTH,
-      emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
-      num_decoder_layers=1, dropout_rate=0.3))
+  return network.Transformer(
+      network.tiny_config(
+          vocab_size=VOCAB_SIZE,
+          max_input_length=LENGTH,
+          max_target_length=LENGTH,
+          emb_dim=32,
+          num_heads=2,
+          head_dim=16,
+          mlp_dim=64,
+          num_encoder_layers=1,
+          num_decoder_layers=1,
+          dropout_rate=0.3,
+      )
+  )
 
 
 @pytest.fixture(name="module", params=["fake", "real"])
@@ -207,42 +260,65 @@ def _copy_batch(seed=0, batch=4):
   tokens = np.zeros((batch, LENGTH), np.int32)
   for row in range(batch - 1):
     n = int(rng.integers(2, LENGTH + 1))
-    tokens[row, :n - 1] = rng.integers(4, VOCAB_SIZE, n - 1)
+    tokens[row, : n - 1] = rng.integers(4, VOCAB_SIZE, n - 1)
     tokens[row, n - 1] = EOS_ID
-  return {"encoder_input_tokens": jnp.asarray(tokens),
-          "decoder_target_tokens": jnp.asarray(tokens)}
+  return {"encoder_input_tokens": jnp.asarray(tokens), "decoder_target_tokens": jnp.asarray(tokens)}
 
 
 def _init(module, batch):
-  return module.init(jax.random.PRNGKey(0), batch["encoder_input_tokens"],
-                     batch["decoder_target_tokens"], batch["decoder_target_tokens"],
-                     enable_dropout=False)["params"]
+  return module.init(
+      jax.random.PRNGKey(0),
+      batch["encoder_input_tokens"],
+      batch["decoder_target_tokens"],
+      batch["decoder_target_tokens"],
+      enable_dropout=False,
+  )["params"]
 
 
 def _loss(module, config, enable_dropout=True):
   # Eager on purpose: each test calls it once or twice, and compiling the whole network per
   # test costs more CPU than op-by-op dispatch (whose kernels are cached across tests).
-  return lambda p, b, r: losses.multi_stage_loss(module, p, b, r, config,
-                                                 enable_dropout=enable_dropout)
+  return lambda p, b, r: losses.multi_stage_loss(
+      module, p, b, r, config, enable_dropout=enable_dropout
+  )
 
 
 def _forward(module, config, enable_dropout=True):
-  return lambda p, b, r: losses.multi_stage_forward(module, p, b, r, config,
-                                                    enable_dropout=enable_dropout)
+  return lambda p, b, r: losses.multi_stage_forward(
+      module, p, b, r, config, enable_dropout=enable_dropout
+  )
 
 
-CONFIG = losses.PadirLossConfig(num_stages=3, unmasking_rate=0.5, vocab_high=VOCAB_SIZE,
-                                length_loss_weight=0.3, label_smoothing=0.1, z_loss=1e-3)
+CONFIG = losses.PadirLossConfig(
+    num_stages=3,
+    unmasking_rate=0.5,
+    vocab_high=VOCAB_SIZE,
+    length_loss_weight=0.3,
+    label_smoothing=0.1,
+    z_loss=1e-3,
+)
 
 
 def _decode(module, params, batch, decoder_input, encoder_rng, stage_rng, enable_dropout=True):
   """One stage recomputed by hand: encode with `encoder_rng`, decode `decoder_input`."""
   inputs, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
-  encoded = module.apply({"params": params}, inputs, enable_dropout=enable_dropout,
-                         method=type(module).encode, rngs={"dropout": encoder_rng})
-  return module.apply({"params": params}, encoded, inputs, decoder_input, targets,
-                      enable_dropout=enable_dropout, method=type(module).decode,
-                      rngs={"dropout": stage_rng})
+  encoded = module.apply(
+      {"params": params},
+      inputs,
+      enable_dropout=enable_dropout,
+      method=type(module).encode,
+      rngs={"dropout": encoder_rng},
+  )
+  return module.apply(
+      {"params": params},
+      encoded,
+      inputs,
+      decoder_input,
+      targets,
+      enable_dropout=enable_dropout,
+      method=type(module).decode,
+      rngs={"dropout": stage_rng},
+  )
 
 
 def test_stage_inputs(module):
@@ -254,8 +330,8 @@ def test_stage_inputs(module):
   rngs = losses.split_loss_rngs(rng, CONFIG.num_stages)
   np.testing.assert_array_equal(
       np.asarray(outputs.stage_inputs[0]),
-      np.asarray(corruption.corrupt_targets(rngs.corruption, targets, 0.5,
-                                            vocab_high=VOCAB_SIZE)))
+      np.asarray(corruption.corrupt_targets(rngs.corruption, targets, 0.5, vocab_high=VOCAB_SIZE)),
+  )
   assert len(outputs.stage_inputs) == len(outputs.stage_logits) == CONFIG.num_stages
   for stage in range(1, CONFIG.num_stages):
     got = np.asarray(outputs.stage_inputs[stage])
@@ -274,12 +350,12 @@ def test_mask_corruption_feeds_mask_ids(fake_module):
   batch = _copy_batch()
   params = _init(fake_module, batch)
   config = losses.PadirLossConfig(num_stages=1, unmasking_rate=0.0, corruption="mask")
-  outputs = losses.multi_stage_forward(fake_module, params, batch, jax.random.PRNGKey(0),
-                                       config)
+  outputs = losses.multi_stage_forward(fake_module, params, batch, jax.random.PRNGKey(0), config)
   targets = np.asarray(batch["decoder_target_tokens"])
   inside = (targets != PAD_ID) & (targets != EOS_ID)
-  np.testing.assert_array_equal(np.asarray(outputs.stage_inputs[0]),
-                                np.where(inside, MASK_ID, targets))
+  np.testing.assert_array_equal(
+      np.asarray(outputs.stage_inputs[0]), np.where(inside, MASK_ID, targets)
+  )
 
 
 def test_each_stage_is_decoded_with_its_own_dropout_rng(module):
@@ -291,12 +367,25 @@ def test_each_stage_is_decoded_with_its_own_dropout_rng(module):
   keys = [rngs.corruption, rngs.encoder_dropout, *rngs.stage_dropout]
   assert len({tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys}) == len(keys)
   for stage in range(CONFIG.num_stages):
-    own = _decode(module, params, batch, outputs.stage_inputs[stage], rngs.encoder_dropout,
-                  rngs.stage_dropout[stage])
-    np.testing.assert_allclose(np.asarray(own), np.asarray(outputs.stage_logits[stage]),
-                               rtol=1e-5, atol=1e-5)
-    other = _decode(module, params, batch, outputs.stage_inputs[stage], rngs.encoder_dropout,
-                    rngs.stage_dropout[(stage + 1) % CONFIG.num_stages])
+    own = _decode(
+        module,
+        params,
+        batch,
+        outputs.stage_inputs[stage],
+        rngs.encoder_dropout,
+        rngs.stage_dropout[stage],
+    )
+    np.testing.assert_allclose(
+        np.asarray(own), np.asarray(outputs.stage_logits[stage]), rtol=1e-5, atol=1e-5
+    )
+    other = _decode(
+        module,
+        params,
+        batch,
+        outputs.stage_inputs[stage],
+        rngs.encoder_dropout,
+        rngs.stage_dropout[(stage + 1) % CONFIG.num_stages],
+    )
     assert not np.allclose(np.asarray(other), np.asarray(outputs.stage_logits[stage]))
 
 
@@ -320,8 +409,9 @@ def test_stage_two_gradient_flows_only_through_its_own_pass(module):
   batch = _copy_batch()
   params = _init(module, batch)
   rng = jax.random.PRNGKey(3)
-  config = losses.PadirLossConfig(num_stages=2, vocab_high=VOCAB_SIZE, label_smoothing=0.1,
-                                  z_loss=1e-3)
+  config = losses.PadirLossConfig(
+      num_stages=2, vocab_high=VOCAB_SIZE, label_smoothing=0.1, z_loss=1e-3
+  )
   rngs = losses.split_loss_rngs(rng, 2)
   stage2_input = _forward(module, config)(params, batch, rng).stage_inputs[1]
   targets = batch["decoder_target_tokens"]
@@ -331,46 +421,54 @@ def test_stage_two_gradient_flows_only_through_its_own_pass(module):
 
   def stage2_loss_on_constant_input(p):
     logits = _decode(module, p, batch, stage2_input, rngs.encoder_dropout, rngs.stage_dropout[1])
-    return losses.token_cross_entropy(logits, targets, (targets > 0).astype(jnp.float32),
-                                      label_smoothing=0.1, z_loss=1e-3)[0]
+    return losses.token_cross_entropy(
+        logits, targets, (targets > 0).astype(jnp.float32), label_smoothing=0.1, z_loss=1e-3
+    )[0]
 
-  np.testing.assert_allclose(float(stage2_loss_in_multi_stage(params)),
-                             float(stage2_loss_on_constant_input(params)), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(stage2_loss_in_multi_stage(params)),
+      float(stage2_loss_on_constant_input(params)),
+      rtol=1e-5,
+  )
   got = jax.grad(stage2_loss_in_multi_stage)(params)
   expected = jax.grad(stage2_loss_on_constant_input)(params)
   jax.tree_util.tree_map(
-      lambda g, e: np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4,
-                                              atol=1e-6), got, expected)
+      lambda g, e: np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-6),
+      got,
+      expected,
+  )
   assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree_util.tree_leaves(got))
 
 
 def test_loss_is_sum_of_reported_terms(module):
   batch = _copy_batch()
   params = _init(module, batch)
-  loss, metrics = _loss(module, CONFIG, enable_dropout=False)(params, batch,
-                                                                  jax.random.PRNGKey(4))
+  loss, metrics = _loss(module, CONFIG, enable_dropout=False)(params, batch, jax.random.PRNGKey(4))
   stage_sum = sum(float(metrics[f"stage{s}_loss"]) for s in range(1, CONFIG.num_stages + 1))
   assert float(loss) == pytest.approx(
-      stage_sum + CONFIG.length_loss_weight * float(metrics["length_loss"]), rel=1e-5)
+      stage_sum + CONFIG.length_loss_weight * float(metrics["length_loss"]), rel=1e-5
+  )
   assert float(metrics["loss"]) == float(loss)
   targets = np.asarray(batch["decoder_target_tokens"])
   assert float(metrics["num_tokens"]) == np.sum(targets > 0)
   assert float(metrics["num_examples"]) == 3  # the all-PAD row does not count
   assert 0 < float(metrics["z_loss"]) < stage_sum
-  outputs = _forward(module, CONFIG, enable_dropout=False)(params, batch,
-                                                               jax.random.PRNGKey(4))
+  outputs = _forward(module, CONFIG, enable_dropout=False)(params, batch, jax.random.PRNGKey(4))
   for s in range(1, CONFIG.num_stages + 1):
     correct = np.sum((np.argmax(outputs.stage_logits[s - 1], -1) == targets) & (targets > 0))
     assert float(metrics[f"stage{s}_correct"]) == correct
     assert float(metrics[f"stage{s}_accuracy"]) == pytest.approx(correct / np.sum(targets > 0))
   lengths = np.sum(targets > 0, -1)
-  length_loss, length_correct = losses.length_cross_entropy(outputs.length_logits,
-                                                            jnp.asarray(lengths))
+  length_loss, length_correct = losses.length_cross_entropy(
+      outputs.length_logits, jnp.asarray(lengths)
+  )
   real = lengths > 0
-  assert float(metrics["length_loss"]) == pytest.approx(np.sum(np.asarray(length_loss)[real]),
-                                                        rel=1e-5)
+  assert float(metrics["length_loss"]) == pytest.approx(
+      np.sum(np.asarray(length_loss)[real]), rel=1e-5
+  )
   assert float(metrics["length_accuracy"]) == pytest.approx(
-      np.mean(np.asarray(length_correct)[real]))
+      np.mean(np.asarray(length_correct)[real])
+  )
   assert all(np.ndim(v) == 0 for v in metrics.values())
 
 
@@ -379,14 +477,19 @@ def test_loss_normalizing_factor_scales_the_whole_loss(fake_module):
   params = _init(fake_module, batch)
   rng = jax.random.PRNGKey(5)
   summed, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, CONFIG)
-  for factor, divisor in [(10.0, 10.0), ("NUM_REAL_TARGET_TOKENS", float(metrics["num_tokens"])),
-                          ("NUMBER_OF_ALL_DECODER_TOKENS", float(4 * LENGTH))]:
+  for factor, divisor in [
+      (10.0, 10.0),
+      ("NUM_REAL_TARGET_TOKENS", float(metrics["num_tokens"])),
+      ("NUMBER_OF_ALL_DECODER_TOKENS", float(4 * LENGTH)),
+  ]:
     config = losses.PadirLossConfig(**{**CONFIG.__dict__, "loss_normalizing_factor": factor})
-    normalised, normalised_metrics = losses.multi_stage_loss(fake_module, params, batch, rng,
-                                                             config)
+    normalised, normalised_metrics = losses.multi_stage_loss(
+        fake_module, params, batch, rng, config
+    )
     assert float(normalised) == pytest.approx(float(summed) / divisor, rel=1e-5)
     assert float(normalised_metrics["length_loss"]) == pytest.approx(
-        float(metrics["length_loss"]) / divisor, rel=1e-5)
+        float(metrics["length_loss"]) / divisor, rel=1e-5
+    )
 
 
 def test_decoder_loss_weights_are_used(fake_module):
@@ -395,8 +498,7 @@ def test_decoder_loss_weights_are_used(fake_module):
   weights = np.asarray(batch["decoder_target_tokens"] > 0, np.float32)
   weights[0] = 0.0  # drop the first example's tokens from the loss
   weighted = {**batch, "decoder_loss_weights": jnp.asarray(weights)}
-  _, metrics = losses.multi_stage_loss(fake_module, params, weighted, jax.random.PRNGKey(0),
-                                       CONFIG)
+  _, metrics = losses.multi_stage_loss(fake_module, params, weighted, jax.random.PRNGKey(0), CONFIG)
   assert float(metrics["num_tokens"]) == weights.sum()
 
 
@@ -411,14 +513,16 @@ def test_packed_batch_is_rejected(fake_module):
 def test_short_training_run_decreases_the_loss(module):
   batch = _copy_batch(seed=1, batch=8)
   params = _init(module, batch)
-  config = losses.PadirLossConfig(num_stages=2, unmasking_rate=0.3, vocab_high=VOCAB_SIZE,
-                                  length_loss_weight=0.5)
+  config = losses.PadirLossConfig(
+      num_stages=2, unmasking_rate=0.3, vocab_high=VOCAB_SIZE, length_loss_weight=0.5
+  )
   optimizer = optax.adam(1e-2)
 
   @jax.jit
   def step(params, opt_state, rng):
     (loss, _), grads = jax.value_and_grad(
-        lambda p: losses.multi_stage_loss(module, p, batch, rng, config), has_aux=True)(params)
+        lambda p: losses.multi_stage_loss(module, p, batch, rng, config), has_aux=True
+    )(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 

@@ -27,24 +27,41 @@ DECODING = {"length_beam": 2, "max_passes": 3}
 
 
 def _module(**overrides):
-  return network.Transformer(network.tiny_config(
-      vocab_size=64, max_input_length=MAX_LEN, max_target_length=MAX_LEN, dropout_rate=0.1,
-      **overrides))
+  return network.Transformer(
+      network.tiny_config(
+          vocab_size=64,
+          max_input_length=MAX_LEN,
+          max_target_length=MAX_LEN,
+          dropout_rate=0.1,
+          **overrides,
+      )
+  )
 
 
 def _model(**kwargs):
   kwargs.setdefault("decoding_config", DECODING)
-  return models.PadirModel(_module(), seqio.PassThroughVocabulary(VOCAB),
-                           seqio.PassThroughVocabulary(VOCAB), adafactor.Adafactor(), **kwargs)
+  return models.PadirModel(
+      _module(),
+      seqio.PassThroughVocabulary(VOCAB),
+      seqio.PassThroughVocabulary(VOCAB),
+      adafactor.Adafactor(),
+      **kwargs,
+  )
 
 
 def _batch():
-  targets = np.array([[10, 11, 12, 1, 0, 0, 0, 0],
-                      [20, 21, 22, 23, 24, 1, 0, 0],
-                      [30, 1, 0, 0, 0, 0, 0, 0]], np.int32)
-  inputs = np.array([[5, 6, 7, 8, 1, 0, 0, 0, 0, 0],
-                     [9, 8, 7, 6, 5, 4, 1, 0, 0, 0],
-                     [40, 41, 1, 0, 0, 0, 0, 0, 0, 0]], np.int32)
+  targets = np.array(
+      [[10, 11, 12, 1, 0, 0, 0, 0], [20, 21, 22, 23, 24, 1, 0, 0], [30, 1, 0, 0, 0, 0, 0, 0]],
+      np.int32,
+  )
+  inputs = np.array(
+      [
+          [5, 6, 7, 8, 1, 0, 0, 0, 0, 0],
+          [9, 8, 7, 6, 5, 4, 1, 0, 0, 0],
+          [40, 41, 1, 0, 0, 0, 0, 0, 0, 0],
+      ],
+      np.int32,
+  )
   return {
       "encoder_input_tokens": jnp.asarray(inputs),
       "decoder_target_tokens": jnp.asarray(targets),
@@ -62,14 +79,17 @@ def model():
 def params(model):
   # t5x's default input shapes (no types given: t5x would pass float32, the model uses int32).
   variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 8)})
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 8)}
+  )
   return variables["params"]
 
 
 def test_get_initial_variables_has_length_classifier_and_axes(model):
   variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)},
-      {"encoder_input_tokens": jnp.int32, "decoder_input_tokens": jnp.int32})
+      jax.random.PRNGKey(0),
+      {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)},
+      {"encoder_input_tokens": jnp.int32, "decoder_input_tokens": jnp.int32},
+  )
   assert set(variables) == {"params", "params_axes"}
   assert "length_predictor" in variables["params"]
   assert variables["params"]["length_predictor"]["logits"]["kernel"].shape[-1] == MAX_LEN
@@ -83,8 +103,12 @@ def test_vocab_high_comes_from_output_vocabulary(model):
 
 
 def test_vocabulary_larger_than_embedding_table_raises():
-  model = models.PadirModel(_module(), seqio.PassThroughVocabulary(100),
-                            seqio.PassThroughVocabulary(100), adafactor.Adafactor())
+  model = models.PadirModel(
+      _module(),
+      seqio.PassThroughVocabulary(100),
+      seqio.PassThroughVocabulary(100),
+      adafactor.Adafactor(),
+  )
   with pytest.raises(ValueError, match="embedding"):
     _ = model.vocab_high
 
@@ -97,17 +121,21 @@ def test_constructor_validates_arguments():
   with pytest.raises(ValueError, match="unknown DecodingConfig"):
     _model(decoding_config={"beam": 3})
   with pytest.raises(ValueError, match="decoder_mode='padir'"):
-    models.PadirModel(network.Transformer(network.tiny_config(decoder_mode="autoregressive")),
-                      seqio.PassThroughVocabulary(VOCAB), seqio.PassThroughVocabulary(VOCAB),
-                      adafactor.Adafactor())
+    models.PadirModel(
+        network.Transformer(network.tiny_config(decoder_mode="autoregressive")),
+        seqio.PassThroughVocabulary(VOCAB),
+        seqio.PassThroughVocabulary(VOCAB),
+        adafactor.Adafactor(),
+    )
 
 
 def test_loss_fn_is_the_core_multi_stage_loss(model, params):
   batch = _batch()
   rng = jax.random.PRNGKey(3)
   loss, metrics = jax.jit(model.loss_fn)(params, batch, rng)
-  expected, core = losses.multi_stage_loss(model.module, params, batch, rng, model.loss_config,
-                                           enable_dropout=True)
+  expected, core = losses.multi_stage_loss(
+      model.module, params, batch, rng, model.loss_config, enable_dropout=True
+  )
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   for name in ("loss", "z_loss", "length_loss", "stage1/loss", "stage2/loss"):
     assert isinstance(metrics[name], t5x.metrics.AveragePerStep), name
@@ -115,11 +143,13 @@ def test_loss_fn_is_the_core_multi_stage_loss(model, params):
     assert isinstance(metrics[name], clu_metrics.Average), name
   np.testing.assert_allclose(metrics["loss"].compute(), expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["stage1/loss"].compute(), core["stage1_loss"], rtol=1e-5)
-  np.testing.assert_allclose(metrics["stage2/accuracy"].compute(), core["stage2_accuracy"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      metrics["stage2/accuracy"].compute(), core["stage2_accuracy"], rtol=1e-5
+  )
   np.testing.assert_allclose(metrics["accuracy"].compute(), core["stage2_accuracy"], rtol=1e-5)
-  np.testing.assert_allclose(metrics["length_accuracy"].compute(), core["length_accuracy"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      metrics["length_accuracy"].compute(), core["length_accuracy"], rtol=1e-5
+  )
 
 
 def test_loss_fn_draws_corruption_and_dropout_from_the_rng(model, params):
@@ -142,15 +172,17 @@ def test_eval_fn_is_deterministic_without_dropout(model, params):
   batch = _batch()
   a, metrics = model.eval_fn(params, batch)
   b, _ = model.eval_fn(params, batch)
-  expected, _ = losses.multi_stage_loss(model.module, params, batch, jax.random.PRNGKey(0),
-                                        model.loss_config, enable_dropout=False)
+  expected, _ = losses.multi_stage_loss(
+      model.module, params, batch, jax.random.PRNGKey(0), model.loss_config, enable_dropout=False
+  )
   assert float(a) == float(b)
   np.testing.assert_allclose(a, expected, rtol=1e-5)
   assert "stage2/accuracy" in metrics
 
 
-@pytest.mark.parametrize("extra", ["encoder_segment_ids", "decoder_segment_ids",
-                                   "decoder_positions"])
+@pytest.mark.parametrize(
+    "extra", ["encoder_segment_ids", "decoder_segment_ids", "decoder_positions"]
+)
 def test_packed_batches_raise(model, params, extra):
   batch = dict(_batch())
   batch[extra] = jnp.ones_like(batch["decoder_target_tokens"])
@@ -178,8 +210,9 @@ def test_predict_batch_returns_the_best_hypothesis(model, params):
   assert tokens.shape == batch["decoder_input_tokens"].shape
   assert set(aux) == {"scores", "lengths", "passes"}
   assert aux["scores"].shape == aux["lengths"].shape == aux["passes"].shape == (3,)
-  expected = decoding.decode_with_network(model.module, params, batch["encoder_input_tokens"],
-                                          rng, model.decoding_config, 8)
+  expected = decoding.decode_with_network(
+      model.module, params, batch["encoder_input_tokens"], rng, model.decoding_config, 8
+  )
   np.testing.assert_array_equal(tokens, expected.sequences[:, -1])
   np.testing.assert_array_equal(aux["scores"], expected.scores[:, -1])
   # Layout: ordinary tokens, one EOS, PAD after it.
@@ -187,7 +220,7 @@ def test_predict_batch_returns_the_best_hypothesis(model, params):
     eos = int(np.argmax(row == EOS_ID))
     assert row[eos] == EOS_ID
     assert np.all(row[:eos] >= FIRST_ORDINARY_ID) and np.all(row[:eos] < VOCAB)
-    assert np.all(row[eos + 1:] == PAD_ID)
+    assert np.all(row[eos + 1 :] == PAD_ID)
   # predict_batch (t5x's entry point) gives the same tokens.
   np.testing.assert_array_equal(model.predict_batch(params, batch, rng), tokens)
 
@@ -200,16 +233,18 @@ def test_predict_without_rng_is_deterministic(model, params):
 
 def test_num_decodes_is_the_length_beam_and_return_all_decodes(model, params):
   batch = _batch()
-  tokens, aux = model.predict_batch_with_aux(params, batch, rng=jax.random.PRNGKey(1),
-                                             num_decodes=3, return_all_decodes=True)
+  tokens, aux = model.predict_batch_with_aux(
+      params, batch, rng=jax.random.PRNGKey(1), num_decodes=3, return_all_decodes=True
+  )
   assert tokens.shape == (3, 3, 8)
   assert aux["scores"].shape == aux["lengths"].shape == (3, 3)
   scores = np.asarray(aux["scores"])
   assert np.all(np.diff(scores, axis=1) >= 0)  # best last, as t5x
   # Three different length candidates per example.
   assert all(len(set(row)) == 3 for row in np.asarray(aux["lengths"]))
-  best, best_aux = model.predict_batch_with_aux(params, batch, rng=jax.random.PRNGKey(1),
-                                                num_decodes=3)
+  best, best_aux = model.predict_batch_with_aux(
+      params, batch, rng=jax.random.PRNGKey(1), num_decodes=3
+  )
   np.testing.assert_array_equal(best, tokens[:, -1])
   np.testing.assert_array_equal(best_aux["scores"], scores[:, -1])
 
@@ -218,9 +253,9 @@ def test_decoder_params_override_decoding_config(model, params):
   batch = _batch()
   _, aux = model.predict_batch_with_aux(params, batch, decoder_params={"max_passes": 1})
   np.testing.assert_array_equal(aux["passes"], 1)
-  tokens, aux = model.predict_batch_with_aux(params, batch, return_all_decodes=True,
-                                             decoder_params={"length_beam": 4,
-                                                             "init": "mask"})
+  tokens, aux = model.predict_batch_with_aux(
+      params, batch, return_all_decodes=True, decoder_params={"length_beam": 4, "init": "mask"}
+  )
   assert tokens.shape == (3, 4, 8)
   config = model.resolve_decoding_config({"max_passes": 10, "length_beam": 3, "dedup": "none"})
   assert (config.max_passes, config.length_beam, config.dedup) == (10, 3, "none")
@@ -230,11 +265,14 @@ def test_decoder_params_override_decoding_config(model, params):
   with pytest.raises(ValueError, match="unknown decoder_params"):
     model.predict_batch_with_aux(params, batch, decoder_params={"beam_size": 2})
   with pytest.raises(ValueError, match="num_decodes"):
-    model.predict_batch_with_aux(params, batch, num_decodes=2,
-                                 decoder_params={"length_beam": 3})
+    model.predict_batch_with_aux(params, batch, num_decodes=2, decoder_params={"length_beam": 3})
   with pytest.raises(ValueError, match="decode_rng"):
-    model.predict_batch_with_aux(params, batch, rng=jax.random.PRNGKey(0),
-                                 decoder_params={"decode_rng": jax.random.PRNGKey(1)})
+    model.predict_batch_with_aux(
+        params,
+        batch,
+        rng=jax.random.PRNGKey(0),
+        decoder_params={"decode_rng": jax.random.PRNGKey(1)},
+    )
   with pytest.raises(ValueError, match="prompt_with_targets"):
     model.predict_batch_with_aux(params, batch, prompt_with_targets=True)
 
@@ -242,8 +280,9 @@ def test_decoder_params_override_decoding_config(model, params):
 def test_decode_rng_from_decoder_params_equals_rng_argument(model, params):
   batch = _batch()
   a, _ = model.predict_batch_with_aux(params, batch, rng=jax.random.PRNGKey(9))
-  b, _ = model.predict_batch_with_aux(params, batch,
-                                      decoder_params={"decode_rng": jax.random.PRNGKey(9)})
+  b, _ = model.predict_batch_with_aux(
+      params, batch, decoder_params={"decode_rng": jax.random.PRNGKey(9)}
+  )
   np.testing.assert_array_equal(a, b)
 
 
@@ -256,11 +295,13 @@ def test_predict_pads_past_the_network_max_target_length(model, params):
 
 
 def test_predict_batch_with_aux_under_jit(model, params):
-  fn = jax.jit(functools.partial(model.predict_batch_with_aux, num_decodes=2,
-                                 return_all_decodes=True))
+  fn = jax.jit(
+      functools.partial(model.predict_batch_with_aux, num_decodes=2, return_all_decodes=True)
+  )
   tokens, aux = fn(params, _batch(), jax.random.PRNGKey(0))
-  eager, _ = model.predict_batch_with_aux(params, _batch(), rng=jax.random.PRNGKey(0),
-                                          num_decodes=2, return_all_decodes=True)
+  eager, _ = model.predict_batch_with_aux(
+      params, _batch(), rng=jax.random.PRNGKey(0), num_decodes=2, return_all_decodes=True
+  )
   np.testing.assert_array_equal(tokens, eager)
 
 
@@ -269,10 +310,16 @@ def _manual_scores(model, params, batch, decoder_inputs):
   variables = {"params": params}
   inputs, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
   encoded = model.module.apply(variables, inputs, enable_dropout=False, method=module_cls.encode)
-  length_logits = model.module.apply(variables, encoded, inputs,
-                                     method=module_cls.predict_length)
-  logits = model.module.apply(variables, encoded, inputs, decoder_inputs, targets,
-                              enable_dropout=False, method=module_cls.decode)
+  length_logits = model.module.apply(variables, encoded, inputs, method=module_cls.predict_length)
+  logits = model.module.apply(
+      variables,
+      encoded,
+      inputs,
+      decoder_inputs,
+      targets,
+      enable_dropout=False,
+      method=module_cls.decode,
+  )
   length_lp = np.asarray(jax.nn.log_softmax(length_logits, axis=-1))
   lp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   scores = []
@@ -296,19 +343,22 @@ def test_score_batch_is_length_plus_token_log_probs(params, mode):
   if mode == "mask":
     assert np.all(decoder_inputs[content] == MASK_ID)
   else:
-    assert np.all((decoder_inputs[content] >= FIRST_ORDINARY_ID)
-                  & (decoder_inputs[content] < VOCAB))
+    assert np.all(
+        (decoder_inputs[content] >= FIRST_ORDINARY_ID) & (decoder_inputs[content] < VOCAB)
+    )
     # Independent of the target content: one fixed row of tokens shared by every example.
     np.testing.assert_array_equal(decoder_inputs[0, :3], decoder_inputs[1, :3])
     assert decoder_inputs[2, 0] == decoder_inputs[0, 0]
   scores = model.score_batch(params, batch)
-  np.testing.assert_allclose(scores, _manual_scores(model, params, batch, decoder_inputs),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      scores, _manual_scores(model, params, batch, decoder_inputs), rtol=1e-4, atol=1e-4
+  )
   assert np.all(np.asarray(scores) < 0)
   scores2, inter = model.score_batch(params, batch, return_intermediates=True)
   np.testing.assert_allclose(scores2, scores, rtol=1e-6)
-  recombined = (np.sum(inter["decoder"]["token_scores"][0], axis=-1)
-                + inter["decoder"]["length_scores"][0])
+  recombined = (
+      np.sum(inter["decoder"]["token_scores"][0], axis=-1) + inter["decoder"]["length_scores"][0]
+  )
   np.testing.assert_allclose(recombined, scores, rtol=1e-5, atol=1e-5)
 
 
@@ -319,19 +369,24 @@ def test_score_batch_does_not_depend_on_row_or_padding(params):
   scores = np.asarray(model.score_batch(params, batch))
   order = np.array([2, 0, 1])
   wider = {k: jnp.pad(v[order], ((0, 0), (0, 4))) for k, v in batch.items()}
-  np.testing.assert_allclose(np.asarray(model.score_batch(params, wider)), scores[order],
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      np.asarray(model.score_batch(params, wider)), scores[order], rtol=1e-4, atol=1e-4
+  )
 
 
 def test_score_batch_ranks_the_trained_target_first():
   """After a few steps on one pair, its score beats a corrupted version's."""
-  model = _model(score_decoder_input="mask", corruption="mask",
-                 decoding_config={"init": "mask", "length_beam": 2})
+  model = _model(
+      score_decoder_input="mask",
+      corruption="mask",
+      decoding_config={"init": "mask", "length_beam": 2},
+  )
   batch = {k: v[:1] for k, v in _batch().items()}
   params = model.get_initial_variables(
       jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 10), "decoder_input_tokens": (1, 8)}
   )["params"]
   import optax
+
   optimizer = optax.adam(3e-3)
   state = optimizer.init(params)
 
@@ -353,9 +408,15 @@ def test_score_batch_ranks_the_trained_target_first():
 def test_logical_factor_rules_cover_every_parameter_axis(model):
   rules = models.padir_logical_factor_rules()
   variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)})
-  axes = {name for leaf in jax.tree_util.tree_leaves(
-      variables["params_axes"], is_leaf=lambda x: hasattr(x, "names")) for name in leaf.names}
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)}
+  )
+  axes = {
+      name
+      for leaf in jax.tree_util.tree_leaves(
+          variables["params_axes"], is_leaf=lambda x: hasattr(x, "names")
+      )
+      for name in leaf.names
+  }
   assert axes <= set(rules)
   assert {"abspos_buckets", "length_classes"} <= axes
   # The optimizer builds with them (t5x's Adafactor refuses unknown axis names).
@@ -366,20 +427,29 @@ def test_logical_factor_rules_cover_every_parameter_axis(model):
 
 def test_ar_twin_with_t5x_encoder_decoder_model():
   """The AR twin needs no adapter: t5x's own model trains and beam-searches it."""
-  module = network.Transformer(network.tiny_config(
-      vocab_size=64, max_input_length=MAX_LEN, max_target_length=MAX_LEN,
-      decoder_mode="autoregressive"))
+  module = network.Transformer(
+      network.tiny_config(
+          vocab_size=64,
+          max_input_length=MAX_LEN,
+          max_target_length=MAX_LEN,
+          decoder_mode="autoregressive",
+      )
+  )
   model = t5x_models.EncoderDecoderModel(
-      module, seqio.PassThroughVocabulary(VOCAB), seqio.PassThroughVocabulary(VOCAB),
+      module,
+      seqio.PassThroughVocabulary(VOCAB),
+      seqio.PassThroughVocabulary(VOCAB),
       adafactor.Adafactor(logical_factor_rules=models.padir_logical_factor_rules()),
-      decode_fn=t5x_decoding.beam_search)
+      decode_fn=t5x_decoding.beam_search,
+  )
   params = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 8)},
-      {"encoder_input_tokens": jnp.int32, "decoder_input_tokens": jnp.int32})["params"]
+      jax.random.PRNGKey(0),
+      {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 8)},
+      {"encoder_input_tokens": jnp.int32, "decoder_input_tokens": jnp.int32},
+  )["params"]
   batch = _batch()
   loss, metrics = model.loss_fn(params, batch, jax.random.PRNGKey(0))
   assert np.isfinite(float(loss)) and "accuracy" in metrics
-  tokens, aux = model.predict_batch_with_aux(params, batch, num_decodes=2,
-                                             return_all_decodes=True)
+  tokens, aux = model.predict_batch_with_aux(params, batch, num_decodes=2, return_all_decodes=True)
   assert tokens.shape == (3, 2, 8) and aux["scores"].shape == (3, 2)
   assert model.score_batch(params, batch).shape == (3,)

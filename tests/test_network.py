@@ -18,20 +18,18 @@ AR_TINY = dataclasses.replace(TINY, decoder_mode="autoregressive")
 BATCH, IN_LEN, OUT_LEN = 2, 7, 6
 
 # Row 0 has 2 padded encoder and 2 padded target positions; row 1 is full.
-ENC = jnp.array([[5, 6, 7, 8, 1, 0, 0],
-                 [9, 10, 11, 12, 13, 14, 1]], jnp.int32)
-TGT = jnp.array([[20, 21, 22, 1, 0, 0],
-                 [23, 24, 25, 26, 27, 1]], jnp.int32)
+ENC = jnp.array([[5, 6, 7, 8, 1, 0, 0], [9, 10, 11, 12, 13, 14, 1]], jnp.int32)
+TGT = jnp.array([[20, 21, 22, 1, 0, 0], [23, 24, 25, 26, 27, 1]], jnp.int32)
 # PaDIR decoder input: a corrupted target (3 is [MASK]); padded positions hold junk on purpose.
-DEC_IN = jnp.array([[3, 21, 3, 1, 40, 41],
-                    [23, 3, 3, 26, 3, 1]], jnp.int32)
+DEC_IN = jnp.array([[3, 21, 3, 1, 40, 41], [23, 3, 3, 26, 3, 1]], jnp.int32)
 # AR decoder input: targets shifted right, BOS = 0.
 AR_IN = jnp.concatenate([jnp.zeros((BATCH, 1), jnp.int32), TGT[:, :-1]], axis=1)
 
 
 def _init(config, enc=ENC, dec=TGT):
-  return network.Transformer(config).init(jax.random.PRNGKey(0), enc, dec, dec,
-                                          enable_dropout=False)
+  return network.Transformer(config).init(
+      jax.random.PRNGKey(0), enc, dec, dec, enable_dropout=False
+  )
 
 
 def _flat(tree):
@@ -53,8 +51,9 @@ def ar_vars():
 
 
 def _padir_apply(variables, enc, dec_in, tgt, **kwargs):
-  return network.Transformer(TINY).apply(variables, enc, dec_in, tgt, enable_dropout=False,
-                                         return_length_logits=True, **kwargs)
+  return network.Transformer(TINY).apply(
+      variables, enc, dec_in, tgt, enable_dropout=False, return_length_logits=True, **kwargs
+  )
 
 
 def _ar_apply(variables, dec_in, tgt=TGT):
@@ -64,8 +63,9 @@ def _ar_apply(variables, dec_in, tgt=TGT):
 def test_base_parameter_count():
   module = network.Transformer(network.BASE_CONFIG)
   tokens = jnp.ones((1, 8), jnp.int32)
-  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens,
-                                              enable_dropout=False))
+  shapes = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False)
+  )
   count = _num_params(shapes["params"])
   print(f"Base PaDIR parameters: {count:,}")
   assert 60_000_000 <= count <= 75_000_000, count
@@ -95,11 +95,19 @@ def test_padir_forward_shapes(padir_vars):
   encoded = module.apply(padir_vars, ENC, enable_dropout=False, method=module.encode)
   assert encoded.shape == (BATCH, IN_LEN, TINY.emb_dim)
   np.testing.assert_allclose(
-      module.apply(padir_vars, encoded, ENC, method=module.predict_length), length_logits,
-      rtol=1e-6, atol=1e-6)
+      module.apply(padir_vars, encoded, ENC, method=module.predict_length),
+      length_logits,
+      rtol=1e-6,
+      atol=1e-6,
+  )
   np.testing.assert_allclose(
-      module.apply(padir_vars, encoded, ENC, DEC_IN, TGT, enable_dropout=False,
-                   method=module.decode), logits, rtol=1e-6, atol=1e-6)
+      module.apply(
+          padir_vars, encoded, ENC, DEC_IN, TGT, enable_dropout=False, method=module.decode
+      ),
+      logits,
+      rtol=1e-6,
+      atol=1e-6,
+  )
 
 
 def test_autoregressive_forward_shapes(ar_vars):
@@ -111,9 +119,11 @@ def test_autoregressive_forward_shapes(ar_vars):
 
 def test_bfloat16_activations_keep_float32_logits():
   module = network.Transformer(network.tiny_config(dtype="bfloat16"))
-  out = jax.eval_shape(lambda: module.init_with_output(
-      jax.random.PRNGKey(0), ENC, DEC_IN, TGT, enable_dropout=False,
-      return_length_logits=True)[0])
+  out = jax.eval_shape(
+      lambda: module.init_with_output(
+          jax.random.PRNGKey(0), ENC, DEC_IN, TGT, enable_dropout=False, return_length_logits=True
+      )[0]
+  )
   assert out[0].dtype == jnp.float32 and out[1].dtype == jnp.float32
 
 
@@ -139,14 +149,19 @@ def test_padded_encoder_positions_do_not_leak(padir_vars):
   # Any change of the encoder states at padded source positions (row 0, positions 5 and 6) is
   # invisible to the decoder's cross-attention and to the length classifier's pooling.
   junk = encoded.at[0, 5:].add(3.0 * jax.random.normal(jax.random.PRNGKey(1), (2, TINY.emb_dim)))
-  decode = lambda e: module.apply(padir_vars, e, ENC, DEC_IN, TGT, enable_dropout=False,
-                                  method=module.decode)
+  decode = lambda e: module.apply(
+      padir_vars, e, ENC, DEC_IN, TGT, enable_dropout=False, method=module.decode
+  )
   predict = lambda e: module.apply(padir_vars, e, ENC, method=module.predict_length)
   # Compared at valid target positions: a padded target position has no valid key at all, so
   # its (ignored) query row is uniform over every source position.
   valid_target = np.asarray(TGT > 0)
-  np.testing.assert_allclose(np.asarray(decode(junk))[valid_target],
-                             np.asarray(decode(encoded))[valid_target], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(decode(junk))[valid_target],
+      np.asarray(decode(encoded))[valid_target],
+      rtol=1e-5,
+      atol=1e-5,
+  )
   np.testing.assert_allclose(predict(junk), predict(encoded), rtol=1e-5, atol=1e-5)
   # The same junk at a valid position does change both.
   junk_valid = encoded.at[0, 1].add(3.0)
@@ -157,8 +172,12 @@ def test_padded_encoder_positions_do_not_leak(padir_vars):
   longer = jnp.pad(ENC, ((0, 0), (0, 3)))
   encoded_longer = module.apply(padir_vars, longer, enable_dropout=False, method=module.encode)
   valid = np.asarray(ENC > 0)
-  np.testing.assert_allclose(np.asarray(encoded_longer[:, :IN_LEN])[valid],
-                             np.asarray(encoded)[valid], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(encoded_longer[:, :IN_LEN])[valid],
+      np.asarray(encoded)[valid],
+      rtol=1e-5,
+      atol=1e-5,
+  )
 
 
 def test_padir_decoder_is_bidirectional(padir_vars):
@@ -184,28 +203,45 @@ def test_autoregressive_cache_matches_teacher_forcing(ar_vars):
   full = jnp.ones_like(TGT)  # no target padding: every step is compared
   expected = _ar_apply(ar_vars, AR_IN, tgt=full)
 
-  _, init_vars = module.apply(params, encoder_input_tokens=jnp.ones_like(ENC),
-                              decoder_input_tokens=jnp.ones_like(AR_IN),
-                              decoder_target_tokens=jnp.ones_like(AR_IN), mutable=["cache"],
-                              decode=True, enable_dropout=False)
+  _, init_vars = module.apply(
+      params,
+      encoder_input_tokens=jnp.ones_like(ENC),
+      decoder_input_tokens=jnp.ones_like(AR_IN),
+      decoder_target_tokens=jnp.ones_like(AR_IN),
+      mutable=["cache"],
+      decode=True,
+      enable_dropout=False,
+  )
   cache = init_vars["cache"]
   assert int(cache["decoder"]["position_embedder"]["position_embedder_index"]) == 0
   assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (
-      BATCH, AR_TINY.num_heads, AR_TINY.head_dim, OUT_LEN)
+      BATCH,
+      AR_TINY.num_heads,
+      AR_TINY.head_dim,
+      OUT_LEN,
+  )
 
   encoded = module.apply(params, ENC, enable_dropout=False, method=module.encode)
 
   @jax.jit
   def step(cache, token):
-    logits, new_vars = module.apply({**params, "cache": cache}, encoded, ENC, token, token,
-                                    enable_dropout=False, decode=True,
-                                    max_decode_length=OUT_LEN, mutable=["cache"],
-                                    method=module.decode)
+    logits, new_vars = module.apply(
+        {**params, "cache": cache},
+        encoded,
+        ENC,
+        token,
+        token,
+        enable_dropout=False,
+        decode=True,
+        max_decode_length=OUT_LEN,
+        mutable=["cache"],
+        method=module.decode,
+    )
     return logits[:, 0], new_vars["cache"]
 
   stepped = []
   for t in range(OUT_LEN):
-    logits, cache = step(cache, AR_IN[:, t:t + 1])
+    logits, cache = step(cache, AR_IN[:, t : t + 1])
     stepped.append(logits)
   np.testing.assert_allclose(jnp.stack(stepped, axis=1), expected, rtol=1e-4, atol=1e-4)
   assert int(cache["decoder"]["position_embedder"]["position_embedder_index"]) == OUT_LEN
@@ -214,16 +250,19 @@ def test_autoregressive_cache_matches_teacher_forcing(ar_vars):
 def test_positional_attention_can_be_disabled():
   with_pa = network.Transformer(TINY)
   without_pa = network.Transformer(network.tiny_config(positional_attention=False))
-  shapes = lambda m: jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), ENC, TGT, TGT,
-                                                   enable_dropout=False))["params"]
+  shapes = lambda m: jax.eval_shape(
+      lambda: m.init(jax.random.PRNGKey(0), ENC, TGT, TGT, enable_dropout=False)
+  )["params"]
   names_with = {"/".join(k) for k in _flat(shapes(with_pa))}
   names_without = {"/".join(k) for k in _flat(shapes(without_pa))}
   assert any("positional_attention" in n for n in names_with)
   assert not any("positional_attention" in n for n in names_without)
   assert names_without < names_with
   per_layer = 4 * TINY.emb_dim * TINY.num_heads * TINY.head_dim + 2 * TINY.emb_dim  # q,k,v,o + LN
-  assert (_num_params(shapes(with_pa)) - _num_params(shapes(without_pa))
-          == TINY.num_decoder_layers * per_layer)
+  assert (
+      _num_params(shapes(with_pa)) - _num_params(shapes(without_pa))
+      == TINY.num_decoder_layers * per_layer
+  )
 
 
 def test_params_axes_and_activation_axes_use_known_names(monkeypatch, padir_vars, ar_vars):
@@ -238,10 +277,12 @@ def test_params_axes_and_activation_axes_use_known_names(monkeypatch, padir_vars
   assert axes[("token_embedder", "embedding_axes")].names == ("vocab", "embed")
 
   used = []
+
   def record(x, logical_axes, *args, **kwargs):
     used.append(tuple(logical_axes))
     assert len(logical_axes) == x.ndim, (logical_axes, x.shape)
     return x
+
   monkeypatch.setattr(network, "with_sharding_constraint", record)
   _padir_apply(padir_vars, ENC, DEC_IN, TGT)
   _ar_apply(ar_vars, AR_IN)
@@ -253,8 +294,13 @@ def test_params_axes_and_activation_axes_use_known_names(monkeypatch, padir_vars
 def test_dropout_uses_the_dropout_rng(padir_vars):
   module = network.Transformer(TINY)
   # The encoder alone (residual, FFN and attention-probability dropout) keeps this test cheap.
-  run = lambda seed: module.apply(padir_vars, ENC, enable_dropout=True, method=module.encode,
-                                  rngs={"dropout": jax.random.PRNGKey(seed)})
+  run = lambda seed: module.apply(
+      padir_vars,
+      ENC,
+      enable_dropout=True,
+      method=module.encode,
+      rngs={"dropout": jax.random.PRNGKey(seed)},
+  )
   a, b, a_again = run(1), run(2), run(1)
   deterministic = module.apply(padir_vars, ENC, enable_dropout=False, method=module.encode)
   assert not np.allclose(a, deterministic, atol=1e-4)
@@ -266,29 +312,39 @@ def test_errors_are_clear(padir_vars):
   module = network.Transformer(TINY)
   too_long = jnp.ones((1, TINY.max_input_length + 1), jnp.int32)
   with pytest.raises(ValueError, match="position table"):
-    jax.eval_shape(lambda: module.apply(padir_vars, too_long, enable_dropout=False,
-                                        method=module.encode))
+    jax.eval_shape(
+        lambda: module.apply(padir_vars, too_long, enable_dropout=False, method=module.encode)
+    )
   long_target = jnp.ones((1, TINY.max_target_length + 1), jnp.int32)
   with pytest.raises(ValueError, match="position table"):
-    jax.eval_shape(lambda: module.apply(padir_vars, ENC[:1], long_target, long_target,
-                                        enable_dropout=False))
+    jax.eval_shape(
+        lambda: module.apply(padir_vars, ENC[:1], long_target, long_target, enable_dropout=False)
+    )
   with pytest.raises(ValueError, match="decode=True"):
-    jax.eval_shape(lambda: module.apply(padir_vars, ENC, DEC_IN, TGT, decode=True,
-                                        enable_dropout=False, mutable=["cache"]))
+    jax.eval_shape(
+        lambda: module.apply(
+            padir_vars, ENC, DEC_IN, TGT, decode=True, enable_dropout=False, mutable=["cache"]
+        )
+    )
   segments = jnp.ones_like(TGT)
   with pytest.raises(NotImplementedError, match="packed"):
-    jax.eval_shape(lambda: module.apply(padir_vars, ENC, DEC_IN, TGT,
-                                        decoder_segment_ids=segments, enable_dropout=False))
+    jax.eval_shape(
+        lambda: module.apply(
+            padir_vars, ENC, DEC_IN, TGT, decoder_segment_ids=segments, enable_dropout=False
+        )
+    )
 
 
 def test_autoregressive_packing_keeps_segments_apart(ar_vars):
   """AR twin supports t5x packing: no attention across segment boundaries."""
   module = network.Transformer(AR_TINY)
   enc, dec_in, tgt = ENC[1:], AR_IN[1:], TGT[1:]
-  packing = dict(encoder_segment_ids=jnp.array([[1, 1, 1, 1, 2, 2, 2]]),
-                 decoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2]]),
-                 encoder_positions=jnp.array([[0, 1, 2, 3, 0, 1, 2]]),
-                 decoder_positions=jnp.array([[0, 1, 2, 0, 1, 2]]))
+  packing = dict(
+      encoder_segment_ids=jnp.array([[1, 1, 1, 1, 2, 2, 2]]),
+      decoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2]]),
+      encoder_positions=jnp.array([[0, 1, 2, 3, 0, 1, 2]]),
+      decoder_positions=jnp.array([[0, 1, 2, 0, 1, 2]]),
+  )
   run = lambda e, d: module.apply(ar_vars, e, d, tgt, enable_dropout=False, **packing)
   logits = run(enc, dec_in)
   changed = run(enc.at[0, 1].set(60), dec_in.at[0, 2].set(60))  # both inside segment 1

@@ -7,26 +7,26 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _bash_blocks(markdown: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", markdown, flags=re.S)
+  return re.findall(r"```bash\n(.*?)```", markdown, flags=re.S)
 
 
 def _section(markdown: str, heading: str) -> str:
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", markdown, flags=re.S | re.M)
-    assert match, f"README.md has no '## {heading}' section"
-    return match.group(1)
+  match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", markdown, flags=re.S | re.M)
+  assert match, f"README.md has no '## {heading}' section"
+  return match.group(1)
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    blocks = _bash_blocks(_section(readme, "Run the tests"))
-    assert len(blocks) == 1, "the 'Run the tests' section should hold exactly one command"
-    command = blocks[0].strip()
-    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
-    assert command in ci_lines, f".ci/run does not run the README test command: {command}"
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  blocks = _bash_blocks(_section(readme, "Run the tests"))
+  assert len(blocks) == 1, "the 'Run the tests' section should hold exactly one command"
+  command = blocks[0].strip()
+  ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+  assert command in ci_lines, f".ci/run does not run the README test command: {command}"
 
 
 def test_main_job_command_runs_the_quickstart_module():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    blocks = _bash_blocks(_section(readme, "Quickstart: train and evaluate on the embedded corpus"))
-    assert blocks and "python -m padir_t5x.quickstart" in blocks[0]
-    assert (REPO / "padir_t5x" / "quickstart.py").is_file()
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  blocks = _bash_blocks(_section(readme, "Quickstart: train and evaluate on the embedded corpus"))
+  assert blocks and "python -m padir_t5x.quickstart" in blocks[0]
+  assert (REPO / "padir_t5x" / "quickstart.py").is_file()

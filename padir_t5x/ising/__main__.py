@@ -12,18 +12,26 @@ from padir_t5x.ising import experiments
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m padir_t5x.ising", description=__doc__)
-  parser.add_argument("--output_dir", required=True,
-                      help="where experiment{1,2}.csv and experiment{1,2}.png are written")
+  parser.add_argument(
+      "--output_dir",
+      required=True,
+      help="where experiment{1,2}.csv and experiment{1,2}.png are written",
+  )
   parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of seconds")
-  parser.add_argument("--fit_method", choices=estimation.FIT_METHODS, default="newton",
-                      help="optimiser of the k-MPLE in experiment 1 (estimation.FitConfig.method)")
+  parser.add_argument(
+      "--fit_method",
+      choices=estimation.FIT_METHODS,
+      default="newton",
+      help="optimiser of the k-MPLE in experiment 1 (estimation.FitConfig.method)",
+  )
   args = parser.parse_args(argv)
   if args.quick:
     config1, config2 = experiments.quick_configs()
   else:
     config1, config2 = experiments.Experiment1Config(), experiments.Experiment2Config()
-  config1 = dataclasses.replace(config1, fit=dataclasses.replace(config1.fit,
-                                                                 method=args.fit_method))
+  config1 = dataclasses.replace(
+      config1, fit=dataclasses.replace(config1.fit, method=args.fit_method)
+  )
   print(experiments.run_all(args.output_dir, config1, config2))
 
 

@@ -39,10 +39,10 @@ def k_pseudo_log_likelihood(params: model.IsingParams, samples: jax.Array, k: in
   Returns:
     () the k-pseudo-log-likelihood per sample (higher is better).
   """
-  subsets = model.all_subsets(samples.shape[-1], k)                                    # (S, k)
+  subsets = model.all_subsets(samples.shape[-1], k)  # (S, k)
   per_sample = jax.vmap(model.conditional_log_prob, in_axes=(None, 0, None))
   per_subset = jax.vmap(per_sample, in_axes=(None, None, 0))
-  return jnp.mean(per_subset(params, samples, subsets))                               # (S, N)
+  return jnp.mean(per_subset(params, samples, subsets))  # (S, N)
 
 
 def empirical_histogram(samples: jax.Array) -> jax.Array:
@@ -52,8 +52,9 @@ def empirical_histogram(samples: jax.Array) -> jax.Array:
   return counts / samples.shape[0]
 
 
-def k_pseudo_log_likelihood_from_histogram(params: model.IsingParams, histogram: jax.Array,
-                                           k: int) -> jax.Array:
+def k_pseudo_log_likelihood_from_histogram(
+    params: model.IsingParams, histogram: jax.Array, k: int
+) -> jax.Array:
   """The same quantity as `k_pseudo_log_likelihood`, from the empirical distribution.
 
   log p(x_K | x_{-K}) = s(x) - log sum_c exp s(x with x_K := c), s = log-unnormalised score, and
@@ -68,13 +69,13 @@ def k_pseudo_log_likelihood_from_histogram(params: model.IsingParams, histogram:
     () the k-pseudo-log-likelihood per sample.
   """
   n = params.field.shape[-1]
-  scores = model.log_unnormalized_prob(params, model.all_configurations(n))           # (2^n,)
+  scores = model.log_unnormalized_prob(params, model.all_configurations(n))  # (2^n,)
 
-  def block_log_normalizers(subset):                                                  # (k,)
+  def block_log_normalizers(subset):  # (k,)
     base, offset = model.block_neighbour_indices(n, subset)
-    return jax.nn.logsumexp(scores[base[:, None] + offset[None, :]], axis=1)          # (2^n,)
+    return jax.nn.logsumexp(scores[base[:, None] + offset[None, :]], axis=1)  # (2^n,)
 
-  normalizers = jax.vmap(block_log_normalizers)(model.all_subsets(n, k))             # (S, 2^n)
+  normalizers = jax.vmap(block_log_normalizers)(model.all_subsets(n, k))  # (S, 2^n)
   return jnp.sum(histogram * (scores - jnp.mean(normalizers, axis=0)))
 
 
@@ -132,6 +133,7 @@ class FitConfig:
   pure function. `ridge` (added to the Hessian) and `max_step_norm` only guard the first
   iterations and flat directions against huge steps; neither changes the optimum.
   """
+
   method: str = "newton"
   num_iterations: int = 15
   ridge: float = 1e-6
@@ -158,9 +160,9 @@ def sufficient_statistics(x: jax.Array) -> jax.Array:
   return jnp.concatenate([x[..., rows] * x[..., cols], x], axis=-1)
 
 
-def k_mple_loss_gradient_and_hessian(vector: jax.Array, histogram: jax.Array, k: int,
-                                     subsets_per_chunk: int = 16
-                                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def k_mple_loss_gradient_and_hessian(
+    vector: jax.Array, histogram: jax.Array, k: int, subsets_per_chunk: int = 16
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Loss = -k-pseudo-log-likelihood, with its gradient and Hessian in closed form.
 
   Each conditional p(x_K | x_{-K}) is an exponential family over the 2^k block configurations
@@ -182,24 +184,26 @@ def k_mple_loss_gradient_and_hessian(vector: jax.Array, histogram: jax.Array, k:
     loss (), gradient (d,), Hessian (d, d).
   """
   n = int(np.log2(histogram.shape[-1]))
-  subsets = model.all_subsets(n, k)                                                   # (S, k)
-  features = sufficient_statistics(model.all_configurations(n))                       # (2^n, d)
-  scores = features @ vector                                                          # (2^n,)
+  subsets = model.all_subsets(n, k)  # (S, k)
+  features = sufficient_statistics(model.all_configurations(n))  # (2^n, d)
+  scores = features @ vector  # (2^n,)
 
   def per_subset(subset):
     base, offset = model.block_neighbour_indices(n, subset)
-    neighbours = base[:, None] + offset[None, :]                                      # (2^n, 2^k)
+    neighbours = base[:, None] + offset[None, :]  # (2^n, 2^k)
     block_scores = scores[neighbours]
-    log_normalizer = jax.nn.logsumexp(block_scores, axis=1)                           # (2^n,)
+    log_normalizer = jax.nn.logsumexp(block_scores, axis=1)  # (2^n,)
     block_probs = jnp.exp(block_scores - log_normalizer[:, None])
-    visits = jnp.zeros_like(scores).at[neighbours.ravel()].add(
-        (histogram[:, None] * block_probs).ravel())                                   # (2^n,)
-    mean_features = jnp.einsum("xc,xcd->xd", block_probs, features[neighbours])       # (2^n, d)
-    outer = jnp.einsum("x,xa,xb->ab", histogram, mean_features, mean_features)        # (d, d)
+    visits = (
+        jnp.zeros_like(scores)
+        .at[neighbours.ravel()]
+        .add((histogram[:, None] * block_probs).ravel())
+    )  # (2^n,)
+    mean_features = jnp.einsum("xc,xcd->xd", block_probs, features[neighbours])  # (2^n, d)
+    outer = jnp.einsum("x,xa,xb->ab", histogram, mean_features, mean_features)  # (d, d)
     return histogram @ log_normalizer, visits, outer
 
-  log_normalizers, visits, outers = jax.lax.map(per_subset, subsets,
-                                                batch_size=subsets_per_chunk)
+  log_normalizers, visits, outers = jax.lax.map(per_subset, subsets, batch_size=subsets_per_chunk)
   num_subsets = subsets.shape[0]
   expected_visits = jnp.sum(visits, axis=0) / num_subsets
   loss = jnp.sum(log_normalizers) / num_subsets - histogram @ scores
@@ -252,16 +256,19 @@ def _lbfgs(vector, histogram, k, config):
   def step(carry):
     vector, state = carry
     value, gradient = value_and_grad(vector, state=state)
-    updates, state = optimizer.update(gradient, state, vector, value=value, grad=gradient,
-                                      value_fn=loss)
+    updates, state = optimizer.update(
+        gradient, state, vector, value=value, grad=gradient, value_fn=loss
+    )
     return optax.apply_updates(vector, updates), state
 
   def not_converged(carry):
     _, state = carry
     count = optax.tree_utils.tree_get(state, "count")
     gradient = optax.tree_utils.tree_get(state, "grad")
-    return (count == 0) | ((count < config.max_iterations)
-                           & (optax.tree_utils.tree_norm(gradient) > config.gradient_tolerance))
+    return (count == 0) | (
+        (count < config.max_iterations)
+        & (optax.tree_utils.tree_norm(gradient) > config.gradient_tolerance)
+    )
 
   vector, _ = jax.lax.while_loop(not_converged, step, (vector, optimizer.init(vector)))
   return vector
@@ -277,6 +284,7 @@ def _adam(vector, histogram, k, config):
     updates, state = optimizer.update(gradient, state, vector)
     return (optax.apply_updates(vector, updates), state), None
 
-  (vector, _), _ = jax.lax.scan(step, (vector, optimizer.init(vector)), None,
-                                length=config.max_iterations)
+  (vector, _), _ = jax.lax.scan(
+      step, (vector, optimizer.init(vector)), None, length=config.max_iterations
+  )
   return vector

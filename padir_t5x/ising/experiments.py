@@ -38,7 +38,6 @@ from padir_t5x.ising import estimation
 from padir_t5x.ising import model
 from padir_t5x.ising import sampling
 
-
 # ----------------------------------------------------------------------------------------------
 # Experiment 1: parameter error of k-MPLE against k.
 # ----------------------------------------------------------------------------------------------
@@ -63,12 +62,20 @@ class Experiment1Config:
 
 def experiment1_models(config: Experiment1Config, seed: int) -> dict[str, model.IsingParams]:
   """The true models for one seed: {"generic": θ*, "peaky": θ*}."""
-  generic_key, peaky_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), seed))
+  generic_key, peaky_key = jax.random.split(
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), seed)
+  )
   return {
-      "generic": model.generic_model(generic_key, config.num_spins, config.generic_coupling_scale,
-                                     config.generic_field_scale),
-      "peaky": model.peaky_model(peaky_key, config.num_spins, config.peaky_coupling,
-                                 config.peaky_coupling_jitter, config.peaky_field_scale),
+      "generic": model.generic_model(
+          generic_key, config.num_spins, config.generic_coupling_scale, config.generic_field_scale
+      ),
+      "peaky": model.peaky_model(
+          peaky_key,
+          config.num_spins,
+          config.peaky_coupling,
+          config.peaky_coupling_jitter,
+          config.peaky_field_scale,
+      ),
   }
 
 
@@ -78,7 +85,7 @@ def run_experiment1(config: Experiment1Config) -> list[dict]:
   For a given (model, N, seed) every k sees the SAME samples, so differences between k are not
   sampling noise between data sets.
   """
-  datasets = []   # (model name, N, seed, truth, histogram)
+  datasets = []  # (model name, N, seed, truth, histogram)
   for seed in range(config.num_seeds):
     for name, truth in experiment1_models(config, seed).items():
       for num_samples in config.sample_sizes:
@@ -89,9 +96,16 @@ def run_experiment1(config: Experiment1Config) -> list[dict]:
   for k in config.block_sizes:
     for name, num_samples, seed, truth, histogram in datasets:
       estimate = estimation.fit_k_mple(histogram, k, config.fit)
-      rows.append({"model": name, "k": k, "num_samples": num_samples, "seed": seed,
-                   "squared_error": float(model.squared_parameter_error(estimate, truth)),
-                   "fit_method": config.fit.method})
+      rows.append(
+          {
+              "model": name,
+              "k": k,
+              "num_samples": num_samples,
+              "seed": seed,
+              "squared_error": float(model.squared_parameter_error(estimate, truth)),
+              "fit_method": config.fit.method,
+          }
+      )
   return rows
 
 
@@ -99,12 +113,15 @@ def mean_error_by(rows: list[dict]) -> dict[tuple[str, int, int], float]:
   """{(model, N, k): squared error averaged over seeds}."""
   grouped: dict[tuple[str, int, int], list[float]] = {}
   for row in rows:
-    grouped.setdefault((row["model"], row["num_samples"], row["k"]), []).append(row["squared_error"])
+    grouped.setdefault((row["model"], row["num_samples"], row["k"]), []).append(
+        row["squared_error"]
+    )
   return {key: float(np.mean(values)) for key, values in grouped.items()}
 
 
 def plot_experiment1(rows: list[dict], path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -114,7 +131,9 @@ def plot_experiment1(rows: list[dict], path: str) -> None:
   for axis, name in zip(np.atleast_1d(axes), model_names):
     for num_samples in sorted({key[1] for key in means if key[0] == name}):
       ks = sorted(key[2] for key in means if key[:2] == (name, num_samples))
-      axis.plot(ks, [means[(name, num_samples, k)] for k in ks], marker="o", label=f"N={num_samples}")
+      axis.plot(
+          ks, [means[(name, num_samples, k)] for k in ks], marker="o", label=f"N={num_samples}"
+      )
     axis.set_yscale("log")
     axis.set_xlabel("block size k of k-MPLE")
     axis.set_ylabel("||θ̂ - θ*||² (mean over seeds)")
@@ -144,8 +163,13 @@ class Experiment2Config:
 
 
 def experiment2_model(config: Experiment2Config) -> model.IsingParams:
-  return model.clique_model(config.clique_size, config.num_independent, config.clique_coupling,
-                            config.clique_field, (config.independent_field,) * config.num_independent)
+  return model.clique_model(
+      config.clique_size,
+      config.num_independent,
+      config.clique_coupling,
+      config.clique_field,
+      (config.independent_field,) * config.num_independent,
+  )
 
 
 def _clique_in_larger_mode(x: jax.Array, clique_size: int) -> jax.Array:
@@ -170,37 +194,54 @@ def run_experiment2(config: Experiment2Config) -> list[dict]:
   reached_fn = functools.partial(_clique_in_larger_mode, clique_size=config.clique_size)
   initial_states = _smaller_mode_start(config)
 
-  samplers = [(f"{k}-Gibbs", k,
-               functools.partial(_k_gibbs_chain_step, params=params, k=k),
-               lambda k=k: sampling.transition_matrix_k_gibbs(params, k))
-              for k in config.block_sizes]
-  samplers.append(("parallel", n, functools.partial(_parallel_chain_step, params=params),
-                   lambda: sampling.transition_matrix_parallel(params)))
+  samplers = [
+      (
+          f"{k}-Gibbs",
+          k,
+          functools.partial(_k_gibbs_chain_step, params=params, k=k),
+          lambda k=k: sampling.transition_matrix_k_gibbs(params, k),
+      )
+      for k in config.block_sizes
+  ]
+  samplers.append(
+      (
+          "parallel",
+          n,
+          functools.partial(_parallel_chain_step, params=params),
+          lambda: sampling.transition_matrix_parallel(params),
+      )
+  )
   rows = []
   for index, (name, k, step_fn, transition_fn) in enumerate(samplers):
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), index)
-    first_hit, final_states = sampling.run_until_reached(key, step_fn, initial_states, reached_fn,
-                                                         config.num_steps)
+    first_hit, final_states = sampling.run_until_reached(
+        key, step_fn, initial_states, reached_fn, config.num_steps
+    )
     first_hit = np.asarray(first_hit)
     reached = first_hit > 0
     # Chains that never arrive count as +inf: the median is then finite only if most arrived.
     steps = np.where(reached, first_hit, np.inf)
     stationary = sampling.stationary_distribution(transition_fn())
-    rows.append({
-        "sampler": name,
-        "k": k,
-        "num_chains": config.num_chains,
-        "step_budget": config.num_steps,
-        "fraction_reached": float(reached.mean()),
-        "median_steps": float(np.median(steps)),
-        "mean_steps_if_reached": float(first_hit[reached].mean()) if reached.any() else math.inf,
-        "fraction_in_larger_mode_at_end": float(
-            np.mean(np.asarray(_clique_in_larger_mode(final_states, config.clique_size)))),
-        "stationary_prob_larger_mode": float(stationary[in_larger_mode].sum()),
-        "true_prob_larger_mode": float(true_probs[in_larger_mode].sum()),
-        "stationary_tv_to_true": float(0.5 * np.abs(stationary - true_probs).sum()),
-        "_first_hit": first_hit,   # for the plot; not written to CSV
-    })
+    rows.append(
+        {
+            "sampler": name,
+            "k": k,
+            "num_chains": config.num_chains,
+            "step_budget": config.num_steps,
+            "fraction_reached": float(reached.mean()),
+            "median_steps": float(np.median(steps)),
+            "mean_steps_if_reached": float(first_hit[reached].mean())
+            if reached.any()
+            else math.inf,
+            "fraction_in_larger_mode_at_end": float(
+                np.mean(np.asarray(_clique_in_larger_mode(final_states, config.clique_size)))
+            ),
+            "stationary_prob_larger_mode": float(stationary[in_larger_mode].sum()),
+            "true_prob_larger_mode": float(true_probs[in_larger_mode].sum()),
+            "stationary_tv_to_true": float(0.5 * np.abs(stationary - true_probs).sum()),
+            "_first_hit": first_hit,  # for the plot; not written to CSV
+        }
+    )
   return rows
 
 
@@ -214,6 +255,7 @@ def _parallel_chain_step(key, x, params):
 
 def plot_experiment2(rows: list[dict], path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -223,8 +265,12 @@ def plot_experiment2(rows: list[dict], path: str) -> None:
     budget = row["step_budget"]
     steps = np.arange(1, budget + 1)
     arrived = np.mean((first_hit[None, :] > 0) & (first_hit[None, :] <= steps[:, None]), axis=1)
-    curves.plot(steps, arrived, label=row["sampler"],
-                linestyle="--" if row["sampler"] == "parallel" else "-")
+    curves.plot(
+        steps,
+        arrived,
+        label=row["sampler"],
+        linestyle="--" if row["sampler"] == "parallel" else "-",
+    )
   curves.set_xscale("log")
   curves.set_xlabel("step")
   curves.set_ylabel("fraction of chains that reached the larger mode")
@@ -256,9 +302,12 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 def quick_configs() -> tuple[Experiment1Config, Experiment2Config]:
   """Tiny sizes for a smoke run (--quick) and the tests."""
-  return (Experiment1Config(num_spins=4, block_sizes=(1, 4), sample_sizes=(300,), num_seeds=1),
-          Experiment2Config(clique_size=3, num_independent=1, block_sizes=(1, 3), num_chains=32,
-                            num_steps=100))
+  return (
+      Experiment1Config(num_spins=4, block_sizes=(1, 4), sample_sizes=(300,), num_seeds=1),
+      Experiment2Config(
+          clique_size=3, num_independent=1, block_sizes=(1, 3), num_chains=32, num_steps=100
+      ),
+  )
 
 
 def summarize(rows1: list[dict], rows2: list[dict]) -> str:
@@ -271,11 +320,13 @@ def summarize(rows1: list[dict], rows2: list[dict]) -> str:
       lines.append(f"  {name:7s} N={num_samples:<6d} {errors}")
   lines.append("Experiment 2: from the smaller mode to the larger mode (clique all +1)")
   for row in rows2:
-    lines.append(f"  {row['sampler']:9s} median steps {row['median_steps']:>7.1f}  "
-                 f"reached {row['fraction_reached']:.3f} in {row['step_budget']} steps  "
-                 f"end in larger mode {row['fraction_in_larger_mode_at_end']:.3f}  "
-                 f"stationary P(larger) {row['stationary_prob_larger_mode']:.4f} "
-                 f"(true {row['true_prob_larger_mode']:.4f}), TV {row['stationary_tv_to_true']:.2e}")
+    lines.append(
+        f"  {row['sampler']:9s} median steps {row['median_steps']:>7.1f}  "
+        f"reached {row['fraction_reached']:.3f} in {row['step_budget']} steps  "
+        f"end in larger mode {row['fraction_in_larger_mode_at_end']:.3f}  "
+        f"stationary P(larger) {row['stationary_prob_larger_mode']:.4f} "
+        f"(true {row['true_prob_larger_mode']:.4f}), TV {row['stationary_tv_to_true']:.2e}"
+    )
   return "\n".join(lines)
 
 
@@ -291,5 +342,7 @@ def run_all(output_dir: str, config1: Experiment1Config, config2: Experiment2Con
   write_csv(rows2, os.path.join(output_dir, "experiment2.csv"))
   plot_experiment2(rows2, os.path.join(output_dir, "experiment2.png"))
   end = time.time()
-  return (summarize(rows1, rows2)
-          + f"\n(experiment 1: {middle - start:.1f} s, experiment 2: {end - middle:.1f} s)")
+  return (
+      summarize(rows1, rows2)
+      + f"\n(experiment 1: {middle - start:.1f} s, experiment 2: {end - middle:.1f} s)"
+  )

@@ -34,6 +34,7 @@ class IsingParams(NamedTuple):
     multiplies x_i^2 = 1, a constant, and x^T J x sees only (J + J^T) / 2.
   field: (n,) h.
   """
+
   coupling: jax.Array
   field: jax.Array
 
@@ -73,8 +74,9 @@ def generic_model(key: jax.Array, n: int, coupling_scale: float, field_scale: fl
   return IsingParams(upper + upper.T, field)
 
 
-def peaky_model(key: jax.Array, n: int, coupling: float, coupling_jitter: float,
-                field_scale: float) -> IsingParams:
+def peaky_model(
+    key: jax.Array, n: int, coupling: float, coupling_jitter: float, field_scale: float
+) -> IsingParams:
   """Strongly ferromagnetic dense model: mass concentrates on all +1 and all -1.
 
   J_ij = coupling + N(0, coupling_jitter^2) for i<j (the jitter keeps the couplings distinct, so
@@ -87,9 +89,13 @@ def peaky_model(key: jax.Array, n: int, coupling: float, coupling_jitter: float,
   return IsingParams(upper + upper.T, field)
 
 
-def clique_model(clique_size: int, num_independent: int, clique_coupling: float,
-                 clique_field: float, independent_fields: tuple[float, ...] | None = None
-                 ) -> IsingParams:
+def clique_model(
+    clique_size: int,
+    num_independent: int,
+    clique_coupling: float,
+    clique_field: float,
+    independent_fields: tuple[float, ...] | None = None,
+) -> IsingParams:
   """The paper's Equation 6: a ferromagnetic clique plus independent vertices.
 
   Spins 0..clique_size-1 form the clique, with J_ij = clique_coupling between every pair and field
@@ -106,8 +112,12 @@ def clique_model(clique_size: int, num_independent: int, clique_coupling: float,
   in_clique = jnp.arange(n) < clique_size
   clique_pairs = in_clique[:, None] & in_clique[None, :] & ~jnp.eye(n, dtype=bool)
   coupling = jnp.where(clique_pairs, clique_coupling, 0.0).astype(jnp.float32)
-  field = jnp.concatenate([jnp.full((clique_size,), clique_field, jnp.float32),
-                           jnp.asarray(independent_fields, jnp.float32)])
+  field = jnp.concatenate(
+      [
+          jnp.full((clique_size,), clique_field, jnp.float32),
+          jnp.asarray(independent_fields, jnp.float32),
+      ]
+  )
   return IsingParams(coupling, field)
 
 
@@ -169,7 +179,9 @@ def total_variation(p: jax.Array, q: jax.Array) -> jax.Array:
 
 def all_subsets(n: int, k: int) -> jax.Array:
   """Every size-k subset of {0..n-1} in lexicographic order, shape (C(n, k), k) int32."""
-  subsets = np.array(list(itertools.combinations(range(n), k)), np.int32).reshape(math.comb(n, k), k)
+  subsets = np.array(list(itertools.combinations(range(n), k)), np.int32).reshape(
+      math.comb(n, k), k
+  )
   return jnp.asarray(subsets)
 
 
@@ -191,12 +203,15 @@ def block_conditional_log_probs(params: IsingParams, x: jax.Array, subset: jax.A
   """
   params = canonical(params)
   k = subset.shape[0]
-  block_coupling = params.coupling[subset][:, subset]                        # (k, k)
-  outside_field = (params.field[subset] + params.coupling[subset] @ x
-                   - block_coupling @ x[subset])                             # (k,)
-  block_configs = all_configurations(k)                                      # (2^k, k)
-  scores = (0.5 * jnp.einsum("ci,ij,cj->c", block_configs, block_coupling, block_configs)
-            + block_configs @ outside_field)
+  block_coupling = params.coupling[subset][:, subset]  # (k, k)
+  outside_field = (
+      params.field[subset] + params.coupling[subset] @ x - block_coupling @ x[subset]
+  )  # (k,)
+  block_configs = all_configurations(k)  # (2^k, k)
+  scores = (
+      0.5 * jnp.einsum("ci,ij,cj->c", block_configs, block_coupling, block_configs)
+      + block_configs @ outside_field
+  )
   return scores - jax.nn.logsumexp(scores)
 
 

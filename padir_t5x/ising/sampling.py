@@ -17,7 +17,7 @@ Single-chain step functions take x of shape (n,); run many chains with `jax.vmap
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ def k_gibbs_step(key: jax.Array, params: model.IsingParams, x: jax.Array, k: int
   """One k-Gibbs step on one chain: x (n,) -> x (n,). k static."""
   subset_key, block_key = jax.random.split(key)
   subset = jax.random.permutation(subset_key, x.shape[-1])[:k]
-  block_log_probs = model.block_conditional_log_probs(params, x, subset)             # (2^k,)
+  block_log_probs = model.block_conditional_log_probs(params, x, subset)  # (2^k,)
   block_config = jax.random.categorical(block_key, block_log_probs)
   return x.at[subset].set(model.all_configurations(k)[block_config])
 
@@ -50,9 +50,13 @@ def parallel_step(key: jax.Array, params: model.IsingParams, x: jax.Array) -> ja
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "reached_fn", "num_steps"))
-def run_until_reached(key: jax.Array, step_fn: StepFn, initial_states: jax.Array,
-                      reached_fn: Callable[[jax.Array], jax.Array],
-                      num_steps: int) -> tuple[jax.Array, jax.Array]:
+def run_until_reached(
+    key: jax.Array,
+    step_fn: StepFn,
+    initial_states: jax.Array,
+    reached_fn: Callable[[jax.Array], jax.Array],
+    num_steps: int,
+) -> tuple[jax.Array, jax.Array]:
   """Runs chains in parallel for num_steps and records when each first satisfies reached_fn.
 
   Chains keep running after they arrive so that the final states show where they stay.
@@ -93,13 +97,13 @@ def transition_matrix_k_gibbs(params: model.IsingParams, k: int) -> jax.Array:
   """T[x, y] of k-Gibbs: mean over all C(n, k) subsets K of the exact block-K resampling kernel."""
   n = model.num_spins(params)
   configurations = model.all_configurations(n)
-  scores = model.log_unnormalized_prob(params, configurations)                       # (2^n,)
+  scores = model.log_unnormalized_prob(params, configurations)  # (2^n,)
   subsets = model.all_subsets(n, k)
   rows = jnp.arange(2**n)[:, None]
 
   def add_block_kernel(matrix, subset):
     base, offset = model.block_neighbour_indices(n, subset)
-    neighbours = base[:, None] + offset[None, :]                                      # (2^n, 2^k)
+    neighbours = base[:, None] + offset[None, :]  # (2^n, 2^k)
     block_probs = jax.nn.softmax(scores[neighbours], axis=1)
     return matrix.at[rows, neighbours].add(block_probs), None
 
@@ -110,10 +114,10 @@ def transition_matrix_k_gibbs(params: model.IsingParams, k: int) -> jax.Array:
 @jax.jit
 def transition_matrix_parallel(params: model.IsingParams) -> jax.Array:
   """T[x, y] = prod_i p(y_i | x_{-i}) of the independent parallel sampler."""
-  configurations = model.all_configurations(model.num_spins(params))                 # (2^n, n)
-  logits = single_site_plus_logits(params, configurations)                           # (2^n, n)
+  configurations = model.all_configurations(model.num_spins(params))  # (2^n, n)
+  logits = single_site_plus_logits(params, configurations)  # (2^n, n)
   log_plus, log_minus = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
-  next_is_plus = (configurations > 0).astype(jnp.float32)                            # (2^n, n)
+  next_is_plus = (configurations > 0).astype(jnp.float32)  # (2^n, n)
   log_matrix = log_plus @ next_is_plus.T + log_minus @ (1.0 - next_is_plus).T
   return jnp.exp(log_matrix)
 
@@ -125,10 +129,10 @@ def stationary_distribution(transition: jax.Array) -> np.ndarray:
   (the point of these experiments) would need astronomically many iterations.
   """
   matrix = np.asarray(transition, np.float64)
-  matrix = matrix / matrix.sum(axis=1, keepdims=True)   # undo float32 rounding of row sums
+  matrix = matrix / matrix.sum(axis=1, keepdims=True)  # undo float32 rounding of row sums
   size = matrix.shape[0]
   system = matrix.T - np.eye(size)
-  system[-1, :] = 1.0                                   # replace one redundant equation by sum = 1
+  system[-1, :] = 1.0  # replace one redundant equation by sum = 1
   rhs = np.zeros(size)
   rhs[-1] = 1.0
   solution = np.linalg.solve(system, rhs)
