@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from padir_t5x import layers
 from padir_t5x import network
 
 SUBLAYERS = ("self_attention", "encoder_decoder_attention")
@@ -35,7 +36,7 @@ def _capture_filter(module, method_name: str) -> bool:
   # recompute the weights.
   return (
       method_name == "__call__"
-      and isinstance(module, network.DenseGeneral)
+      and isinstance(module, layers.DenseGeneral)
       and module.name in ("query", "key")
       and len(module.path) >= 2
       and module.path[-2] in SUBLAYERS
@@ -48,7 +49,7 @@ def _softmax_weights(
   """q [n, tq, h, d], k [n, tk, h, d], mask bool [n, 1, tq, tk] -> float32 [n, h, tq, tk]."""
   logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
   logits = logits / np.sqrt(head_dim).astype(np.float32)
-  logits = jnp.where(mask, logits, network._MASK_BIAS)  # pylint: disable=protected-access
+  logits = jnp.where(mask, logits, layers.MASK_BIAS)
   return jax.nn.softmax(logits, axis=-1)
 
 
@@ -189,7 +190,7 @@ def stutter_attention_tables(
   mean_over = lambda x, m: float(x[m].mean()) if m.any() else float("nan")
   self_stats = adjacent_self_attention(self_weights)
   cross_stats = adjacent_cross_attention_distances(cross_weights)
-  layers = []
+  layer_rows = []
   for layer in range(np.asarray(self_weights).shape[0]):
     entry = {"layer": layer}
     for name, mask in (("stutter", stutter), ("non_stutter", non_stutter)):
@@ -198,11 +199,11 @@ def stutter_attention_tables(
       entry[f"self_to_next_{name}"] = mean_over(self_stats["to_next"][layer], mask)
       entry[f"tv_{name}"] = mean_over(cross_stats["tv"][layer], mask)
       entry[f"cosine_{name}"] = mean_over(cross_stats["cosine"][layer], mask)
-    layers.append(entry)
+    layer_rows.append(entry)
   return {
       "num_stutter_pairs": int(stutter.sum()),
       "num_non_stutter_pairs": int(non_stutter.sum()),
-      "layers": layers,
+      "layers": layer_rows,
   }
 
 

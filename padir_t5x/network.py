@@ -29,21 +29,28 @@ Every parameter is created with `flax.linen.partitioning.param_with_axes` (so t5
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
 
 from flax import linen as nn
-from flax.linen import partitioning as nn_partitioning
-import jax
 import jax.numpy as jnp
-import numpy as np
+
+from padir_t5x.layers import DenseGeneral
+from padir_t5x.layers import LayerNorm
+from padir_t5x.layers import MultiHeadAttention
+from padir_t5x.layers import PositionEmbedder
+from padir_t5x.layers import TokenEmbed
+from padir_t5x.modes import DecoderMode
 
 Array = jnp.ndarray
-Initializer = Callable[..., Array]
 
-param_with_axes = nn_partitioning.param_with_axes
 # Module-level alias (not `nn_partitioning.with_sharding_constraint` at each call) so that a test
-# can substitute a recorder and check every activation axis name.
-with_sharding_constraint = nn_partitioning.with_sharding_constraint
+# can substitute a recorder and check every activation axis name (padir_t5x.layers has its own).
+with_sharding_constraint = nn.partitioning.with_sharding_constraint
+# Boolean [batch, 1, len_q, len_kv] masks (flax's default is float32: 4x the memory).
+make_attention_mask = functools.partial(
+    nn.make_attention_mask, pairwise_fn=jnp.logical_and, dtype=jnp.bool_
+)
+combine_masks = functools.partial(nn.combine_masks, dtype=jnp.bool_)
 
 # Every logical axis name a parameter or an activation of this network uses. 'length_classes' is
 # the length classifier's output axis (max_target_length classes); the rest are t5x's names.
@@ -59,10 +66,6 @@ LOGICAL_AXIS_NAMES = (
     "abspos_buckets",
     "length_classes",
 )
-
-DECODER_MODES = ("padir", "autoregressive")
-# Large negative attention bias for masked keys; attention logits are always float32.
-_MASK_BIAS = -1e10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +105,14 @@ class TransformerConfig:
   logits_via_embedding: bool = True
   max_input_length: int = 256
   max_target_length: int = 256
-  decoder_mode: str = "padir"
+  decoder_mode: DecoderMode = DecoderMode.PADIR
   positional_attention: bool = True
   length_hidden_dim: int | None = None
   layer_norm_epsilon: float = 1e-6
 
   def __post_init__(self):
-    if self.decoder_mode not in DECODER_MODES:
-      raise ValueError(f"decoder_mode must be one of {DECODER_MODES}, got {self.decoder_mode!r}")
+    # Frozen: store the member, so a config built from the name equals one built from it.
+    object.__setattr__(self, "decoder_mode", DecoderMode.coerce(self.decoder_mode, "decoder_mode"))
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
     if not hasattr(nn, self.mlp_activation):
@@ -121,7 +124,7 @@ class TransformerConfig:
 
   @property
   def is_padir(self) -> bool:
-    return self.decoder_mode == "padir"
+    return self.decoder_mode is DecoderMode.PADIR
 
 
 # Transformer-base sized (Vaswani et al.): about 67M parameters with the tied embedding counted
@@ -147,280 +150,6 @@ def base_config(**overrides) -> TransformerConfig:
 
 def tiny_config(**overrides) -> TransformerConfig:
   return dataclasses.replace(TINY_CONFIG, **overrides)
-
-
-# ------------------------------------------------------------------------------------------------
-# Masks.
-# ------------------------------------------------------------------------------------------------
-def make_attention_mask(
-    query_input: Array, key_input: Array, pairwise_fn: Callable = jnp.logical_and
-) -> Array:
-  """[batch, len_q], [batch, len_kv] -> bool [batch, 1, len_q, len_kv] (1: broadcast heads)."""
-  mask = pairwise_fn(query_input[..., :, None], key_input[..., None, :])
-  return mask[..., None, :, :].astype(bool)
-
-
-def make_causal_mask(tokens: Array) -> Array:
-  """[batch, len] -> bool [batch, 1, len, len], query i may attend to keys j <= i."""
-  idxs = jnp.broadcast_to(jnp.arange(tokens.shape[-1], dtype=jnp.int32), tokens.shape)
-  return make_attention_mask(idxs, idxs, jnp.greater_equal)
-
-
-def combine_masks(*masks: Array | None) -> Array | None:
-  """Logical AND of the masks that are not None (None if all are)."""
-  masks = [m for m in masks if m is not None]
-  if not masks:
-    return None
-  mask = masks[0]
-  for other in masks[1:]:
-    mask = jnp.logical_and(mask, other)
-  return mask
-
-
-# ------------------------------------------------------------------------------------------------
-# Building blocks.
-# ------------------------------------------------------------------------------------------------
-class DenseGeneral(nn.Module):
-  """Linear map of the last axis (or last two, `in_axes=2`) to `features`, float32 kernel.
-
-  The kernel is stored 2-D ([prod(in), prod(out)]) with `kernel_axes`, as t5x does, so that
-  'joined_kv' names the fused heads * head_dim axis.
-  """
-
-  features: tuple[int, ...]
-  kernel_axes: tuple[str, str]
-  in_axes: int = 1
-  use_bias: bool = False
-  bias_axis: str | None = None
-  dtype: jnp.dtype = jnp.float32
-  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-
-  @nn.compact
-  def __call__(self, inputs: Array) -> Array:
-    """[..., *in] -> [..., *features]."""
-    in_shape = inputs.shape[-self.in_axes :]
-    kernel = param_with_axes(
-        "kernel",
-        self.kernel_init,
-        (int(np.prod(in_shape)), int(np.prod(self.features))),
-        jnp.float32,
-        axes=self.kernel_axes,
-    )
-    x = jnp.asarray(inputs, self.dtype).reshape(inputs.shape[: -self.in_axes] + (-1,))
-    y = jnp.dot(x, jnp.asarray(kernel, self.dtype))
-    if self.use_bias:
-      bias = param_with_axes(
-          "bias",
-          nn.initializers.zeros,
-          (int(np.prod(self.features)),),
-          jnp.float32,
-          axes=(self.bias_axis,),
-      )
-      y = y + jnp.asarray(bias, self.dtype)
-    return y.reshape(inputs.shape[: -self.in_axes] + tuple(self.features))
-
-
-class LayerNorm(nn.Module):
-  """Standard LayerNorm (mean and variance, scale and bias) over the last axis, in float32."""
-
-  epsilon: float = 1e-6
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """[..., embed] -> [..., embed] in `dtype`."""
-    features = x.shape[-1]
-    x = jnp.asarray(x, jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-    scale = param_with_axes(
-        "scale", nn.initializers.ones, (features,), jnp.float32, axes=("embed",)
-    )
-    bias = param_with_axes("bias", nn.initializers.zeros, (features,), jnp.float32, axes=("embed",))
-    return jnp.asarray(y * scale + bias, self.dtype)
-
-
-class TokenEmbed(nn.Module):
-  """The shared token embedding: lookup, and `attend` for tied output logits."""
-
-  num_embeddings: int
-  features: int
-  dtype: jnp.dtype = jnp.float32
-
-  def setup(self):
-    # stddev 1 (as T5): tied logits are divided by sqrt(emb_dim) in `attend`.
-    self.embedding = param_with_axes(
-        "embedding",
-        nn.initializers.normal(stddev=1.0),
-        (self.num_embeddings, self.features),
-        jnp.float32,
-        axes=("vocab", "embed"),
-    )
-
-  def __call__(self, tokens: Array) -> Array:
-    """[batch, length] token ids (any dtype, cast to int32) -> [batch, length, embed]."""
-    # t5x's get_initial_variables feeds float ones unless input types are given (as T5 does).
-    tokens = tokens.astype(jnp.int32)
-    out = jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
-    return with_sharding_constraint(out, ("batch", "length", "embed"))
-
-  def attend(self, query: Array) -> Array:
-    """[batch, length, embed] -> float32 [batch, length, vocab] (scaled by 1/sqrt(embed))."""
-    query = jnp.asarray(query, jnp.float32)
-    logits = jnp.dot(query, jnp.asarray(self.embedding, jnp.float32).T)
-    return logits / np.sqrt(self.features).astype(np.float32)
-
-
-class PositionEmbedder(nn.Module):
-  """Learned absolute position embeddings, with the decode-time position index in 'cache'.
-
-  In decode mode the first call (cache initialisation, full length) creates the scalar cache
-  variable 'position_embedder_index' = 0; each later call (one token) embeds that index and
-  increments it. The name matches what t5x's decoding.cache_map leaves out of beam expansion.
-  """
-
-  num_positions: int
-  features: int
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(
-      self, tokens: Array, positions: Array | None = None, *, decode: bool = False
-  ) -> Array:
-    """tokens [batch, length] (for the shape) -> [batch, length, embed]."""
-    table = param_with_axes(
-        "embedding",
-        nn.initializers.normal(stddev=1.0),
-        (self.num_positions, self.features),
-        jnp.float32,
-        axes=("abspos_buckets", "embed"),
-    )
-    batch, length = tokens.shape
-    cache_ready = decode and self.has_variable("cache", "position_embedder_index")
-    if decode:
-      index = self.variable(
-          "cache", "position_embedder_index", lambda: jnp.array(0, dtype=jnp.int32)
-      )
-    if cache_ready:
-      positions = jnp.broadcast_to(
-          index.value + jnp.arange(length, dtype=jnp.int32), (batch, length)
-      )
-      index.value = index.value + length
-    elif positions is None:
-      if length > self.num_positions:
-        raise ValueError(
-            f"sequence length {length} exceeds the position table size "
-            f"{self.num_positions} (max_input_length / max_target_length)"
-        )
-      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    out = jnp.take(jnp.asarray(table, self.dtype), positions, axis=0)
-    return with_sharding_constraint(out, ("batch", "length", "embed"))
-
-
-class MultiHeadAttention(nn.Module):
-  """Multi-head dot-product attention with separate query, key and value inputs.
-
-  Separate key and value inputs let positional attention take keys from position embeddings and
-  values from hidden states. With `decode=True` it keeps t5x's key/value cache
-  (cached_key / cached_value as [batch, heads, kv, length], cache_index): the first call
-  initialises it, each later call appends one position and attends causally to the cache.
-  """
-
-  num_heads: int
-  head_dim: int
-  dropout_rate: float = 0.0
-  dtype: jnp.dtype = jnp.float32
-  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
-
-  def _project(self, x: Array, name: str) -> Array:
-    """[batch, length, embed] -> [batch, length, heads, kv]."""
-    y = DenseGeneral(
-        features=(self.num_heads, self.head_dim),
-        kernel_axes=("embed", "joined_kv"),
-        dtype=self.dtype,
-        kernel_init=self.kernel_init,
-        name=name,
-    )(x)
-    return with_sharding_constraint(y, ("batch", "length", "heads", "kv"))
-
-  def _update_cache(self, key: Array, value: Array, mask: Array | None):
-    """Appends this step's key/value to the cache; returns full key, value, causal mask."""
-    cache_ready = self.has_variable("cache", "cached_key")
-    # [batch, length, heads, kv] is cached as [batch, heads, kv, length], as t5x does, so one
-    # step is written by a one-hot broadcast instead of a scatter.
-    swap = lambda s: s[:-3] + (s[-2], s[-1], s[-3])
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, swap(key.shape), key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, swap(value.shape), value.dtype)
-    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
-    if not cache_ready:
-      return key, value, mask
-    batch, num_heads, head_dim, length = cached_key.value.shape
-    if key.shape != (batch, 1, num_heads, head_dim):
-      raise ValueError(
-          f"autoregressive cache expects one position per step: key shape "
-          f"{(batch, 1, num_heads, head_dim)}, got {key.shape}"
-      )
-    cur_index = cache_index.value
-    one_hot = jax.nn.one_hot(cur_index, length, dtype=key.dtype)
-    key = cached_key.value + jnp.moveaxis(key, -3, -1) * one_hot
-    value = cached_value.value + jnp.moveaxis(value, -3, -1) * one_hot
-    cached_key.value, cached_value.value = key, value
-    cache_index.value = cur_index + 1
-    # The single query may only see positions already written.
-    step_mask = jnp.broadcast_to(jnp.arange(length) <= cur_index, (batch, 1, 1, length))
-    return jnp.moveaxis(key, -1, -3), jnp.moveaxis(value, -1, -3), combine_masks(mask, step_mask)
-
-  @nn.compact
-  def __call__(
-      self,
-      inputs_q: Array,
-      inputs_k: Array,
-      inputs_v: Array,
-      mask: Array | None = None,
-      *,
-      decode: bool = False,
-      deterministic: bool = True,
-  ) -> Array:
-    """Attends queries to keys/values.
-
-    Args:
-      inputs_q: [batch, q_length, q_features].
-      inputs_k: [batch, kv_length, k_features].
-      inputs_v: [batch, kv_length, v_features].
-      mask: bool [batch, 1, q_length, kv_length] (True: may attend) or None.
-      decode: use/initialise the autoregressive cache (self-attention only).
-      deterministic: disable attention-probability dropout.
-
-    Returns:
-      [batch, q_length, q_features].
-    """
-    query = self._project(inputs_q, "query")
-    key = self._project(inputs_k, "key")
-    value = self._project(inputs_v, "value")
-    if decode:
-      key, value, mask = self._update_cache(key, value, mask)
-
-    # Logits and softmax in float32 whatever the activation dtype (bfloat16 overflows).
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
-    logits = logits / np.sqrt(self.head_dim).astype(np.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, _MASK_BIAS)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if not deterministic and self.dropout_rate > 0.0:
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape)
-      probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
-    x = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
-    x = with_sharding_constraint(x, ("batch", "length", "heads", "kv"))
-    out = DenseGeneral(
-        features=(inputs_q.shape[-1],),
-        in_axes=2,
-        kernel_axes=("joined_kv", "embed"),
-        dtype=self.dtype,
-        kernel_init=self.kernel_init,
-        name="out",
-    )(x)
-    return with_sharding_constraint(out, ("batch", "length", "embed"))
 
 
 class MlpBlock(nn.Module):
@@ -705,7 +434,10 @@ class Transformer(nn.Module):
     mask = make_attention_mask(valid, valid)
     if encoder_segment_ids is not None:
       mask = combine_masks(
-          mask, make_attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal)
+          mask,
+          nn.make_attention_mask(
+              encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=jnp.bool_
+          ),
       )
     return self.encoder(
         encoder_input_tokens, mask, encoder_positions, deterministic=not enable_dropout
@@ -818,16 +550,23 @@ class Transformer(nn.Module):
       )
     valid_target = decoder_target_tokens > 0
     self_mask = combine_masks(
-        make_causal_mask(decoder_target_tokens), make_attention_mask(valid_target, valid_target)
+        nn.make_causal_mask(decoder_target_tokens, dtype=jnp.bool_),
+        make_attention_mask(valid_target, valid_target),
     )
     cross_mask = make_attention_mask(valid_target, encoder_input_tokens > 0)
     if decoder_segment_ids is not None:
       self_mask = combine_masks(
-          self_mask, make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal)
+          self_mask,
+          nn.make_attention_mask(
+              decoder_segment_ids, decoder_segment_ids, jnp.equal, dtype=jnp.bool_
+          ),
       )
     if encoder_segment_ids is not None:
       cross_mask = combine_masks(
-          cross_mask, make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal)
+          cross_mask,
+          nn.make_attention_mask(
+              decoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=jnp.bool_
+          ),
       )
     return self_mask, cross_mask
 
@@ -875,3 +614,35 @@ class Transformer(nn.Module):
       return logits
     length_logits = self.predict_length(encoded, encoder_input_tokens)
     return (logits, length_logits) if return_length_logits else logits
+
+
+def encode_and_predict_length(
+    module: nn.Module,
+    params,
+    encoder_input_tokens: Array,
+    *,
+    enable_dropout: bool = False,
+    dropout_rng: Array | None = None,
+) -> tuple[Array, Array]:
+  """Encodes once and predicts the length: how training, decoding and scoring all start.
+
+  Works with any module that has Transformer's `encode(tokens, enable_dropout=...)` and
+  `predict_length(encoded, tokens)` methods (tests use small fakes).
+
+  Args:
+    module: the network.
+    params: its 'params' collection.
+    encoder_input_tokens: int [batch, input_length].
+    enable_dropout: encoder dropout (the length classifier has none).
+    dropout_rng: the encoder's 'dropout' key, needed with enable_dropout.
+
+  Returns:
+    (encoded [batch, input_length, embed], length_logits float32 [batch, max_target_length]).
+  """
+  variables = {"params": params}
+  rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+  encoded = module.apply(
+      variables, encoder_input_tokens, enable_dropout=enable_dropout, method="encode", rngs=rngs
+  )
+  length_logits = module.apply(variables, encoded, encoder_input_tokens, method="predict_length")
+  return encoded, length_logits

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from padir_t5x import analysis
+from padir_t5x import layers
 from padir_t5x import network
 
 
@@ -95,7 +96,7 @@ def test_decoder_attention_reproduces_the_network():
       enable_dropout=False,
       method=network.Transformer.decode,
       capture_intermediates=lambda m, name: name == "__call__"
-      and (isinstance(m, network.MultiHeadAttention) or getattr(m, "name", None) == "value"),
+      and (isinstance(m, layers.MultiHeadAttention) or getattr(m, "name", None) == "value"),
   )
   for layer in range(2):
     for sub, weights in (

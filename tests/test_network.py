@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from padir_t5x import layers
 from padir_t5x import network
 
 TINY = network.tiny_config(dropout_rate=0.1)
@@ -284,6 +285,7 @@ def test_params_axes_and_activation_axes_use_known_names(monkeypatch, padir_vars
     return x
 
   monkeypatch.setattr(network, "with_sharding_constraint", record)
+  monkeypatch.setattr(layers, "with_sharding_constraint", record)
   _padir_apply(padir_vars, ENC, DEC_IN, TGT)
   _ar_apply(ar_vars, AR_IN)
   activation_names = {name for names in used for name in names}
