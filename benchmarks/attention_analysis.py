@@ -101,7 +101,7 @@ def main(argv=None):
       max_passes=args.max_passes,
       vocab_high=meta["vocab_high"],
       dedup="none",
-      remask_stutter=args.remask_stutter,
+      remask="stutter" if args.remask_stutter else "none",
   )
   tables = analyse(module, params, source_ids, config)
   print(

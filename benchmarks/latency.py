@@ -47,6 +47,7 @@ import sacrebleu
 from benchmarks import ar_decoding
 from benchmarks import common
 from padir_t5x import EOS_ID
+from padir_t5x import bucketing
 from padir_t5x import decoding
 from padir_t5x import metrics as metrics_lib
 
@@ -174,7 +175,7 @@ def bucketed_padir_system(
     buckets: Sequence[int],
     seed: int = 0,
 ) -> System:
-  """PaDIR through decoding.decode_with_network_bucketed: the decode length is cut to the
+  """PaDIR through bucketing.decode_with_network_bucketed: the decode length is cut to the
   smallest bucket that holds the length beam (one host sync per batch, one compile per
   bucket, the encoder output reused)."""
   config = decoding.DecodingConfig(
@@ -183,7 +184,7 @@ def bucketed_padir_system(
   rng = jax.random.PRNGKey(seed)
 
   def decode(tokens):
-    out, t = decoding.decode_with_network_bucketed(
+    out, t = bucketing.decode_with_network_bucketed(
         module, params, tokens, rng, config, max_decode_length, buckets
     )
     jax.block_until_ready(out)
@@ -196,7 +197,7 @@ def bucketed_padir_system(
     encoded = module.apply(
         {"params": params}, tokens, enable_dropout=False, method=type(module).encode
     )
-    for t in decoding.length_buckets(max_decode_length, buckets, length_beam, config.min_length):
+    for t in bucketing.length_buckets(max_decode_length, buckets, length_beam, config.min_length):
       jax.block_until_ready(
           decoding.decode_with_network(module, params, tokens, rng, config, t, encoded=encoded)
       )

@@ -23,6 +23,8 @@ import numpy as np
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import PAD_ID
+from padir_t5x import layout
+from padir_t5x.modes import FillMode
 
 
 def _check_rate_if_concrete(unmasking_rate) -> None:
@@ -106,12 +108,15 @@ def corrupt_targets_with_mask(
   mask_rng, token_rng = jax.random.split(rng)
   targets = jnp.asarray(targets)
   replace = corruption_mask(mask_rng, targets, unmasking_rate, keep_ids=keep_ids)
-  if mask_id is None:
-    replacement = jax.random.randint(
-        token_rng, targets.shape, vocab_low, vocab_high, dtype=targets.dtype
-    )
-  else:
-    replacement = jnp.full_like(targets, mask_id)
+  replacement = layout.fill_tokens(
+      token_rng,
+      targets.shape,
+      FillMode.RANDOM if mask_id is None else FillMode.MASK,
+      vocab_low=vocab_low,
+      vocab_high=vocab_high,
+      mask_id=mask_id,
+      dtype=targets.dtype,
+  )
   return jnp.where(replace, replacement, targets), replace
 
 

@@ -23,6 +23,9 @@ from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
 from padir_t5x import corruption
+from padir_t5x import layout
+from padir_t5x import network
+from padir_t5x.modes import FillMode
 
 Array = jnp.ndarray
 LossNormalizingFactor = float | int | str | None
@@ -122,11 +125,6 @@ def token_cross_entropy(
   return loss, z_loss_term, jnp.sum(weights)
 
 
-def sequence_lengths(decoder_target_tokens: Array) -> Array:
-  """[batch] number of non-PAD tokens of each row (EOS included)."""
-  return jnp.sum(decoder_target_tokens != PAD_ID, axis=-1).astype(jnp.int32)
-
-
 def length_cross_entropy(length_logits: Array, target_lengths: Array) -> tuple[Array, Array]:
   """Per-example cross-entropy of the length classifier.
 
@@ -140,11 +138,11 @@ def length_cross_entropy(length_logits: Array, target_lengths: Array) -> tuple[A
   Returns:
     (loss [batch] float, correct [batch] bool: argmax is the target class).
   """
-  num_classes = length_logits.shape[-1]
-  length_class = jnp.clip(target_lengths - 1, 0, num_classes - 1)
-  log_probs = jax.nn.log_softmax(length_logits.astype(jnp.float32), axis=-1)
-  loss = -jnp.take_along_axis(log_probs, length_class[:, None], axis=-1)[:, 0]
-  correct = jnp.argmax(length_logits, axis=-1) == length_class
+  log_probs = layout.length_log_probs(length_logits)
+  loss = -layout.lookup_length_log_probs(log_probs, target_lengths)
+  correct = jnp.argmax(length_logits, axis=-1) == layout.length_classes(
+      target_lengths, length_logits.shape[-1]
+  )
   return loss, correct
 
 
@@ -158,8 +156,11 @@ class PadirLossConfig:
     unmasking_rate: fraction of (non-EOS) target tokens left correct in the stage-1 input.
       0.25 was chosen by a dev sweep over {0, 0.25, 0.5, 0.75} (README, "Defaults chosen by a
       dev sweep").
-    corruption: 'random' (uniform random tokens from [vocab_low, vocab_high)) or 'mask'.
-    vocab_high: real vocabulary size, exclusive bound of random tokens; required for 'random'.
+    corruption: FillMode (or its name) of the corrupted positions: 'random' (uniform tokens
+      from [vocab_low, vocab_high)) or 'mask'.
+    vocab_high: real vocabulary size, exclusive bound of random tokens. None until known:
+      PadirModel fills it in from its output vocabulary; the loss raises if 'random' corruption
+      meets None.
     length_loss_weight: weight of the length cross-entropy (per example) relative to the token
       cross-entropy (per token). 1.0 was chosen by the same dev sweep: with 0.1 the quickstart
       model's length classifier was 22% right on its last training batch (38% with 1.0) and its
@@ -173,7 +174,7 @@ class PadirLossConfig:
 
   num_stages: int = 2
   unmasking_rate: float = 0.25
-  corruption: str = "random"
+  corruption: FillMode = FillMode.RANDOM
   vocab_high: int | None = None
   length_loss_weight: float = 1.0
   label_smoothing: float = 0.0
@@ -187,11 +188,9 @@ class PadirLossConfig:
       raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
     if not 0.0 <= self.unmasking_rate <= 1.0:
       raise ValueError(f"unmasking_rate must lie in [0, 1], got {self.unmasking_rate}")
-    if self.corruption not in ("random", "mask"):
-      raise ValueError(f"corruption must be 'random' or 'mask', got {self.corruption!r}")
-    if self.corruption == "random":
-      if self.vocab_high is None:
-        raise ValueError("corruption='random' needs vocab_high (the real vocabulary size)")
+    # Frozen: store the member, so a config built from the name equals one built from it.
+    object.__setattr__(self, "corruption", FillMode.coerce(self.corruption, "corruption"))
+    if self.corruption is FillMode.RANDOM and self.vocab_high is not None:
       if not 0 <= self.vocab_low < self.vocab_high:
         raise ValueError(f"random tokens range [{self.vocab_low}, {self.vocab_high}) is empty")
     if self.length_loss_weight < 0:
@@ -239,7 +238,7 @@ def next_stage_inputs(stage_logits: Array, decoder_target_tokens: Array) -> Arra
   """
   predicted = jnp.argmax(stage_logits, axis=-1).astype(decoder_target_tokens.dtype)
   positions = jnp.arange(decoder_target_tokens.shape[1])[None, :]
-  past_length = positions >= sequence_lengths(decoder_target_tokens)[:, None]
+  past_length = positions >= layout.sequence_lengths(decoder_target_tokens)[:, None]
   predicted = jnp.where(past_length, PAD_ID, predicted)
   predicted = jnp.where(decoder_target_tokens == EOS_ID, EOS_ID, predicted)
   return jax.lax.stop_gradient(predicted)
@@ -279,15 +278,9 @@ def multi_stage_forward(
   targets = jnp.asarray(batch["decoder_target_tokens"])
   rngs = split_loss_rngs(rng, config.num_stages)
   variables = {"params": params}
-
-  encoded = module.apply(
-      variables,
-      inputs,
-      enable_dropout=enable_dropout,
-      method="encode",
-      rngs={"dropout": rngs.encoder_dropout},
+  encoded, length_logits = network.encode_and_predict_length(
+      module, params, inputs, enable_dropout=enable_dropout, dropout_rng=rngs.encoder_dropout
   )
-  length_logits = module.apply(variables, encoded, inputs, method="predict_length")
 
   decoder_input = corruption.corrupt_targets(
       rngs.corruption,
@@ -295,7 +288,7 @@ def multi_stage_forward(
       config.unmasking_rate,
       vocab_high=config.vocab_high,
       vocab_low=config.vocab_low,
-      mask_id=config.mask_id if config.corruption == "mask" else None,
+      mask_id=config.mask_id if config.corruption is FillMode.MASK else None,
   )
   stage_inputs, stage_logits = [], []
   for stage in range(config.num_stages):
@@ -352,8 +345,15 @@ def multi_stage_loss(
       stage{s}_correct (sum of weights where argmax == target) over num_tokens (weight sum),
       length_correct over num_examples (rows with a nonempty target).
   """
-  targets = jnp.asarray(batch["decoder_target_tokens"])
   outputs = multi_stage_forward(module, params, batch, rng, config, enable_dropout)
+  return loss_from_outputs(outputs, batch, config)
+
+
+def loss_from_outputs(
+    outputs: StageOutputs, batch: Mapping[str, Array], config: PadirLossConfig
+) -> tuple[Array, dict[str, Array]]:
+  """`multi_stage_loss` from the forward passes' outputs (PadirModel also reads their logits)."""
+  targets = jnp.asarray(batch["decoder_target_tokens"])
   weights = batch.get("decoder_loss_weights")
   weights = (targets > 0) if weights is None else jnp.asarray(weights)
   weights = weights.astype(jnp.float32)
@@ -381,7 +381,7 @@ def multi_stage_loss(
     total_loss += stage_loss
     total_z_loss += stage_z_loss
 
-  lengths = sequence_lengths(targets)
+  lengths = layout.sequence_lengths(targets)
   # Rows with an all-PAD target (eval batch padding) have no length to learn.
   real_example = (lengths > 0).astype(jnp.float32)
   per_example_length_loss, length_correct = length_cross_entropy(outputs.length_logits, lengths)

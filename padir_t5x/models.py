@@ -4,9 +4,11 @@ This is the only module of the project that imports t5x. It wires the core (padi
 .corruption, .losses, .decoding) into t5x's model interface, so that t5x's train.py, eval.py and
 infer.py (and gin configs under gin/) run PaDIR like any other encoder-decoder:
 
-* `loss_fn` / `eval_fn`: `losses.multi_stage_loss` (stage 1 on a corrupted target, later stages
-  on the previous stage's argmax, plus the length cross-entropy), metrics as clu/t5x metrics.
-* `predict_batch_with_aux`: `decoding.decode_with_network` (length beam, iterative refinement).
+* `loss_fn` / `eval_fn`: the core multi-stage loss (stage 1 on a corrupted target, later stages
+  on the previous stage's argmax, plus the length cross-entropy) under one `PadirLossConfig`;
+  metrics are t5x's own `_compute_metrics` plus the per-stage and length scalars.
+* `predict_batch_with_aux`: the injectable `decode_fn` (default `decoding.decode_with_network`:
+  length beam, iterative refinement) under a `DecodingConfig`.
 * `score_batch`: length log-prob + token log-probs under a fixed, target-independent decoder
   input (see `score_batch`).
 
@@ -21,7 +23,7 @@ need it): batches with `*_segment_ids` or `*_positions` raise ValueError; set pa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 from collections.abc import Callable, Mapping, MutableMapping
 
 import clu.metrics as clu_metrics
@@ -35,11 +37,13 @@ from t5x import metrics as metrics_lib
 from t5x import models as t5x_models
 from t5x import optimizers
 
-from padir_t5x import FIRST_ORDINARY_ID
-from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
 from padir_t5x import decoding
+from padir_t5x import layout
 from padir_t5x import losses
+from padir_t5x import network
+from padir_t5x.modes import DecoderMode
+from padir_t5x.modes import FillMode
 
 Array = jnp.ndarray
 PyTree = Any
@@ -52,9 +56,7 @@ _PACKING_FEATURES = (
     "encoder_positions",
     "decoder_positions",
 )
-SCORE_DECODER_INPUTS = ("mask", "random")
-# decoder_params keys t5x callers may pass that are not DecodingConfig fields.
-_T5X_DECODER_PARAM_KEYS = ("decode_rng", "eos_id")
+_Config = TypeVar("_Config", losses.PadirLossConfig, decoding.DecodingConfig)
 
 
 # Logical axis names of padir_t5x.network that t5x's standard rules do not know, and how to treat
@@ -102,27 +104,69 @@ def check_batch(
       raise ValueError(f"{key!r} must be [batch, length], got shape {shape}")
 
 
+def config_from_fields(cls: type[_Config], value: _Config | Mapping[str, Any] | None) -> _Config:
+  """A loss or decoding config from itself, a dict of its fields (the gin form) or None.
+
+  Raises:
+    ValueError: a field `cls` does not have (named, with the fields it has), or a bad value.
+  """
+  if isinstance(value, cls):
+    return value
+  fields = dict(value or {})
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - names)
+  if unknown:
+    raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(names)}")
+  factor = fields.get("loss_normalizing_factor")
+  if isinstance(factor, t5x_losses.SpecialLossNormalizingFactor):
+    fields["loss_normalizing_factor"] = factor.name
+  return cls(**fields)
+
+
+def split_decoder_params(
+    decoder_params: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], jax.Array | None]:
+  """t5x's per-call decoder_params -> (DecodingConfig overrides, decode_rng or None).
+
+  t5x callers may add 'decode_rng' (an RNG for this call) and 'eos_id' (PaDIR's EOS is fixed:
+  padir_t5x.EOS_ID); every other key must be a DecodingConfig field.
+  """
+  overrides = dict(decoder_params or {})
+  decode_rng = overrides.pop("decode_rng", None)
+  overrides.pop("eos_id", None)
+  names = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
+  unknown = sorted(set(overrides) - names)
+  if unknown:
+    raise ValueError(
+        f"unknown decoder_params {unknown}; PaDIR accepts DecodingConfig fields "
+        f"{sorted(names)} and 'decode_rng', 'eos_id'"
+    )
+  return overrides, decode_rng
+
+
 class PadirModel(t5x_models.EncoderDecoderModel):
   """PaDIR for t5x: multi-stage refinement training, length-beam iterative-refinement decoding.
 
   Gin-able arguments (besides t5x's module / vocabularies / optimizer_def):
 
-  Loss (`losses.PadirLossConfig`): num_stages, unmasking_rate, corruption ('random' or 'mask'),
-  length_loss_weight, label_smoothing, z_loss, loss_normalizing_factor (as in t5x: None, a
-  number, or 'NUM_REAL_TARGET_TOKENS' / 'NUM_TOTAL_TARGET_TOKENS'). Random corruption tokens
-  are drawn from [FIRST_ORDINARY_ID, vocab_high) where vocab_high is the real output vocabulary
-  size (`output_vocabulary.vocab_size`, read lazily on first use so that a model can be built
-  before its vocabulary file exists), unless `vocab_high` is given.
-
-  Decoding: `decoding_config`, a `decoding.DecodingConfig` or a dict of its fields (the gin
-  form: {'length_beam': 5, 'max_passes': 4}; DecodingConfig's defaults fill the rest), holds the
-  default decoder settings; vocab_high is filled in from the vocabulary when not given. Each
-  field can be overridden per call through `predict_batch_with_aux(decoder_params={...})`.
-
+  loss_config: a `losses.PadirLossConfig` or a dict of its fields (the gin form:
+    {'num_stages': 2, 'unmasking_rate': 0.25}; its defaults fill the rest).
+    loss_normalizing_factor may also be t5x's SpecialLossNormalizingFactor.
+  decoding_config: a `decoding.DecodingConfig` or a dict of its fields, the default decoder
+    settings; each field can be overridden per call through
+    `predict_batch_with_aux(decoder_params={...})`.
+  Both configs' vocab_high (random tokens are drawn from [FIRST_ORDINARY_ID, vocab_high)) is,
+    unless given, the real output vocabulary size `output_vocabulary.vocab_size`, read lazily on
+    first use so that a model can be built before its vocabulary file exists.
+  decode_fn: a `decoding.PadirDecodeFn`, the whole decode from source tokens; default
+    `decoding.decode_with_network`.
   eval_corruption_seed: eval_fn (dropout off) corrupts targets with
     jax.random.PRNGKey(eval_corruption_seed), the same key for every eval batch, so that eval
     losses are comparable between checkpoints.
   score_decoder_input / score_seed: see `score_batch`.
+  default_decoder_params: t5x's DecoderParams. PaDIR's number of decodes is its length beam,
+    whose one source is decoding_config's length_beam: num_decodes must be 1 (t5x's default) or
+    equal to it.
   """
 
   FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
@@ -133,15 +177,9 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       input_vocabulary: seqio.Vocabulary,
       output_vocabulary: seqio.Vocabulary,
       optimizer_def: optimizers.OptimizerDefType,
-      num_stages: int = 2,
-      unmasking_rate: float = 0.25,
-      corruption: str = "random",
-      length_loss_weight: float = 1.0,
-      label_smoothing: float = 0.0,
-      z_loss: float = 1e-4,
-      loss_normalizing_factor: float | int | str | None = None,
+      loss_config: losses.PadirLossConfig | Mapping[str, Any] | None = None,
       decoding_config: decoding.DecodingConfig | Mapping[str, Any] | None = None,
-      vocab_high: int | None = None,
+      decode_fn: decoding.PadirDecodeFn = decoding.decode_with_network,
       eval_corruption_seed: int = 0,
       score_decoder_input: str | None = None,
       score_seed: int = 0,
@@ -149,51 +187,42 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       default_decoder_params: t5x_models.DecoderParams | None = None,
   ):
     config = getattr(module, "config", None)
-    if config is not None and getattr(config, "decoder_mode", "padir") != "padir":
+    mode = getattr(config, "decoder_mode", DecoderMode.PADIR)
+    if DecoderMode(mode) is not DecoderMode.PADIR:
       raise ValueError(
-          f"PadirModel needs a network with decoder_mode='padir', got "
-          f"{config.decoder_mode!r}; for the autoregressive twin use "
-          "t5x.models.EncoderDecoderModel"
+          f"PadirModel needs a network with decoder_mode='padir', got {str(mode)!r}; for the "
+          "autoregressive twin use t5x.models.EncoderDecoderModel"
       )
-    if isinstance(loss_normalizing_factor, t5x_losses.SpecialLossNormalizingFactor):
-      loss_normalizing_factor = loss_normalizing_factor.name
-    if score_decoder_input is not None and score_decoder_input not in SCORE_DECODER_INPUTS:
-      raise ValueError(
-          f"score_decoder_input must be None or one of {SCORE_DECODER_INPUTS}, "
-          f"got {score_decoder_input!r}"
-      )
-    self._loss_kwargs = dict(
-        num_stages=num_stages,
-        unmasking_rate=unmasking_rate,
-        corruption=corruption,
-        length_loss_weight=length_loss_weight,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        loss_normalizing_factor=loss_normalizing_factor,
+    # Validated here, once; vocab_high may stay None until the vocabulary is read.
+    self._loss_config = config_from_fields(losses.PadirLossConfig, loss_config)
+    self._decoding_config = config_from_fields(decoding.DecodingConfig, decoding_config)
+    self._score_decoder_input = (
+        None
+        if score_decoder_input is None
+        else FillMode.coerce(score_decoder_input, "score_decoder_input")
     )
-    # Validate now (a placeholder vocab_high stands in for the lazily read vocabulary size).
-    losses.PadirLossConfig(vocab_high=vocab_high or FIRST_ORDINARY_ID + 1, **self._loss_kwargs)
-    if isinstance(decoding_config, decoding.DecodingConfig):
-      decoding_config = {
-          f.name: getattr(decoding_config, f.name) for f in dataclasses.fields(decoding_config)
-      }
-    self._decoding_fields = dict(decoding_config or {})
-    # Validate now, as for the loss (vocab_high may only be known once the vocabulary loads).
-    self._build_decoding_config(self._decoding_fields, vocab_high or FIRST_ORDINARY_ID + 1)
-    self._vocab_high = vocab_high
+    if default_decoder_params is not None and default_decoder_params.num_decodes not in (
+        1,
+        self._decoding_config.length_beam,
+    ):
+      raise ValueError(
+          f"default_decoder_params.num_decodes={default_decoder_params.num_decodes} contradicts "
+          f"decoding_config's length_beam={self._decoding_config.length_beam}: PaDIR's decodes "
+          "are its length candidates; set length_beam (gin LENGTH_BEAM) instead"
+      )
+    self._vocab_high = None
     self._eval_corruption_seed = eval_corruption_seed
-    self._score_decoder_input = score_decoder_input
     self._score_seed = score_seed
     super().__init__(
         module=module,
         input_vocabulary=input_vocabulary,
         output_vocabulary=output_vocabulary,
         optimizer_def=optimizer_def,
-        decode_fn=None,
+        decode_fn=decode_fn,
         feature_converter_cls=feature_converter_cls,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        loss_normalizing_factor=loss_normalizing_factor,
+        label_smoothing=self._loss_config.label_smoothing,
+        z_loss=self._loss_config.z_loss,
+        loss_normalizing_factor=self._loss_config.loss_normalizing_factor,
         default_decoder_params=default_decoder_params,
     )
 
@@ -214,54 +243,42 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       self._vocab_high = vocab_high
     return self._vocab_high
 
+  def _with_vocab_high(self, config: _Config) -> _Config:
+    if config.vocab_high is not None:
+      return config
+    return dataclasses.replace(config, vocab_high=self.vocab_high)
+
   @property
   def loss_config(self) -> losses.PadirLossConfig:
-    return losses.PadirLossConfig(vocab_high=self.vocab_high, **self._loss_kwargs)
-
-  @staticmethod
-  def _build_decoding_config(
-      fields: Mapping[str, Any], vocab_high: int | None
-  ) -> decoding.DecodingConfig:
-    names = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
-    unknown = sorted(set(fields) - names)
-    if unknown:
-      raise ValueError(
-          f"unknown DecodingConfig field(s) {unknown}; expected some of " f"{sorted(names)}"
-      )
-    fields = dict(fields)
-    if fields.get("vocab_high") is None:
-      fields["vocab_high"] = vocab_high
-    return decoding.DecodingConfig(**fields)
+    """The loss config, vocab_high filled in from the vocabulary when not given."""
+    return self._with_vocab_high(self._loss_config)
 
   @property
   def decoding_config(self) -> decoding.DecodingConfig:
     """The default DecodingConfig, vocab_high filled in from the vocabulary when not given."""
-    return self._build_decoding_config(self._decoding_fields, self.vocab_high)
+    return self._with_vocab_high(self._decoding_config)
 
   def resolve_decoding_config(
       self, decoder_params: Mapping[str, Any] | None = None, num_decodes: int | None = None
   ) -> decoding.DecodingConfig:
-    """Default DecodingConfig with per-call overrides.
+    """The default DecodingConfig with per-call overrides.
 
     Args:
       decoder_params: DecodingConfig field -> value (static Python values: the config is a
         jit-static argument); t5x's 'decode_rng' and 'eos_id' keys are accepted and ignored
-        here (see predict_batch_with_aux).
+        here (see `split_decoder_params`).
       num_decodes: number of returned hypotheses = length_beam.
 
     Raises:
       ValueError: unknown field, or num_decodes contradicting decoder_params['length_beam'].
     """
-    overrides = {
-        k: v for k, v in dict(decoder_params or {}).items() if k not in _T5X_DECODER_PARAM_KEYS
-    }
-    fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-      raise ValueError(
-          f"unknown decoder_params {unknown}; PaDIR accepts DecodingConfig fields "
-          f"{sorted(fields)} and {list(_T5X_DECODER_PARAM_KEYS)}"
-      )
+    overrides, _ = split_decoder_params(decoder_params)
+    return self._resolve_decoding_config(overrides, num_decodes)
+
+  def _resolve_decoding_config(
+      self, overrides: Mapping[str, Any], num_decodes: int | None
+  ) -> decoding.DecodingConfig:
+    overrides = dict(overrides)
     if num_decodes is not None:
       if "length_beam" in overrides and overrides["length_beam"] != num_decodes:
         raise ValueError(
@@ -269,7 +286,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
             f"{overrides['length_beam']}: num_decodes is the length beam"
         )
       overrides["length_beam"] = int(num_decodes)
-    return self._build_decoding_config({**self._decoding_fields, **overrides}, self.vocab_high)
+    return dataclasses.replace(self.decoding_config, **overrides)
 
   # ----------------------------------------------------------------------------------------------
   # Initialisation.
@@ -334,60 +351,51 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       rng, enable_dropout = jax.random.PRNGKey(self._eval_corruption_seed), False
     else:
       rng, enable_dropout = dropout_rng, True
-    loss, core_metrics = losses.multi_stage_loss(
+    outputs = losses.multi_stage_forward(
         self.module, params, batch, rng, self.loss_config, enable_dropout=enable_dropout
     )
-    return loss, self._compute_padir_metrics(core_metrics, batch)
+    loss, core_metrics = losses.loss_from_outputs(outputs, batch, self.loss_config)
+    return loss, self._compute_padir_metrics(core_metrics, batch, outputs.stage_logits[-1])
 
   def eval_fn(self, params: PyTree, batch: Mapping[str, Array]) -> tuple[Array, Mapping[str, Any]]:
     """loss_fn without dropout, corruption from PRNGKey(eval_corruption_seed)."""
     return self.loss_fn(params, batch, dropout_rng=None)
 
   def _compute_padir_metrics(
-      self, m: Mapping[str, Array], batch: Mapping[str, Array]
+      self, m: Mapping[str, Array], batch: Mapping[str, Array], last_stage_logits: Array
   ) -> Mapping[str, Any]:
-    """clu/t5x metrics from `losses.multi_stage_loss`'s scalars, as compute_base_metrics.
+    """t5x's own `_compute_metrics` on the last stage, plus the PaDIR scalars.
 
-    Per-step averages (AveragePerStep) for the loss terms; ratios accumulated as
-    sum(correct) / sum(count) across batches (clu Average) for accuracies.
+    t5x's entries (loss, z_loss, cross_ent_loss, accuracy, timing/*, ...) describe the last
+    stage, what decoding converges to, with `loss` the whole multi-stage loss; added:
+    length_loss and length_accuracy, and stage{s}/loss, stage{s}/accuracy for every stage.
+    Ratios accumulate across batches as sum(correct) / sum(count) (clu Average).
     """
     targets = batch["decoder_target_tokens"]
-    num_rows = jnp.array(targets.shape[0])
-    num_positions = jnp.array(targets.size)
-    num_devices = jax.device_count()
-    loss, z_loss, num_tokens = m["loss"], m["z_loss"], m["num_tokens"]
-    num_stages = self._loss_kwargs["num_stages"]
-    metrics = {
-        "loss": metrics_lib.AveragePerStep(total=loss),
-        "z_loss": metrics_lib.AveragePerStep(total=z_loss),
-        "cross_ent_loss": metrics_lib.AveragePerStep(total=loss - z_loss),
-        "length_loss": metrics_lib.AveragePerStep(total=m["length_loss"]),
-        "loss_per_nonpadding_target_token": clu_metrics.Average(total=loss, count=num_tokens),
-        "loss_per_all_target_tokens": clu_metrics.Average(total=loss, count=num_positions),
-        # Token accuracy of the last stage (what decoding converges to), and of every stage.
-        "accuracy": clu_metrics.Average(total=m[f"stage{num_stages}_correct"], count=num_tokens),
-        "length_accuracy": clu_metrics.Average(total=m["length_correct"], count=m["num_examples"]),
-        "non_padding_fraction/loss_weights": clu_metrics.Average(
-            total=num_tokens, count=num_positions
-        ),
-        "timing/seqs_per_second": metrics_lib.TimeRate.from_model_output(numerator=num_rows),
-        "timing/steps_per_second": metrics_lib.StepsPerTime.from_model_output(),
-        "timing/seconds": metrics_lib.Time(),
-        "timing/seqs": metrics_lib.Sum(num_rows),
-        "timing/seqs_per_second_per_core": metrics_lib.TimeRate.from_model_output(
-            numerator=num_rows / num_devices
-        ),
-        "timing/target_tokens_per_second": metrics_lib.TimeRate.from_model_output(
-            numerator=num_positions
-        ),
-        "timing/target_tokens_per_second_per_core": metrics_lib.TimeRate.from_model_output(
-            numerator=num_positions / num_devices
-        ),
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else weights
+    # As t5x's loss_fn for unpacked batches: padding masks stand in for segment ids.
+    segment_ids = {
+        k: batch[k] != 0 for k in ("encoder_input_tokens", "decoder_target_tokens") if k in batch
     }
-    for s in range(1, num_stages + 1):
+    metrics = dict(
+        self._compute_metrics(
+            logits=last_stage_logits,
+            targets=targets,
+            mask=weights,
+            loss=m["loss"],
+            z_loss=m["z_loss"],
+            segment_ids=segment_ids,
+        )
+    )
+    metrics["length_loss"] = metrics_lib.AveragePerStep(total=m["length_loss"])
+    metrics["length_accuracy"] = clu_metrics.Average(
+        total=m["length_correct"], count=m["num_examples"]
+    )
+    for s in range(1, self._loss_config.num_stages + 1):
       metrics[f"stage{s}/loss"] = metrics_lib.AveragePerStep(total=m[f"stage{s}_loss"])
       metrics[f"stage{s}/accuracy"] = clu_metrics.Average(
-          total=m[f"stage{s}_correct"], count=num_tokens
+          total=m[f"stage{s}_correct"], count=m["num_tokens"]
       )
     return metrics
 
@@ -404,7 +412,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       num_decodes: int | None = None,
       prompt_with_targets: bool = False,
   ) -> tuple[Array, Mapping[str, Array]]:
-    """Decodes a batch with length beam + iterative refinement (`decoding.decode_with_network`).
+    """Decodes a batch with the model's `decode_fn` (default: `decoding.decode_with_network`).
 
     Args:
       params: model parameters.
@@ -434,8 +442,8 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     check_batch(batch, required=("encoder_input_tokens", length_key))
     if return_all_decodes is None:
       return_all_decodes = self._default_decoder_params.return_all_decodes
-    config = self.resolve_decoding_config(decoder_params, num_decodes)
-    decode_rng = (decoder_params or {}).get("decode_rng")
+    overrides, decode_rng = split_decoder_params(decoder_params)
+    config = self._resolve_decoding_config(overrides, num_decodes)
     if rng is not None and decode_rng is not None:
       raise ValueError("got an RNG both from `rng` and decoder_params['decode_rng']; give one")
     rng = rng if rng is not None else decode_rng
@@ -447,7 +455,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     table = getattr(getattr(self.module, "config", None), "max_target_length", None)
     if table is not None:
       max_decode_length = min(output_length, table)
-    result = decoding.decode_with_network(
+    result = self._decode_fn(
         self.module, params, batch["encoder_input_tokens"], rng, config, max_decode_length
     )
     sequences = result.sequences
@@ -479,26 +487,23 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     its row, its batch or the batch's padding). The mode defaults to the decoding init
     (DecodingConfig.init).
     """
-    mode = self._score_decoder_input or self._decoding_fields.get(
-        "init", decoding.DecodingConfig.init
-    )
+    mode = self._score_decoder_input or self._decoding_config.init
+    config = self.decoding_config
     targets = jnp.asarray(decoder_target_tokens)
     batch_size, t = targets.shape
-    lengths = losses.sequence_lengths(targets)
-    content, eos, _ = decoding.length_layout(lengths, t)
-    if mode == "mask":
-      fill = jnp.full((batch_size, t), MASK_ID, jnp.int32)
-    else:
-      table = getattr(getattr(self.module, "config", None), "max_target_length", None) or t
-      row = jax.random.randint(
-          jax.random.PRNGKey(self._score_seed),
-          (max(table, t),),
-          FIRST_ORDINARY_ID,
-          self.vocab_high,
-          dtype=jnp.int32,
-      )
-      fill = jnp.broadcast_to(row[:t], (batch_size, t))
-    return decoding.frame_tokens(fill, content, eos)
+    content, eos, _ = layout.length_layout(layout.sequence_lengths(targets), t)
+    # One row for every example (the row is drawn over the whole position table and sliced),
+    # so that an example's input depends only on its length.
+    table = getattr(getattr(self.module, "config", None), "max_target_length", None) or t
+    row = layout.fill_tokens(
+        jax.random.PRNGKey(self._score_seed),
+        (max(table, t),),
+        mode,
+        vocab_low=config.vocab_low,
+        vocab_high=config.vocab_high,
+        mask_id=config.mask_id,
+    )
+    return layout.frame_tokens(jnp.broadcast_to(row[:t], (batch_size, t)), content, eos)
 
   def score_batch(
       self, params: PyTree, batch: Mapping[str, Array], return_intermediates: bool = False
@@ -530,31 +535,26 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
-    variables = {"params": params}
-    module_cls = type(self.module)
-    encoded = self.module.apply(variables, inputs, enable_dropout=False, method=module_cls.encode)
-    length_logits = self.module.apply(variables, encoded, inputs, method=module_cls.predict_length)
-    lengths = losses.sequence_lengths(targets)
-    length_log_probs = jax.nn.log_softmax(length_logits.astype(jnp.float32), axis=-1)
-    length_class = jnp.clip(lengths - 1, 0, length_logits.shape[-1] - 1)
-    length_scores = jnp.take_along_axis(length_log_probs, length_class[:, None], axis=-1)[:, 0]
+    encoded, length_logits = network.encode_and_predict_length(self.module, params, inputs)
+    lengths = layout.sequence_lengths(targets)
+    length_scores = layout.lookup_length_log_probs(layout.length_log_probs(length_logits), lengths)
     length_scores = jnp.where(lengths > 0, length_scores, 0.0)
 
     decoder_inputs = self.score_decoder_inputs(targets)
     logits = self.module.apply(
-        variables,
+        {"params": params},
         encoded,
         inputs,
         decoder_inputs,
         targets,
         enable_dropout=False,
-        method=module_cls.decode,
+        method="decode",
     )
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     token_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[
         ..., 0
     ]
-    content, _, _ = decoding.length_layout(lengths, targets.shape[1])
+    content, _, _ = layout.length_layout(lengths, targets.shape[1])
     token_scores = jnp.where(content, token_log_probs * weights.astype(jnp.float32), 0.0)
     sequence_scores = length_scores + jnp.sum(token_scores, axis=-1)
     if return_intermediates:
@@ -576,5 +576,4 @@ __all__ = [
     "check_batch",
     "padir_logical_factor_rules",
     "ADDITIONAL_LOGICAL_AXIS_RULES",
-    "SCORE_DECODER_INPUTS",
 ]

@@ -15,7 +15,10 @@ import pytest
 from padir_t5x import EOS_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
+from padir_t5x import bucketing
 from padir_t5x import decoding
+from padir_t5x import dedup
+from padir_t5x import layout
 
 V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
 LOW = 4
@@ -30,7 +33,7 @@ def _config(**overrides):
       init="mask",
       dedup="none",
       vocab_high=V,
-      remask_stutter=False,
+      remask="none",
       add_length_log_prob=False,
       min_length=1,
   )
@@ -76,7 +79,6 @@ def _check_layout(result):
         (dict(dedup="greedy"), "unknown dedup"),
         (dict(length_beam=0), "length_beam"),
         (dict(max_passes=0), "max_passes"),
-        (dict(init="random", vocab_high=None), "vocab_high"),
         (dict(init="noise"), "unknown init"),
         (dict(score="max"), "unknown score"),
         (dict(dedup="optimal", dedup_top_k=1), "dedup_top_k"),
@@ -87,6 +89,13 @@ def _check_layout(result):
 def test_config_rejects_bad_values(overrides, message):
   with pytest.raises(ValueError, match=message):
     _config(**overrides)
+
+
+def test_random_init_without_vocab_high_fails_when_decoding():
+  # Constructible (PadirModel fills vocab_high in from its vocabulary), but not decodable.
+  config = _config(init="random", vocab_high=None)
+  with pytest.raises(ValueError, match="vocab_high"):
+    _decode(_counter_refine([0]), _length_logits([[3]]), config)
 
 
 def test_length_beam_larger_than_decodable_lengths_is_an_error():
@@ -156,13 +165,17 @@ def _stutter_then_fill_refine(tokens, length_mask):
     "remask, expected_content, expected_passes", [(True, [5, 7, 8], 3), (False, [5, 5, 5], 2)]
 )
 def test_stutter_remasking(remask, expected_content, expected_passes):
-  result = _decode(_stutter_then_fill_refine, _length_logits([[4]]), _config(remask_stutter=remask))
+  result = _decode(
+      _stutter_then_fill_refine,
+      _length_logits([[4]]),
+      _config(remask="stutter" if remask else "none"),
+  )
   np.testing.assert_array_equal(result.sequences[0, 0], expected_content + [EOS_ID, 0, 0])
   np.testing.assert_array_equal(result.passes, [expected_passes])
 
 
 def test_remask_stutter_with_random_init_draws_fresh_ordinary_tokens():
-  config = _config(init="random", remask_stutter=True)
+  config = _config(init="random", remask="stutter")
   predictions = jnp.array([[5, 5, 5, 6, 6, EOS_ID, 0, 0]] * 64, jnp.int32)
   content = jnp.arange(8)[None, :] < 5
   out = np.asarray(decoding.remask_stutter(jax.random.PRNGKey(0), predictions, content, config))
@@ -189,8 +202,8 @@ def test_consecutive_dedup_on_known_sequences():
       jnp.int32,
   )
   lengths = jnp.array([8, 5, 10, 1])
-  content, _, _ = decoding.length_layout(lengths, 10)
-  deduplicated, new_lengths = decoding.consecutive_dedup(tokens, content)
+  content, _, _ = layout.length_layout(lengths, 10)
+  deduplicated, new_lengths = dedup.consecutive_dedup(tokens, content)
   np.testing.assert_array_equal(
       deduplicated,
       [
@@ -224,10 +237,8 @@ def test_optimal_dedup_matches_brute_force():
   ids[:, 1::2, 0] = ids[:, 0::2, 0]
   log_probs = np.sort(np.log(rng.dirichlet(np.ones(8), size=(n, t))[..., :k]), axis=-1)[..., ::-1]
   lengths = np.array([6, 5, 4, 2, 1, 6])
-  content, _, _ = decoding.length_layout(jnp.asarray(lengths), t)
-  tokens, token_log_probs = decoding.optimal_dedup(
-      jnp.asarray(ids), jnp.asarray(log_probs), content
-  )
+  content, _, _ = layout.length_layout(jnp.asarray(lengths), t)
+  tokens, token_log_probs = dedup.optimal_dedup(jnp.asarray(ids), jnp.asarray(log_probs), content)
   tokens, token_log_probs = np.asarray(tokens), np.asarray(token_log_probs)
   for row in range(n):
     num_content = lengths[row] - 1
@@ -316,7 +327,7 @@ def test_min_length_keeps_the_empty_hypothesis_out_of_the_beam():
 
 def test_defaults_are_the_papers_headline_setting():
   config = decoding.DecodingConfig(vocab_high=V)
-  assert (config.length_beam, config.max_passes, config.remask_stutter) == (5, 4, True)
+  assert (config.length_beam, config.max_passes, config.remask) == (5, 4, "stutter")
   assert config.min_length == 2 and config.add_length_log_prob
 
 
@@ -421,7 +432,7 @@ def tiny_network():
 def test_decode_with_network(tiny_network):
   module, params, inputs = tiny_network
   config = decoding.DecodingConfig(
-      length_beam=3, max_passes=3, vocab_high=14, remask_stutter=True, dedup="consecutive"
+      length_beam=3, max_passes=3, vocab_high=14, remask="stutter", dedup="consecutive"
   )
   result = decoding.decode_with_network(
       module, params, inputs, jax.random.PRNGKey(1), config, max_decode_length=8
@@ -460,9 +471,9 @@ def test_decode_with_network(tiny_network):
 
 
 def test_length_buckets():
-  assert decoding.length_buckets(64, (16, 8, 64, 128, 32), 3, 2) == (8, 16, 32, 64)
+  assert bucketing.length_buckets(64, (16, 8, 64, 128, 32), 3, 2) == (8, 16, 32, 64)
   # A bucket must hold l lengths >= min_length: 4 + 2 - 1 = 5 positions at least.
-  assert decoding.length_buckets(24, (4, 5, 12), 4, 2) == (5, 12, 24)
+  assert bucketing.length_buckets(24, (4, 5, 12), 4, 2) == (5, 12, 24)
 
 
 @pytest.mark.parametrize(
@@ -484,7 +495,7 @@ def test_bucketed_decoding_matches_the_full_length_decode(favoured, expected_buc
   full = jax.tree.map(
       np.asarray, decoding.decode_with_network(module, params, inputs, rng, config, 24)
   )
-  cut, bucket = decoding.decode_with_network_bucketed(
+  cut, bucket = bucketing.decode_with_network_bucketed(
       module, params, inputs, rng, config, 24, buckets=(8, 12, 16)
   )
   cut = jax.tree.map(np.asarray, cut)

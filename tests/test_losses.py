@@ -150,7 +150,6 @@ def test_next_stage_inputs_pads_past_length_and_restores_eos():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(vocab_high=None), "vocab_high"),
         (dict(vocab_high=16, num_stages=0), "num_stages"),
         (dict(vocab_high=16, unmasking_rate=1.5), "unmasking_rate"),
         (dict(vocab_high=16, corruption="bert"), "corruption"),
@@ -344,6 +343,16 @@ def test_stage_inputs(module):
     # The forcing did something: the untrained argmax is not already right at those positions.
     assert np.any(argmax[targets == EOS_ID] != EOS_ID) or np.any(argmax[targets == PAD_ID] != 0)
   assert outputs.length_logits.shape[0] == targets.shape[0]
+
+
+def test_random_corruption_without_vocab_high_fails_in_the_loss(fake_module):
+  # Constructible (PadirModel fills vocab_high in from its vocabulary), but not trainable.
+  batch = _copy_batch()
+  params = _init(fake_module, batch)
+  with pytest.raises(ValueError, match="vocab_high"):
+    losses.multi_stage_loss(
+        fake_module, params, batch, jax.random.PRNGKey(0), losses.PadirLossConfig()
+    )
 
 
 def test_mask_corruption_feeds_mask_ids(fake_module):

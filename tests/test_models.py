@@ -115,9 +115,9 @@ def test_vocabulary_larger_than_embedding_table_raises():
 
 def test_constructor_validates_arguments():
   with pytest.raises(ValueError, match="corruption"):
-    _model(corruption="shuffle")
+    _model(loss_config={"corruption": "shuffle"})
   with pytest.raises(ValueError, match="num_stages"):
-    _model(num_stages=0)
+    _model(loss_config={"num_stages": 0})
   with pytest.raises(ValueError, match="unknown DecodingConfig"):
     _model(decoding_config={"beam": 3})
   with pytest.raises(ValueError, match="decoder_mode='padir'"):
@@ -378,7 +378,7 @@ def test_score_batch_ranks_the_trained_target_first():
   """After a few steps on one pair, its score beats a corrupted version's."""
   model = _model(
       score_decoder_input="mask",
-      corruption="mask",
+      loss_config={"corruption": "mask"},
       decoding_config={"init": "mask", "length_beam": 2},
   )
   batch = {k: v[:1] for k, v in _batch().items()}
