@@ -1,7 +1,7 @@
 """padir-t5x: non-autoregressive translation by Parallel Decoding with Iterative Refinement.
 
-The core modules (network, corruption, losses, decoding, vocab, metrics, pipelines, corpus, ising)
-never import t5x; only `padir_t5x.models` does.
+The core modules (network, corruption, losses, decoding, vocab, metrics, textio, pipelines, corpus,
+ising) never import t5x; only `padir_t5x.models` does.
 """
 
 # Special token ids, shared by the vocabulary builder, the corruption, the network and decoding.

@@ -10,13 +10,13 @@
         --teacher_gin=gin/partitioning/data_parallel.gin --teacher_binding="VOCAB_PAIR = 'de_en'" \
         --output_dir=/data/distilled --corpus=wmt14_de_en --num_shards=16
 
-The result is `{output_dir}/{corpus}/train.jsonl-NNNNN-of-NNNNN` (padir_t5x.pipelines format:
+The result is `{output_dir}/{corpus}/train.jsonl-NNNNN-of-NNNNN` (padir_t5x.textio format:
 {"index", "source", "target"}, JSON-escaped, so tabs and newlines inside sentences survive;
 shard order = corpus order), exactly where the padir_*_distilled tasks read it. It runs as a
-resumable pipeline (padir_t5x.em): prepare (sources as shards) -> decode (t5x.infer, shuffle
+resumable pipeline (padir_t5x.stages): prepare (sources as shards) -> decode (t5x.infer, shuffle
 off, beam search) -> write; rerunning after a kill resumes; work files are kept in
 `{output_dir}/{corpus}.work`. The order of t5x's outputs is checked line by line against the
-sources (see padir_t5x.em), so a reordered or truncated output fails instead of mispairing.
+sources (see padir_t5x.t5x_jobs), so a reordered or truncated output fails instead of mispairing.
 
 `shards_task` (below) is the seqio task over such shards that every em/distill t5x stage uses.
 """
@@ -30,12 +30,12 @@ import sys
 from typing import Any
 from collections.abc import Sequence
 
-from padir_t5x import em
+from padir_t5x import em, stages, t5x_jobs, textio
 
 DISTILL_STAGES = [
-    em.Stage("prepare", "write", "prepare", (), ("data",)),
-    em.Stage("teacher_decode", "infer", "teacher_decode", ("prepare",), ("infer",)),
-    em.Stage("write", "write", "write_distilled", ("prepare", "teacher_decode"), ()),
+    stages.Stage("prepare", "write", "prepare", (), ("data",)),
+    stages.Stage("teacher_decode", "infer", "teacher_decode", ("prepare",), ("infer",)),
+    stages.Stage("write", "write", "write_distilled", ("prepare", "teacher_decode"), ()),
 ]
 
 
@@ -61,13 +61,13 @@ def shards_task(
   `MIXTURE_OR_TASK_NAME = @distill.shards_task()`.
   """
   import seqio
-  from padir_t5x import pipelines
+  from padir_t5x import pipelines  # TensorFlow: only the t5x processes that read the task need it
   from tasks import common
 
   name = name or shards_task_name(directory, split)
   if name in seqio.TaskRegistry.names():
     return name
-  pipelines.distilled_shard_paths(directory, split)  # fail now, naming the directory
+  textio.distilled_shard_paths(directory, split)  # fail now, naming the directory
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
     del shuffle_files, seed  # Order matters for inference; t5x.train shuffles examples.
@@ -80,10 +80,12 @@ def shards_task(
 
 # ---------------------------------------------------------------------------------------------
 # Distillation as a pipeline.
-def _decode_action(checkpoint: str):
-  def action(ctx: em.StageContext) -> dict[str, Any]:
+def _decode_action(checkpoint: str) -> stages.Action:
+  """The teacher (at `checkpoint`) beam-decodes the prepared sources with t5x.infer."""
+
+  def action(ctx: stages.StageContext) -> dict[str, Any]:
     c = ctx.config
-    path = em._infer(
+    path = t5x_jobs.run_infer(
         ctx,
         c.teacher_infer_gin,
         c.teacher_bindings,
@@ -92,21 +94,21 @@ def _decode_action(checkpoint: str):
         "predict_with_aux",
         num_decodes=c.beam_size,
     )
-    return {"decoded": em._count_lines(path), "beam_size": c.beam_size}
+    return {"decoded": t5x_jobs.count_output_lines(path), "beam_size": c.beam_size}
 
   return action
 
 
-def _write_action(output_dir: str):
-  def action(ctx: em.StageContext) -> dict[str, Any]:
-    from padir_t5x import pipelines
+def _write_action(output_dir: str) -> stages.Action:
+  """The decodes, checked against the sources, become the corpus shards in `output_dir`."""
 
-    pairs = em._read_pairs(ctx.input_dir("prepare", "data"))
-    path = em.infer_output_path(ctx.input_dir("teacher_decode", "infer"), "predict_with_aux")
-    candidates = em.candidates_from_decodes(
-        pairs, list(em.iter_infer_records(path, "predict_with_aux")), 1
+  def action(ctx: stages.StageContext) -> dict[str, Any]:
+    pairs = textio.read_distilled_shards(ctx.input_dir("prepare", "data"), "train")
+    path = t5x_jobs.infer_output_path(ctx.input_dir("teacher_decode", "infer"), "predict_with_aux")
+    candidates = t5x_jobs.candidates_from_decodes(
+        pairs, list(t5x_jobs.iter_infer_records(path, "predict_with_aux")), 1
     )
-    shards = pipelines.write_distilled_shards(
+    shards = textio.write_distilled_shards(
         output_dir, "train", [(c.source, c.target) for c in candidates], ctx.config.num_shards
     )
     changed = sum(1 for (_, target), c in zip(pairs, candidates) if c.target != target)
@@ -120,11 +122,20 @@ def _write_action(output_dir: str):
   return action
 
 
+def describe(stage: stages.Stage) -> str:
+  """The log line of a distillation stage."""
+  text = {
+      "teacher_decode": "the teacher beam-decodes the training sources",
+      "write_distilled": "check the beams against the sources; write the corpus",
+  }.get(stage.action)
+  return em.describe(stage) if text is None else text + stages.outputs_text(stage)
+
+
 def distill(
     config: em.EmConfig,
     checkpoint: str,
     output_dir: str,
-    runner: em.StageRunner | None = None,
+    runner: t5x_jobs.StageRunner | None = None,
     log=print,
 ) -> dict[str, Any]:
   """Runs (or resumes) the distillation; `config.run_dir` is the work directory.
@@ -132,19 +143,20 @@ def distill(
   Uses config's training data (train_files or task, limit), teacher_infer_gin,
   teacher_bindings, beam_size, num_shards, infer_batch_size.
   """
-  runner = runner or em.T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
+  runner = runner or t5x_jobs.T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
   actions = {
       "prepare": em.action_prepare,
       "teacher_decode": _decode_action(checkpoint),
       "write_distilled": _write_action(output_dir),
   }
-  done = em.run_plan(
+  done = stages.run_plan(
       config,
       runner,
       DISTILL_STAGES,
+      actions,
       log=log,
-      actions=actions,
       extra={"checkpoint": os.path.abspath(checkpoint), "output_dir": os.path.abspath(output_dir)},
+      describe=describe,
   )
   return done["write"]["counts"]
 
@@ -184,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  if args.task:
+    # The entry point registers the padir_* tasks; the library functions never import `tasks`.
+    import tasks  # noqa: F401
+
   defaults = em.EmConfig()
   config = em.EmConfig(
       run_dir=args.work_dir or os.path.join(args.output_dir, f"{args.corpus}.work"),

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from padir_t5x import EOS_ID, MASK_ID, PAD_ID, UNK_ID
+from padir_t5x import EOS_ID, MASK_ID, PAD_ID, UNK_ID, textio
 
 MASK_PIECE = "<mask>"
 DEFAULT_VOCAB_SIZE = 32000
@@ -81,19 +81,20 @@ def ids_to_text(processor, rows) -> list[str]:
 
 
 def read_lines(paths: Sequence[str]) -> list[str]:
-  """Reads non-empty lines from UTF-8 files (newline-delimited; tabs kept)."""
+  """Reads the non-blank lines of UTF-8 files (split on '\\n' only; tabs kept).
+
+  Uses textio.iter_text_lines, the package's one line reader, so a vocabulary sees exactly the
+  lines the data pipelines see. Raises FileNotFoundError (textio.MissingCorpusFileError) for a
+  missing file and ValueError (textio.CorpusFileError) naming file and line for invalid UTF-8.
+  """
   lines: list[str] = []
   for path in paths:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"vocabulary input file not found: {path}")
-    with open(path, "rb") as f:
-      for number, raw in enumerate(f, start=1):
-        try:
-          line = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as e:
-          raise ValueError(f"{path}: line {number} is not valid UTF-8 ({e})") from None
-        if line.strip():
-          lines.append(line)
+    for _, line in textio.iter_text_lines(path, allow_empty_lines=True):
+      # iter_text_lines drops one carriage return before the newline; this reader has always
+      # dropped every trailing one, so keep doing that.
+      line = line.rstrip("\r")
+      if line.strip():
+        lines.append(line)
   return lines
 
 
@@ -233,9 +234,10 @@ def task_sentences(task_name: str, split: str = "train") -> Iterator[str]:
 
   The raw source is read (before tokenization), so the task's vocabulary need not exist yet.
   TFDS translation sources give both language fields; text-file sources give inputs/targets.
+  The task must be registered already (e.g. by `import tasks`, as `main` does for --task): the
+  core never imports the `tasks` package, which itself builds on this module.
   """
-  import seqio
-  import tasks  # noqa: F401  Registers the padir_* tasks.
+  import seqio  # Deferred, like TensorFlow: the --files mode needs neither.
   import tensorflow as tf
 
   if task_name in seqio.MixtureRegistry.names():
@@ -291,6 +293,10 @@ def main(argv=None) -> None:
   if args.files:
     sentences = read_lines([p for p in args.files.split(",") if p])
   else:
+    # The CLI is the one place that registers the padir_* tasks; `tasks` imports this module, so
+    # importing it at module level would be a cycle.
+    import tasks  # noqa: F401
+
     sentences = list(task_sentences(args.task))
   path = train_sentencepiece(
       sentences,

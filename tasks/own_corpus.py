@@ -17,7 +17,7 @@ gin (the call returns the task name, so it can feed MIXTURE_OR_TASK_NAME directl
     MIXTURE_OR_TASK_NAME = @register_parallel_corpus_task()
 
 The files are validated at once (missing or empty file, invalid UTF-8, empty line, differing line
-counts -> pipelines.CorpusFileError naming the file and line). The vocabulary file is not needed
+counts -> textio.CorpusFileError naming the file and line). The vocabulary file is not needed
 until data are tokenized, so you can register first and then build it with
 `python -m padir_t5x.vocab --task my_de_en --output_prefix vocab/my_de_en`.
 """
@@ -29,7 +29,7 @@ import functools
 import gin
 import seqio
 
-from padir_t5x import pipelines, vocab
+from padir_t5x import pipelines, textio, vocab
 from tasks import common
 
 FilePair = tuple[str, str]
@@ -104,7 +104,7 @@ def register_parallel_corpus_task(
       )
     seqio.TaskRegistry.remove(name)
   counts = {
-      split: pipelines.validate_parallel_files(src, tgt, allow_empty_lines)
+      split: textio.validate_parallel_files(src, tgt, allow_empty_lines)
       for split, (src, tgt) in files.items()
   }
   source = seqio.FunctionDataSource(

@@ -14,7 +14,7 @@ import zlib
 import gin
 import pytest
 
-from padir_t5x import distill, em, pipelines
+from padir_t5x import distill, em, stages, t5x_jobs, textio
 
 
 class Killed(Exception):
@@ -48,7 +48,7 @@ class FakeRunner:
     return os.path.basename(os.path.dirname(path.rstrip("/")))
 
   def _maybe_crash(self, stage):
-    if self.crash_in is not None and stage == em.PARTIAL_PREFIX + self.crash_in:
+    if self.crash_in is not None and stage == stages.PARTIAL_PREFIX + self.crash_in:
       self.crash_in = None
       raise Killed(stage)
 
@@ -59,7 +59,7 @@ class FakeRunner:
       self.resumed.append(stage)
     os.makedirs(partial_ckpt, exist_ok=True)
     self._maybe_crash(stage)
-    n = sum(1 for _ in pipelines.iter_distilled_shards(job.data_dir, "train"))
+    n = sum(1 for _ in textio.iter_distilled_shards(job.data_dir, "train"))
     ckpt = os.path.join(job.model_dir, f"checkpoint_{job.steps}")
     os.makedirs(ckpt, exist_ok=True)
     with open(os.path.join(ckpt, "trained_on.json"), "w") as f:
@@ -68,7 +68,7 @@ class FakeRunner:
 
   def infer(self, job):
     stage = self._stage(job.output_dir)
-    pairs = pipelines.read_distilled_shards(job.data_dir, "train")
+    pairs = textio.read_distilled_shards(job.data_dir, "train")
     os.makedirs(job.output_dir, exist_ok=True)
     path = os.path.join(job.output_dir, f"padir_shards_x-{job.mode}.jsonl-00000-of-00001")
     with open(path, "w", encoding="utf-8") as f:
@@ -217,7 +217,7 @@ def test_plan_extends_when_rounds_grow():
 
 def test_check_plan_rejects_unknown_input():
   with pytest.raises(em.EmError, match="reads \\['nope'\\]"):
-    em.check_plan([em.Stage("a", "write", "prepare", ("nope",), ())])
+    stages.check_plan([stages.Stage("a", "write", "prepare", ("nope",), ())])
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,7 @@ def test_config_validation(field, value, message):
 # ---------------------------------------------------------------------------------------------
 # Selection.
 def cand(i, r, target="t"):
-  return em.Candidate(i, r, f"s{i}", f"{target}{r}")
+  return t5x_jobs.Candidate(i, r, f"s{i}", f"{target}{r}")
 
 
 def test_select_best_argmax_and_tie_goes_to_lowest_rank():
@@ -288,8 +288,8 @@ def test_candidates_from_decodes_best_beam_first(tmp_path):
           }
       ],
   )
-  records = list(em.iter_infer_records(path, "predict_with_aux"))
-  got = em.candidates_from_decodes([("a\tb", "ref")], records, 2)
+  records = list(t5x_jobs.iter_infer_records(path, "predict_with_aux"))
+  got = t5x_jobs.candidates_from_decodes([("a\tb", "ref")], records, 2)
   assert [(c.rank, c.target, c.ar_score) for c in got] == [(0, "best", -1.0), (1, "mid", -2.0)]
 
 
@@ -301,12 +301,12 @@ def test_candidates_from_decodes_detects_reordering(tmp_path):
           {"inputs": {"inputs_pretokenized": "first"}, "prediction": ["y"], "aux": {}},
       ],
   )
-  records = list(em.iter_infer_records(path, "predict_with_aux"))
+  records = list(t5x_jobs.iter_infer_records(path, "predict_with_aux"))
   with pytest.raises(
       em.EmError,
       match=r"out: line 1: inputs.inputs_pretokenized 'second' " r"differs from example 0",
   ):
-    em.candidates_from_decodes([("first", ""), ("second", "")], records, 1)
+    t5x_jobs.candidates_from_decodes([("first", ""), ("second", "")], records, 1)
 
 
 def test_candidates_from_decodes_needs_the_whole_beam_and_all_lines(tmp_path):
@@ -314,14 +314,18 @@ def test_candidates_from_decodes_needs_the_whole_beam_and_all_lines(tmp_path):
       tmp_path / "a", [{"inputs": {"inputs_pretokenized": "s"}, "prediction": "only top-1"}]
   )
   with pytest.raises(em.EmError, match="return_all_decodes"):
-    em.candidates_from_decodes([("s", "")], list(em.iter_infer_records(one_text, "p")), 1)
+    t5x_jobs.candidates_from_decodes(
+        [("s", "")], list(t5x_jobs.iter_infer_records(one_text, "p")), 1
+    )
   short = write_jsonl(
       tmp_path / "b", [{"inputs": {"inputs_pretokenized": "s"}, "prediction": ["x"]}]
   )
   with pytest.raises(em.EmError, match="1 beams, need 2"):
-    em.candidates_from_decodes([("s", "")], list(em.iter_infer_records(short, "p")), 2)
+    t5x_jobs.candidates_from_decodes([("s", "")], list(t5x_jobs.iter_infer_records(short, "p")), 2)
   with pytest.raises(em.EmError, match="1 lines for 2 input examples"):
-    em.candidates_from_decodes([("s", ""), ("t", "")], list(em.iter_infer_records(short, "p")), 1)
+    t5x_jobs.candidates_from_decodes(
+        [("s", ""), ("t", "")], list(t5x_jobs.iter_infer_records(short, "p")), 1
+    )
 
 
 def test_scores_from_records_checks_targets(tmp_path):
@@ -330,47 +334,47 @@ def test_scores_from_records_checks_targets(tmp_path):
       [{"inputs": {"inputs_pretokenized": "s0", "targets_pretokenized": "other"}, "score": -1.5}],
   )
   with pytest.raises(em.EmError, match="s: line 1: inputs.targets_pretokenized 'other'"):
-    em.scores_from_records([cand(0, 0)], list(em.iter_infer_records(path, "score")))
+    t5x_jobs.scores_from_records([cand(0, 0)], list(t5x_jobs.iter_infer_records(path, "score")))
 
 
 def test_iter_infer_records_names_file_and_line(tmp_path):
   path = tmp_path / "bad"
   path.write_text('{"inputs": {}, "score": 1}\nnot json\n')
   with pytest.raises(em.EmError, match="bad: line 2 is not valid JSON"):
-    list(em.iter_infer_records(str(path), "score"))
+    list(t5x_jobs.iter_infer_records(str(path), "score"))
   path.write_text('{"inputs": {}, "prediction": "x"}\n')
   with pytest.raises(em.EmError, match="bad: line 1: no 'score' field"):
-    list(em.iter_infer_records(str(path), "score"))
+    list(t5x_jobs.iter_infer_records(str(path), "score"))
 
 
 def test_infer_output_path_wants_exactly_one_file(tmp_path):
   with pytest.raises(em.EmError, match="found none"):
-    em.infer_output_path(str(tmp_path), "score")
+    t5x_jobs.infer_output_path(str(tmp_path), "score")
   (tmp_path / "t-score.jsonl-00000-of-00001").write_text("")
-  assert em.infer_output_path(str(tmp_path), "score").endswith("t-score.jsonl-00000-of-00001")
+  assert t5x_jobs.infer_output_path(str(tmp_path), "score").endswith("t-score.jsonl-00000-of-00001")
 
 
 def test_candidate_files_round_trip_tabs_and_newlines(tmp_path):
   candidates = [
-      em.Candidate(i // 2, i % 2, f"s\t{i}\n", f"t\r\n{i}\u2028x", -i * 0.5) for i in range(7)
+      t5x_jobs.Candidate(i // 2, i % 2, f"s\t{i}\n", f"t\r\n{i}\u2028x", -i * 0.5) for i in range(7)
   ]
-  em.write_candidates(str(tmp_path), candidates, num_shards=3)
+  t5x_jobs.write_candidates(str(tmp_path), candidates, num_shards=3)
   assert len(os.listdir(tmp_path / "candidates")) == 3
-  assert em.read_candidates(str(tmp_path)) == candidates
+  assert t5x_jobs.read_candidates(str(tmp_path)) == candidates
 
 
 # ---------------------------------------------------------------------------------------------
 # Stage gin files.
 def test_stage_gin_binds_data_steps_and_mode(tmp_path):
-  train = em.train_stage_gin(
-      em.TrainJob(("g.gin",), ("WARMUP_STEPS = 1",), "/d/it's", "/m", 10, 5, "de")
+  train = t5x_jobs.train_stage_gin(
+      t5x_jobs.TrainJob(("g.gin",), ("WARMUP_STEPS = 1",), "/d/it's", "/m", 10, 5, "de")
   )
   assert 'distill.shards_task.directory = "/d/it\'s"' in train
   assert "TRAIN_STEPS = 10" in train and "utils.SaveCheckpointConfig.period = 5" in train
   assert "train_script.train.infer_eval_dataset_cfg = None" in train
   assert train.rstrip().endswith("WARMUP_STEPS = 1")  # user bindings win: they come last
-  infer = em.infer_stage_gin(
-      em.InferJob(
+  infer = t5x_jobs.infer_stage_gin(
+      t5x_jobs.InferJob(
           ("g.gin",),
           (),
           "/d",
@@ -391,10 +395,10 @@ def test_stage_gin_binds_data_steps_and_mode(tmp_path):
       "utils.DatasetConfig.batch_size = 8",
   ):
     assert line in infer.splitlines()
-  score = em.infer_stage_gin(em.InferJob(("g.gin",), (), "/d", "/c", "/o", "score"))
+  score = t5x_jobs.infer_stage_gin(t5x_jobs.InferJob(("g.gin",), (), "/d", "/c", "/o", "score"))
   assert "return_all_decodes" not in score and "infer_script.infer.mode = 'score'" in score
-  evaluate = em.eval_stage_gin(
-      em.EvalJob(("e.gin",), ("X = 1",), "/c/checkpoint_5", "/o", "validation")
+  evaluate = t5x_jobs.eval_stage_gin(
+      t5x_jobs.EvalJob(("e.gin",), ("X = 1",), "/c/checkpoint_5", "/o", "validation")
   )
   for line in (
       "CHECKPOINT_PATH = '/c/checkpoint_5'",
@@ -408,29 +412,31 @@ def test_stage_gin_binds_data_steps_and_mode(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Whole pipeline with the fake runner.
 def run(config, runner, on_event=None):
-  return em.run_plan(config, runner, log=quiet, on_event=on_event)
+  return em.run(config, runner, log=quiet, on_event=on_event)
 
 
 def check_final_files(config, pairs):
   run_dir = config.run_dir
   assert (
-      pipelines.read_distilled_shards(
-          os.path.join(em.stage_dir(run_dir, "prepare"), "data"), "train"
+      textio.read_distilled_shards(
+          os.path.join(stages.stage_dir(run_dir, "prepare"), "data"), "train"
       )
       == pairs
   )
-  distilled = pipelines.read_distilled_shards(
-      os.path.join(em.stage_dir(run_dir, "r1_candidates"), "distilled"), "train"
+  distilled = textio.read_distilled_shards(
+      os.path.join(stages.stage_dir(run_dir, "r1_candidates"), "distilled"), "train"
   )
   assert distilled == [(s, fake_beam(t, 0)) for s, t in pairs]
-  selected = pipelines.read_distilled_shards(
-      os.path.join(em.stage_dir(run_dir, "r1_select"), "selected"), "train"
+  selected = textio.read_distilled_shards(
+      os.path.join(stages.stage_dir(run_dir, "r1_select"), "selected"), "train"
   )
   assert selected == expected_selection(pairs, config.num_candidates)
-  with open(os.path.join(em.final_checkpoint(run_dir, "r1_ar_train"), "trained_on.json")) as f:
+  with open(
+      os.path.join(t5x_jobs.final_checkpoint(run_dir, "r1_ar_train"), "trained_on.json")
+  ) as f:
     assert json.load(f)["examples"] == len(pairs)
   assert not [
-      d for d in os.listdir(os.path.join(run_dir, "stages")) if d.startswith(em.PARTIAL_PREFIX)
+      d for d in os.listdir(os.path.join(run_dir, "stages")) if d.startswith(stages.PARTIAL_PREFIX)
   ]
 
 
@@ -454,7 +460,7 @@ def kill_points():
   points = []
   for stage in em.plan(config):
     points += [(stage.name, event) for event in ("start", "executed", "marked", "finished")]
-    if stage.kind in em.RESUMABLE_KINDS:
+    if stage.kind in stages.RESUMABLE_KINDS:
       points.append((stage.name, "runner"))
   return points
 
@@ -483,10 +489,10 @@ def test_kill_anywhere_then_resume(tmp_path, stage_name, event):
   stages_before = [s.name for s in em.plan(config)]
   killed_index = stages_before.index(stage_name)
   for name in stages_before[:killed_index]:
-    assert em.PARTIAL_PREFIX + name not in second.completed
+    assert stages.PARTIAL_PREFIX + name not in second.completed
   kinds = {s.name: s.kind for s in em.plan(config)}
   if event == "runner" and kinds[stage_name] == "train":
-    assert second.resumed == [em.PARTIAL_PREFIX + stage_name]  # t5x's own partial work
+    assert second.resumed == [stages.PARTIAL_PREFIX + stage_name]  # t5x's own partial work
   check_final_files(config, pairs)
 
 
@@ -500,16 +506,16 @@ def test_partial_python_stage_is_discarded(tmp_path):
   with pytest.raises(Killed):
     run(config, FakeRunner(), on_event=kill_at_select)
   junk = os.path.join(
-      em.partial_dir(config.run_dir, "r1_select"), "selected", "train.jsonl-00000-of-00009"
+      stages.partial_dir(config.run_dir, "r1_select"), "selected", "train.jsonl-00000-of-00009"
   )
   os.makedirs(os.path.dirname(junk))
   with open(junk, "w") as f:
     f.write("half a line")
-  with open(os.path.join(em.partial_dir(config.run_dir, "r1_select"), "stray.tmp1"), "w") as f:
+  with open(os.path.join(stages.partial_dir(config.run_dir, "r1_select"), "stray.tmp1"), "w") as f:
     f.write("{")
   run(config, FakeRunner())
   check_final_files(config, pairs)
-  final = os.path.join(em.stage_dir(config.run_dir, "r1_select"), "selected")
+  final = os.path.join(stages.stage_dir(config.run_dir, "r1_select"), "selected")
   assert "train.jsonl-00000-of-00009" not in os.listdir(final)
   assert sorted(os.listdir(os.path.dirname(final))) == ["DONE.json", "selected", "selection.jsonl"]
 
@@ -528,7 +534,8 @@ def test_more_rounds_extend_a_finished_run(tmp_path):
   done = run(dataclasses.replace(config, rounds=2), runner)
   assert "r2_select" in done
   assert set(runner.completed) == {
-      em.PARTIAL_PREFIX + n for n in ("r2_ar_decode", "r2_nar_train", "r2_nar_score", "r2_ar_train")
+      stages.PARTIAL_PREFIX + n
+      for n in ("r2_ar_decode", "r2_nar_train", "r2_nar_score", "r2_ar_train")
   }
 
 
@@ -547,11 +554,11 @@ def test_baseline_and_eval_stages_run_report_and_resume(tmp_path):
   runner = FakeRunner()
   done = run(config, runner)
   # The killed eval stage is redone (not resumable); the stages before it are not.
-  assert em.PARTIAL_PREFIX + "r0_nar_eval" not in runner.completed
-  assert runner.completed[em.PARTIAL_PREFIX + "r1_nar_eval"] == 1
+  assert stages.PARTIAL_PREFIX + "r0_nar_eval" not in runner.completed
+  assert runner.completed[stages.PARTIAL_PREFIX + "r1_nar_eval"] == 1
   # The baseline trained on the raw pairs (the prepare stage's data).
   with open(
-      os.path.join(em.final_checkpoint(config.run_dir, "r0_nar_train"), "trained_on.json")
+      os.path.join(t5x_jobs.final_checkpoint(config.run_dir, "r0_nar_train"), "trained_on.json")
   ) as f:
     assert json.load(f)["data_dir"].endswith(os.path.join("prepare", "data"))
   for name in ("r0_ar_eval", "r0_nar_eval", "r1_nar_eval", "r1_ar_eval", "r2_nar_eval"):
@@ -579,17 +586,17 @@ def test_baseline_and_eval_stages_run_report_and_resume(tmp_path):
 
 def test_read_eval_metrics_names_missing_and_bad_files(tmp_path):
   with pytest.raises(em.EmError, match="no '\\*-metrics.jsonl' written by t5x.eval"):
-    em.read_eval_metrics(str(tmp_path))
+    t5x_jobs.read_eval_metrics(str(tmp_path))
   directory = tmp_path / "inference_eval"
   directory.mkdir()
   (directory / "t-metrics.jsonl").write_text('{"step": 1, "bleu": 2}\n{"bleu": \n')
   with pytest.raises(em.EmError, match="t-metrics.jsonl: line 2 is not valid JSON"):
-    em.read_eval_metrics(str(tmp_path))
+    t5x_jobs.read_eval_metrics(str(tmp_path))
 
 
 def test_stage_dir_without_marker_is_an_error(tmp_path):
   config, _ = make_config(tmp_path, n=3)
-  os.makedirs(em.stage_dir(config.run_dir, "prepare"))
+  os.makedirs(stages.stage_dir(config.run_dir, "prepare"))
   with pytest.raises(em.EmError, match="prepare exists without DONE.json"):
     run(config, FakeRunner())
 
@@ -598,7 +605,7 @@ def test_bad_training_file_names_file_and_line(tmp_path):
   config, _ = make_config(tmp_path, n=3)
   with open(config.train_files[1], "a") as f:
     f.write("\n")
-  with pytest.raises(pipelines.CorpusFileError, match=r"train.en: line 4 is empty"):
+  with pytest.raises(textio.CorpusFileError, match=r"train.en: line 4 is empty"):
     run(config, FakeRunner())
 
 
@@ -650,8 +657,8 @@ def test_distill_writes_ordered_shards_and_resumes(tmp_path):
   counts = distill.distill(config, "/ckpt/checkpoint_5", out, runner, log=quiet)
   assert counts["examples"] == 6 and counts["differs_from_reference"] == 6
   assert sorted(os.listdir(out)) == ["train.jsonl-00000-of-00002", "train.jsonl-00001-of-00002"]
-  assert pipelines.read_distilled_shards(out, "train") == [(s, fake_beam(t, 0)) for s, t in pairs]
-  assert runner.completed == {em.PARTIAL_PREFIX + "teacher_decode": 1}
+  assert textio.read_distilled_shards(out, "train") == [(s, fake_beam(t, 0)) for s, t in pairs]
+  assert runner.completed == {stages.PARTIAL_PREFIX + "teacher_decode": 1}
 
 
 def test_shards_task_yields_the_shards_in_order(tmp_path, tiny_vocab_path):
@@ -659,7 +666,7 @@ def test_shards_task_yields_the_shards_in_order(tmp_path, tiny_vocab_path):
 
   pairs = [("eins\tzwei", "one\ntwo"), ("drei", "three")]
   directory = str(tmp_path / "shards")
-  pipelines.write_distilled_shards(directory, "train", pairs, num_shards=2)
+  textio.write_distilled_shards(directory, "train", pairs, num_shards=2)
   vocabulary = seqio.SentencePieceVocabulary(tiny_vocab_path)
   name = distill.shards_task(directory, vocabulary)
   assert distill.shards_task(directory, vocabulary) == name  # idempotent
@@ -677,7 +684,7 @@ def test_shards_task_yields_the_shards_in_order(tmp_path, tiny_vocab_path):
 
 
 def test_shards_task_missing_directory_is_named(tmp_path):
-  with pytest.raises(pipelines.MissingCorpusFileError, match="nothing_here"):
+  with pytest.raises(textio.MissingCorpusFileError, match="nothing_here"):
     distill.shards_task(str(tmp_path / "nothing_here"), vocabulary=None)
 
 
@@ -701,17 +708,17 @@ def test_training_pairs_from_a_seqio_task_match_its_files():
 
   data_dir, _ = tasks.ensure_quickstart_data()
   config = em.EmConfig(run_dir="r", task="padir_quickstart_de_en", limit=5)
-  expected = pipelines.read_parallel_files(
+  expected = textio.read_parallel_files(
       os.path.join(data_dir, "train.de"), os.path.join(data_dir, "train.en")
   )[:5]
   assert em.read_training_pairs(config) == expected
 
 
 def test_read_candidates_names_bad_meta_line(tmp_path):
-  em.write_candidates(str(tmp_path), [cand(0, 0), cand(0, 1)], num_shards=1)
+  t5x_jobs.write_candidates(str(tmp_path), [cand(0, 0), cand(0, 1)], num_shards=1)
   meta = tmp_path / "candidates.meta.jsonl"
   meta.write_text(meta.read_text().splitlines()[0] + '\n{"index": 1}\n')
   with pytest.raises(
       em.EmError, match=r"candidates.meta.jsonl: line 2: not a candidate " r"record \(KeyError"
   ):
-    em.read_candidates(str(tmp_path))
+    t5x_jobs.read_candidates(str(tmp_path))

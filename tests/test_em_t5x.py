@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("t5x")
 
-from padir_t5x import em, pipelines  # noqa: E402
+from padir_t5x import em, textio  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT = 64
@@ -142,13 +142,11 @@ def test_resume_reports_skips_and_completes(em_run):
 
 def test_every_source_selected_once_in_order(em_run, train_files):
   run_dir, _, _ = em_run
-  sources = [s for s, _ in pipelines.read_parallel_files(*train_files)[:LIMIT]]
+  sources = [s for s, _ in textio.read_parallel_files(*train_files)[:LIMIT]]
   stage = lambda name, *p: os.path.join(em.stage_dir(run_dir, name), *p)  # noqa: E731
-  assert [
-      s for s, _ in pipelines.read_distilled_shards(stage("prepare", "data"), "train")
-  ] == sources
-  distilled = pipelines.read_distilled_shards(stage("r1_candidates", "distilled"), "train")
-  selected = pipelines.read_distilled_shards(stage("r1_select", "selected"), "train")
+  assert [s for s, _ in textio.read_distilled_shards(stage("prepare", "data"), "train")] == sources
+  distilled = textio.read_distilled_shards(stage("r1_candidates", "distilled"), "train")
+  selected = textio.read_distilled_shards(stage("r1_select", "selected"), "train")
   assert [s for s, _ in distilled] == sources and [s for s, _ in selected] == sources
   candidates = em.read_candidates(stage("r1_candidates"))
   assert [(c.source_index, c.rank) for c in candidates] == [
@@ -188,9 +186,9 @@ def test_distill_command_writes_where_distilled_tasks_read(em_run, train_files, 
   )
   assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
   corpus = os.path.join(output_dir, "wmt14_de_en")
-  assert len(pipelines.distilled_shard_paths(corpus, "train")) == 3
-  pairs = pipelines.read_distilled_shards(corpus, "train")
-  sources = [s for s, _ in pipelines.read_parallel_files(*train_files)[:16]]
+  assert len(textio.distilled_shard_paths(corpus, "train")) == 3
+  pairs = textio.read_distilled_shards(corpus, "train")
+  sources = [s for s, _ in textio.read_parallel_files(*train_files)[:16]]
   assert [s for s, _ in pairs] == sources
   assert "[distill] 16 pairs in 3 shards" in result.stdout
 

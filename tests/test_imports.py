@@ -6,6 +6,8 @@ so a lazy `import t5x` inside a function is caught as well as a top-level one.
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -47,3 +49,55 @@ def test_detector_sees_nested_imports(tmp_path):
   sample = tmp_path / "sample.py"
   sample.write_text("def f():\n  from t5x import models\n  import t5x.utils\n")
   assert _imported_modules(sample) == {"t5x", "t5x.utils"}
+
+
+# The text and shard readers, the stage engine and the EM / distill pipelines must load without
+# TensorFlow (they only read and write files; seqio/TensorFlow are imported where a seqio task is
+# read). `sys.modules['tensorflow'] = None` makes any `import tensorflow` raise ImportError.
+TENSORFLOW_FREE = (
+    "padir_t5x.textio",
+    "padir_t5x.stages",
+    "padir_t5x.t5x_jobs",
+    "padir_t5x.em_config",
+    "padir_t5x.em_report",
+    "padir_t5x.em",
+    "padir_t5x.distill",
+    "padir_t5x.vocab",
+)
+
+
+@pytest.mark.parametrize("module", TENSORFLOW_FREE)
+def test_module_imports_without_tensorflow(module):
+  code = f"import sys\nsys.modules['tensorflow'] = None\nimport {module}\n"
+  result = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert result.returncode == 0, f"{module} needs TensorFlow at import:\n{result.stderr[-2000:]}"
+
+
+def _module_level_imports(path: pathlib.Path) -> set[str]:
+  """Modules imported when `path` is imported: everything outside function bodies."""
+  names = set()
+  pending = list(ast.parse(path.read_text(encoding="utf-8")).body)
+  while pending:
+    node = pending.pop()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      continue
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names.add(node.module)
+    pending.extend(ast.iter_child_nodes(node))
+  return names
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "padir_t5x").glob("*.py")), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_package_does_not_import_tasks_at_module_level(path):
+  # Layering: padir_t5x (the core) <- tasks. `tasks` imports the core, so a module-level import
+  # back would be a cycle; command-line entry points import `tasks` inside main() instead.
+  offending = sorted(
+      m for m in _module_level_imports(path) if m == "tasks" or m.startswith("tasks.")
+  )
+  assert not offending, f"{path.relative_to(REPO)} imports {offending} at module level"

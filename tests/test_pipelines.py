@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from padir_t5x import pipelines
+from padir_t5x import pipelines, textio
 
 
 def _write(path, data):
@@ -23,7 +23,7 @@ def pair(tmp_path):
 
 
 def test_read_parallel_files_keeps_tabs_and_handles_crlf(pair):
-  assert pipelines.read_parallel_files(*pair) == [
+  assert textio.read_parallel_files(*pair) == [
       ("eins\tzwei", "one\ttwo"),
       ("hallo welt", "hello world"),
       ("letzte zeile", "last line"),
@@ -34,19 +34,19 @@ def test_only_newline_splits_lines(tmp_path):
   # Form feed and U+2028 are not line breaks here (str.splitlines would split on them).
   src = _write(tmp_path / "s", "a\x0cb\u2028c\n")
   tgt = _write(tmp_path / "t", "x\n")
-  assert pipelines.read_parallel_files(src, tgt) == [("a\x0cb\u2028c", "x")]
+  assert textio.read_parallel_files(src, tgt) == [("a\x0cb\u2028c", "x")]
 
 
 def test_missing_file(tmp_path, pair):
   with pytest.raises(ValueError, match=r"corpus file not found: .*nope\.en") as info:
-    pipelines.read_parallel_files(pair[0], str(tmp_path / "nope.en"))
+    textio.read_parallel_files(pair[0], str(tmp_path / "nope.en"))
   assert isinstance(info.value, FileNotFoundError)
 
 
 def test_empty_file(tmp_path, pair):
   empty = _write(tmp_path / "empty.en", "")
   with pytest.raises(ValueError, match=r"corpus file is empty: .*empty\.en"):
-    pipelines.read_parallel_files(pair[0], empty)
+    textio.read_parallel_files(pair[0], empty)
 
 
 def test_line_count_mismatch(tmp_path, pair):
@@ -56,26 +56,26 @@ def test_line_count_mismatch(tmp_path, pair):
       match=r"line counts differ: .*a\.de has 3 lines, .*short\.en "
       r"has 2; .*short\.en ends at line 2",
   ):
-    pipelines.read_parallel_files(pair[0], short)
+    textio.read_parallel_files(pair[0], short)
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path, pair):
   bad = _write(tmp_path / "bad.en", b"one\ntwo\nthr\xe9e\n")
   with pytest.raises(ValueError, match=r"bad\.en: line 3 is not valid UTF-8"):
-    pipelines.read_parallel_files(pair[0], bad)
+    textio.read_parallel_files(pair[0], bad)
 
 
 def test_empty_line(tmp_path, pair):
   holes = _write(tmp_path / "holes.en", "one\n  \nthree\n")
   with pytest.raises(ValueError, match=r"holes\.en: line 2 is empty"):
-    pipelines.read_parallel_files(pair[0], holes)
-  assert pipelines.read_parallel_files(pair[0], holes, allow_empty_lines=True)[1][1] == "  "
+    textio.read_parallel_files(pair[0], holes)
+  assert textio.read_parallel_files(pair[0], holes, allow_empty_lines=True)[1][1] == "  "
 
 
 def test_parallel_text_dataset_matches_reader(pair):
   ds = pipelines.parallel_text_dataset(*pair)
   got = [(ex["inputs"].decode(), ex["targets"].decode()) for ex in ds.as_numpy_iterator()]
-  assert got == pipelines.read_parallel_files(*pair)
+  assert got == textio.read_parallel_files(*pair)
 
 
 def test_parallel_text_dataset_validates(tmp_path, pair):
@@ -95,10 +95,10 @@ PAIRS = [(f"quelle {i}\tmit tab", f"target {i}\nwith newline") for i in range(10
 
 
 def test_distilled_round_trip(tmp_path):
-  paths = pipelines.write_distilled_shards(str(tmp_path), "train", PAIRS, num_shards=4)
+  paths = textio.write_distilled_shards(str(tmp_path), "train", PAIRS, num_shards=4)
   assert [os.path.basename(p) for p in paths] == [f"train.jsonl-0000{k}-of-00004" for k in range(4)]
   assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
-  assert pipelines.read_distilled_shards(str(tmp_path), "train") == PAIRS
+  assert textio.read_distilled_shards(str(tmp_path), "train") == PAIRS
   ds = pipelines.distilled_dataset(str(tmp_path), "train")
   assert [(e["inputs"].decode(), e["targets"].decode()) for e in ds.as_numpy_iterator()] == PAIRS
   first = json.loads(open(paths[0], encoding="utf-8").readline())
@@ -106,22 +106,22 @@ def test_distilled_round_trip(tmp_path):
 
 
 def test_distilled_rewrite_removes_stale_shards(tmp_path):
-  pipelines.write_distilled_shards(str(tmp_path), "train", PAIRS, num_shards=4)
-  pipelines.write_distilled_shards(str(tmp_path), "train", PAIRS[:3], num_shards=2)
+  textio.write_distilled_shards(str(tmp_path), "train", PAIRS, num_shards=4)
+  textio.write_distilled_shards(str(tmp_path), "train", PAIRS[:3], num_shards=2)
   assert sorted(os.listdir(tmp_path)) == [
       "train.jsonl-00000-of-00002",
       "train.jsonl-00001-of-00002",
   ]
-  assert pipelines.read_distilled_shards(str(tmp_path), "train") == PAIRS[:3]
+  assert textio.read_distilled_shards(str(tmp_path), "train") == PAIRS[:3]
 
 
 def test_distilled_missing_shards(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no distilled shards 'train"):
     pipelines.distilled_dataset(str(tmp_path), "train")
-  paths = pipelines.write_distilled_shards(str(tmp_path), "train", PAIRS, num_shards=3)
+  paths = textio.write_distilled_shards(str(tmp_path), "train", PAIRS, num_shards=3)
   os.remove(paths[1])
   with pytest.raises(ValueError, match=r"missing distilled shard\(s\): .*00001-of-00003"):
-    pipelines.read_distilled_shards(str(tmp_path), "train")
+    textio.read_distilled_shards(str(tmp_path), "train")
 
 
 @pytest.mark.parametrize(
@@ -138,4 +138,4 @@ def test_distilled_bad_records(tmp_path, line, message):
   path = tmp_path / "dev.jsonl-00000-of-00001"
   _write(path, json.dumps({"index": 0, "source": "s", "target": "t"}) + "\n" + line + "\n")
   with pytest.raises(ValueError, match=r"dev\.jsonl-00000-of-00001: " + message):
-    pipelines.read_distilled_shards(str(tmp_path), "dev")
+    textio.read_distilled_shards(str(tmp_path), "dev")

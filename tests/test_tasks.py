@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 import padir_t5x
 import tasks
-from padir_t5x import corpus, pipelines, vocab
+from padir_t5x import corpus, textio, vocab
 from tasks import common, own_corpus, quickstart, shared_corpus
 
 LENGTHS = {"inputs": 32, "targets": 32}
@@ -116,7 +116,7 @@ def test_mixtures_mocked(vocab_dir):
 
 def test_distilled_task(vocab_dir, tmp_path, monkeypatch):
   pairs = corpus.generate_pairs(10, seed=9)
-  pipelines.write_distilled_shards(
+  textio.write_distilled_shards(
       str(tmp_path / "distilled" / "wmt14_de_en"), "train", pairs, num_shards=3
   )
   task = seqio.get_mixture_or_task("padir_wmt14_de_en_distilled")
@@ -244,7 +244,7 @@ def test_own_corpus_on_real_data(data_dir, tiny_vocab_path, pair, src, tgt):
       vocabulary_path=tiny_vocab_path,
   )
   task = seqio.get_mixture_or_task(name)
-  lines = pipelines.read_parallel_files(*files)
+  lines = textio.read_parallel_files(*files)
   assert task.num_input_examples("validation") == len(lines) > 1000
   examples = _first(task.get_dataset(LENGTHS, split="validation", shuffle=False), 3)
   assert [e["targets_pretokenized"].decode() for e in examples] == [t for _, t in lines[:3]]
@@ -321,5 +321,5 @@ def test_shared_task_errors_name_the_problem(tmp_path, monkeypatch):
   with open(directory / "dev-multi30k.en", "a", encoding="utf-8") as f:
     f.write("one line too many\n")
   monkeypatch.setattr(shared_corpus.shared_data, "find_data_dir", lambda: str(tmp_path / "data"))
-  with pytest.raises(pipelines.CorpusFileError, match="dev-multi30k"):
+  with pytest.raises(textio.CorpusFileError, match="dev-multi30k"):
     shared_corpus._dataset_fn("validation", shuffle_files=False)
