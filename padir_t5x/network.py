@@ -29,11 +29,11 @@ Every parameter is created with `flax.linen.partitioning.param_with_axes` (so t5
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from flax import linen as nn
 import jax.numpy as jnp
 
+from padir_t5x import masks
 from padir_t5x.layers import DenseGeneral
 from padir_t5x.layers import LayerNorm
 from padir_t5x.layers import MultiHeadAttention
@@ -46,11 +46,6 @@ Array = jnp.ndarray
 # Module-level alias (not `nn_partitioning.with_sharding_constraint` at each call) so that a test
 # can substitute a recorder and check every activation axis name (padir_t5x.layers has its own).
 with_sharding_constraint = nn.partitioning.with_sharding_constraint
-# Boolean [batch, 1, len_q, len_kv] masks (flax's default is float32: 4x the memory).
-make_attention_mask = functools.partial(
-    nn.make_attention_mask, pairwise_fn=jnp.logical_and, dtype=jnp.bool_
-)
-combine_masks = functools.partial(nn.combine_masks, dtype=jnp.bool_)
 
 # Every logical axis name a parameter or an activation of this network uses. 'length_classes' is
 # the length classifier's output axis (max_target_length classes); the rest are t5x's names.
@@ -430,15 +425,7 @@ class Transformer(nn.Module):
       raise ValueError(
           f"encoder_input_tokens must be [batch, length], got " f"{encoder_input_tokens.shape}"
       )
-    valid = encoder_input_tokens > 0
-    mask = make_attention_mask(valid, valid)
-    if encoder_segment_ids is not None:
-      mask = combine_masks(
-          mask,
-          nn.make_attention_mask(
-              encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=jnp.bool_
-          ),
-      )
+    mask = masks.encoder_mask(encoder_input_tokens, encoder_segment_ids)
     return self.encoder(
         encoder_input_tokens, mask, encoder_positions, deterministic=not enable_dropout
     )
@@ -481,15 +468,19 @@ class Transformer(nn.Module):
     del max_decode_length  # the cache shape (set at initialisation) determines it
     cfg = self.config
     if cfg.is_padir:
-      self_mask, cross_mask = self._padir_masks(
-          encoder_input_tokens,
-          decoder_target_tokens,
-          encoder_segment_ids,
-          decoder_segment_ids,
-          decode,
-      )
+      if decode:
+        raise ValueError(
+            "decode=True (autoregressive cache) is not available with "
+            "decoder_mode='padir': PaDIR decodes all positions in parallel"
+        )
+      if decoder_segment_ids is not None or encoder_segment_ids is not None:
+        raise NotImplementedError(
+            "packed examples (segment ids) are unsupported for PaDIR: the length classifier and "
+            "the parallel decoder need one example per row; set pack=False"
+        )
+      self_mask, cross_mask = masks.padir_decoder_masks(encoder_input_tokens, decoder_target_tokens)
     else:
-      self_mask, cross_mask = self._autoregressive_masks(
+      self_mask, cross_mask = masks.autoregressive_decoder_masks(
           encoder_input_tokens,
           decoder_target_tokens,
           encoder_segment_ids,
@@ -507,68 +498,6 @@ class Transformer(nn.Module):
         deterministic=not enable_dropout,
         decode=decode,
     )
-
-  def _padir_masks(
-      self,
-      encoder_input_tokens,
-      decoder_target_tokens,
-      encoder_segment_ids,
-      decoder_segment_ids,
-      decode,
-  ):
-    """Bidirectional decoder padding mask and encoder-padding cross mask."""
-    if decode:
-      raise ValueError(
-          "decode=True (autoregressive cache) is not available with "
-          "decoder_mode='padir': PaDIR decodes all positions in parallel"
-      )
-    if decoder_segment_ids is not None or encoder_segment_ids is not None:
-      raise NotImplementedError(
-          "packed examples (segment ids) are unsupported for PaDIR: the length classifier and "
-          "the parallel decoder need one example per row; set pack=False"
-      )
-    valid_target = decoder_target_tokens > 0
-    self_mask = make_attention_mask(valid_target, valid_target)
-    cross_mask = make_attention_mask(valid_target, encoder_input_tokens > 0)
-    return self_mask, cross_mask
-
-  def _autoregressive_masks(
-      self,
-      encoder_input_tokens,
-      decoder_target_tokens,
-      encoder_segment_ids,
-      decoder_segment_ids,
-      decode,
-  ):
-    """Causal+padding(+segment) self mask and cross mask, as t5x's Transformer.decode."""
-    if decode:
-      if encoder_segment_ids is not None:
-        raise ValueError("packing is not used while decoding, but encoder_segment_ids was given")
-      # The cache enforces causality; every decoded position is a query.
-      return None, make_attention_mask(
-          jnp.ones_like(decoder_target_tokens) > 0, encoder_input_tokens > 0
-      )
-    valid_target = decoder_target_tokens > 0
-    self_mask = combine_masks(
-        nn.make_causal_mask(decoder_target_tokens, dtype=jnp.bool_),
-        make_attention_mask(valid_target, valid_target),
-    )
-    cross_mask = make_attention_mask(valid_target, encoder_input_tokens > 0)
-    if decoder_segment_ids is not None:
-      self_mask = combine_masks(
-          self_mask,
-          nn.make_attention_mask(
-              decoder_segment_ids, decoder_segment_ids, jnp.equal, dtype=jnp.bool_
-          ),
-      )
-    if encoder_segment_ids is not None:
-      cross_mask = combine_masks(
-          cross_mask,
-          nn.make_attention_mask(
-              decoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=jnp.bool_
-          ),
-      )
-    return self_mask, cross_mask
 
   def __call__(
       self,

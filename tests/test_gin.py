@@ -132,6 +132,17 @@ def test_model_gin_builds_and_initialises(name):
     assert variables["params"]["token_embedder"]["embedding"].shape == (256, 64)
 
 
+def test_padir_base_gin_defaults_are_the_library_defaults():
+  """The gin macros exist for overrides; their values must not become a second set of defaults."""
+  from padir_t5x import decoding, losses
+
+  bindings = ["DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'"] + TINY_NETWORK
+  model = _parse([GIN / "models" / "padir_base.gin"], bindings)["model"]
+  vocab = {"vocab_high": model.vocab_high}
+  assert model.loss_config == losses.PadirLossConfig(**vocab)
+  assert model.decoding_config == decoding.DecodingConfig(**vocab)
+
+
 def test_padir_gin_macros_reach_the_model():
   captured = _parse(
       [GIN / "models" / "padir_tiny.gin"],
