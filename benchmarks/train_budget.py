@@ -5,12 +5,14 @@
 
 Both models share the network code (padir_t5x.network; AR = decoder_mode='autoregressive'), the
 SentencePiece vocabulary (built once from the training text and cached under --vocab_dir), the
-data, the batches (same seed, same length buckets), the optimiser and the schedule. The budget
-is wall-clock time of training steps: the step function is compiled ahead of time for every
-bucket shape before the clock starts (the compile time is recorded apart), because on a small
-shared CPU compiling PaDIR's two-stage loss takes minutes and would otherwise eat a large,
-load-dependent share of a short budget. The learning rate follows warm-up + cosine decay over the *elapsed fraction of the budget*
-(optax.inject_hyperparams), since the number of steps a budget allows is not known in advance.
+data, the batches (same seed, same length buckets), the optimiser, the schedule and the train
+step (padir_t5x.training, which the quickstart uses too; only the loss differs). The budget is
+wall-clock time of training steps: the step function is compiled ahead of time for every bucket
+shape before the clock starts (the compile time is recorded apart), because on a small shared CPU
+compiling PaDIR's two-stage loss takes minutes and would otherwise eat a large, load-dependent
+share of a short budget. The learning rate follows warm-up + cosine decay over the *elapsed
+fraction of the budget* (training.make_injected_optimizer), since the number of steps a budget
+allows is not known in advance; --max_steps only stops the loop earlier.
 
 Losses: PaDIR uses the core multi-stage loss (padir_t5x.losses.multi_stage_loss); AR uses the
 teacher-forced cross-entropy of the targets shifted right (BOS = PAD = 0), `ar_loss` below. Both
@@ -30,12 +32,12 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from benchmarks import common
 from padir_t5x import losses
 from padir_t5x import network
 from padir_t5x import pipelines
+from padir_t5x import training
 from padir_t5x import vocab as vocab_lib
 
 # (padded length, batch size): about 2k target tokens per batch in each bucket; two shapes,
@@ -67,14 +69,13 @@ class BudgetConfig:
 
 
 def transformer_config(config: BudgetConfig, vocab_high: int) -> network.TransformerConfig:
-  return network.tiny_config(
+  """The tiny network of `config` (AR or PaDIR decoder), both sides max_length long."""
+  return training.tiny_network_config(
       vocab_size=vocab_lib.padded_vocab_size(vocab_high),
       emb_dim=config.emb_dim,
       num_heads=config.num_heads,
-      head_dim=config.emb_dim // config.num_heads,
       mlp_dim=config.mlp_dim,
-      num_encoder_layers=config.num_layers,
-      num_decoder_layers=config.num_layers,
+      num_layers=config.num_layers,
       max_input_length=config.max_length,
       max_target_length=config.max_length,
       dropout_rate=config.dropout_rate,
@@ -167,26 +168,13 @@ def time_schedule(config: BudgetConfig, fraction: float) -> float:
   return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
-  """Trains for config.minutes of wall-clock; returns (module, params, record dict)."""
-  net_config = transformer_config(config, vocab_high)
-  module = network.Transformer(net_config)
-  batches = bucket_batches(inputs, targets, buckets=DEFAULT_BUCKETS, seed=config.seed)
-  first = next(batches)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, rng = jax.random.split(rng)
-  params = module.init(
-      init_rng,
-      jnp.asarray(first["encoder_input_tokens"]),
-      jnp.asarray(first["decoder_target_tokens"]),
-      jnp.asarray(first["decoder_target_tokens"]),
-      enable_dropout=False,
-  )["params"]
-  optimizer = optax.chain(
-      optax.clip_by_global_norm(1.0),
-      optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b2=0.98, weight_decay=0.0),
-  )
-  opt_state = optimizer.init(params)
+def loss_function(
+    config: BudgetConfig, module: network.Transformer, vocab_high: int
+) -> training.LossFn:
+  """config.model's training loss, per real target token with config.z_loss, dropout on.
+
+  PaDIR: the core multi-stage loss; AR: `ar_loss`.
+  """
   if config.model == "padir":
     loss_config = losses.PadirLossConfig(
         num_stages=config.num_stages,
@@ -195,23 +183,24 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
         z_loss=config.z_loss,
         loss_normalizing_factor=losses.REAL_TARGET_TOKENS,
     )
-    loss_fn = lambda p, b, r: losses.multi_stage_loss(module, p, b, r, loss_config)
-  else:
-    loss_fn = lambda p, b, r: ar_loss(module, p, b, r, config.z_loss)
+    return training.padir_loss_fn(module, loss_config)
 
-  def step_fn(params, opt_state, batch, rng, learning_rate):
-    opt_state[1].hyperparams["learning_rate"] = learning_rate
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics
+  def loss_fn(params, batch, rng):
+    return ar_loss(module, params, batch, rng, config.z_loss)
 
-  # Compile every bucket shape before the clock starts (see the module docstring).
-  compile_start = time.perf_counter()
+  return loss_fn
+
+
+def compile_per_bucket(train_step, params, opt_state, rng, buckets=DEFAULT_BUCKETS) -> dict:
+  """{(batch size, length): `train_step` (with a learning-rate argument) compiled for that shape}.
+
+  Compiled ahead of time so that no compilation falls inside the budget (module docstring).
+  """
   compiled = {}
-  for length, size in DEFAULT_BUCKETS:
+  for length, size in buckets:
     shape = jax.ShapeDtypeStruct((size, length), jnp.int32)
     compiled[(size, length)] = (
-        jax.jit(step_fn)
+        jax.jit(train_step)
         .lower(
             params,
             opt_state,
@@ -221,6 +210,40 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
         )
         .compile()
     )
+  return compiled
+
+
+def _log_line(config: BudgetConfig, step: int, start: float, lr, recent: list[dict]) -> str:
+  """One progress line: the loss and accuracies averaged over the steps since the last line."""
+  shown = {
+      k: float(np.mean([float(m[k]) for m in recent]))
+      for k in recent[-1]
+      if k == "loss" or k.endswith("accuracy")
+  }
+  return (
+      f"[{config.model}] step {step}  {time.perf_counter() - start:.0f}s  lr={float(lr):.2e}  "
+      + "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items()))
+  )
+
+
+def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
+  """Trains for config.minutes of wall-clock; returns (module, params, record dict).
+
+  Stops earlier after config.max_steps steps when that is > 0; the learning rate follows the
+  elapsed fraction of the wall-clock budget either way (`time_schedule`).
+  """
+  module = network.Transformer(transformer_config(config, vocab_high))
+  batches = bucket_batches(inputs, targets, buckets=DEFAULT_BUCKETS, seed=config.seed)
+  first = next(batches)
+  # Clipping and weight decay as training.TrainConfig's defaults.
+  optimizer = training.make_injected_optimizer(gradient_clip_norm=1.0, weight_decay=0.0)
+  params, opt_state, rng = training.init_train_state(module, first, config.seed, optimizer)
+  train_step = training.with_learning_rate(
+      training.make_train_step(loss_function(config, module, vocab_high), optimizer)
+  )
+
+  compile_start = time.perf_counter()
+  compiled = compile_per_bucket(train_step, params, opt_state, rng)
   compile_seconds = time.perf_counter() - compile_start
   log(f"[{config.model}] compiled {len(compiled)} shapes in {compile_seconds:.0f}s")
 
@@ -235,21 +258,13 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
     rng, step_rng = jax.random.split(rng)
     lr = jnp.asarray(time_schedule(config, elapsed / budget), jnp.float32)
     params, opt_state, metrics = compiled[batch["decoder_target_tokens"].shape](
-        params, opt_state, {k: jnp.asarray(v) for k, v in batch.items()}, step_rng, lr
+        params, opt_state, training.device_batch(batch), step_rng, lr
     )
     step += 1
     tokens_seen += int((batch["decoder_target_tokens"] > 0).sum())
     recent.append(metrics)
     if time.perf_counter() - start >= next_log:
-      shown = {
-          k: float(np.mean([float(m[k]) for m in recent]))
-          for k in recent[-1]
-          if k == "loss" or k.endswith("accuracy")
-      }
-      log(
-          f"[{config.model}] step {step}  {time.perf_counter() - start:.0f}s  lr={float(lr):.2e}  "
-          + "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items()))
-      )
+      log(_log_line(config, step, start, lr, recent))
       recent, next_log = [], next_log + 60.0
     batch = next(batches)
   jax.block_until_ready(params)

@@ -95,14 +95,12 @@ def run(config: QuickstartConfig, log=print) -> dict:
   test_inputs = _encode(processor, test_sources, config.max_input_length, eval_paths["de"])
 
   real_vocab = processor.get_piece_size()
-  net_config = network.tiny_config(
+  net_config = training.tiny_network_config(
       vocab_size=vocab.padded_vocab_size(real_vocab),
       emb_dim=config.emb_dim,
       num_heads=config.num_heads,
-      head_dim=config.emb_dim // config.num_heads,
       mlp_dim=config.mlp_dim,
-      num_encoder_layers=config.num_layers,
-      num_decoder_layers=config.num_layers,
+      num_layers=config.num_layers,
       max_input_length=config.max_input_length,
       max_target_length=config.max_target_length,
       dropout_rate=config.dropout_rate,

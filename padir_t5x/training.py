@@ -1,7 +1,10 @@
-"""A minimal optax training loop for PaDIR on in-memory token arrays, with no t5x.
+"""The one PaDIR train step, and a minimal optax training loop on in-memory token arrays, no t5x.
 
-T5X is the way to train at scale (gin/ and padir_t5x/models.py). This loop exists so that the core
-can be trained and checked anywhere: the quickstart main job and the toy-task test use it.
+T5X is the way to train at scale (gin/ and padir_t5x/models.py). This module exists so that the
+core can be trained and checked anywhere: the quickstart main job and the toy-task test run
+`train`; the equal-budget trainer (benchmarks/train_budget.py) runs its own wall-clock loop on the
+same pieces (`tiny_network_config`, `init_train_state`, `make_injected_optimizer`,
+`make_train_step` with `padir_loss_fn` or its AR loss).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from padir_t5x import losses
 from padir_t5x import network
 
 Batch = Mapping[str, np.ndarray]
+# (params, batch, rng) -> (scalar loss, metrics): what `make_train_step` differentiates.
+LossFn = Callable[[dict, Batch, jax.Array], tuple[jax.Array, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,40 @@ class TrainConfig:
   log_every: int = 100
 
 
+def tiny_network_config(
+    vocab_size: int,
+    emb_dim: int,
+    num_heads: int,
+    mlp_dim: int,
+    num_layers: int,
+    max_input_length: int,
+    max_target_length: int,
+    dropout_rate: float,
+    decoder_mode: str = "padir",
+) -> network.TransformerConfig:
+  """network.tiny_config from the flat sizes the command lines take.
+
+  head_dim = emb_dim // num_heads (the attention width equals the model width) and the encoder
+  and decoder have `num_layers` layers each: the quickstart's and the budget trainer's shape.
+  """
+  return network.tiny_config(
+      vocab_size=vocab_size,
+      emb_dim=emb_dim,
+      num_heads=num_heads,
+      head_dim=emb_dim // num_heads,
+      mlp_dim=mlp_dim,
+      num_encoder_layers=num_layers,
+      num_decoder_layers=num_layers,
+      max_input_length=max_input_length,
+      max_target_length=max_target_length,
+      dropout_rate=dropout_rate,
+      decoder_mode=decoder_mode,
+  )
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimisers: gradient clipping then AdamW (b2 = 0.98), with the learning rate either a schedule
+# of the step count or a hyperparameter that the caller sets at every step.
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
   """Linear warm-up then cosine decay to a floor: the paper's schedule shape."""
   return optax.warmup_cosine_decay_schedule(
@@ -47,13 +86,43 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
   )
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def _clipped_adamw(adamw, learning_rate, gradient_clip_norm: float, weight_decay: float):
+  """optax.chain(clip, adamw(...)): `adamw` is optax.adamw or its inject_hyperparams wrapper."""
   return optax.chain(
-      optax.clip_by_global_norm(config.gradient_clip_norm),
-      optax.adamw(learning_rate_schedule(config), b2=0.98, weight_decay=config.weight_decay),
+      optax.clip_by_global_norm(gradient_clip_norm),
+      adamw(learning_rate=learning_rate, b2=0.98, weight_decay=weight_decay),
   )
 
 
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """The learning rate follows `learning_rate_schedule` of the optimiser's own step count."""
+  return _clipped_adamw(
+      optax.adamw, learning_rate_schedule(config), config.gradient_clip_norm, config.weight_decay
+  )
+
+
+def make_injected_optimizer(
+    gradient_clip_norm: float, weight_decay: float
+) -> optax.GradientTransformation:
+  """The same chain with the learning rate held in the state, to be set by `set_learning_rate`.
+
+  For loops whose schedule is not a function of the step count (a wall-clock budget does not
+  know in advance how many steps it allows).
+  """
+  return _clipped_adamw(
+      optax.inject_hyperparams(optax.adamw), 0.0, gradient_clip_norm, weight_decay
+  )
+
+
+def set_learning_rate(opt_state, learning_rate: jax.Array):
+  """A `make_injected_optimizer` state with float32 [] `learning_rate` (a new state, not in place)."""
+  clip_state, adamw_state = opt_state  # the two links of the chain
+  hyperparams = {**adamw_state.hyperparams, "learning_rate": learning_rate}
+  return clip_state, adamw_state._replace(hyperparams=hyperparams)
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation and the train step.
 def init_params(module: network.Transformer, example_batch: Batch, rng: jax.Array):
   """Initialises the network on the shapes of one batch; returns the 'params' collection."""
   variables = module.init(
@@ -66,23 +135,84 @@ def init_params(module: network.Transformer, example_batch: Batch, rng: jax.Arra
   return variables["params"]
 
 
-def make_train_step(
+def init_train_state(
     module: network.Transformer,
-    loss_config: losses.PadirLossConfig,
+    first_batch: Batch,
+    seed: int,
     optimizer: optax.GradientTransformation,
-) -> Callable:
-  """Returns a jitted (params, opt_state, batch, rng) -> (params, opt_state, metrics)."""
+):
+  """Returns (params, opt_state, rng): the state before step 1.
+
+  PRNGKey(seed) is split once into (initialisation key, loop key), in that order; the loop then
+  splits the loop key once per step. The reference figures (quickstart BLEU, the toy test)
+  depend on exactly this order.
+  """
+  rng = jax.random.PRNGKey(seed)
+  init_rng, rng = jax.random.split(rng)
+  params = init_params(module, first_batch, init_rng)
+  return params, optimizer.init(params), rng
+
+
+def padir_loss_fn(
+    module: network.Transformer, loss_config: losses.PadirLossConfig, enable_dropout: bool = True
+) -> LossFn:
+  """PaDIR's multi-stage loss (losses.multi_stage_loss) as a `LossFn`."""
 
   def loss_fn(params, batch, rng):
-    return losses.multi_stage_loss(module, params, batch, rng, loss_config, enable_dropout=True)
+    return losses.multi_stage_loss(
+        module, params, batch, rng, loss_config, enable_dropout=enable_dropout
+    )
 
-  @jax.jit
+  return loss_fn
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Callable:
+  """(params, opt_state, batch, rng) -> (params, opt_state, metrics of `loss_fn`), not jitted.
+
+  The batch holds int32 'encoder_input_tokens' [B, S] and 'decoder_target_tokens' [B, T] as
+  jax arrays. Not jitted so that a caller may jit it (`train`) or compile it ahead of time for
+  each batch shape (the budget trainer).
+  """
+
   def train_step(params, opt_state, batch, rng):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
   return train_step
+
+
+def with_learning_rate(train_step: Callable) -> Callable:
+  """For `make_injected_optimizer`: the step with a float32 [] learning rate as a fifth argument."""
+
+  def train_step_at(params, opt_state, batch, rng, learning_rate):
+    return train_step(params, set_learning_rate(opt_state, learning_rate), batch, rng)
+
+  return train_step_at
+
+
+def device_batch(batch: Batch) -> dict[str, jax.Array]:
+  """The numpy batch as jax arrays, same keys, shapes and dtypes."""
+  return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The step-count loop.
+def _log_line(step: int, metrics: Mapping[str, jax.Array], start: float) -> str:
+  """'step     N  loss=...  <name>_accuracy=...  (Ss)': the loss, every accuracy, time since start.
+
+  The clock is read after the metrics are fetched, so that the time includes the step itself.
+  """
+  shown = {
+      k: float(v)
+      for k, v in metrics.items()
+      if k in ("loss", "length_accuracy") or k.endswith("_accuracy")
+  }
+  return (
+      f"step {step:5d}  "
+      + "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
+      + f"  ({time.perf_counter() - start:.0f}s)"
+  )
 
 
 def train(
@@ -92,37 +222,28 @@ def train(
     batches: Iterator[Batch],
     log: Callable[[str], None] | None = print,
 ):
-  """Trains from scratch on `batches`; returns (params, last metrics, seconds spent)."""
+  """Trains PaDIR from scratch for train_config.num_steps steps on `batches`.
+
+  Returns (params, last metrics as floats, seconds spent in the loop).
+  """
   batch = next(batches)
-  rng = jax.random.PRNGKey(train_config.seed)
-  init_rng, rng = jax.random.split(rng)
-  params = init_params(module, batch, init_rng)
   optimizer = make_optimizer(train_config)
-  opt_state = optimizer.init(params)
-  train_step = make_train_step(module, loss_config, optimizer)
+  params, opt_state, rng = init_train_state(module, batch, train_config.seed, optimizer)
+  train_step = jax.jit(make_train_step(padir_loss_fn(module, loss_config), optimizer))
   start = time.perf_counter()
   metrics = {}
   for step in range(1, train_config.num_steps + 1):
     rng, step_rng = jax.random.split(rng)
-    params, opt_state, metrics = train_step(
-        params, opt_state, {k: jnp.asarray(v) for k, v in batch.items()}, step_rng
-    )
+    params, opt_state, metrics = train_step(params, opt_state, device_batch(batch), step_rng)
     if log and (step % train_config.log_every == 0 or step == train_config.num_steps):
-      shown = {
-          k: float(v)
-          for k, v in metrics.items()
-          if k in ("loss", "length_accuracy") or k.endswith("_accuracy")
-      }
-      log(
-          f"step {step:5d}  "
-          + "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
-          + f"  ({time.perf_counter() - start:.0f}s)"
-      )
+      log(_log_line(step, metrics, start))
     if step < train_config.num_steps:
-      batch = next(batches)
+      batch = next(batches)  # no batch drawn after the last step
   return params, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - start
 
 
+# ------------------------------------------------------------------------------------------------
+# Batches of in-memory token arrays.
 def pad_batch(sequences: list[list[int]], length: int, append_eos: bool) -> np.ndarray:
   """Right-pads token lists with PAD (0) to [len(sequences), length]; optionally adds EOS.
 
