@@ -19,20 +19,20 @@ import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import network
-from padir_t5x import pipelines
+from padir_t5x import textio
 from padir_t5x import vocab
 
 KINDS = ("padir", "ar")
 
 
 def read_lines(path: str, limit: int | None = None) -> list[str]:
-  """Lines of a UTF-8 file, split on '\n' only (pipelines.iter_text_lines).
+  """Lines of a UTF-8 file, split on '\n' only (textio.iter_text_lines).
 
   str.splitlines() would also split on U+0085 and U+2028, which occur inside sentences of
   ../shared/data (de-en train.de line 33878): the two sides of a corpus would fall out of line.
   """
   lines = []
-  for _, line in pipelines.iter_text_lines(path, allow_empty_lines=True):
+  for _, line in textio.iter_text_lines(path, allow_empty_lines=True):
     if limit is not None and len(lines) >= limit:
       break
     lines.append(line)

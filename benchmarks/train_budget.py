@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks import common
 from padir_t5x import losses
 from padir_t5x import network
-from padir_t5x import pipelines
+from padir_t5x import textio
 from padir_t5x import training
 from padir_t5x import vocab as vocab_lib
 
@@ -70,7 +70,7 @@ class BudgetConfig:
 
 def transformer_config(config: BudgetConfig, vocab_high: int) -> network.TransformerConfig:
   """The tiny network of `config` (AR or PaDIR decoder), both sides max_length long."""
-  return training.tiny_network_config(
+  return network.tiny_config_from_sizes(
       vocab_size=vocab_lib.padded_vocab_size(vocab_high),
       emb_dim=config.emb_dim,
       num_heads=config.num_heads,
@@ -288,7 +288,7 @@ def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "
   """Encoded train pairs (EOS appended) with both sides <= max_length ids."""
   src, tgt = pair.split("-")
   # Validated pairs: a line-count mismatch fails with the file names instead of zip() truncating.
-  pairs = pipelines.read_parallel_files(
+  pairs = textio.read_parallel_files(
       os.path.join(data_dir, pair, f"train.{src}"), os.path.join(data_dir, pair, f"train.{tgt}")
   )
   xs = common.encode_lines(processor, [source for source, _ in pairs])

@@ -147,6 +147,37 @@ def tiny_config(**overrides) -> TransformerConfig:
   return dataclasses.replace(TINY_CONFIG, **overrides)
 
 
+def tiny_config_from_sizes(
+    vocab_size: int,
+    emb_dim: int,
+    num_heads: int,
+    mlp_dim: int,
+    num_layers: int,
+    max_input_length: int,
+    max_target_length: int,
+    dropout_rate: float,
+    decoder_mode: DecoderMode | str = DecoderMode.PADIR,
+) -> TransformerConfig:
+  """`tiny_config` from the flat sizes the command lines take.
+
+  head_dim = emb_dim // num_heads (the attention width equals the model width) and the encoder
+  and decoder have `num_layers` layers each: the quickstart's and the budget trainer's shape.
+  """
+  return tiny_config(
+      vocab_size=vocab_size,
+      emb_dim=emb_dim,
+      num_heads=num_heads,
+      head_dim=emb_dim // num_heads,
+      mlp_dim=mlp_dim,
+      num_encoder_layers=num_layers,
+      num_decoder_layers=num_layers,
+      max_input_length=max_input_length,
+      max_target_length=max_target_length,
+      dropout_rate=dropout_rate,
+      decoder_mode=decoder_mode,
+  )
+
+
 class MlpBlock(nn.Module):
   """FFN: Dense(mlp_dim) -> activation -> dropout -> Dense(embed)."""
 

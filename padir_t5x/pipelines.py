@@ -5,27 +5,15 @@
 * seqio preprocessors that turn TFDS translation examples ({'de': ..., 'en': ...}) into
   {'inputs', 'targets'}.
 
-The files themselves are read and validated by padir_t5x.textio, which needs no TensorFlow; its
-names are re-exported here so that `pipelines.read_parallel_files` etc. keep working.
+The files themselves are read and validated by padir_t5x.textio, which needs no TensorFlow:
+callers that only read text import it, not this module.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-# Re-exported (the `as` form marks them public): callers that only read text should import
-# padir_t5x.textio instead and so avoid loading TensorFlow.
-from padir_t5x.textio import CorpusFileError as CorpusFileError
-from padir_t5x.textio import MissingCorpusFileError as MissingCorpusFileError
-from padir_t5x.textio import count_lines as count_lines
-from padir_t5x.textio import distilled_shard_name as distilled_shard_name
-from padir_t5x.textio import distilled_shard_paths as distilled_shard_paths
-from padir_t5x.textio import iter_distilled_shards as iter_distilled_shards
-from padir_t5x.textio import iter_text_lines as iter_text_lines
-from padir_t5x.textio import read_distilled_shards as read_distilled_shards
-from padir_t5x.textio import read_parallel_files as read_parallel_files
-from padir_t5x.textio import validate_parallel_files as validate_parallel_files
-from padir_t5x.textio import write_distilled_shards as write_distilled_shards
+from padir_t5x import textio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,7 +27,7 @@ def parallel_text_dataset(
   the files are checked first (a full read); pass False when they were validated already.
   """
   if validate:
-    validate_parallel_files(source_path, target_path)
+    textio.validate_parallel_files(source_path, target_path)
   sources = tf.data.TextLineDataset(source_path)
   targets = tf.data.TextLineDataset(target_path)
   return tf.data.Dataset.zip((sources, targets)).map(
@@ -53,10 +41,10 @@ def distilled_dataset(directory: str, split: str) -> tf.data.Dataset:
   The shard list is checked eagerly (missing shards fail here); records are parsed and
   validated lazily while iterating, so large distilled corpora stream.
   """
-  distilled_shard_paths(directory, split)
+  textio.distilled_shard_paths(directory, split)
 
   def generator():
-    for _, source, target in iter_distilled_shards(directory, split):
+    for _, source, target in textio.iter_distilled_shards(directory, split):
       yield {"inputs": source, "targets": target}
 
   return tf.data.Dataset.from_generator(

@@ -26,7 +26,7 @@ from padir_t5x import decoding
 from padir_t5x import losses
 from padir_t5x import metrics
 from padir_t5x import network
-from padir_t5x import pipelines
+from padir_t5x import textio
 from padir_t5x import training
 from padir_t5x import vocab
 
@@ -57,7 +57,7 @@ class QuickstartConfig:
 
 def _read(path: str) -> list[str]:
   # '\n'-only splitting and per-line UTF-8 errors, as every corpus reader of the package.
-  return [line for _, line in pipelines.iter_text_lines(path)]
+  return [line for _, line in textio.iter_text_lines(path)]
 
 
 def _encode(processor: spm.SentencePieceProcessor, lines: list[str], length: int, path: str):
@@ -95,7 +95,7 @@ def run(config: QuickstartConfig, log=print) -> dict:
   test_inputs = _encode(processor, test_sources, config.max_input_length, eval_paths["de"])
 
   real_vocab = processor.get_piece_size()
-  net_config = training.tiny_network_config(
+  net_config = network.tiny_config_from_sizes(
       vocab_size=vocab.padded_vocab_size(real_vocab),
       emb_dim=config.emb_dim,
       num_heads=config.num_heads,

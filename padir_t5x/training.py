@@ -3,7 +3,7 @@
 T5X is the way to train at scale (gin/ and padir_t5x/models.py). This module exists so that the
 core can be trained and checked anywhere: the quickstart main job and the toy-task test run
 `train`; the equal-budget trainer (benchmarks/train_budget.py) runs its own wall-clock loop on the
-same pieces (`tiny_network_config`, `init_train_state`, `make_injected_optimizer`,
+same pieces (`network.tiny_config_from_sizes`, `init_train_state`, `make_injected_optimizer`,
 `make_train_step` with `padir_loss_fn` or its AR loss).
 """
 
@@ -39,37 +39,6 @@ class TrainConfig:
   gradient_clip_norm: float = 1.0
   seed: int = 0
   log_every: int = 100
-
-
-def tiny_network_config(
-    vocab_size: int,
-    emb_dim: int,
-    num_heads: int,
-    mlp_dim: int,
-    num_layers: int,
-    max_input_length: int,
-    max_target_length: int,
-    dropout_rate: float,
-    decoder_mode: str = "padir",
-) -> network.TransformerConfig:
-  """network.tiny_config from the flat sizes the command lines take.
-
-  head_dim = emb_dim // num_heads (the attention width equals the model width) and the encoder
-  and decoder have `num_layers` layers each: the quickstart's and the budget trainer's shape.
-  """
-  return network.tiny_config(
-      vocab_size=vocab_size,
-      emb_dim=emb_dim,
-      num_heads=num_heads,
-      head_dim=emb_dim // num_heads,
-      mlp_dim=mlp_dim,
-      num_encoder_layers=num_layers,
-      num_decoder_layers=num_layers,
-      max_input_length=max_input_length,
-      max_target_length=max_target_length,
-      dropout_rate=dropout_rate,
-      decoder_mode=decoder_mode,
-  )
 
 
 # ------------------------------------------------------------------------------------------------
