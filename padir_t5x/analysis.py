@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from padir_t5x import layers
-from padir_t5x import masks
+from padir_t5x import masks as masks_lib
 from padir_t5x import network
 
 SUBLAYERS = ("self_attention", "encoder_decoder_attention")
@@ -92,8 +92,8 @@ def decoder_attention(
   captured = state["intermediates"]["decoder"]
   valid_target = length_mask > 0
   masks = {
-      "self_attention": masks.make_attention_mask(valid_target, valid_target),
-      "encoder_decoder_attention": masks.make_attention_mask(
+      "self_attention": masks_lib.make_attention_mask(valid_target, valid_target),
+      "encoder_decoder_attention": masks_lib.make_attention_mask(
           valid_target, encoder_input_tokens > 0
       ),
   }
