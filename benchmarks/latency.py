@@ -22,7 +22,7 @@ models' position tables:
   t5x's stopping rule: until no alive hypothesis can still beat the worst finished one).
 
 With --bucketed T:l, those PaDIR settings also run with the decode length cut to a bucket that
-holds the predicted lengths (`bucketed_padir_system`): the before/after of the one decoding
+holds the predicted lengths (`padir_system` with `length_buckets`): the before/after of the one decoding
 inefficiency this benchmark found (refining the whole position table every pass).
 
 Writes results.json, results.md (a markdown table) and pareto.png (BLEU against median latency,
@@ -47,7 +47,6 @@ import sacrebleu
 from benchmarks import ar_decoding
 from benchmarks import common
 from padir_t5x import EOS_ID
-from padir_t5x import bucketing
 from padir_t5x import decoding
 from padir_t5x import metrics as metrics_lib
 
@@ -143,10 +142,17 @@ def padir_system(
     length_beam: int,
     max_decode_length: int,
     vocab_high: int,
+    length_buckets: Sequence[int] = (),
     seed: int = 0,
 ) -> System:
+  """PaDIR through decoding.decode_with_network; with `length_buckets`, the passes refine only
+  the smallest bucket that holds the length beam (chosen inside jit; same hypotheses), else the
+  whole table."""
   config = decoding.DecodingConfig(
-      length_beam=length_beam, max_passes=passes, vocab_high=vocab_high
+      length_beam=length_beam,
+      max_passes=passes,
+      vocab_high=vocab_high,
+      length_buckets=tuple(length_buckets),
   )
   rng = jax.random.PRNGKey(seed)
 
@@ -157,58 +163,14 @@ def padir_system(
     jax.block_until_ready(out)
     return np.asarray(out.sequences[:, -1, :]), np.asarray(out.passes)
 
+  setting = {"max_passes": passes, "length_beam": length_beam}
+  if length_buckets:
+    setting["length_buckets"] = list(length_buckets)
   return System(
       "padir",
-      f"T={passes},l={length_beam}",
-      {"max_passes": passes, "length_beam": length_beam},
+      f"T={passes},l={length_beam}" + (",bucketed" if length_buckets else ""),
+      setting,
       decode,
-  )
-
-
-def bucketed_padir_system(
-    module,
-    params,
-    passes: int,
-    length_beam: int,
-    max_decode_length: int,
-    vocab_high: int,
-    buckets: Sequence[int],
-    seed: int = 0,
-) -> System:
-  """PaDIR through bucketing.decode_with_network_bucketed: the decode length is cut to the
-  smallest bucket that holds the length beam (one host sync per batch, one compile per
-  bucket, the encoder output reused)."""
-  config = decoding.DecodingConfig(
-      length_beam=length_beam, max_passes=passes, vocab_high=vocab_high
-  )
-  rng = jax.random.PRNGKey(seed)
-
-  def decode(tokens):
-    out, t = bucketing.decode_with_network_bucketed(
-        module, params, tokens, rng, config, max_decode_length, buckets
-    )
-    jax.block_until_ready(out)
-    ids = np.zeros((tokens.shape[0], max_decode_length), np.int32)
-    ids[:, :t] = np.asarray(out.sequences[:, -1, :])
-    return ids, np.asarray(out.passes)
-
-  def precompile(tokens):
-    tokens = jnp.asarray(tokens)
-    encoded = module.apply(
-        {"params": params}, tokens, enable_dropout=False, method=type(module).encode
-    )
-    for t in bucketing.length_buckets(max_decode_length, buckets, length_beam, config.min_length):
-      jax.block_until_ready(
-          decoding.decode_with_network(module, params, tokens, rng, config, t, encoded=encoded)
-      )
-    decode(tokens)  # compiles the encode-and-lengths call
-
-  return System(
-      "padir",
-      f"T={passes},l={length_beam},bucketed",
-      {"max_passes": passes, "length_beam": length_beam, "length_buckets": list(buckets)},
-      decode,
-      precompile,
   )
 
 
@@ -383,7 +345,7 @@ def run_benchmark(
         for l in length_beams
     ]
     systems += [
-        bucketed_padir_system(module, params, t, l, max_length, vocab_high, length_buckets)
+        padir_system(module, params, t, l, max_length, vocab_high, length_buckets)
         for t, l in bucketed
     ]
 

@@ -1,40 +1,20 @@
-"""Length-bucketed PaDIR decoding: refine only as many positions as the predicted lengths need.
+"""Length buckets: refine only as many positions as the predicted lengths need.
 
-`decoding.decode_with_network` refines [b * l, t] rows with t = max_decode_length whatever the
-predicted lengths, so every pass pays attention and the FFN over the whole position table. Here
-the decode length is cut to the smallest bucket that holds the longest candidate length, with
-the same hypotheses as the full table (for 'mask' init; random initial tokens differ because
-their shape does).
+A decode over t = max_decode_length positions pays attention and the FFN over the whole table at
+every pass, whatever the predicted lengths. `decoding.decode_with_network` instead picks, inside
+jit, the smallest bucket t' >= the longest candidate length (`lax.switch` over one statically
+shaped branch per bucket: one compile per input shape covers them all) and refines t' positions.
+Random fills are drawn over the whole table and cut to t' (`DecodingConfig.fill`), so the
+hypotheses are those of the full table. Pure helpers, no network.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from padir_t5x import decoding
-from padir_t5x import network
-
 Array = jnp.ndarray
-
-
-@functools.partial(jax.jit, static_argnames=("module", "config", "max_decode_length"))
-def _encode_and_longest_length(
-    module,
-    params,
-    encoder_input_tokens: Array,
-    config: decoding.DecodingConfig,
-    max_decode_length: int,
-):
-  encoded, length_logits = network.encode_and_predict_length(module, params, encoder_input_tokens)
-  lengths, _ = decoding.select_lengths(
-      length_logits, config.length_beam, max_decode_length, config.min_length
-  )
-  return encoded, jnp.max(lengths)
 
 
 def length_buckets(
@@ -50,43 +30,10 @@ def length_buckets(
   return tuple(usable) + (max_decode_length,)
 
 
-def decode_with_network_bucketed(
-    module,
-    params: Any,
-    encoder_input_tokens: Array,
-    rng: Array,
-    config: decoding.DecodingConfig,
-    max_decode_length: int,
-    buckets: Sequence[int] = (16, 24, 32, 48, 64, 96, 128),
-) -> tuple[decoding.DecodeResult, int]:
-  """decode_with_network over only as many positions as the predicted lengths need.
+def bucket_index(longest: Array, buckets: Sequence[int]) -> Array:
+  """[] int32 index of the smallest of the sorted `buckets` that holds `longest` positions.
 
-  decode_with_network refines [b * l, t] rows with t = max_decode_length whatever the predicted
-  lengths, so every pass pays attention and the FFN over the whole position table. Here a first
-  jitted call encodes and reads the length beam; one host sync (a scalar: the longest candidate
-  length) picks the smallest bucket t' that holds it, and the refinement runs at t' with the
-  encoder output reused. One compile per (input shape, bucket). The candidate lengths are those
-  of the full-length decode (select_lengths only drops lengths > t, and none exceeds t'); the
-  random initial tokens differ because their shape does. Not for use under jit (t5x's
-  predict_batch): the bucket is chosen on the host.
-
-  Args:
-    as decode_with_network; buckets: candidate decode lengths (those >= max_decode_length are
-      ignored; max_decode_length is always the last bucket).
-
-  Returns:
-    (DecodeResult with sequences of length t', t').
+  The last bucket is the full table, which holds every decodable length.
   """
-  encoder_input_tokens = jnp.asarray(encoder_input_tokens)
-  encoded, longest = _encode_and_longest_length(
-      module, params, encoder_input_tokens, config, max_decode_length
-  )
-  longest = int(longest)  # the one host round-trip
-  usable = length_buckets(max_decode_length, buckets, config.length_beam, config.min_length)
-  bucket = next(b for b in usable if b >= longest)
-  return (
-      decoding.decode_with_network(
-          module, params, encoder_input_tokens, rng, config, bucket, encoded=encoded
-      ),
-      bucket,
-  )
+  index = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), longest.astype(jnp.int32))
+  return jnp.minimum(index, len(buckets) - 1).astype(jnp.int32)

@@ -34,6 +34,7 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
+from padir_t5x import bucketing
 from padir_t5x import dedup as dedup_lib
 from padir_t5x import layout
 from padir_t5x import network
@@ -94,6 +95,10 @@ class DecodingConfig:
     min_length: shortest length (EOS included) the length beam may choose. The default 2 rules
       out the empty translation: with no content token its 'mean' or 'sum' score would be 0,
       the best possible, so an EOS-only hypothesis in the beam would always win.
+    length_buckets: decode lengths to choose from inside jit (`decode_with_network`): the
+      passes refine only the smallest bucket (or the full table) that holds the longest
+      candidate length, instead of every position of the table; the hypotheses are the same.
+      () refines the full table.
 
   The defaults are the paper's headline setting (Li et al. 2024): 5 length candidates, 4 passes,
   stutter re-masking between passes.
@@ -112,6 +117,7 @@ class DecodingConfig:
   vocab_high: int | None = None
   mask_id: int = MASK_ID
   min_length: int = 2
+  length_buckets: tuple[int, ...] = (16, 32, 64, 128)
 
   def __post_init__(self):
     # Frozen: store members, so a config built from names equals (and hashes as, for jit) one
@@ -125,6 +131,10 @@ class DecodingConfig:
       object.__setattr__(self, name, mode.coerce(getattr(self, name), name))
     if self.min_length < 1:
       raise ValueError(f"min_length must be >= 1, got {self.min_length}")
+    buckets = tuple(sorted({int(b) for b in self.length_buckets}))
+    if any(b < 1 for b in buckets):
+      raise ValueError(f"length_buckets must be positive, got {self.length_buckets}")
+    object.__setattr__(self, "length_buckets", buckets)
     if self.length_beam < 1:
       raise ValueError(f"length_beam must be >= 1, got {self.length_beam}")
     if self.max_passes < 1:
@@ -140,16 +150,22 @@ class DecodingConfig:
     if self.vocab_high is not None and self.vocab_high <= self.vocab_low:
       raise ValueError(f"ordinary id range [{self.vocab_low}, {self.vocab_high}) is empty")
 
-  def fill(self, rng: Array, shape: tuple[int, ...]) -> Array:
-    """int32 `shape` tokens for positions without a prediction (the `init` FillMode)."""
-    return layout.fill_tokens(
+  def fill(self, rng: Array, shape: tuple[int, int], table_length: int | None = None) -> Array:
+    """int32 [n, t] tokens for positions without a prediction (the `init` FillMode).
+
+    Random tokens are drawn over [n, table_length] (default t) positions and cut to t, so that
+    a row's tokens do not depend on how many positions a (bucketed) decode refines.
+    """
+    rows, t = shape
+    tokens = layout.fill_tokens(
         rng,
-        shape,
+        (rows, max(t, table_length or t)),
         self.init,
         vocab_low=self.vocab_low,
         vocab_high=self.vocab_high,
         mask_id=self.mask_id,
     )
+    return tokens[:, :t]
 
 
 @flax.struct.dataclass
@@ -298,25 +314,40 @@ def restrict_logits(logits: Array, vocab_low: int, vocab_high: int | None) -> Ar
 
 
 def initial_tokens(
-    rng: Array, lengths: Array, max_decode_length: int, config: DecodingConfig
+    rng: Array,
+    lengths: Array,
+    max_decode_length: int,
+    config: DecodingConfig,
+    table_length: int | None = None,
 ) -> Array:
   """[n, t] int32 first decoder input: random or MASK content, EOS at length-1, PAD after."""
   content, eos, _ = layout.length_layout(lengths, max_decode_length)
-  return layout.frame_tokens(config.fill(rng, (lengths.shape[0], max_decode_length)), content, eos)
+  fill = config.fill(rng, (lengths.shape[0], max_decode_length), table_length)
+  return layout.frame_tokens(fill, content, eos)
 
 
-def remask_stutter(rng: Array, predictions: Array, content: Array, config: DecodingConfig) -> Array:
+def remask_stutter(
+    rng: Array,
+    predictions: Array,
+    content: Array,
+    config: DecodingConfig,
+    table_length: int | None = None,
+) -> Array:
   """`predictions` [n, t] with stuttering positions re-filled (MASK or fresh random tokens)."""
   stutter = layout.stutter_mask(predictions, content)
-  return jnp.where(stutter, config.fill(rng, predictions.shape), predictions)
+  return jnp.where(stutter, config.fill(rng, predictions.shape, table_length), predictions)
 
 
 def next_pass_inputs(
-    rng: Array, predictions: Array, content: Array, config: DecodingConfig
+    rng: Array,
+    predictions: Array,
+    content: Array,
+    config: DecodingConfig,
+    table_length: int | None = None,
 ) -> Array:
   """[n, t] int32 next pass's input from this pass's framed predictions, by `config.remask`."""
   if config.remask is RemaskMode.STUTTER:
-    return remask_stutter(rng, predictions, content, config)
+    return remask_stutter(rng, predictions, content, config, table_length)
   return predictions
 
 
@@ -327,6 +358,7 @@ class RowLayout(NamedTuple):
   content: Array  # [n, t] bool
   eos: Array  # [n, t] bool
   length_mask: Array  # [n, t] int32
+  table_length: int  # T >= t: random fills are drawn over T positions (see DecodingConfig.fill)
 
 
 class RefinementState(flax.struct.PyTreeNode):
@@ -367,7 +399,7 @@ def refinement_pass(
   active = ~state.done  # [b] examples that take this pass
   active_rows = flat_batch_beam_expand(active, beam)  # [n]
   next_inputs = next_pass_inputs(
-      jax.random.fold_in(rng, state.step), predictions, rows.content, config
+      jax.random.fold_in(rng, state.step), predictions, rows.content, config, rows.table_length
   )  # [n, t]
 
   def keep_frozen(new: Array, old: Array) -> Array:
@@ -487,17 +519,45 @@ def iterative_refinement_decode(
   Returns:
     DecodeResult with b = length_logits.shape[0], l = config.length_beam, t = max_decode_length.
   """
-  t = max_decode_length
-  batch_size = length_logits.shape[0]
   lengths, length_log_probs = length_beam(
-      length_logits, config, t, length_beam_lengths
+      length_logits, config, max_decode_length, length_beam_lengths
   )  # [b, l] each
-  beam = lengths.shape[1]
+  return refine_lengths(refine_fn, lengths, length_log_probs, rng, config, max_decode_length)
+
+
+def refine_lengths(
+    refine_fn: RefineFn,
+    lengths: Array,
+    length_log_probs: Array,
+    rng: Array,
+    config: DecodingConfig,
+    max_decode_length: int,
+    table_length: int | None = None,
+) -> DecodeResult:
+  """Steps 2 and 3 for a chosen length beam: refinement passes, then `finalise`.
+
+  Args:
+    refine_fn: one decoder pass over [n, t] rows.
+    lengths: [b, l] int32 lengths to decode (<= t).
+    length_log_probs: [b, l] float32 their log-probs.
+    rng: PRNG key.
+    config: DecodingConfig.
+    max_decode_length: t, the positions refined.
+    table_length: T >= t over which random fills are drawn (default t): a bucketed decode at
+      t < T passes the full table's T so that its hypotheses equal the full table's.
+
+  Returns:
+    DecodeResult with sequences [b, l, t].
+  """
+  t = max_decode_length
+  batch_size, beam = lengths.shape
   n = batch_size * beam
   flat_lengths = flatten_beam_dim(lengths)  # [n]
-  rows = RowLayout(flat_lengths, *layout.length_layout(flat_lengths, t))  # [n], 3 x [n, t]
+  rows = RowLayout(
+      flat_lengths, *layout.length_layout(flat_lengths, t), table_length or t
+  )  # [n], 3 x [n, t]
   init_rng, loop_rng = jax.random.split(rng)
-  inputs = initial_tokens(init_rng, flat_lengths, t, config)  # [n, t]
+  inputs = initial_tokens(init_rng, flat_lengths, t, config, rows.table_length)  # [n, t]
   k = config.dedup_top_k if config.dedup is DedupMode.OPTIMAL else 1
 
   initial_state = RefinementState(
@@ -563,9 +623,39 @@ def _decode_with_network(
         length_mask,
         enable_dropout=False,
         method="decode",
-    )  # [n, t, V]
+    )  # [n, t', V]
 
-  return iterative_refinement_decode(refine_fn, length_logits, rng, config, max_decode_length)
+  t = max_decode_length
+  lengths, length_log_probs = length_beam(length_logits, config, t)  # [b, l] each
+  buckets = bucketing.length_buckets(
+      t, config.length_buckets, config.length_beam, config.min_length
+  )
+
+  def decode_at(bucket: int):
+    def branch(operands):
+      result = refine_lengths(refine_fn, *operands, config, bucket, table_length=t)
+      return pad_positions(result, t)
+
+    return branch
+
+  operands = (lengths, length_log_probs, rng)
+  if len(buckets) == 1:
+    return decode_at(t)(operands)
+  # One compile covers every bucket; at run time only the chosen branch's passes execute.
+  index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
+  return jax.lax.switch(index, [decode_at(b) for b in buckets], operands)
+
+
+def pad_positions(result: DecodeResult, max_decode_length: int) -> DecodeResult:
+  """A DecodeResult over t' positions padded to t = max_decode_length (PAD tokens, 0 log-probs)."""
+  extra = max_decode_length - result.sequences.shape[-1]
+  if extra == 0:
+    return result
+  pad = ((0, 0), (0, 0), (0, extra))
+  return result.replace(
+      sequences=jnp.pad(result.sequences, pad, constant_values=PAD_ID),
+      token_log_probs=jnp.pad(result.token_log_probs, pad),
+  )
 
 
 def decode_with_network(

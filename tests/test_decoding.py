@@ -5,6 +5,7 @@ this" in the tokens themselves (e.g. a counter that advances by one each pass) a
 loop's behaviour (early stop, freezing, re-masking) off the final tokens and pass counts.
 """
 
+import dataclasses
 import itertools
 
 import jax
@@ -476,12 +477,18 @@ def test_length_buckets():
   assert bucketing.length_buckets(24, (4, 5, 12), 4, 2) == (5, 12, 24)
 
 
-@pytest.mark.parametrize(
-    "favoured,expected_bucket", [((3, 4, 5), 8), ((9, 10, 11), 12), ((20, 21, 22), 24)]
-)
-def test_bucketed_decoding_matches_the_full_length_decode(favoured, expected_bucket):
-  """With 'mask' init nothing random is drawn, so cutting the position table to the bucket must
-  not change any hypothesis: padding positions are masked out of every attention."""
+def test_bucket_index_is_the_smallest_bucket_that_holds_the_longest_length():
+  buckets = (8, 12, 16, 24)
+  got = [int(bucketing.bucket_index(jnp.asarray(n), buckets)) for n in (1, 8, 9, 12, 13, 24)]
+  assert got == [0, 0, 1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("init", ["mask", "random"])
+@pytest.mark.parametrize("favoured", [(3, 4, 5), (9, 10, 11), (20, 21, 22)])
+def test_bucketed_decoding_matches_the_full_length_decode(favoured, init):
+  """Refining only the bucket (8, 12 or the full 24 positions here) must not change any
+  hypothesis: padding positions are masked out of every attention, and random fills are drawn
+  over the whole table whatever the bucket."""
   module, params, inputs = make_tiny_network(24)
   # Make the length classifier prefer the classes `favoured` (class i = length i + 1, EOS
   # included), so the beam is known.
@@ -490,18 +497,32 @@ def test_bucketed_decoding_matches_the_full_length_decode(favoured, expected_buc
   params = jax.tree.map(lambda x: x, params)
   params["length_predictor"]["logits"]["bias"] = jnp.asarray(bias)
   params["length_predictor"]["logits"]["kernel"] = jnp.zeros((32, 24))
-  config = decoding.DecodingConfig(length_beam=3, max_passes=3, init="mask", vocab_high=14)
+  config = decoding.DecodingConfig(
+      length_beam=3, max_passes=3, init=init, vocab_high=14, length_buckets=()
+  )
+  bucketed = dataclasses.replace(config, length_buckets=(8, 12, 16))
   rng = jax.random.PRNGKey(1)
   full = jax.tree.map(
       np.asarray, decoding.decode_with_network(module, params, inputs, rng, config, 24)
   )
-  cut, bucket = bucketing.decode_with_network_bucketed(
-      module, params, inputs, rng, config, 24, buckets=(8, 12, 16)
+  cut = jax.tree.map(
+      np.asarray, decoding.decode_with_network(module, params, inputs, rng, bucketed, 24)
   )
-  cut = jax.tree.map(np.asarray, cut)
-  assert bucket == expected_bucket and cut.sequences.shape == (2, 3, bucket)
+  assert cut.sequences.shape == full.sequences.shape == (2, 3, 24)
   np.testing.assert_array_equal(np.sort(cut.lengths, axis=1), [[c + 1 for c in favoured]] * 2)
-  np.testing.assert_array_equal(cut.sequences, full.sequences[:, :, :bucket])
-  assert not full.sequences[:, :, bucket:].any()
+  np.testing.assert_array_equal(cut.sequences, full.sequences)
   np.testing.assert_array_equal(cut.passes, full.passes)
   np.testing.assert_allclose(cut.scores, full.scores, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(cut.token_log_probs, full.token_log_probs, rtol=1e-4, atol=1e-5)
+
+
+def test_bucketed_decode_compiles_one_branch_per_bucket():
+  module, params, inputs = make_tiny_network(24)
+  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14)
+  jaxpr = jax.make_jaxpr(
+      lambda p, x, r: decoding._decode_with_network.__wrapped__(
+          module, p, x, r, dataclasses.replace(config, length_buckets=(8, 12, 16)), 24, None
+      )
+  )(params, inputs, jax.random.PRNGKey(0))
+  (switch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "cond"]
+  assert len(switch.params["branches"]) == 4  # buckets 8, 12, 16 and the full 24
