@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from padir_t5x import network
+# padir_t5x.network (jax, flax) is imported where a config is built, so that a command reading
+# only config.json (translate's flag checks) does not pay for it.
 
 KINDS = ("padir", "ar")
 CONFIG_FILE = "config.json"
@@ -63,7 +64,7 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
 def save_checkpoint(
     directory: str,
     params: Any,
-    config: network.TransformerConfig,
+    config,
     kind: str,
     vocab_model: str | None = None,
     vocab_high: int | None = None,
@@ -164,6 +165,8 @@ def read_config(directory: str) -> dict:
       raise CheckpointError(f"{path} has no {field!r} field")
   if meta["kind"] not in KINDS:
     raise CheckpointError(f"{path}: kind {meta['kind']!r} is not one of {KINDS}")
+  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+
   try:
     config = network.TransformerConfig(**meta["transformer"])
   except (TypeError, ValueError) as e:
@@ -178,13 +181,15 @@ def read_config(directory: str) -> dict:
   return {**meta, "vocab_model": vocab_model, "decoding": meta.get("decoding") or {}}
 
 
-def load_checkpoint(directory: str) -> tuple[network.Transformer, dict, dict]:
+def load_checkpoint(directory: str) -> tuple[Any, dict, dict]:
   """Returns (module, params as a nested dict of numpy arrays, the config.json dict).
 
   The config dict is `read_config`'s ('vocab_model' resolved). The parameters are checked
   against the shapes the config's network has (jax.eval_shape, nothing is run), so a params.npz
   that belongs to another config fails here, naming it, not later inside jit.
   """
+  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+
   meta = read_config(directory)
   config = network.TransformerConfig(**meta["transformer"])
   path = os.path.join(directory, PARAMS_FILE)
@@ -200,7 +205,7 @@ def load_checkpoint(directory: str) -> tuple[network.Transformer, dict, dict]:
   return module, params, meta
 
 
-def _check_params(module: network.Transformer, params: dict, path: str) -> None:
+def _check_params(module, params: dict, path: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
