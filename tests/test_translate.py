@@ -8,6 +8,7 @@ compared with one-sentence-at-a-time decoding.
 
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -263,3 +264,22 @@ def test_checkpoint_errors_name_the_file(ckpts, tmp_path, tiny_vocab_path):
   shutil.copyfile(os.path.join(ckpts["ar"], "params.npz"), wrong / "params.npz")
   with pytest.raises(checkpoints.CheckpointError, match="params.npz does not match"):
     Translator.from_checkpoint(str(wrong))
+
+
+# -------------------------------------------------------------------------------------------------
+# The quickstart's closing command.
+def test_quickstart_translate_command_quotes_its_arguments():
+  from padir_t5x import quickstart
+
+  command = quickstart.translate_command("runs/my run", "er sagt, dass's regnet.")
+  assert shlex.split(command) == [
+      "echo",
+      "er sagt, dass's regnet.",
+      "|",
+      "python",
+      "-m",
+      "padir_t5x.translate",
+      "--checkpoint",
+      "runs/my run",
+  ]
+  assert quickstart.QuickstartConfig().output_dir == "runs/quickstart"
