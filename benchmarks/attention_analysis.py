@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from padir_t5x import checkpoints
 from padir_t5x import analysis
 from padir_t5x import decoding
 
@@ -87,7 +88,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
-  module, params, meta = common.load_checkpoint(args.padir_checkpoint)
+  module, params, meta = checkpoints.load_checkpoint(args.padir_checkpoint)
   data_dir = args.data_dir or common.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")

@@ -1,28 +1,19 @@
-"""Shared pieces of the benchmarks: checkpoints, the real de-en data, tokenisation.
+"""Shared pieces of the benchmarks: the real de-en data, tokenisation.
 
-A checkpoint is a directory with
-  params.npz    every parameter leaf, keyed by its '/'-joined path in the params tree;
-  config.json   {"kind": "padir" | "ar", "transformer": TransformerConfig fields,
-                 "vocab_model": path of the SentencePiece model, "vocab_high": real vocab size,
-                 "train": free-form training record};
-so the benchmark loads it with numpy alone (no t5x, no orbax).
+Checkpoints are the package's core format (padir_t5x/checkpoints.py: params.npz + config.json +
+vocab.model, read with numpy alone), the same that the quickstart writes and
+`python -m padir_t5x.translate` reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from typing import Any
 
 import numpy as np
 
 from padir_t5x import EOS_ID
-from padir_t5x import network
 from padir_t5x import textio
 from padir_t5x import vocab
-
-KINDS = ("padir", "ar")
 
 
 def read_lines(path: str, limit: int | None = None) -> list[str]:
@@ -37,70 +28,6 @@ def read_lines(path: str, limit: int | None = None) -> list[str]:
       break
     lines.append(line)
   return lines
-
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoints.
-def _flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
-  flat = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    if hasattr(value, "items"):
-      flat.update(_flatten(value, path))
-    else:
-      flat[path] = np.asarray(value)
-  return flat
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return tree
-
-
-def save_checkpoint(
-    directory: str,
-    params: Any,
-    config: network.TransformerConfig,
-    kind: str,
-    vocab_model: str | None = None,
-    vocab_high: int | None = None,
-    train_record: dict | None = None,
-) -> None:
-  """Writes params.npz and config.json under `directory` (created)."""
-  if kind not in KINDS:
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-  expected = "padir" if kind == "padir" else "autoregressive"
-  if config.decoder_mode != expected:
-    raise ValueError(
-        f"kind {kind!r} needs decoder_mode {expected!r}, got " f"{config.decoder_mode!r}"
-    )
-  os.makedirs(directory, exist_ok=True)
-  np.savez(os.path.join(directory, "params.npz"), **_flatten(params))
-  meta = {
-      "kind": kind,
-      "transformer": dataclasses.asdict(config),
-      "vocab_model": vocab_model,
-      "vocab_high": vocab_high,
-      "train": train_record or {},
-  }
-  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2)
-
-
-def load_checkpoint(directory: str) -> tuple[network.Transformer, dict, dict]:
-  """Returns (module, params as a nested dict of numpy arrays, the config.json dict)."""
-  with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-    meta = json.load(f)
-  config = network.TransformerConfig(**meta["transformer"])
-  with np.load(os.path.join(directory, "params.npz")) as data:
-    params = _unflatten({k: data[k] for k in data.files})
-  return network.Transformer(config), params, meta
 
 
 # ------------------------------------------------------------------------------------------------

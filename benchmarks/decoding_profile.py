@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from padir_t5x import checkpoints
 from padir_t5x import decoding
 from padir_t5x import network
 
@@ -229,7 +230,7 @@ def main(argv=None):
   if args.padir_checkpoint:
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
-    module, params, meta = common.load_checkpoint(args.padir_checkpoint)
+    module, params, meta = checkpoints.load_checkpoint(args.padir_checkpoint)
     vocab_high = meta["vocab_high"]
     data_dir = args.data_dir or common.find_data_dir()
     processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])

@@ -44,8 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 
-from benchmarks import ar_decoding
 from benchmarks import common
+from padir_t5x import checkpoints
+from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import decoding
 from padir_t5x import metrics as metrics_lib
@@ -308,7 +309,7 @@ def run_benchmark(
   loaded = {}
   for kind, path in (("ar", ar_checkpoint), ("padir", padir_checkpoint)):
     if path:
-      loaded[kind] = common.load_checkpoint(path)
+      loaded[kind] = checkpoints.load_checkpoint(path)
       if loaded[kind][2]["kind"] != kind:
         raise ValueError(
             f"{path} holds a {loaded[kind][2]['kind']!r} checkpoint, " f"expected {kind!r}"
@@ -316,10 +317,14 @@ def run_benchmark(
   if not loaded:
     raise ValueError("give at least one of ar_checkpoint / padir_checkpoint")
   metas = [m for _, _, m in loaded.values()]
-  vocab_models = {m["vocab_model"] for m in metas}
-  if len(vocab_models) != 1:
-    raise ValueError(f"the checkpoints use different vocabularies: {sorted(vocab_models)}")
-  processor = spm.SentencePieceProcessor(model_file=vocab_models.pop())
+  # Each checkpoint carries its own copy of the vocabulary: compare them by content.
+  vocab_bytes = {}
+  for m in metas:
+    with open(m["vocab_model"], "rb") as f:
+      vocab_bytes[m["vocab_model"]] = f.read()
+  if len(set(vocab_bytes.values())) != 1:
+    raise ValueError(f"the checkpoints use different vocabularies: {sorted(vocab_bytes)}")
+  processor = spm.SentencePieceProcessor(model_proto=next(iter(vocab_bytes.values())))
   vocab_high = metas[0]["vocab_high"]
   # One shape for every system: the smallest position table of the loaded models.
   max_length = min(

@@ -34,8 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from padir_t5x import checkpoints
 from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import shared_data
 from padir_t5x import textio
 from padir_t5x import training
 from padir_t5x import vocab as vocab_lib
@@ -305,9 +307,9 @@ def main(argv=None):
   parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
   parser.add_argument("--vocab_dir", default="runs/budget/vocab")
   args = parser.parse_args(argv)
-  if args.model not in common.KINDS:
-    parser.error(f"--model must be one of {common.KINDS}")
-  data_dir = args.data_dir or common.find_data_dir()
+  if args.model not in checkpoints.KINDS:
+    parser.error(f"--model must be one of {checkpoints.KINDS}")
+  data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
   config = BudgetConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BudgetConfig)})
@@ -324,12 +326,12 @@ def main(argv=None):
   )
   module, params, record = train(config, inputs, targets, processor.get_piece_size())
   record["train_pairs"] = len(inputs)
-  common.save_checkpoint(
+  checkpoints.save_checkpoint(
       args.out,
       params,
       module.config,
       config.model,
-      vocab_model=os.path.abspath(vocab_model),
+      vocab_model=vocab_model,
       vocab_high=processor.get_piece_size(),
       train_record=record,
   )

@@ -3,6 +3,10 @@
     python -m padir_t5x.quickstart                 # a few minutes on 2 CPU cores
     python -m padir_t5x.quickstart --num_steps 200 --max_eval 100   # a smoke run
 
+The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
+(default runs/quickstart), and the run ends by printing the `python -m padir_t5x.translate`
+command that translates a sentence of your own with it.
+
 No download and no t5x: the embedded German->English numbers corpus (padir_t5x.corpus) and its
 SentencePiece vocabulary are generated on first use (tasks.ensure_quickstart_data), the network is
 trained with the core multi-stage loss in a plain optax loop (padir_t5x.training), and the test
@@ -16,12 +20,14 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import time
 
 import jax
 import numpy as np
 import sentencepiece as spm
 
+from padir_t5x import checkpoints
 from padir_t5x import decoding
 from padir_t5x import losses
 from padir_t5x import metrics
@@ -53,6 +59,7 @@ class QuickstartConfig:
   dropout_rate: float = 0.0
   peak_learning_rate: float = 3e-3
   seed: int = 0
+  output_dir: str = "runs/quickstart"  # the trained model, a core checkpoint for translate
 
 
 def _read(path: str) -> list[str]:
@@ -162,13 +169,40 @@ def run(config: QuickstartConfig, log=print) -> dict:
     log(f"  de:   {source}\n  padir: {prediction}\n  ref:  {reference}")
   log(json.dumps({k: v for k, v in figures.items() if k != "final_train_metrics"}))
   log(f"BLEU {figures['bleu']:.2f}  ({metrics.bleu_signature('en')})")
+  checkpoints.save_checkpoint(
+      config.output_dir,
+      params,
+      net_config,
+      "padir",
+      vocab_model=vocab_path,
+      vocab_high=real_vocab,
+      decoding={"length_beam": config.length_beam, "max_passes": config.max_passes},
+      train_record={"quickstart_config": dataclasses.asdict(config), **figures},
+  )
+  figures["translate_command"] = translate_command(config.output_dir, test_sources[0])
+  log(f"saved the model to {config.output_dir}; translate your own text with:")
+  log(f"  {figures['translate_command']}")
   return figures
+
+
+def translate_command(checkpoint_dir: str, example: str) -> str:
+  """The shell command that translates `example` with the checkpoint at `checkpoint_dir`."""
+  return (
+      f"echo {shlex.quote(example)} | python -m padir_t5x.translate "
+      f"--checkpoint {shlex.quote(checkpoint_dir)}"
+  )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  helps = {"output_dir": "where the trained model is saved, for python -m padir_t5x.translate"}
   for field in dataclasses.fields(QuickstartConfig):
-    parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    parser.add_argument(
+        f"--{field.name}",
+        type=type(field.default),
+        default=field.default,
+        help=helps.get(field.name),
+    )
   run(QuickstartConfig(**vars(parser.parse_args(argv))))
 
 

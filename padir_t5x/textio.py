@@ -23,6 +23,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 
 class CorpusFileError(ValueError):
@@ -46,20 +47,27 @@ def iter_text_lines(path: str, allow_empty_lines: bool = False) -> Iterator[tupl
   if not os.path.isfile(path):
     raise MissingCorpusFileError(f"corpus file not found: {path}")
   with open(path, "rb") as f:
-    for number, raw in enumerate(f, start=1):
-      if raw.endswith(b"\n"):
-        raw = raw[:-1]
-      if raw.endswith(b"\r"):
-        raw = raw[:-1]
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise CorpusFileError(
-            f"{path}: line {number} is not valid UTF-8 (byte {e.start}: {e.reason})"
-        ) from None
-      if not allow_empty_lines and not line.strip():
-        raise CorpusFileError(f"{path}: line {number} is empty")
-      yield number, line
+    yield from iter_stream_lines(f, path, allow_empty_lines)
+
+
+def iter_stream_lines(
+    stream: BinaryIO, name: str, allow_empty_lines: bool = False
+) -> Iterator[tuple[int, str]]:
+  """`iter_text_lines` over an open binary stream (e.g. sys.stdin.buffer); errors name `name`."""
+  for number, raw in enumerate(stream, start=1):
+    if raw.endswith(b"\n"):
+      raw = raw[:-1]
+    if raw.endswith(b"\r"):
+      raw = raw[:-1]
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise CorpusFileError(
+          f"{name}: line {number} is not valid UTF-8 (byte {e.start}: {e.reason})"
+      ) from None
+    if not allow_empty_lines and not line.strip():
+      raise CorpusFileError(f"{name}: line {number} is empty")
+    yield number, line
 
 
 def count_lines(path: str, allow_empty_lines: bool = False) -> int:

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import ar_decoding
 from benchmarks import common
 from benchmarks import latency
 from benchmarks import train_budget
+from padir_t5x import checkpoints
+from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import network
 
@@ -101,21 +102,26 @@ def test_beam_search_rejects_padir_network():
 # Checkpoints and training pieces.
 def test_checkpoint_round_trip(tmp_path):
   module, params, _ = _ar_net(vocab_size=16)
-  common.save_checkpoint(
-      str(tmp_path),
+  vocab_file = tmp_path / "v.model"
+  vocab_file.write_bytes(b"not really a model")
+  checkpoints.save_checkpoint(
+      str(tmp_path / "ckpt"),
       params,
       module.config,
       "ar",
-      vocab_model="v.model",
+      vocab_model=str(vocab_file),
       vocab_high=12,
       train_record={"steps": 3},
   )
-  loaded_module, loaded_params, meta = common.load_checkpoint(str(tmp_path))
+  vocab_file.unlink()  # the checkpoint holds its own copy
+  loaded_module, loaded_params, meta = checkpoints.load_checkpoint(str(tmp_path / "ckpt"))
   assert loaded_module.config == module.config
   assert meta["kind"] == "ar" and meta["vocab_high"] == 12 and meta["train"] == {"steps": 3}
+  assert meta["vocab_model"] == str(tmp_path / "ckpt" / "vocab.model")
+  assert (tmp_path / "ckpt" / "vocab.model").read_bytes() == b"not really a model"
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, loaded_params)
   with pytest.raises(ValueError, match="decoder_mode"):
-    common.save_checkpoint(str(tmp_path), params, module.config, "padir")
+    checkpoints.save_checkpoint(str(tmp_path), params, module.config, "padir")
 
 
 def test_ar_loss_is_teacher_forced_cross_entropy():
@@ -187,7 +193,7 @@ def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
     module = network.Transformer(cfg)
     x = jnp.ones((1, 40), jnp.int32)
     params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
-    common.save_checkpoint(
+    checkpoints.save_checkpoint(
         str(tmp_path / kind), params, cfg, kind, vocab_model=tiny_vocab_path, vocab_high=vocab_high
     )
   out_dir = tmp_path / "bench"

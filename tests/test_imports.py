@@ -63,6 +63,9 @@ TENSORFLOW_FREE = (
     "padir_t5x.em",
     "padir_t5x.distill",
     "padir_t5x.vocab",
+    "padir_t5x.checkpoints",
+    "padir_t5x.ar_decoding",
+    "padir_t5x.translate",
 )
 
 

@@ -30,3 +30,15 @@ def test_main_job_command_runs_the_quickstart_module():
   blocks = _bash_blocks(_section(readme, "Quickstart: train and evaluate on the embedded corpus"))
   assert blocks and "python -m padir_t5x.quickstart" in blocks[0]
   assert (REPO / "padir_t5x" / "quickstart.py").is_file()
+
+
+def test_quickstart_section_shows_the_command_the_quickstart_prints():
+  from padir_t5x import quickstart
+
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  blocks = _bash_blocks(_section(readme, "Quickstart: train and evaluate on the embedded corpus"))
+  commands = [line for block in blocks for line in block.splitlines()]
+  printed = quickstart.translate_command(
+      quickstart.QuickstartConfig().output_dir, "du willst achtundvierzig große hunde kaufen."
+  )
+  assert printed in commands

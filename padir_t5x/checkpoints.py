@@ -1,0 +1,233 @@
+"""The core checkpoint format: params.npz + config.json + the vocabulary, read with numpy alone.
+
+A core checkpoint is a directory with
+  params.npz    every parameter leaf, keyed by its '/'-joined path in the params tree;
+  config.json   {"kind": "padir" | "ar", "transformer": TransformerConfig fields,
+                 "vocab_model": the SentencePiece model, "vocab_high": real vocabulary size,
+                 "decoding": optional DecodingConfig fields the model was evaluated with,
+                 "train": free-form training record};
+  vocab.model   the SentencePiece model, copied in by `save_checkpoint` so the directory is
+                self-contained ("vocab_model" is then the relative name "vocab.model"; an
+                absolute path, as older checkpoints have, is read where it points).
+
+The quickstart, the budget trainer (benchmarks/train_budget.py) and `padir_t5x.translate` all
+use this one implementation; no t5x, no orbax. `load_checkpoint` checks what it reads and raises
+`CheckpointError` (a ValueError) with one message naming the file at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+# padir_t5x.network (jax, flax) is imported where a config is built, so that a command reading
+# only config.json (translate's flag checks) does not pay for it.
+
+KINDS = ("padir", "ar")
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.npz"
+VOCAB_FILE = "vocab.model"
+_DECODER_MODE = {"padir": "padir", "ar": "autoregressive"}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint (or its vocabulary) is missing or unusable; the message names the file."""
+
+
+def _flatten(tree: Any, prefix: str = "", leaf=np.asarray) -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if hasattr(value, "items"):
+      flat.update(_flatten(value, path, leaf))
+    else:
+      flat[path] = leaf(value)
+  return flat
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return tree
+
+
+def save_checkpoint(
+    directory: str,
+    params: Any,
+    config,
+    kind: str,
+    vocab_model: str | None = None,
+    vocab_high: int | None = None,
+    train_record: dict | None = None,
+    decoding: dict | None = None,
+    copy_vocabulary: bool = True,
+) -> None:
+  """Writes params.npz and config.json (and vocab.model) under `directory` (created).
+
+  With `copy_vocabulary` (the default) the SentencePiece model at `vocab_model` is copied into
+  the directory; otherwise its absolute path is recorded. `decoding` holds DecodingConfig fields
+  (by name) that the translator uses as its defaults.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  expected = _DECODER_MODE[kind]
+  if config.decoder_mode != expected:
+    raise ValueError(
+        f"kind {kind!r} needs decoder_mode {expected!r}, got " f"{config.decoder_mode!r}"
+    )
+  os.makedirs(directory, exist_ok=True)
+  recorded_vocab = vocab_model
+  if vocab_model is not None:
+    if copy_vocabulary:
+      target = os.path.join(directory, VOCAB_FILE)
+      if os.path.abspath(vocab_model) != os.path.abspath(target):
+        shutil.copyfile(vocab_model, target)
+      recorded_vocab = VOCAB_FILE
+    else:
+      recorded_vocab = os.path.abspath(vocab_model)
+  np.savez(os.path.join(directory, PARAMS_FILE), **_flatten(params))
+  meta = {
+      "kind": kind,
+      "transformer": {k: _jsonable(v) for k, v in dataclasses.asdict(config).items()},
+      "vocab_model": recorded_vocab,
+      "vocab_high": vocab_high,
+      "decoding": {k: _jsonable(v) for k, v in (decoding or {}).items()},
+      "train": train_record or {},
+  }
+  tmp = os.path.join(directory, f".{CONFIG_FILE}.tmp{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+
+
+def _jsonable(value):
+  return value.value if hasattr(value, "value") else value  # enum members by name
+
+
+def is_core_checkpoint(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, CONFIG_FILE)) and os.path.isfile(
+      os.path.join(directory, PARAMS_FILE)
+  )
+
+
+def looks_like_t5x_checkpoint(directory: str) -> bool:
+  """A t5x checkpoint_N directory (a 'checkpoint' file or orbax metadata), or a t5x model dir."""
+  if not os.path.isdir(directory):
+    return False
+  names = set(os.listdir(directory))
+  return bool(
+      {"checkpoint", "_CHECKPOINT_METADATA", "config.gin", "_METADATA"} & names
+      or any(n.startswith("checkpoint_") for n in names)
+  )
+
+
+def read_config(directory: str) -> dict:
+  """The config.json of a core checkpoint, checked; 'vocab_model' resolved to a path (or None).
+
+  Raises CheckpointError naming the directory or file: missing, a t5x checkpoint (not read
+  here), invalid JSON, a missing field, an unknown kind, or a kind that contradicts the network's
+  decoder_mode.
+  """
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"checkpoint directory not found: {directory}")
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(path):
+    if looks_like_t5x_checkpoint(directory):
+      raise CheckpointError(
+          f"{directory} is a T5X checkpoint; only core checkpoints ({PARAMS_FILE} + "
+          f"{CONFIG_FILE} + {VOCAB_FILE}, written by `python -m padir_t5x.quickstart` and "
+          "benchmarks/train_budget.py) are supported; translate a T5X checkpoint with t5x.infer "
+          "(gin/experiments/quickstart_infer.gin)"
+      )
+    raise CheckpointError(
+        f"{path} not found: {directory} is not a core checkpoint ({PARAMS_FILE} + {CONFIG_FILE}"
+        f" + {VOCAB_FILE}, as written by `python -m padir_t5x.quickstart`)"
+    )
+  try:
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"{path} is not a JSON object")
+  for field in ("kind", "transformer"):
+    if field not in meta:
+      raise CheckpointError(f"{path} has no {field!r} field")
+  if meta["kind"] not in KINDS:
+    raise CheckpointError(f"{path}: kind {meta['kind']!r} is not one of {KINDS}")
+  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+
+  try:
+    config = network.TransformerConfig(**meta["transformer"])
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"{path}: bad 'transformer' config ({e})") from None
+  if config.decoder_mode != _DECODER_MODE[meta["kind"]]:
+    raise CheckpointError(
+        f"{path}: kind {meta['kind']!r} contradicts decoder_mode {config.decoder_mode.value!r}"
+    )
+  vocab_model = meta.get("vocab_model")
+  if vocab_model is not None and not os.path.isabs(vocab_model):
+    vocab_model = os.path.join(directory, vocab_model)
+  return {**meta, "vocab_model": vocab_model, "decoding": meta.get("decoding") or {}}
+
+
+def load_checkpoint(directory: str) -> tuple[Any, dict, dict]:
+  """Returns (module, params as a nested dict of numpy arrays, the config.json dict).
+
+  The config dict is `read_config`'s ('vocab_model' resolved). The parameters are checked
+  against the shapes the config's network has (jax.eval_shape, nothing is run), so a params.npz
+  that belongs to another config fails here, naming it, not later inside jit.
+  """
+  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+
+  meta = read_config(directory)
+  config = network.TransformerConfig(**meta["transformer"])
+  path = os.path.join(directory, PARAMS_FILE)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path} not found")
+  try:
+    with np.load(path) as data:
+      params = _unflatten({k: data[k] for k in data.files})
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is not a readable .npz file ({e})") from None
+  module = network.Transformer(config)
+  _check_params(module, params, path)
+  return module, params, meta
+
+
+def _check_params(module, params: dict, path: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  x = jnp.ones((1, 2), jnp.int32)
+  expected = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
+  )
+  want = _flatten(expected, leaf=lambda v: tuple(v.shape))
+  got = _flatten(params, leaf=lambda v: tuple(np.shape(v)))
+  if want != got:
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    details = []
+    if missing:
+      details.append(f"missing {missing[:3]}")
+    if extra:
+      details.append(f"unexpected {extra[:3]}")
+    if wrong:
+      details.append(
+          ", ".join(f"{k} has shape {got[k]}, config needs {want[k]}" for k in wrong[:3])
+      )
+    raise CheckpointError(
+        f"{path} does not match the network of {CONFIG_FILE}: " + "; ".join(details)
+    )

@@ -1,0 +1,546 @@
+"""Translate your own text with a trained PaDIR (or AR) model: one translation per input line.
+
+    python -m padir_t5x.translate --checkpoint runs/quickstart < input.de > output.en
+    python -m padir_t5x.translate --checkpoint runs/quickstart --input in.de --output out.en
+    echo "drei katzen schlafen" | python -m padir_t5x.translate --checkpoint runs/quickstart
+
+The checkpoint is a core checkpoint (padir_t5x/checkpoints.py: params.npz + config.json +
+vocab.model), as written by `python -m padir_t5x.quickstart` and benchmarks/train_budget.py.
+PaDIR models decode by iterative refinement over a length beam (length-bucketed, so a batch of
+short sentences refines only the positions its predicted lengths need); AR models by cached beam
+search. Decoding defaults are those the checkpoint records (the quickstart's evaluation
+setting), else DecodingConfig's; the flags override them.
+
+Lines are read as UTF-8 and split on '\\n' only (padir_t5x.textio). Sentences are sorted by
+length into batches and the translations written back in input order; an empty line gives an
+empty translation. A line longer than the model's input length is truncated (with a warning
+counting such lines) or, with --strict, is an error. --output is written only when the whole run
+succeeds (a temporary file in the same directory, then os.replace). At the end, one line on
+stderr: sentences, tokens, wall time, sentences/s and mean passes.
+
+With --init random (the paper's setting), the random initial tokens are drawn per batch from
+--seed: the output is reproducible for the same input and flags, but a sentence may translate
+differently in another batch. --init mask makes every sentence's translation independent of the
+others.
+
+Python:
+
+    from padir_t5x.translate import Translator
+    translator = Translator.from_checkpoint("runs/quickstart")
+    translator.translate(["drei katzen schlafen"])            # -> ['three cats sleep']
+    translator.translate(lines, details=True)                 # -> [Translation(text, score, ...)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from padir_t5x import EOS_ID
+from padir_t5x import PAD_ID
+from padir_t5x import UNK_ID
+from padir_t5x import checkpoints
+from padir_t5x import textio
+from padir_t5x.checkpoints import CheckpointError
+from padir_t5x.modes import DedupMode
+from padir_t5x.modes import FillMode
+from padir_t5x.modes import RemaskMode
+
+# The PaDIR decoding fields the translator exposes (flags of the same names).
+PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup")
+AR_OPTIONS = ("beam_size", "alpha")
+# Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
+# compile per width used), capped at the model's input length.
+INPUT_WIDTHS = (8, 16, 32, 64, 128, 256, 512)
+
+
+class TranslationInputError(ValueError):
+  """An input line cannot be translated as asked (e.g. too long under --strict)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+  """One translated line.
+
+  Attributes:
+    text: the translation ('' for an empty input line).
+    score: the best hypothesis's score (PaDIR: DecodingConfig.score; AR: length-penalised
+      log-prob); None for an empty line.
+    length: output tokens with EOS (PaDIR: the decoded length, before de-duplication); 0 for an
+      empty line.
+    passes: PaDIR refinement passes for this sentence; AR: decoder steps its batch ran; 0 for an
+      empty line.
+    truncated: the source was cut to the model's input length.
+  """
+
+  text: str
+  score: float | None
+  length: int
+  passes: int
+  truncated: bool = False
+
+
+@dataclasses.dataclass
+class Report:
+  """What a run did: the one-line summary the command prints on stderr."""
+
+  kind: str
+  sentences: int = 0
+  empty: int = 0
+  truncated_lines: list[int] = dataclasses.field(default_factory=list)
+  source_tokens: int = 0
+  target_tokens: int = 0
+  seconds: float = 0.0
+  total_passes: int = 0
+
+  @property
+  def mean_passes(self) -> float:
+    decoded = self.sentences - self.empty
+    return self.total_passes / decoded if decoded else 0.0
+
+  def line(self) -> str:
+    rate = self.sentences / self.seconds if self.seconds > 0 else 0.0
+    passes = "mean passes" if self.kind == "padir" else "mean decoder steps"
+    return (
+        f"translated {self.sentences} sentences ({self.empty} empty, "
+        f"{len(self.truncated_lines)} truncated), {self.source_tokens} source and "
+        f"{self.target_tokens} target tokens in {self.seconds:.2f} s: {rate:.2f} sentences/s, "
+        f"{passes} {self.mean_passes:.2f}"
+    )
+
+
+def truncation_warning(lines: Sequence[int], max_length: int, name: str) -> str:
+  shown = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
+  return (
+      f"{len(lines)} line(s) of {name} longer than the model's input length ({max_length} "
+      f"tokens with EOS) were truncated: line(s) {shown} (--strict makes this an error)"
+  )
+
+
+def load_vocabulary(path: str, meta: dict, embedding_rows: int):
+  """The SentencePiece processor at `path`, checked against the checkpoint; CheckpointError."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  if path is None:
+    raise CheckpointError("the checkpoint records no vocabulary: pass --vocab FILE.model")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"vocabulary not found: {path}")
+  try:
+    processor = spm.SentencePieceProcessor(model_file=path)
+  except (RuntimeError, OSError) as e:
+    raise CheckpointError(f"{path} is not a SentencePiece model ({e})") from None
+  size = processor.get_piece_size()
+  expected = meta.get("vocab_high")
+  if size > embedding_rows or (expected is not None and size != expected):
+    wanted = f"{expected} pieces" if expected is not None else f"at most {embedding_rows} pieces"
+    raise CheckpointError(
+        f"{path} has {size} pieces but the checkpoint's embedding was trained with {wanted} "
+        f"({embedding_rows} embedding rows): not this model's vocabulary"
+    )
+  ids = (processor.pad_id(), processor.eos_id(), processor.unk_id())
+  if ids != (PAD_ID, EOS_ID, UNK_ID):
+    raise CheckpointError(
+        f"{path} has pad/eos/unk ids {ids}, not ({PAD_ID}, {EOS_ID}, {UNK_ID}) as PaDIR models "
+        "(build vocabularies with `python -m padir_t5x.vocab`)"
+    )
+  return processor
+
+
+def _smallest_at_least(value: int, sizes: Sequence[int], cap: int) -> int:
+  return min([s for s in sizes if value <= s < cap] + [cap])
+
+
+class Translator:
+  """A loaded model and its decoding settings; `translate` maps source lines to translations."""
+
+  def __init__(
+      self,
+      module,
+      params: Any,
+      processor,
+      kind: str,
+      vocab_high: int,
+      decoding_config=None,
+      beam_size: int = 4,
+      alpha: float = 0.6,
+      batch_size: int = 32,
+      seed: int = 0,
+      strict: bool = False,
+  ):
+    if kind not in checkpoints.KINDS:
+      raise ValueError(f"kind must be one of {checkpoints.KINDS}, got {kind!r}")
+    for name, value in (("batch_size", batch_size), ("beam_size", beam_size)):
+      if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    self.module = module
+    self.params = params
+    self.processor = processor
+    self.kind = kind
+    self.vocab_high = vocab_high
+    self.decoding_config = decoding_config
+    self.beam_size = beam_size
+    self.alpha = alpha
+    self.batch_size = batch_size
+    self.seed = seed
+    self.strict = strict
+    self.max_input_length = module.config.max_input_length
+    self.max_decode_length = module.config.max_target_length
+    if kind == "padir":
+      config = decoding_config
+      decodable = self.max_decode_length - config.min_length + 1
+      if config.length_beam > decodable:
+        raise ValueError(
+            f"length_beam {config.length_beam} exceeds the {decodable} lengths this model can "
+            f"decode (max_target_length {self.max_decode_length})"
+        )
+
+  @classmethod
+  def from_checkpoint(
+      cls, path: str, vocab_path: str | None = None, kind: str | None = None, **options
+  ) -> Translator:
+    """Loads a core checkpoint directory.
+
+    Args:
+      path: the directory (params.npz, config.json, vocab.model).
+      vocab_path: a SentencePiece model to use instead of the checkpoint's.
+      kind: 'padir' or 'ar' to insist on one (CheckpointError naming config.json otherwise).
+      **options: length_beam, max_passes, init, remask, dedup (PaDIR; any other DecodingConfig
+        field too), beam_size, alpha (AR), batch_size, seed, strict. PaDIR decoding defaults
+        are the checkpoint's recorded "decoding" fields, then DecodingConfig's.
+    """
+    from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
+
+    meta = checkpoints.read_config(path)
+    config_path = os.path.join(path, checkpoints.CONFIG_FILE)
+    if kind is not None and kind != meta["kind"]:
+      raise CheckpointError(
+          f"{config_path}: holds {'an AR' if meta['kind'] == 'ar' else 'a PaDIR'} model "
+          f"(kind {meta['kind']!r}), not the {kind!r} model asked for"
+      )
+    own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
+    if meta["kind"] == "padir":
+      wrong = sorted(set(options) & set(AR_OPTIONS))
+    else:
+      wrong = sorted(set(options) - set(AR_OPTIONS))
+    if wrong:
+      model = "a PaDIR" if meta["kind"] == "padir" else "an AR"
+      raise ValueError(f"{', '.join(wrong)} do(es) not apply to {model} model ({config_path})")
+    module, params, meta = checkpoints.load_checkpoint(path)
+    processor = load_vocabulary(vocab_path or meta["vocab_model"], meta, module.config.vocab_size)
+    vocab_high = processor.get_piece_size()
+    if meta["kind"] == "padir":
+      fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)} - {"vocab_high"}
+      recorded = {k: v for k, v in meta["decoding"].items() if k in fields}
+      decoding_config = decoding.DecodingConfig(**{**recorded, **options, "vocab_high": vocab_high})
+      return cls(module, params, processor, "padir", vocab_high, decoding_config, **own)
+    return cls(module, params, processor, "ar", vocab_high, **options, **own)
+
+  # ---------------------------------------------------------------------------------------------
+  def translate(self, lines: Sequence[str], details: bool = False) -> list:
+    """Translations of `lines`, in order: strings, or `Translation`s with `details`.
+
+    Warns (UserWarning) when lines were truncated; raises TranslationInputError under `strict`.
+    """
+    translations, report = self.translate_with_report(lines)
+    if report.truncated_lines:
+      warnings.warn(
+          truncation_warning(report.truncated_lines, self.max_input_length, "the input"),
+          stacklevel=2,
+      )
+    return translations if details else [t.text for t in translations]
+
+  def encode(self, lines: Sequence[str], name: str = "the input"):
+    """(token lists without EOS, 1-based numbers of truncated lines); an empty line gives []."""
+    limit = self.max_input_length - 1  # room for EOS
+    encoded, truncated = [], []
+    for number, line in enumerate(lines, start=1):
+      if "\n" in line:
+        raise TranslationInputError(f"{name}: line {number} contains a newline")
+      ids = self.processor.encode(line) if line.strip() else []
+      if len(ids) > limit:
+        if self.strict:
+          raise TranslationInputError(
+              f"{name}: line {number} has {len(ids) + 1} tokens with EOS, more than the "
+              f"model's input length {self.max_input_length} (--strict)"
+          )
+        ids = ids[:limit]
+        truncated.append(number)
+      encoded.append(ids)
+    return encoded, truncated
+
+  def translate_with_report(
+      self,
+      lines: Sequence[str],
+      name: str = "the input",
+      progress: Callable[[int], tuple[Callable[[int], None], Callable[[], None]]] | None = None,
+  ) -> tuple[list[Translation], Report]:
+    """(translations in input order, Report).
+
+    `progress(total)`, called once the lines are encoded (so that an input error comes before
+    any progress output) with the number of sentences to decode, returns (update(k), close()):
+    update after each batch of k sentences, close at the end.
+    """
+    start = time.perf_counter()
+    encoded, truncated = self.encode(lines, name)
+    update, close = progress(sum(1 for ids in encoded if ids)) if progress else (None, None)
+    try:
+      results, report = self._translate_encoded(encoded, truncated, update)
+    finally:
+      if close is not None:
+        close()
+    report.seconds = time.perf_counter() - start
+    return results, report
+
+  def _translate_encoded(self, encoded, truncated, update):
+    report = Report(kind=self.kind, sentences=len(encoded), truncated_lines=truncated)
+    results: list[Translation | None] = [None] * len(encoded)
+    order = [i for i, ids in enumerate(encoded) if ids]
+    for i, ids in enumerate(encoded):
+      if not ids:
+        results[i] = Translation("", None, 0, 0)
+        report.empty += 1
+    # Longest first: the largest shapes compile (and fail, if memory is short) first.
+    order.sort(key=lambda i: (-len(encoded[i]), i))
+    truncated_set = set(truncated)
+    for batch_index, begin in enumerate(range(0, len(order), self.batch_size)):
+      rows = order[begin : begin + self.batch_size]
+      texts, scores, lengths, passes, counts = self._decode_batch(
+          [encoded[i] for i in rows], batch_index
+      )
+      for row, i in enumerate(rows):
+        results[i] = Translation(
+            texts[row], scores[row], lengths[row], passes[row], (i + 1) in truncated_set
+        )
+        report.source_tokens += len(encoded[i])
+        report.target_tokens += counts[row]
+        report.total_passes += passes[row]
+      if update is not None:
+        update(len(rows))
+    return results, report
+
+  def _decode_batch(self, sequences: list[list[int]], batch_index: int):
+    """Decodes one batch: per-row (texts, scores, lengths, passes, output token counts)."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
+
+    n = len(sequences)
+    # Pad rows to a power of two (capped at batch_size) and columns to an input width, so a file
+    # compiles a handful of shapes; padding rows are EOS-only sources, dropped afterwards.
+    num_rows = _smallest_at_least(n, [2**k for k in range(16)], self.batch_size)
+    width = _smallest_at_least(
+        max(len(s) for s in sequences) + 1, INPUT_WIDTHS, self.max_input_length
+    )
+    tokens = np.zeros((num_rows, width), np.int32)
+    tokens[:, 0] = EOS_ID
+    for row, ids in enumerate(sequences):
+      tokens[row, : len(ids)] = ids
+      tokens[row, len(ids)] = EOS_ID
+    if self.kind == "padir":
+      from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
+
+      rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), batch_index)
+      # Length-bucketed inside jit (DecodingConfig.length_buckets).
+      result = decoding.decode_with_network(
+          self.module, self.params, tokens, rng, self.decoding_config, self.max_decode_length
+      )
+      best = np.asarray(result.sequences)[:n, -1, :]
+      scores = np.asarray(result.scores)[:n, -1].tolist()
+      lengths = np.asarray(result.lengths)[:n, -1].tolist()
+      passes = np.asarray(result.passes)[:n].tolist()
+    else:
+      from padir_t5x import ar_decoding  # pylint: disable=g-import-not-at-top
+
+      result = ar_decoding.jit_beam_search(
+          self.module,
+          self.params,
+          jax.numpy.asarray(tokens),
+          beam_size=self.beam_size,
+          max_decode_length=self.max_decode_length,
+          alpha=self.alpha,
+          vocab_high=self.vocab_high,
+      )
+      best = np.asarray(result.sequences)[:n, -1, :]
+      scores = np.asarray(result.scores)[:n, -1].tolist()
+      is_eos = best == EOS_ID
+      lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, best.shape[1]).tolist()
+      passes = [int(result.steps)] * n
+    ended = np.cumsum((best == EOS_ID) | (best == PAD_ID), axis=1) > 0
+    counts = (~ended).sum(axis=1).tolist()  # tokens before the first EOS (or PAD)
+    return vocab.ids_to_text(self.processor, best), scores, lengths, passes, counts
+
+
+# -------------------------------------------------------------------------------------------------
+# The command.
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
+
+
+def _non_negative_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+  if not value >= 0:
+    raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+  return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m padir_t5x.translate",
+      description="Translate text with a PaDIR or AR core checkpoint, one line per sentence.",
+  )
+  parser.add_argument(
+      "--checkpoint", required=True, help="core checkpoint directory (params.npz, config.json)"
+  )
+  parser.add_argument("--input", help="UTF-8 source file, one sentence a line (default: stdin)")
+  parser.add_argument("--output", help="translations, one a line (default: stdout)")
+  parser.add_argument("--vocab", help="SentencePiece model to use instead of the checkpoint's")
+  parser.add_argument(
+      "--kind", choices=checkpoints.KINDS, help="fail unless the checkpoint is of this kind"
+  )
+  padir = parser.add_argument_group("PaDIR decoding (default: the checkpoint's setting)")
+  padir.add_argument("--length_beam", type=_positive_int, help="target lengths decoded (l)")
+  padir.add_argument("--max_passes", type=_positive_int, help="refinement passes at most (T)")
+  padir.add_argument("--init", choices=[m.value for m in FillMode], help="first decoder input")
+  padir.add_argument("--remask", choices=[m.value for m in RemaskMode], help="between passes")
+  padir.add_argument("--dedup", choices=[m.value for m in DedupMode], help="final de-duplication")
+  ar = parser.add_argument_group("AR decoding")
+  ar.add_argument("--beam_size", type=_positive_int, help="beam size (default 4)")
+  ar.add_argument("--alpha", type=_non_negative_float, help="length penalty (default 0.6)")
+  parser.add_argument("--batch_size", type=_positive_int, default=32)
+  parser.add_argument("--seed", type=int, default=0, help="random initial tokens, re-masking")
+  parser.add_argument(
+      "--strict", action="store_true", help="a line longer than the model's input is an error"
+  )
+  parser.add_argument("--details", action="store_true", help="text<TAB>score<TAB>length<TAB>passes")
+  parser.add_argument("--no_progress", action="store_true", help="no progress bar for --input")
+  return parser
+
+
+def _progress_bar(total: int):
+  """(update(k), close()) of a progress bar on stderr: tqdm if importable, else a '\\r' line."""
+  try:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    tqdm = None
+  if tqdm is not None:
+    bar = tqdm(total=total, unit="sent", file=sys.stderr, desc="translate")
+    return bar.update, bar.close
+  start, done = time.perf_counter(), [0]
+
+  def update(k: int) -> None:
+    done[0] += k
+    elapsed = time.perf_counter() - start
+    rate = done[0] / elapsed if elapsed > 0 else 0.0
+    eta = (total - done[0]) / rate if rate > 0 else float("nan")
+    sys.stderr.write(f"\rtranslate {done[0]}/{total}  {rate:.1f} sent/s  ETA {eta:.0f}s")
+    sys.stderr.flush()
+
+  def close() -> None:
+    sys.stderr.write("\n")
+
+  return update, close
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  # Flag checks that need no model: exit 2 with argparse's one-line message.
+  if args.input is not None and not os.path.isfile(args.input):
+    parser.error(f"argument --input: file not found: {args.input}")
+  if args.vocab is not None and not os.path.isfile(args.vocab):
+    parser.error(f"argument --vocab: file not found: {args.vocab}")
+  if args.output is not None:
+    if os.path.isdir(args.output):
+      parser.error(f"argument --output: is a directory: {args.output}")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+      parser.error(f"argument --output: directory not found: {out_dir}")
+
+  prog = "translate"
+  try:
+    name = args.input or "<stdin>"
+    if args.input is None:
+      lines = [line for _, line in textio.iter_stream_lines(sys.stdin.buffer, name, True)]
+    else:
+      lines = [line for _, line in textio.iter_text_lines(args.input, allow_empty_lines=True)]
+    meta = checkpoints.read_config(args.checkpoint)
+    decoder_flags = AR_OPTIONS if meta["kind"] == "ar" else PADIR_OPTIONS
+    options = {k: getattr(args, k) for k in decoder_flags if getattr(args, k) is not None}
+    if args.kind is None:
+      other = PADIR_OPTIONS if meta["kind"] == "ar" else AR_OPTIONS
+      given = [k for k in other if getattr(args, k) is not None]
+      if given:
+        model = "an AR" if meta["kind"] == "ar" else "a PaDIR"
+        parser.error(
+            f"argument --{given[0]}: does not apply to {model} model "
+            f"({os.path.join(args.checkpoint, checkpoints.CONFIG_FILE)})"
+        )
+    load_start = time.perf_counter()
+    translator = Translator.from_checkpoint(
+        args.checkpoint,
+        vocab_path=args.vocab,
+        kind=args.kind,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        strict=args.strict,
+        **options,
+    )
+    load_seconds = time.perf_counter() - load_start
+    progress = _progress_bar if args.input is not None and not args.no_progress else None
+    translations, report = translator.translate_with_report(lines, name, progress)
+  except (CheckpointError, textio.CorpusFileError, TranslationInputError, ValueError) as e:
+    # CheckpointError, CorpusFileError and TranslationInputError are ValueErrors; others (a
+    # length beam the model cannot decode) are too: one line, no traceback.
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 1
+  if report.truncated_lines:
+    message = truncation_warning(report.truncated_lines, translator.max_input_length, name)
+    print(f"{prog}: warning: {message}", file=sys.stderr)
+  if args.details:
+    rows = [
+        f"{t.text}\t{'' if t.score is None else f'{t.score:.4f}'}\t{t.length}\t{t.passes}"
+        for t in translations
+    ]
+  else:
+    rows = [t.text for t in translations]
+  data = "".join(row + "\n" for row in rows).encode("utf-8")
+  if args.output is None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+  else:
+    _write_atomically(args.output, data)
+  print(f"{prog}: {report.line()} (model load {load_seconds:.1f} s)", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
