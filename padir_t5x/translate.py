@@ -5,7 +5,9 @@
     echo "drei katzen schlafen" | python -m padir_t5x.translate --checkpoint runs/quickstart
 
 The checkpoint is a core checkpoint (padir_t5x/checkpoints.py: params.npz + config.json +
-vocab.model), as written by `python -m padir_t5x.quickstart` and benchmarks/train_budget.py.
+vocab.model), as written by `python -m padir_t5x.quickstart` and benchmarks/train_budget.py, or,
+with t5x installed, a T5X checkpoint_N (or model) directory: the model comes from the config.gin
+t5x.train wrote (or --gin_file), the parameters from padir_t5x.models.load_for_inference.
 PaDIR models decode by iterative refinement over a length beam (length-bucketed, so a batch of
 short sentences refines only the positions its predicted lengths need); AR models by cached beam
 search. Decoding defaults are those the checkpoint records (the quickstart's evaluation
@@ -154,6 +156,51 @@ def load_vocabulary(path: str, meta: dict, embedding_rows: int):
   return processor
 
 
+def t5x_checkpoint_path(directory: str) -> str:
+  """The checkpoint_N directory to load: `directory` itself, or a model directory's latest one."""
+  steps = []
+  for name in os.listdir(directory):
+    step = name[len("checkpoint_") :]
+    if name.startswith("checkpoint_") and step.isdigit():
+      steps.append(int(step))
+  return os.path.join(directory, f"checkpoint_{max(steps)}") if steps else directory
+
+
+def load_t5x_model(directory: str, gin_file: str | None = None, params: bool = True):
+  """(model, params or None, checkpoint_N path) of a T5X checkpoint, built from its gin config.
+
+  Needs t5x; the model comes from `gin_file`, default the config.gin t5x.train wrote beside the
+  checkpoints. CheckpointError naming the directory or file otherwise.
+  """
+  try:
+    from padir_t5x import models  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CheckpointError(
+        f"{directory} is a T5X checkpoint, which needs t5x installed (pip install -e '.[t5x]'; "
+        f"{e})"
+    ) from None
+  path = t5x_checkpoint_path(directory)
+  gin_file = gin_file or os.path.join(os.path.dirname(os.path.abspath(path)), "config.gin")
+  try:
+    if not params:
+      return models.model_from_gin(gin_file), None, path
+    model, variables = models.load_for_inference(path, gin_file)
+  except (FileNotFoundError, ValueError) as e:
+    raise CheckpointError(f"{path}: {e}") from None
+  return model, variables, path
+
+
+def checkpoint_kind(directory: str, gin_file: str | None = None) -> str:
+  """'padir' or 'ar' for a core or T5X checkpoint directory, without loading its weights."""
+  if not os.path.isfile(os.path.join(directory, checkpoints.CONFIG_FILE)):
+    if checkpoints.looks_like_t5x_checkpoint(directory):
+      model, _, _ = load_t5x_model(directory, gin_file, params=False)
+      from padir_t5x import models  # pylint: disable=g-import-not-at-top
+
+      return "padir" if isinstance(model, models.PadirModel) else "ar"
+  return checkpoints.read_config(directory)["kind"]
+
+
 def _smallest_at_least(value: int, sizes: Sequence[int], cap: int) -> int:
   return min([s for s in sizes if value <= s < cap] + [cap])
 
@@ -204,12 +251,20 @@ class Translator:
 
   @classmethod
   def from_checkpoint(
-      cls, path: str, vocab_path: str | None = None, kind: str | None = None, **options
+      cls,
+      path: str,
+      vocab_path: str | None = None,
+      kind: str | None = None,
+      gin_file: str | None = None,
+      **options,
   ) -> Translator:
-    """Loads a core checkpoint directory.
+    """Loads a core checkpoint directory, or a T5X one (needs t5x).
 
     Args:
-      path: the directory (params.npz, config.json, vocab.model).
+      path: a core checkpoint directory (params.npz, config.json, vocab.model); or a T5X
+        `checkpoint_N` directory, or a T5X model directory (its latest checkpoint_N).
+      gin_file: T5X only: the gin config that builds the model (default: the config.gin that
+        t5x.train wrote into the model directory).
       vocab_path: a SentencePiece model to use instead of the checkpoint's.
       kind: 'padir' or 'ar' to insist on one (CheckpointError naming config.json otherwise).
       **options: length_beam, max_passes, init, remask, dedup (PaDIR; any other DecodingConfig
@@ -218,6 +273,11 @@ class Translator:
     """
     from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
 
+    if gin_file is not None or (
+        not os.path.isfile(os.path.join(path, checkpoints.CONFIG_FILE))
+        and checkpoints.looks_like_t5x_checkpoint(path)
+    ):
+      return cls._from_t5x_checkpoint(path, gin_file, vocab_path, kind, **options)
     meta = checkpoints.read_config(path)
     config_path = os.path.join(path, checkpoints.CONFIG_FILE)
     if kind is not None and kind != meta["kind"]:
@@ -242,6 +302,32 @@ class Translator:
       decoding_config = decoding.DecodingConfig(**{**recorded, **options, "vocab_high": vocab_high})
       return cls(module, params, processor, "padir", vocab_high, decoding_config, **own)
     return cls(module, params, processor, "ar", vocab_high, **options, **own)
+
+  @classmethod
+  def _from_t5x_checkpoint(
+      cls, path: str, gin_file: str | None, vocab_path: str | None, kind: str | None, **options
+  ) -> Translator:
+    """A T5X checkpoint: the model from its gin config, the params as t5x.infer restores them."""
+    import dataclasses  # pylint: disable=g-import-not-at-top
+
+    model, params, checkpoint = load_t5x_model(path, gin_file)  # CheckpointError without t5x
+    from padir_t5x import models  # pylint: disable=g-import-not-at-top
+
+    found = "padir" if isinstance(model, models.PadirModel) else "ar"
+    if kind is not None and kind != found:
+      raise CheckpointError(f"{checkpoint}: holds a {found!r} model, not the {kind!r} asked for")
+    own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
+    allowed = set(AR_OPTIONS) if found == "ar" else None
+    wrong = sorted(set(options) - allowed if allowed else set(options) & set(AR_OPTIONS))
+    if wrong:
+      raise ValueError(f"{', '.join(wrong)} do(es) not apply to a {found!r} model ({checkpoint})")
+    vocab_file = vocab_path or model.output_vocabulary.sentencepiece_model_file
+    processor = load_vocabulary(vocab_file, {}, model.module.config.vocab_size)
+    vocab_high = processor.get_piece_size()
+    if found == "padir":
+      config = dataclasses.replace(model.decoding_config, vocab_high=vocab_high, **options)
+      return cls(model.module, params, processor, "padir", vocab_high, config, **own)
+    return cls(model.module, params, processor, "ar", vocab_high, **options, **own)
 
   # ---------------------------------------------------------------------------------------------
   def translate(self, lines: Sequence[str], details: bool = False) -> list:
@@ -406,7 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
       description="Translate text with a PaDIR or AR core checkpoint, one line per sentence.",
   )
   parser.add_argument(
-      "--checkpoint", required=True, help="core checkpoint directory (params.npz, config.json)"
+      "--checkpoint",
+      required=True,
+      help="core checkpoint directory (params.npz, config.json), or a T5X checkpoint_N or model "
+      "directory (needs t5x)",
+  )
+  parser.add_argument(
+      "--gin_file", help="T5X: the gin config that builds the model (default: its config.gin)"
   )
   parser.add_argument("--input", help="UTF-8 source file, one sentence a line (default: stdin)")
   parser.add_argument("--output", help="translations, one a line (default: stdout)")
@@ -470,6 +562,12 @@ def _write_atomically(path: str, data: bytes) -> None:
       os.remove(tmp)
 
 
+def _described_file(checkpoint: str) -> str:
+  """The file that says what a checkpoint holds: a core checkpoint's config.json, else the dir."""
+  config = os.path.join(checkpoint, checkpoints.CONFIG_FILE)
+  return config if os.path.isfile(config) else checkpoint
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
@@ -478,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"argument --input: file not found: {args.input}")
   if args.vocab is not None and not os.path.isfile(args.vocab):
     parser.error(f"argument --vocab: file not found: {args.vocab}")
+  if args.gin_file is not None and not os.path.isfile(args.gin_file):
+    parser.error(f"argument --gin_file: file not found: {args.gin_file}")
   if args.output is not None:
     if os.path.isdir(args.output):
       parser.error(f"argument --output: is a directory: {args.output}")
@@ -492,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       lines = [line for _, line in textio.iter_stream_lines(sys.stdin.buffer, name, True)]
     else:
       lines = [line for _, line in textio.iter_text_lines(args.input, allow_empty_lines=True)]
-    meta = checkpoints.read_config(args.checkpoint)
+    meta = {"kind": checkpoint_kind(args.checkpoint, args.gin_file)}
     decoder_flags = AR_OPTIONS if meta["kind"] == "ar" else PADIR_OPTIONS
     options = {k: getattr(args, k) for k in decoder_flags if getattr(args, k) is not None}
     if args.kind is None:
@@ -502,13 +602,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = "an AR" if meta["kind"] == "ar" else "a PaDIR"
         parser.error(
             f"argument --{given[0]}: does not apply to {model} model "
-            f"({os.path.join(args.checkpoint, checkpoints.CONFIG_FILE)})"
+            f"({_described_file(args.checkpoint)})"
         )
     load_start = time.perf_counter()
     translator = Translator.from_checkpoint(
         args.checkpoint,
         vocab_path=args.vocab,
         kind=args.kind,
+        gin_file=args.gin_file,
         batch_size=args.batch_size,
         seed=args.seed,
         strict=args.strict,
