@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from padir_t5x import EOS_ID
+from padir_t5x import PAD_ID
+from padir_t5x import UNK_ID
+
 # padir_t5x.network (jax, flax) is imported where a config is built, so that a command reading
 # only config.json (translate's flag checks) does not pay for it.
 
@@ -231,3 +235,32 @@ def _check_params(module, params: dict, path: str) -> None:
     raise CheckpointError(
         f"{path} does not match the network of {CONFIG_FILE}: " + "; ".join(details)
     )
+
+
+def load_vocabulary(path: str, meta: dict, embedding_rows: int):
+  """The SentencePiece processor at `path`, checked against the checkpoint; CheckpointError."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  if path is None:
+    raise CheckpointError("the checkpoint records no vocabulary: pass --vocab FILE.model")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"vocabulary not found: {path}")
+  try:
+    processor = spm.SentencePieceProcessor(model_file=path)
+  except (RuntimeError, OSError) as e:
+    raise CheckpointError(f"{path} is not a SentencePiece model ({e})") from None
+  size = processor.get_piece_size()
+  expected = meta.get("vocab_high")
+  if size > embedding_rows or (expected is not None and size != expected):
+    wanted = f"{expected} pieces" if expected is not None else f"at most {embedding_rows} pieces"
+    raise CheckpointError(
+        f"{path} has {size} pieces but the checkpoint's embedding was trained with {wanted} "
+        f"({embedding_rows} embedding rows): not this model's vocabulary"
+    )
+  ids = (processor.pad_id(), processor.eos_id(), processor.unk_id())
+  if ids != (PAD_ID, EOS_ID, UNK_ID):
+    raise CheckpointError(
+        f"{path} has pad/eos/unk ids {ids}, not ({PAD_ID}, {EOS_ID}, {UNK_ID}) as PaDIR models "
+        "(build vocabularies with `python -m padir_t5x.vocab`)"
+    )
+  return processor

@@ -34,10 +34,12 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
+from padir_t5x import beam as beam_lib
 from padir_t5x import bucketing
 from padir_t5x import dedup as dedup_lib
 from padir_t5x import layout
 from padir_t5x import network
+from padir_t5x import remasking
 from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
 from padir_t5x.modes import RemaskMode
@@ -216,31 +218,6 @@ class PadirDecodeFn(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------
-# Beam helpers (the names of t5x.decoding's). Rows are in flat_batch_beam_expand order: example
-# 0's l hypotheses, then example 1's, ...
-
-
-def flat_batch_beam_expand(x: Array, beam: int) -> Array:
-  """[b, ...] -> [b * beam, ...], each row repeated beam times."""
-  return jnp.repeat(x, beam, axis=0)
-
-
-def unflatten_beam_dim(x: Array, batch_size: int, beam: int) -> Array:
-  """[b * beam, ...] -> [b, beam, ...]."""
-  return x.reshape((batch_size, beam) + x.shape[1:])
-
-
-def flatten_beam_dim(x: Array) -> Array:
-  """[b, beam, ...] -> [b * beam, ...]."""
-  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
-
-
-def gather_beams(x: Array, order: Array) -> Array:
-  """x [b, beam, ...] reordered along the beam axis by order [b, beam] int."""
-  return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
-
-
-# ----------------------------------------------------------------------------------------------
 # Step 1: the length beam.
 
 
@@ -326,31 +303,6 @@ def initial_tokens(
   return layout.frame_tokens(fill, content, eos)
 
 
-def remask_stutter(
-    rng: Array,
-    predictions: Array,
-    content: Array,
-    config: DecodingConfig,
-    table_length: int | None = None,
-) -> Array:
-  """`predictions` [n, t] with stuttering positions re-filled (MASK or fresh random tokens)."""
-  stutter = layout.stutter_mask(predictions, content)
-  return jnp.where(stutter, config.fill(rng, predictions.shape, table_length), predictions)
-
-
-def next_pass_inputs(
-    rng: Array,
-    predictions: Array,
-    content: Array,
-    config: DecodingConfig,
-    table_length: int | None = None,
-) -> Array:
-  """[n, t] int32 next pass's input from this pass's framed predictions, by `config.remask`."""
-  if config.remask is RemaskMode.STUTTER:
-    return remask_stutter(rng, predictions, content, config, table_length)
-  return predictions
-
-
 class RowLayout(NamedTuple):
   """The layout of the n hypothesis rows (padir_t5x/layout.py), fixed for the whole decode."""
 
@@ -394,11 +346,11 @@ def refinement_pass(
   candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
   predictions = layout.frame_tokens(candidate_ids[..., 0], rows.content, rows.eos)  # [n, t]
   changed_rows = jnp.any(predictions != state.predictions, axis=-1)  # [n]
-  changed = jnp.any(unflatten_beam_dim(changed_rows, batch_size, beam), axis=-1)  # [b]
+  changed = jnp.any(beam_lib.unflatten_beam_dim(changed_rows, batch_size, beam), axis=-1)  # [b]
   changed = changed | (state.step == 0)  # [b]
   active = ~state.done  # [b] examples that take this pass
-  active_rows = flat_batch_beam_expand(active, beam)  # [n]
-  next_inputs = next_pass_inputs(
+  active_rows = beam_lib.flat_batch_beam_expand(active, beam)  # [n]
+  next_inputs = remasking.next_pass_inputs(
       jax.random.fold_in(rng, state.step), predictions, rows.content, config, rows.table_length
   )  # [n, t]
 
@@ -469,20 +421,20 @@ def finalise(
       # tokens were predicted, and rescoring the shortened sequence would need another pass.
       sequences, _ = dedup_lib.consecutive_dedup(sequences, rows.content)  # [n, t]
   scores = score_hypotheses(
-      token_log_probs, rows.lengths, flatten_beam_dim(length_log_probs), config
+      token_log_probs, rows.lengths, beam_lib.flatten_beam_dim(length_log_probs), config
   )  # [n]
 
   # Each example's hypotheses by increasing score: best last, as t5x expects.
-  scores = unflatten_beam_dim(scores, batch_size, beam)  # [b, l]
+  scores = beam_lib.unflatten_beam_dim(scores, batch_size, beam)  # [b, l]
   order = jnp.argsort(scores, axis=-1, stable=True)  # [b, l]
 
   def by_score(x: Array) -> Array:
     """[n, ...] -> [b, l, ...] in score order."""
-    return gather_beams(unflatten_beam_dim(x, batch_size, beam), order)
+    return beam_lib.gather_beams(beam_lib.unflatten_beam_dim(x, batch_size, beam), order)
 
   return DecodeResult(
       sequences=by_score(sequences).astype(jnp.int32),  # [b, l, t]
-      scores=gather_beams(scores, order).astype(jnp.float32),  # [b, l]
+      scores=beam_lib.gather_beams(scores, order).astype(jnp.float32),  # [b, l]
       lengths=by_score(rows.lengths).astype(jnp.int32),  # [b, l]
       passes=state.passes,  # [b]
       token_log_probs=by_score(token_log_probs).astype(jnp.float32),  # [b, l, t]
@@ -552,7 +504,7 @@ def refine_lengths(
   t = max_decode_length
   batch_size, beam = lengths.shape
   n = batch_size * beam
-  flat_lengths = flatten_beam_dim(lengths)  # [n]
+  flat_lengths = beam_lib.flatten_beam_dim(lengths)  # [n]
   rows = RowLayout(
       flat_lengths, *layout.length_layout(flat_lengths, t), table_length or t
   )  # [n], 3 x [n, t]
@@ -611,8 +563,8 @@ def _decode_with_network(
         {"params": params}, encoded, encoder_input_tokens, method="predict_length"
     )  # [b, L]
   # The encoder runs once per example; its output is shared by the example's l hypotheses.
-  beam_encoded = flat_batch_beam_expand(encoded, config.length_beam)  # [n, s, d]
-  beam_inputs = flat_batch_beam_expand(encoder_input_tokens, config.length_beam)  # [n, s]
+  beam_encoded = beam_lib.flat_batch_beam_expand(encoded, config.length_beam)  # [n, s, d]
+  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, config.length_beam)  # [n, s]
 
   def refine_fn(decoder_input_tokens, length_mask):
     return module.apply(

@@ -12,7 +12,7 @@ t5x.losses.cross_entropy_with_logits for the z-loss), so the numbers match a t5x
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from collections.abc import Mapping
 
 import jax
@@ -208,6 +208,43 @@ class PadirLossConfig:
       )
 
 
+# Features a PaDIR batch may carry (seqio.EncDecFeatureConverter with pack=False).
+_REQUIRED_TRAIN_FEATURES = ("encoder_input_tokens", "decoder_target_tokens")
+_PACKING_FEATURES = (
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+)
+
+
+def check_batch(
+    batch: Mapping[str, Any], required=_REQUIRED_TRAIN_FEATURES, shapes: bool = False
+) -> None:
+  """Raises ValueError for packed batches, missing features or features not [batch, length].
+
+  With shapes=True the values are shapes (t5x's input_shapes), not arrays.
+  """
+  packed = [k for k in _PACKING_FEATURES if k in batch]
+  if packed:
+    raise ValueError(
+        f"PaDIR does not support packed examples, but the batch has {packed}: the length "
+        "classifier and the parallel decoder need one example per row. Set pack=False in the "
+        "DatasetConfig / feature converter."
+    )
+  missing = [k for k in required if k not in batch]
+  if missing:
+    raise ValueError(
+        f"PaDIR batch lacks feature(s) {missing}; got {sorted(batch)}. Use "
+        "seqio.EncDecFeatureConverter(pack=False) on a task with 'inputs' and "
+        "'targets'."
+    )
+  for key in required:
+    shape = tuple(batch[key]) if shapes else jnp.shape(batch[key])
+    if len(shape) != 2:
+      raise ValueError(f"{key!r} must be [batch, length], got shape {shape}")
+
+
 class LossRngs(NamedTuple):
   """The independent PRNG keys of one training step."""
 
@@ -268,12 +305,7 @@ def multi_stage_forward(
 
   `rng` is split by `split_loss_rngs`: corruption, encoder dropout, one dropout key per stage.
   """
-  if "encoder_segment_ids" in batch or "decoder_segment_ids" in batch:
-    raise ValueError(
-        "PaDIR does not support packed examples (batch has *_segment_ids): the "
-        "length classifier and the parallel decoder need one example per row; "
-        "set pack=False in the feature converter"
-    )
+  check_batch(batch)
   inputs = jnp.asarray(batch["encoder_input_tokens"])
   targets = jnp.asarray(batch["decoder_target_tokens"])
   rngs = split_loss_rngs(rng, config.num_stages)

@@ -49,14 +49,6 @@ from padir_t5x.modes import FillMode
 Array = jnp.ndarray
 PyTree = Any
 
-# Features a PaDIR batch may carry (seqio.EncDecFeatureConverter with pack=False).
-_REQUIRED_TRAIN_FEATURES = ("encoder_input_tokens", "decoder_target_tokens")
-_PACKING_FEATURES = (
-    "encoder_segment_ids",
-    "decoder_segment_ids",
-    "encoder_positions",
-    "decoder_positions",
-)
 _Config = TypeVar("_Config", losses.PadirLossConfig, decoding.DecodingConfig)
 
 
@@ -76,33 +68,6 @@ def padir_logical_factor_rules():
   rules.setdefault("abspos_buckets", adafactor.FactorDim.COLUMN)
   rules.setdefault("length_classes", adafactor.FactorDim.COLUMN)
   return flax_core.freeze(rules)
-
-
-def check_batch(
-    batch: Mapping[str, Any], required=_REQUIRED_TRAIN_FEATURES, shapes: bool = False
-) -> None:
-  """Raises ValueError for packed batches, missing features or features not [batch, length].
-
-  With shapes=True the values are shapes (t5x's input_shapes), not arrays.
-  """
-  packed = [k for k in _PACKING_FEATURES if k in batch]
-  if packed:
-    raise ValueError(
-        f"PaDIR does not support packed examples, but the batch has {packed}: the length "
-        "classifier and the parallel decoder need one example per row. Set pack=False in the "
-        "DatasetConfig / feature converter."
-    )
-  missing = [k for k in required if k not in batch]
-  if missing:
-    raise ValueError(
-        f"PaDIR batch lacks feature(s) {missing}; got {sorted(batch)}. Use "
-        "seqio.EncDecFeatureConverter(pack=False) on a task with 'inputs' and "
-        "'targets'."
-    )
-  for key in required:
-    shape = tuple(batch[key]) if shapes else jnp.shape(batch[key])
-    if len(shape) != 2:
-      raise ValueError(f"{key!r} must be [batch, length], got shape {shape}")
 
 
 def config_from_fields(cls: type[_Config], value: _Config | Mapping[str, Any] | None) -> _Config:
@@ -303,7 +268,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     t5x's default input_shapes ({'encoder_input_tokens': ..., 'decoder_input_tokens': ...})
     suffice; token types default to int32 (t5x's default, float32, is not a token type).
     """
-    check_batch(
+    losses.check_batch(
         input_shapes, required=("encoder_input_tokens", "decoder_input_tokens"), shapes=True
     )
     input_types = dict(input_types or {})
@@ -334,7 +299,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     Not used by PaDIR's loss (which runs the multi-stage forward); kept for t5x utilities that
     call it, e.g. for debugging.
     """
-    check_batch(
+    losses.check_batch(
         batch, required=("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
     )
     return super()._compute_logits(params, batch, dropout_rng, mutable, other_variables)
@@ -347,7 +312,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     With dropout_rng=None (eval), dropout is off and the corruption uses the fixed key
     PRNGKey(eval_corruption_seed).
     """
-    check_batch(batch)
+    losses.check_batch(batch)
     if dropout_rng is None:
       rng, enable_dropout = jax.random.PRNGKey(self._eval_corruption_seed), False
     else:
@@ -440,7 +405,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     length_key = (
         "decoder_input_tokens" if "decoder_input_tokens" in batch else "decoder_target_tokens"
     )
-    check_batch(batch, required=("encoder_input_tokens", length_key))
+    losses.check_batch(batch, required=("encoder_input_tokens", length_key))
     if return_all_decodes is None:
       return_all_decodes = self._default_decoder_params.return_all_decodes
     overrides, decode_rng = split_decoder_params(decoder_params)
@@ -531,7 +496,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     Returns:
       [b] float32 scores (and intermediates).
     """
-    check_batch(batch)
+    losses.check_batch(batch)
     inputs = jnp.asarray(batch["encoder_input_tokens"])
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
@@ -664,7 +629,6 @@ __all__ = [
     "PadirModel",
     "model_from_gin",
     "load_for_inference",
-    "check_batch",
     "padir_logical_factor_rules",
     "ADDITIONAL_LOGICAL_AXIS_RULES",
 ]

@@ -48,7 +48,6 @@ import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
-from padir_t5x import UNK_ID
 from padir_t5x import checkpoints
 from padir_t5x import textio
 from padir_t5x.checkpoints import CheckpointError
@@ -125,35 +124,6 @@ def truncation_warning(lines: Sequence[int], max_length: int, name: str) -> str:
       f"{len(lines)} line(s) of {name} longer than the model's input length ({max_length} "
       f"tokens with EOS) were truncated: line(s) {shown} (--strict makes this an error)"
   )
-
-
-def load_vocabulary(path: str, meta: dict, embedding_rows: int):
-  """The SentencePiece processor at `path`, checked against the checkpoint; CheckpointError."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-
-  if path is None:
-    raise CheckpointError("the checkpoint records no vocabulary: pass --vocab FILE.model")
-  if not os.path.isfile(path):
-    raise CheckpointError(f"vocabulary not found: {path}")
-  try:
-    processor = spm.SentencePieceProcessor(model_file=path)
-  except (RuntimeError, OSError) as e:
-    raise CheckpointError(f"{path} is not a SentencePiece model ({e})") from None
-  size = processor.get_piece_size()
-  expected = meta.get("vocab_high")
-  if size > embedding_rows or (expected is not None and size != expected):
-    wanted = f"{expected} pieces" if expected is not None else f"at most {embedding_rows} pieces"
-    raise CheckpointError(
-        f"{path} has {size} pieces but the checkpoint's embedding was trained with {wanted} "
-        f"({embedding_rows} embedding rows): not this model's vocabulary"
-    )
-  ids = (processor.pad_id(), processor.eos_id(), processor.unk_id())
-  if ids != (PAD_ID, EOS_ID, UNK_ID):
-    raise CheckpointError(
-        f"{path} has pad/eos/unk ids {ids}, not ({PAD_ID}, {EOS_ID}, {UNK_ID}) as PaDIR models "
-        "(build vocabularies with `python -m padir_t5x.vocab`)"
-    )
-  return processor
 
 
 def t5x_checkpoint_path(directory: str) -> str:
@@ -294,7 +264,9 @@ class Translator:
       model = "a PaDIR" if meta["kind"] == "padir" else "an AR"
       raise ValueError(f"{', '.join(wrong)} do(es) not apply to {model} model ({config_path})")
     module, params, meta = checkpoints.load_checkpoint(path)
-    processor = load_vocabulary(vocab_path or meta["vocab_model"], meta, module.config.vocab_size)
+    processor = checkpoints.load_vocabulary(
+        vocab_path or meta["vocab_model"], meta, module.config.vocab_size
+    )
     vocab_high = processor.get_piece_size()
     if meta["kind"] == "padir":
       fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)} - {"vocab_high"}
@@ -322,7 +294,7 @@ class Translator:
     if wrong:
       raise ValueError(f"{', '.join(wrong)} do(es) not apply to a {found!r} model ({checkpoint})")
     vocab_file = vocab_path or model.output_vocabulary.sentencepiece_model_file
-    processor = load_vocabulary(vocab_file, {}, model.module.config.vocab_size)
+    processor = checkpoints.load_vocabulary(vocab_file, {}, model.module.config.vocab_size)
     vocab_high = processor.get_piece_size()
     if found == "padir":
       config = dataclasses.replace(model.decoding_config, vocab_high=vocab_high, **options)

@@ -20,6 +20,7 @@ from padir_t5x import bucketing
 from padir_t5x import decoding
 from padir_t5x import dedup
 from padir_t5x import layout
+from padir_t5x import remasking
 
 V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
 LOW = 4
@@ -179,12 +180,12 @@ def test_remask_stutter_with_random_init_draws_fresh_ordinary_tokens():
   config = _config(init="random", remask="stutter")
   predictions = jnp.array([[5, 5, 5, 6, 6, EOS_ID, 0, 0]] * 64, jnp.int32)
   content = jnp.arange(8)[None, :] < 5
-  out = np.asarray(decoding.remask_stutter(jax.random.PRNGKey(0), predictions, content, config))
+  out = np.asarray(remasking.remask_stutter(jax.random.PRNGKey(0), predictions, content, config))
   # The first token of each run is kept; the repeats are replaced by tokens in [LOW, V).
   np.testing.assert_array_equal(out[:, [0, 3, 5, 6, 7]], [[5, 6, EOS_ID, 0, 0]] * 64)
   assert np.all((out[:, [1, 2, 4]] >= LOW) & (out[:, [1, 2, 4]] < V))
   assert len(np.unique(out[:, [1, 2, 4]])) > 3  # fresh random draws, not a constant
-  other = decoding.remask_stutter(jax.random.PRNGKey(1), predictions, content, config)
+  other = remasking.remask_stutter(jax.random.PRNGKey(1), predictions, content, config)
   assert not np.array_equal(out, np.asarray(other))
 
 
