@@ -249,6 +249,31 @@ def test_num_decodes_is_the_length_beam_and_return_all_decodes(model, params):
   np.testing.assert_array_equal(best_aux["scores"], scores[:, -1])
 
 
+def test_default_num_decodes_must_agree_with_the_length_beam():
+  # t5x's default (1) and the length beam itself are accepted; anything else is a second,
+  # contradicting source of the length beam.
+  for num_decodes in (1, DECODING["length_beam"]):
+    _model(default_decoder_params=t5x_models.DecoderParams(num_decodes=num_decodes))
+  with pytest.raises(ValueError, match="num_decodes=3 contradicts"):
+    _model(default_decoder_params=t5x_models.DecoderParams(num_decodes=3))
+
+
+def test_decode_fn_is_injectable(params):
+  calls = []
+
+  def decode_fn(module, params, encoder_input_tokens, rng, config, max_decode_length):
+    calls.append((config.length_beam, max_decode_length))
+    return decoding.decode_with_network(
+        module, params, encoder_input_tokens, rng, config, max_decode_length
+    )
+
+  model = _model(decode_fn=decode_fn)
+  tokens, _ = model.predict_batch_with_aux(params, _batch(), num_decodes=3)
+  assert calls == [(3, 8)]
+  expected, _ = _model().predict_batch_with_aux(params, _batch(), num_decodes=3)
+  np.testing.assert_array_equal(tokens, expected)
+
+
 def test_decoder_params_override_decoding_config(model, params):
   batch = _batch()
   _, aux = model.predict_batch_with_aux(params, batch, decoder_params={"max_passes": 1})
