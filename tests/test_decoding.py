@@ -484,8 +484,16 @@ def test_bucket_index_is_the_smallest_bucket_that_holds_the_longest_length():
   assert got == [0, 0, 1, 1, 2, 3]
 
 
-@pytest.mark.parametrize("init", ["mask", "random"])
-@pytest.mark.parametrize("favoured", [(3, 4, 5), (9, 10, 11), (20, 21, 22)])
+@pytest.mark.parametrize(
+    "favoured, init",
+    # Buckets 8, 12 and the full table; both fills (random fills are the case the cut could break).
+    [
+        ((3, 4, 5), "random"),
+        ((9, 10, 11), "mask"),
+        ((9, 10, 11), "random"),
+        ((20, 21, 22), "random"),
+    ],
+)
 def test_bucketed_decoding_matches_the_full_length_decode(favoured, init):
   """Refining only the bucket (8, 12 or the full 24 positions here) must not change any
   hypothesis: padding positions are masked out of every attention, and random fills are drawn
