@@ -48,6 +48,7 @@ from typing import Any
 import gin
 
 from padir_t5x import em_report, textio
+from padir_t5x.em_config import GIN_LIST_FIELDS
 from padir_t5x.em_config import EmConfig
 from padir_t5x.stages import (
     Action,
@@ -525,16 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--split")
   for name, kind in _FLAG_TYPES.items():
     parser.add_argument(f"--{name}", type=kind)
-  for name in (
-      "teacher_train_gin",
-      "teacher_infer_gin",
-      "student_train_gin",
-      "student_score_gin",
-      "teacher_bindings",
-      "student_bindings",
-      "teacher_eval_gin",
-      "student_eval_gin",
-  ):
+  for name in GIN_LIST_FIELDS:
     parser.add_argument(
         f"--{name}", action="append", help="repeat for several (replaces the configured list)"
     )

@@ -14,6 +14,18 @@ import gin
 
 from padir_t5x.stages import StageError
 
+# The fields that hold lists of gin files or bindings (the CLI repeats a flag for each item).
+GIN_LIST_FIELDS = (
+    "teacher_train_gin",
+    "teacher_infer_gin",
+    "student_train_gin",
+    "student_score_gin",
+    "teacher_bindings",
+    "student_bindings",
+    "teacher_eval_gin",
+    "student_eval_gin",
+)
+
 
 @gin.configurable
 @dataclasses.dataclass
@@ -65,17 +77,7 @@ class EmConfig:
   env: tuple[tuple[str, str], ...] = ()  # extra environment variables for t5x commands
 
   def __post_init__(self):
-    for name in (
-        "train_files",
-        "teacher_train_gin",
-        "teacher_infer_gin",
-        "student_train_gin",
-        "student_score_gin",
-        "teacher_bindings",
-        "student_bindings",
-        "teacher_eval_gin",
-        "student_eval_gin",
-    ):
+    for name in ("train_files", *GIN_LIST_FIELDS):
       value = getattr(self, name)
       if value is not None:
         setattr(self, name, tuple(value))
