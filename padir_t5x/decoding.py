@@ -247,10 +247,7 @@ def select_lengths(
         f"({num_allowed}: {min_length}..min({num_classes} classes, "
         f"max_decode_length {max_decode_length}))"
     )
-  lengths = jnp.arange(num_classes) + 1
-  allowed = (lengths <= max_decode_length) & (lengths >= min_length)
-  logits = jnp.where(allowed, length_logits.astype(jnp.float32), -jnp.inf)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  log_probs = layout.length_log_probs(length_logits, max_decode_length, min_length)
   top_log_probs, top_classes = jax.lax.top_k(log_probs, length_beam)
   return (top_classes + 1).astype(jnp.int32), top_log_probs
 

@@ -101,15 +101,22 @@ def length_classes(lengths: Array, num_classes: int) -> Array:
   return jnp.clip(lengths.astype(jnp.int32) - 1, 0, num_classes - 1)
 
 
-def length_log_probs(length_logits: Array, max_length: int | None = None) -> Array:
-  """[..., L] float32 log-probs over the lengths, renormalised over lengths <= max_length.
+def length_log_probs(
+    length_logits: Array, max_length: int | None = None, min_length: int = 1
+) -> Array:
+  """[..., L] float32 log-probs over the lengths, renormalised over min_length..max_length.
 
   With max_length (the decode table size), classes whose length does not fit are masked out
-  before the softmax; without it every class counts (the training loss, score_batch).
+  before the softmax, and so are lengths below min_length; without either every class counts
+  (the training loss, score_batch).
   """
   logits = length_logits.astype(jnp.float32)
-  if max_length is not None:
-    logits = jnp.where(jnp.arange(logits.shape[-1]) + 1 <= max_length, logits, -jnp.inf)
+  if max_length is not None or min_length > 1:
+    lengths = jnp.arange(logits.shape[-1]) + 1
+    allowed = lengths >= min_length
+    if max_length is not None:
+      allowed = allowed & (lengths <= max_length)
+    logits = jnp.where(allowed, logits, -jnp.inf)
   return jax.nn.log_softmax(logits, axis=-1)
 
 

@@ -317,10 +317,11 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       rng, enable_dropout = jax.random.PRNGKey(self._eval_corruption_seed), False
     else:
       rng, enable_dropout = dropout_rng, True
+    config = self.loss_config
     outputs = losses.multi_stage_forward(
-        self.module, params, batch, rng, self.loss_config, enable_dropout=enable_dropout
+        self.module, params, batch, rng, config, enable_dropout=enable_dropout
     )
-    loss, core_metrics = losses.loss_from_outputs(outputs, batch, self.loss_config)
+    loss, core_metrics = losses.loss_from_outputs(outputs, batch, config)
     return loss, self._compute_padir_metrics(core_metrics, batch, outputs.stage_logits[-1])
 
   def eval_fn(self, params: PyTree, batch: Mapping[str, Array]) -> tuple[Array, Mapping[str, Any]]:

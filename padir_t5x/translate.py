@@ -171,6 +171,20 @@ def checkpoint_kind(directory: str, gin_file: str | None = None) -> str:
   return checkpoints.read_config(directory)["kind"]
 
 
+def _split_options(options: dict, kind: str, where: str) -> dict:
+  """Pops the Translator's own options (batch_size, seed, strict) out of `options` and returns
+  them; the rest must be decoding options of a `kind` model (ValueError naming `where`)."""
+  own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
+  if kind == "padir":
+    wrong = sorted(set(options) & set(AR_OPTIONS))
+  else:
+    wrong = sorted(set(options) - set(AR_OPTIONS))
+  if wrong:
+    model = "a PaDIR" if kind == "padir" else "an AR"
+    raise ValueError(f"{', '.join(wrong)} do(es) not apply to {model} model ({where})")
+  return own
+
+
 def _smallest_at_least(value: int, sizes: Sequence[int], cap: int) -> int:
   return min([s for s in sizes if value <= s < cap] + [cap])
 
@@ -255,14 +269,7 @@ class Translator:
           f"{config_path}: holds {'an AR' if meta['kind'] == 'ar' else 'a PaDIR'} model "
           f"(kind {meta['kind']!r}), not the {kind!r} model asked for"
       )
-    own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
-    if meta["kind"] == "padir":
-      wrong = sorted(set(options) & set(AR_OPTIONS))
-    else:
-      wrong = sorted(set(options) - set(AR_OPTIONS))
-    if wrong:
-      model = "a PaDIR" if meta["kind"] == "padir" else "an AR"
-      raise ValueError(f"{', '.join(wrong)} do(es) not apply to {model} model ({config_path})")
+    own = _split_options(options, meta["kind"], config_path)
     module, params, meta = checkpoints.load_checkpoint(path)
     processor = checkpoints.load_vocabulary(
         vocab_path or meta["vocab_model"], meta, module.config.vocab_size
@@ -288,11 +295,7 @@ class Translator:
     found = "padir" if isinstance(model, models.PadirModel) else "ar"
     if kind is not None and kind != found:
       raise CheckpointError(f"{checkpoint}: holds a {found!r} model, not the {kind!r} asked for")
-    own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
-    allowed = set(AR_OPTIONS) if found == "ar" else None
-    wrong = sorted(set(options) - allowed if allowed else set(options) & set(AR_OPTIONS))
-    if wrong:
-      raise ValueError(f"{', '.join(wrong)} do(es) not apply to a {found!r} model ({checkpoint})")
+    own = _split_options(options, found, checkpoint)
     vocab_file = vocab_path or model.output_vocabulary.sentencepiece_model_file
     processor = checkpoints.load_vocabulary(vocab_file, {}, model.module.config.vocab_size)
     vocab_high = processor.get_piece_size()
