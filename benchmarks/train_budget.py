@@ -2,6 +2,9 @@
 
     python -m benchmarks.train_budget --model padir --minutes 10 --out runs/budget/padir
     python -m benchmarks.train_budget --model ar    --minutes 10 --out runs/budget/ar
+    python -m benchmarks.train_budget --model padir --max_steps 1000 --out runs/budget/padir_1k
+    python -m benchmarks.train_budget --model padir --max_steps 1000 \
+        --train_data_dir runs/budget/distilled --out runs/budget/padir_distilled_1k
 
 Both models share the network code (padir_t5x.network; AR = decoder_mode='autoregressive'), the
 SentencePiece vocabulary (built once from the training text and cached under --vocab_dir), the
@@ -10,9 +13,19 @@ step (padir_t5x.training, which the quickstart uses too; only the loss differs).
 wall-clock time of training steps: the step function is compiled ahead of time for every bucket
 shape before the clock starts (the compile time is recorded apart), because on a small shared CPU
 compiling PaDIR's two-stage loss takes minutes and would otherwise eat a large, load-dependent
-share of a short budget. The learning rate follows warm-up + cosine decay over the *elapsed
-fraction of the budget* (training.make_injected_optimizer), since the number of steps a budget
-allows is not known in advance; --max_steps only stops the loop earlier.
+share of a short budget.
+
+Two kinds of budget (`budget_kind`): with --max_steps N the run trains exactly N steps and the
+learning rate follows warm-up + cosine decay over the *steps* (step / N), whatever the wall-clock
+(--minutes 0 means no time limit; a positive --minutes still stops the run early, recorded); with
+--max_steps 0 the run trains for --minutes of wall-clock and the learning rate follows the
+*elapsed fraction of that time*, since the number of steps it allows is not known in advance
+(training.make_injected_optimizer either way).
+
+--train_data_dir reads the training pairs from another data directory (a distilled copy,
+benchmarks/distill_budget.py) while the vocabulary stays the one built from --data_dir's raw
+text, so every model shares it. --loss and --network (FIELD=VALUE, repeatable; padir_t5x/cli.py)
+set any field of losses.PadirLossConfig and network.TransformerConfig.
 
 Losses: PaDIR uses the core multi-stage loss (padir_t5x.losses.multi_stage_loss); AR uses the
 teacher-forced cross-entropy of the targets shifted right (BOS = PAD = 0), `ar_loss` below. Both
@@ -35,6 +48,7 @@ import numpy as np
 
 from benchmarks import common
 from padir_t5x import checkpoints
+from padir_t5x import cli
 from padir_t5x import losses
 from padir_t5x import network
 from padir_t5x import shared_data
@@ -67,11 +81,38 @@ class BudgetConfig:
   unmasking_rate: float = 0.25  # the library default, chosen by the dev sweep (README)
   z_loss: float = 1e-4
   seed: int = 0
-  max_steps: int = 0  # > 0 stops earlier (tests); 0 = budget only
+  max_steps: int = 0  # > 0: a step budget (the schedule follows steps); 0: wall-clock budget
+  # FIELD=VALUE overrides (padir_t5x/cli.py) of the PaDIR loss config and of the network config.
+  loss: tuple[str, ...] = ()
+  network: tuple[str, ...] = ()
+
+  @property
+  def budget_kind(self) -> str:
+    """'steps' when --max_steps binds the run (and its schedule), else 'wall_clock'."""
+    return "steps" if self.max_steps > 0 else "wall_clock"
+
+  def __post_init__(self):
+    if self.model not in checkpoints.KINDS:
+      raise ValueError(f"--model must be one of {checkpoints.KINDS}, got {self.model!r}")
+    if self.max_steps < 0:
+      raise ValueError(f"--max_steps must be >= 0, got {self.max_steps}")
+    if self.minutes < 0 or (self.max_steps == 0 and self.minutes <= 0):
+      raise ValueError(
+          f"--minutes must be > 0 without --max_steps (>= 0 with it), got {self.minutes}"
+      )
+    if self.loss and self.model != "padir":
+      raise ValueError("--loss sets PaDIR loss fields; the AR model has none")
 
 
 def transformer_config(config: BudgetConfig, vocab_high: int) -> network.TransformerConfig:
   """The tiny network of `config` (AR or PaDIR decoder), both sides max_length long."""
+  return dataclasses.replace(
+      _sized_config(config, vocab_high),
+      **cli.parse_overrides(network.TransformerConfig, config.network),
+  )
+
+
+def _sized_config(config: BudgetConfig, vocab_high: int) -> network.TransformerConfig:
   return network.tiny_config_from_sizes(
       vocab_size=vocab_lib.padded_vocab_size(vocab_high),
       emb_dim=config.emb_dim,
@@ -160,6 +201,13 @@ def ar_loss(module, params, batch, rng, z_loss: float = 1e-4, enable_dropout: bo
   }
 
 
+def budget_fraction(config: BudgetConfig, step: int, elapsed_seconds: float) -> float:
+  """How much of the budget is spent: step / max_steps (a step budget) or elapsed / minutes."""
+  if config.budget_kind == "steps":
+    return step / config.max_steps
+  return elapsed_seconds / (config.minutes * 60.0)
+
+
 def time_schedule(config: BudgetConfig, fraction: float) -> float:
   """Learning rate at `fraction` of the budget: linear warm-up, cosine decay to a floor."""
   peak = config.peak_learning_rate
@@ -178,19 +226,26 @@ def loss_function(
   PaDIR: the core multi-stage loss; AR: `ar_loss`.
   """
   if config.model == "padir":
-    loss_config = losses.PadirLossConfig(
-        num_stages=config.num_stages,
-        unmasking_rate=config.unmasking_rate,
-        vocab_high=vocab_high,
-        z_loss=config.z_loss,
-        loss_normalizing_factor=losses.REAL_TARGET_TOKENS,
-    )
-    return training.padir_loss_fn(module, loss_config)
+    return training.padir_loss_fn(module, padir_loss_config(config, vocab_high))
 
   def loss_fn(params, batch, rng):
     return ar_loss(module, params, batch, rng, config.z_loss)
 
   return loss_fn
+
+
+def padir_loss_config(config: BudgetConfig, vocab_high: int | None) -> losses.PadirLossConfig:
+  """The PaDIR loss config of `config`: its flat fields, then the --loss overrides."""
+  return losses.PadirLossConfig(
+      **{
+          "num_stages": config.num_stages,
+          "unmasking_rate": config.unmasking_rate,
+          "vocab_high": vocab_high,
+          "z_loss": config.z_loss,
+          "loss_normalizing_factor": losses.REAL_TARGET_TOKENS,
+          **cli.parse_overrides(losses.PadirLossConfig, config.loss),
+      }
+  )
 
 
 def compile_per_bucket(train_step, params, opt_state, rng, buckets=DEFAULT_BUCKETS) -> dict:
@@ -229,10 +284,11 @@ def _log_line(config: BudgetConfig, step: int, start: float, lr, recent: list[di
 
 
 def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
-  """Trains for config.minutes of wall-clock; returns (module, params, record dict).
+  """Trains for config.max_steps steps or config.minutes of wall-clock; returns
+  (module, params, record dict).
 
-  Stops earlier after config.max_steps steps when that is > 0; the learning rate follows the
-  elapsed fraction of the wall-clock budget either way (`time_schedule`).
+  The learning rate follows the spent fraction of the binding budget (`budget_fraction`,
+  `time_schedule`); with a step budget, a positive config.minutes still stops the run early.
   """
   module = network.Transformer(transformer_config(config, vocab_high))
   batches = bucket_batches(inputs, targets, buckets=DEFAULT_BUCKETS, seed=config.seed)
@@ -249,16 +305,17 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
   compile_seconds = time.perf_counter() - compile_start
   log(f"[{config.model}] compiled {len(compiled)} shapes in {compile_seconds:.0f}s")
 
-  budget = config.minutes * 60.0
+  time_limit = config.minutes * 60.0 if config.minutes > 0 else math.inf
   start = time.perf_counter()
   step, batch, tokens_seen, recent = 0, first, 0, []
   next_log = 30.0
   while True:
     elapsed = time.perf_counter() - start
-    if elapsed >= budget or (config.max_steps and step >= config.max_steps):
+    if elapsed >= time_limit or (config.max_steps and step >= config.max_steps):
       break
     rng, step_rng = jax.random.split(rng)
-    lr = jnp.asarray(time_schedule(config, elapsed / budget), jnp.float32)
+    fraction = budget_fraction(config, step, elapsed)
+    lr = jnp.asarray(time_schedule(config, fraction), jnp.float32)
     params, opt_state, metrics = compiled[batch["decoder_target_tokens"].shape](
         params, opt_state, training.device_batch(batch), step_rng, lr
     )
@@ -266,7 +323,7 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
     tokens_seen += int((batch["decoder_target_tokens"] > 0).sum())
     recent.append(metrics)
     if time.perf_counter() - start >= next_log:
-      log(_log_line(config, step, start, lr, recent))
+      log(_log_line(config, step, start, lr, recent) + progress_suffix(fraction, start))
       recent, next_log = [], next_log + 60.0
     batch = next(batches)
   jax.block_until_ready(params)
@@ -274,6 +331,7 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
   last = {k: float(v) for k, v in (recent[-1] if recent else metrics).items()}
   num_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
   record = {
+      "budget": config.budget_kind,
       "steps": step,
       "seconds": round(seconds, 1),
       "target_tokens_seen": tokens_seen,
@@ -284,6 +342,13 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
   }
   log(f"[{config.model}] done: {step} steps in {seconds:.0f}s, {num_params:,} parameters")
   return module, params, record
+
+
+def progress_suffix(fraction: float, start: float) -> str:
+  """'  37% of the budget, ETA 412s': the budget's spent fraction and the time left at this rate."""
+  elapsed = time.perf_counter() - start
+  remaining = elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.inf
+  return f"  {100 * fraction:.0f}% of the budget, ETA {remaining:.0f}s"
 
 
 def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "de-en"):
@@ -302,30 +367,56 @@ def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   for field in dataclasses.fields(BudgetConfig):
-    parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    if field.name in ("loss", "network"):
+      config_class = losses.PadirLossConfig if field.name == "loss" else network.TransformerConfig
+      cli.add_override_flag(parser, f"--{field.name}", config_class)
+    else:
+      parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
   parser.add_argument("--out", required=True, help="checkpoint directory to write")
   parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
+  parser.add_argument(
+      "--train_data_dir",
+      default=None,
+      help="read de-en/train.{de,en} from here instead (a distilled copy); default: --data_dir",
+  )
   parser.add_argument("--vocab_dir", default="runs/budget/vocab")
   args = parser.parse_args(argv)
-  if args.model not in checkpoints.KINDS:
-    parser.error(f"--model must be one of {checkpoints.KINDS}")
+  fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(BudgetConfig)}
+  # Every flag is checked before the vocabulary, the data or the network is touched.
+  try:
+    config = BudgetConfig(**{**fields, "loss": tuple(args.loss), "network": tuple(args.network)})
+  except ValueError as error:
+    parser.error(str(error))
+  checks = [("--network", lambda: transformer_config(config, vocab_high=128))]
+  if config.model == "padir":
+    checks.append(("--loss", lambda: padir_loss_config(config, vocab_high=None)))
+  for flag, check in checks:
+    try:
+      check()
+    except (TypeError, ValueError) as error:
+      parser.error(f"{flag}: {error}")
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-  config = BudgetConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BudgetConfig)})
+  train_data_dir = args.train_data_dir or data_dir
+  for language in ("de", "en"):
+    path = os.path.join(train_data_dir, "de-en", f"train.{language}")
+    if not os.path.isfile(path):
+      parser.error(f"--train_data_dir: no training file {path}")
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
   vocab_model = vocab_lib.ensure_pair_vocabulary(
       data_dir, "de-en", config.vocab_size, args.vocab_dir
   )
   processor = spm.SentencePieceProcessor(model_file=vocab_model)
-  inputs, targets, total = load_training_pairs(data_dir, processor, config.max_length)
+  inputs, targets, total = load_training_pairs(train_data_dir, processor, config.max_length)
   print(
-      f"{len(inputs)} of {total} training pairs fit in {config.max_length} ids; "
-      f"vocab {processor.get_piece_size()}; devices {jax.devices()}"
+      f"{len(inputs)} of {total} training pairs (from {train_data_dir}) fit in "
+      f"{config.max_length} ids; vocab {processor.get_piece_size()}; devices {jax.devices()}"
   )
   module, params, record = train(config, inputs, targets, processor.get_piece_size())
   record["train_pairs"] = len(inputs)
+  record["train_data_dir"] = os.path.abspath(train_data_dir)
   checkpoints.save_checkpoint(
       args.out,
       params,

@@ -2,6 +2,11 @@
 
     python -m padir_t5x.quickstart                 # a few minutes on 2 CPU cores
     python -m padir_t5x.quickstart --num_steps 200 --max_eval 100   # a smoke run
+    python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none  # any field
+
+`--loss`, `--decoding` and `--network` (repeatable, FIELD=VALUE; padir_t5x/cli.py) set any field
+of losses.PadirLossConfig, decoding.DecodingConfig and network.TransformerConfig, over the flat
+flags below.
 
 The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
 (default runs/quickstart), and the run ends by printing the `python -m padir_t5x.translate`
@@ -28,6 +33,7 @@ import numpy as np
 import sentencepiece as spm
 
 from padir_t5x import checkpoints
+from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import losses
 from padir_t5x import metrics
@@ -60,6 +66,77 @@ class QuickstartConfig:
   peak_learning_rate: float = 3e-3
   seed: int = 0
   output_dir: str = "runs/quickstart"  # the trained model, a core checkpoint for translate
+  # FIELD=VALUE overrides of the three configs (padir_t5x/cli.py), applied over the flat fields.
+  loss: tuple[str, ...] = ()
+  decoding: tuple[str, ...] = ()
+  network: tuple[str, ...] = ()
+
+
+# The override fields and the config each one sets.
+OVERRIDES = {
+    "loss": losses.PadirLossConfig,
+    "decoding": decoding.DecodingConfig,
+    "network": network.TransformerConfig,
+}
+
+
+def build_configs(
+    config: QuickstartConfig, real_vocab: int
+) -> tuple[network.TransformerConfig, losses.PadirLossConfig, decoding.DecodingConfig]:
+  """The network, loss and decoding configs of `config` for a `real_vocab`-piece vocabulary.
+
+  Raises ValueError naming the override flag ('--loss: ...') for a bad FIELD=VALUE.
+  """
+
+  def overrides(name: str) -> dict:
+    return cli.parse_overrides(OVERRIDES[name], getattr(config, name))
+
+  def built(name: str, make):  # make() parses the overrides too: one prefix for both errors
+    try:
+      return make()
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"--{name}: {error}") from None
+
+  net_config = built(
+      "network",
+      lambda: dataclasses.replace(
+          network.tiny_config_from_sizes(
+              vocab_size=vocab.padded_vocab_size(real_vocab),
+              emb_dim=config.emb_dim,
+              num_heads=config.num_heads,
+              mlp_dim=config.mlp_dim,
+              num_layers=config.num_layers,
+              max_input_length=config.max_input_length,
+              max_target_length=config.max_target_length,
+              dropout_rate=config.dropout_rate,
+          ),
+          **overrides("network"),
+      ),
+  )
+  loss_config = built(
+      "loss",
+      lambda: losses.PadirLossConfig(
+          **{
+              "num_stages": config.num_stages,
+              "unmasking_rate": config.unmasking_rate,
+              "length_loss_weight": config.length_loss_weight,
+              "vocab_high": real_vocab,
+              **overrides("loss"),
+          }
+      ),
+  )
+  decoding_config = built(
+      "decoding",
+      lambda: decoding.DecodingConfig(
+          **{
+              "max_passes": config.max_passes,
+              "length_beam": config.length_beam,
+              "vocab_high": real_vocab,
+              **overrides("decoding"),
+          }
+      ),
+  )
+  return net_config, loss_config, decoding_config
 
 
 def _read(path: str) -> list[str]:
@@ -102,23 +179,8 @@ def run(config: QuickstartConfig, log=print) -> dict:
   test_inputs = _encode(processor, test_sources, config.max_input_length, eval_paths["de"])
 
   real_vocab = processor.get_piece_size()
-  net_config = network.tiny_config_from_sizes(
-      vocab_size=vocab.padded_vocab_size(real_vocab),
-      emb_dim=config.emb_dim,
-      num_heads=config.num_heads,
-      mlp_dim=config.mlp_dim,
-      num_layers=config.num_layers,
-      max_input_length=config.max_input_length,
-      max_target_length=config.max_target_length,
-      dropout_rate=config.dropout_rate,
-  )
+  net_config, loss_config, decoding_config = build_configs(config, real_vocab)
   module = network.Transformer(net_config)
-  loss_config = losses.PadirLossConfig(
-      num_stages=config.num_stages,
-      unmasking_rate=config.unmasking_rate,
-      length_loss_weight=config.length_loss_weight,
-      vocab_high=real_vocab,
-  )
   train_config = training.TrainConfig(
       num_steps=config.num_steps,
       batch_size=config.batch_size,
@@ -139,9 +201,6 @@ def run(config: QuickstartConfig, log=print) -> dict:
       log=log,
   )
 
-  decoding_config = decoding.DecodingConfig(
-      max_passes=config.max_passes, length_beam=config.length_beam, vocab_high=real_vocab
-  )
   start = time.perf_counter()
   result = decoding.decode_with_network(
       module,
@@ -176,7 +235,10 @@ def run(config: QuickstartConfig, log=print) -> dict:
       "padir",
       vocab_model=vocab_path,
       vocab_high=real_vocab,
-      decoding={"length_beam": config.length_beam, "max_passes": config.max_passes},
+      decoding={
+          "length_beam": decoding_config.length_beam,
+          "max_passes": decoding_config.max_passes,
+      },
       train_record={"quickstart_config": dataclasses.asdict(config), **figures},
   )
   figures["translate_command"] = translate_command(config.output_dir, test_sources[0])
@@ -197,13 +259,22 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   helps = {"output_dir": "where the trained model is saved, for python -m padir_t5x.translate"}
   for field in dataclasses.fields(QuickstartConfig):
+    if field.name in OVERRIDES:
+      cli.add_override_flag(parser, f"--{field.name}", OVERRIDES[field.name])
+      continue
     parser.add_argument(
         f"--{field.name}",
         type=type(field.default),
         default=field.default,
         help=helps.get(field.name),
     )
-  run(QuickstartConfig(**vars(parser.parse_args(argv))))
+  args = vars(parser.parse_args(argv))
+  config = QuickstartConfig(**{k: tuple(v) if k in OVERRIDES else v for k, v in args.items()})
+  try:  # every override is checked before the corpus is built or a step is trained
+    build_configs(config, real_vocab=vocab.padded_vocab_size(1))
+  except ValueError as error:
+    parser.error(str(error))
+  run(config)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,31 @@ class MissingCorpusFileError(CorpusFileError, FileNotFoundError):
 
 # ---------------------------------------------------------------------------------------------
 # Line-aligned text files.
+def write_atomically(path: str, data: bytes) -> None:
+  """Writes `data` to a temporary file beside `path`, then renames it: all or nothing."""
+  directory = os.path.dirname(os.path.abspath(path))
+  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text_lines(path: str, lines: Sequence[str]) -> None:
+  """Writes one line per string, '\n'-terminated UTF-8, atomically (`write_atomically`).
+
+  Raises:
+    ValueError: a line holds '\n' or '\r' (it would not read back as one line), naming it.
+  """
+  for number, line in enumerate(lines, start=1):
+    if "\n" in line or "\r" in line:
+      raise ValueError(f"{path}: line {number} contains a line break")
+  write_atomically(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
 def iter_text_lines(path: str, allow_empty_lines: bool = False) -> Iterator[tuple[int, str]]:
   """Yields (1-based line number, line without its newline) from a UTF-8 text file.
 

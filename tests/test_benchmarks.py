@@ -166,17 +166,8 @@ def test_time_schedule_and_buckets():
 
 # ------------------------------------------------------------------------------------------------
 # The latency harness end to end on tiny random-init checkpoints.
-def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
-  import sentencepiece as spm
-  from padir_t5x import corpus
-
-  processor = spm.SentencePieceProcessor(model_file=tiny_vocab_path)
-  vocab_high = processor.get_piece_size()
-  data_dir = tmp_path / "data"
-  (data_dir / "de-en").mkdir(parents=True)
-  pairs = corpus.generate_pairs(6, seed=3)
-  (data_dir / "de-en" / "dev.de").write_text("\n".join(p[0] for p in pairs) + "\n")
-  (data_dir / "de-en" / "dev.en").write_text("\n".join(p[1] for p in pairs) + "\n")
+def save_tiny_checkpoints(directory, vocab_path: str, vocab_high: int) -> None:
+  """Random-init tiny AR and PaDIR core checkpoints in directory/ar and directory/padir."""
   for kind in ("ar", "padir"):
     cfg = network.tiny_config(
         vocab_size=256,
@@ -194,8 +185,22 @@ def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
     x = jnp.ones((1, 40), jnp.int32)
     params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
     checkpoints.save_checkpoint(
-        str(tmp_path / kind), params, cfg, kind, vocab_model=tiny_vocab_path, vocab_high=vocab_high
+        str(directory / kind), params, cfg, kind, vocab_model=vocab_path, vocab_high=vocab_high
     )
+
+
+def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
+  import sentencepiece as spm
+  from padir_t5x import corpus
+
+  processor = spm.SentencePieceProcessor(model_file=tiny_vocab_path)
+  vocab_high = processor.get_piece_size()
+  data_dir = tmp_path / "data"
+  (data_dir / "de-en").mkdir(parents=True)
+  pairs = corpus.generate_pairs(6, seed=3)
+  (data_dir / "de-en" / "dev.de").write_text("\n".join(p[0] for p in pairs) + "\n")
+  (data_dir / "de-en" / "dev.en").write_text("\n".join(p[1] for p in pairs) + "\n")
+  save_tiny_checkpoints(tmp_path, tiny_vocab_path, vocab_high)
   out_dir = tmp_path / "bench"
   report = latency.run_benchmark(
       str(tmp_path / "ar"),
@@ -278,3 +283,118 @@ def test_throughput_search(monkeypatch, fits, overhead, start, expected_batches)
   for batch, value in by_batch.items():
     calls = -(-200 // batch)
     assert value == pytest.approx(200 / (calls * (overhead + 0.01 * batch)), rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Step budgets, distillation and the quality table (issue 17's benchmark).
+def test_step_budget_schedule_follows_steps_not_time():
+  steps = train_budget.BudgetConfig(max_steps=200, minutes=0)
+  clock = train_budget.BudgetConfig(minutes=10)
+  assert (steps.budget_kind, clock.budget_kind) == ("steps", "wall_clock")
+  # Half the steps after 1 s of a 10-minute allowance: the step budget is half spent.
+  assert train_budget.budget_fraction(steps, 100, elapsed_seconds=1.0) == pytest.approx(0.5)
+  assert train_budget.budget_fraction(clock, 100, elapsed_seconds=300.0) == pytest.approx(0.5)
+  assert train_budget.budget_fraction(clock, 5, elapsed_seconds=60.0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "padir", "--minutes", "0"], "--minutes must be > 0 without --max_steps"),
+        (["--model", "ar", "--loss", "unmasking_rate=0.5"], "the AR model has none"),
+        (["--model", "padir", "--loss", "unmasking_rat=0.5"], "--loss: unknown field"),
+        (["--model", "padir", "--loss", "unmasking_rate=2"], "unmasking_rate must lie in [0, 1]"),
+        (["--model", "padir", "--network", "decoder_mode=x"], "--network: decoder_mode"),
+        (["--model", "padir", "--max_steps", "-1"], "--max_steps must be >= 0"),
+    ],
+)
+def test_train_budget_rejects_bad_flags_before_any_work(argv, message, capsys, tmp_path):
+  with pytest.raises(SystemExit) as exit_info:
+    train_budget.main([*argv, "--out", str(tmp_path / "ckpt"), "--data_dir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "ckpt").exists()
+
+
+def test_train_budget_loss_and_network_overrides_reach_the_configs():
+  config = train_budget.BudgetConfig(
+      max_steps=5, loss=("unmasking_rate=0.5", "corruption=mask"), network=("num_heads=2",)
+  )
+  loss_config = train_budget.padir_loss_config(config, vocab_high=100)
+  assert (loss_config.unmasking_rate, loss_config.corruption.value) == (0.5, "mask")
+  assert train_budget.transformer_config(config, vocab_high=100).num_heads == 2
+
+
+def test_distil_then_quality_on_tiny_checkpoints(tmp_path, tiny_vocab_path):
+  import sentencepiece as spm
+  from benchmarks import distill_budget
+  from benchmarks import quality
+  from padir_t5x import corpus
+
+  processor = spm.SentencePieceProcessor(model_file=tiny_vocab_path)
+  save_tiny_checkpoints(tmp_path, tiny_vocab_path, processor.get_piece_size())
+  data_dir = tmp_path / "data"
+  (data_dir / "de-en").mkdir(parents=True)
+  pairs = corpus.generate_pairs(12, seed=5)
+  for split in ("train", "dev-multi30k"):
+    (data_dir / "de-en" / f"{split}.de").write_text("".join(p[0] + "\n" for p in pairs))
+    (data_dir / "de-en" / f"{split}.en").write_text("".join(p[1] + "\n" for p in pairs))
+
+  distilled = tmp_path / "distilled"
+  assert (
+      distill_budget.main(
+          ["--teacher", str(tmp_path / "ar"), "--out", str(distilled), "--data_dir", str(data_dir)]
+      )
+      == 0
+  )
+  record = json.loads((distilled / "distill.json").read_text())
+  sources = (distilled / "de-en" / "train.de").read_text().splitlines()
+  targets = (distilled / "de-en" / "train.en").read_text().splitlines()
+  assert len(sources) == len(targets) == record["kept_pairs"]
+  assert record["kept_pairs"] + record["empty_translations_dropped"] == 12
+  assert all(t.strip() for t in targets)  # empty translations are left out, with their source
+  assert set(sources) <= {p[0] for p in pairs}
+
+  out = tmp_path / "quality.json"
+  argv = [
+      "--ar", f"ar={tmp_path / 'ar'}",
+      "--padir", f"padir_raw={tmp_path / 'padir'}",
+      "--ar_beams", "1,2",
+      "--setting", "T=4,l=5:max_passes=4;length_beam=5",
+      "--setting", "T=2,l=1,mask:max_passes=2;length_beam=1;init=mask",
+      "--data_dir", str(data_dir),
+      "--out", str(out),
+  ]  # fmt: skip
+  assert quality.main(argv) == 0
+  saved = json.loads(out.read_text())
+  assert saved["num_sentences"] == 12
+  rows = {(r["system"], r["setting"]): r for r in saved["results"]}
+  assert list(rows) == [
+      ("ar", "beam=1"),
+      ("ar", "beam=2"),
+      ("padir_raw", "T=4,l=5"),
+      ("padir_raw", "T=2,l=1,mask"),
+  ]
+  for row in rows.values():
+    assert {"bleu", "chrf", "stutter_rate", "decoder_passes_per_sentence", "train"} <= set(row)
+    assert set(row["train"]) >= {"steps", "minutes", "target_tokens", "budget"}
+    assert 0.0 <= row["bleu"] <= 100.0
+  assert 1.0 <= rows[("padir_raw", "T=4,l=5")]["decoder_passes_per_sentence"] <= 4.0
+  assert rows[("padir_raw", "T=2,l=1,mask")]["decoder_passes_per_sentence"] <= 2.0
+  assert 0.0 <= rows[("padir_raw", "T=4,l=5")]["length_accuracy"] <= 1.0
+  assert "length_accuracy" not in rows[("ar", "beam=1")]
+
+
+def test_quality_rejects_bad_settings_before_loading(tmp_path, capsys):
+  from benchmarks import quality
+
+  for argv, message in (
+      (["--padir", str(tmp_path), "--setting", "nocolon"], "--setting: 'nocolon' is not NAME"),
+      (["--padir", str(tmp_path), "--setting", "x:remask=foo"], "--setting: remask"),
+      (["--padir", str(tmp_path)], "--padir: no core checkpoint"),
+      (["--ar_beams", "1,0"], "--ar_beams"),
+  ):
+    with pytest.raises(SystemExit) as exit_info:
+      quality.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
