@@ -140,7 +140,10 @@ def run(config: QuickstartConfig, log=print) -> dict:
   )
 
   decoding_config = decoding.DecodingConfig(
-      max_passes=config.max_passes, length_beam=config.length_beam, vocab_high=real_vocab
+      max_passes=config.max_passes,
+      length_beam=config.length_beam,
+      vocab_high=real_vocab,
+      word_starts=vocab.word_start_table(processor),  # for 'word' stutter (the default)
   )
   start = time.perf_counter()
   result = decoding.decode_with_network(
@@ -176,7 +179,11 @@ def run(config: QuickstartConfig, log=print) -> dict:
       "padir",
       vocab_model=vocab_path,
       vocab_high=real_vocab,
-      decoding={"length_beam": config.length_beam, "max_passes": config.max_passes},
+      decoding={
+          "length_beam": config.length_beam,
+          "max_passes": config.max_passes,
+          "stutter_unit": decoding_config.stutter_unit.value,
+      },
       train_record={"quickstart_config": dataclasses.asdict(config), **figures},
   )
   figures["translate_command"] = translate_command(config.output_dir, test_sources[0])
