@@ -113,7 +113,10 @@ class DecodingConfig:
       stutter_unit='word'; a `layout.WordStarts` or anything numpy turns into a 1-D bool array
       (padir_t5x.vocab.word_start_table(processor) builds it from a SentencePiece model). None
       until known: PadirModel fills it in from its output vocabulary, translate and the
-      quickstart from theirs; decoding with 'word' stutter raises if it is still None.
+      quickstart from theirs; decoding with 'word' stutter raises if it is still None. A config
+      field rather than a decode argument: it reaches re-masking and de-duplication through
+      the config they already take, with no signature change (decode_fn, RefineFn), and as a
+      static value (hashed once, compared by content) it is a V-bool constant of the program.
 
   The defaults are the paper's headline setting (Li et al. 2024): 5 length candidates, 4 passes,
   stutter re-masking between passes.
