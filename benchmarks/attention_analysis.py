@@ -26,6 +26,7 @@ from benchmarks import common
 from padir_t5x import checkpoints
 from padir_t5x import analysis
 from padir_t5x import decoding
+from padir_t5x import vocab
 
 
 def analyse(
@@ -103,6 +104,7 @@ def main(argv=None):
       vocab_high=meta["vocab_high"],
       dedup="none",
       remask="stutter" if args.remask_stutter else "none",
+      word_starts=vocab.word_start_table(processor),
   )
   tables = analyse(module, params, source_ids, config)
   print(

@@ -33,6 +33,7 @@ from benchmarks import common
 from padir_t5x import checkpoints
 from padir_t5x import decoding
 from padir_t5x import network
+from padir_t5x import vocab
 
 _HOST_PRIMITIVES = ("callback", "infeed", "outfeed", "host")
 
@@ -237,6 +238,7 @@ def main(argv=None):
     _, _, source_ids, _ = common.load_dev_set(
         data_dir, processor, max(batch_sizes), module.config.max_input_length
     )
+    stutter = {"word_starts": vocab.word_start_table(processor)}
   else:
     cfg = network.tiny_config(dropout_rate=0.0)
     module = network.Transformer(cfg)
@@ -246,8 +248,9 @@ def main(argv=None):
     source_ids[:, -1] = 1
     x = jnp.asarray(source_ids[:1])
     params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
+    stutter = {"stutter_unit": "piece"}  # random ids: no words
   config = decoding.DecodingConfig(
-      length_beam=args.length_beam, max_passes=args.max_passes, vocab_high=vocab_high
+      length_beam=args.length_beam, max_passes=args.max_passes, vocab_high=vocab_high, **stutter
   )
   report = profile(module, params, source_ids, config, batch_sizes)
   report["checkpoint"] = args.padir_checkpoint

@@ -50,6 +50,7 @@ from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import decoding
 from padir_t5x import metrics as metrics_lib
+from padir_t5x import vocab as vocab_lib
 
 RESULT_KEYS = (
     "system",
@@ -145,15 +146,18 @@ def padir_system(
     vocab_high: int,
     length_buckets: Sequence[int] = (),
     seed: int = 0,
+    word_starts: np.ndarray | None = None,
 ) -> System:
   """PaDIR through decoding.decode_with_network; with `length_buckets`, the passes refine only
   the smallest bucket that holds the length beam (chosen inside jit; same hypotheses), else the
-  whole table."""
+  whole table. `word_starts`: the vocabulary's word-start table (DecodingConfig.word_starts,
+  for the default word-level stutter)."""
   config = decoding.DecodingConfig(
       length_beam=length_beam,
       max_passes=passes,
       vocab_high=vocab_high,
       length_buckets=tuple(length_buckets),
+      word_starts=word_starts,
   )
   rng = jax.random.PRNGKey(seed)
 
@@ -344,13 +348,14 @@ def run_benchmark(
     systems += [ar_system(module, params, k, max_length, vocab_high) for k in ar_beams]
   if "padir" in loaded:
     module, params, _ = loaded["padir"]
+    words = {"word_starts": vocab_lib.word_start_table(processor)}
     systems += [
-        padir_system(module, params, t, l, max_length, vocab_high)
+        padir_system(module, params, t, l, max_length, vocab_high, **words)
         for t in passes
         for l in length_beams
     ]
     systems += [
-        padir_system(module, params, t, l, max_length, vocab_high, length_buckets)
+        padir_system(module, params, t, l, max_length, vocab_high, length_buckets, **words)
         for t, l in bucketed
     ]
 

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Protocol
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
@@ -44,6 +45,7 @@ from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
 from padir_t5x.modes import RemaskMode
 from padir_t5x.modes import ScoreMode
+from padir_t5x.modes import StutterUnit
 
 Array = jnp.ndarray
 
@@ -76,7 +78,7 @@ class DecodingConfig:
       'mask' (mask_id).
     remask: RemaskMode: which positions of a pass's prediction are re-filled (as `init`) in the
       next pass's input, so that the decoder reconsiders them instead of copying them: 'none',
-      or 'stutter' (positions repeating their left neighbour's prediction).
+      or 'stutter' (positions that repeat what precedes them: see `stutter_unit`).
     score: ScoreMode, the hypothesis score from the last pass's log-probs at the predicted
       content tokens (EOS excluded): 'mean', 'sum' or 'length_penalty'
       (sum / ((5 + length) / 6) ** alpha, GNMT-style, length with EOS).
@@ -101,6 +103,20 @@ class DecodingConfig:
       passes refine only the smallest bucket (or the full table) that holds the longest
       candidate length, instead of every position of the table; the hypotheses are the same.
       () refines the full table.
+    stutter_unit: StutterUnit, what stutter is for `remask='stutter'` and
+      `dedup='consecutive'` (layout.stutter_mask): 'word' (a whole word repeating the word
+      before it; the default, since SentencePiece splits words like "apples" into `▁a p p le s`,
+      whose equal pieces are no stutter) or 'piece' (a piece equal to its left neighbour: the
+      rule for vocabularies without words, e.g. integer ids). 'optimal' de-duplication stays
+      piece-level.
+    word_starts: the vocabulary's word-start table ([V] bool: which ids begin a word), needed by
+      stutter_unit='word'; a `layout.WordStarts` or anything numpy turns into a 1-D bool array
+      (padir_t5x.vocab.word_start_table(processor) builds it from a SentencePiece model). None
+      until known: PadirModel fills it in from its output vocabulary, translate and the
+      quickstart from theirs; decoding with 'word' stutter raises if it is still None. A config
+      field rather than a decode argument: it reaches re-masking and de-duplication through
+      the config they already take, with no signature change (decode_fn, RefineFn), and as a
+      static value (hashed once, compared by content) it is a V-bool constant of the program.
 
   The defaults are the paper's headline setting (Li et al. 2024): 5 length candidates, 4 passes,
   stutter re-masking between passes.
@@ -120,6 +136,8 @@ class DecodingConfig:
   mask_id: int = MASK_ID
   min_length: int = 2
   length_buckets: tuple[int, ...] = (16, 32, 64, 128)
+  stutter_unit: StutterUnit = StutterUnit.WORD
+  word_starts: layout.WordStarts | None = None
 
   def __post_init__(self):
     # Frozen: store members, so a config built from names equals (and hashes as, for jit) one
@@ -129,6 +147,7 @@ class DecodingConfig:
         ("remask", RemaskMode),
         ("score", ScoreMode),
         ("dedup", DedupMode),
+        ("stutter_unit", StutterUnit),
     ):
       object.__setattr__(self, name, mode.coerce(getattr(self, name), name))
     if self.min_length < 1:
@@ -151,6 +170,35 @@ class DecodingConfig:
       raise ValueError(f"vocab_low must exceed the PAD and EOS ids, got {self.vocab_low}")
     if self.vocab_high is not None and self.vocab_high <= self.vocab_low:
       raise ValueError(f"ordinary id range [{self.vocab_low}, {self.vocab_high}) is empty")
+    if self.word_starts is not None and not isinstance(self.word_starts, layout.WordStarts):
+      try:
+        object.__setattr__(self, "word_starts", layout.WordStarts(self.word_starts))
+      except ValueError as e:
+        raise ValueError(f"word_starts: {e}") from None
+    if (
+        self.word_starts is not None
+        and self.vocab_high is not None
+        and len(self.word_starts) < self.vocab_high
+    ):
+      raise ValueError(
+          f"word_starts covers {len(self.word_starts)} ids, fewer than vocab_high "
+          f"{self.vocab_high}"
+      )
+
+  def stutter_word_starts(self) -> np.ndarray | None:
+    """The `word_starts` argument of layout.stutter_mask for `stutter_unit`.
+
+    None for 'piece'; the [V] bool table for 'word' (ValueError naming the field if unset).
+    """
+    if self.stutter_unit is StutterUnit.PIECE:
+      return None
+    if self.word_starts is None:
+      raise ValueError(
+          "stutter_unit='word' needs DecodingConfig.word_starts, the vocabulary's word-start "
+          "table (padir_t5x.vocab.word_start_table(processor)); set it, or use "
+          "stutter_unit='piece'"
+      )
+    return self.word_starts.table
 
   def fill(self, rng: Array, shape: tuple[int, int], table_length: int | None = None) -> Array:
     """int32 [n, t] tokens for positions without a prediction (the `init` FillMode).
@@ -416,7 +464,9 @@ def finalise(
     if config.dedup is DedupMode.CONSECUTIVE:
       # Scores stay those of the hypothesis as decoded (before removing repeats): the removed
       # tokens were predicted, and rescoring the shortened sequence would need another pass.
-      sequences, _ = dedup_lib.consecutive_dedup(sequences, rows.content)  # [n, t]
+      sequences, _ = dedup_lib.consecutive_dedup(
+          sequences, rows.content, config.stutter_word_starts()
+      )  # [n, t]
   scores = score_hypotheses(
       token_log_probs, rows.lengths, beam_lib.flatten_beam_dim(length_log_probs), config
   )  # [n]

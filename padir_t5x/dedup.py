@@ -4,10 +4,13 @@ Parallel decoding's typical failure is token stutter ("the the cat"): neighbouri
 predict the same token because each reads the same source context. Two remedies, chosen by
 `DecodingConfig.dedup` (modes.DedupMode):
 
-* 'consecutive': drop every content token equal to its left neighbour (keeps the length of each
-  run's first token; the hypothesis gets shorter).
+* 'consecutive': drop the stutter of layout.stutter_mask (DecodingConfig.stutter_unit): every
+  content token equal to its left neighbour ('piece'), or every word repeating the whole word
+  before it ('word'), keeping the first of each run; the hypothesis gets shorter.
 * 'optimal' (Sun & Yang 2020): the best sequence over the top-k tokens of each position with no
-  two equal neighbours, by Viterbi; keeps the length.
+  two equal neighbours, by Viterbi; keeps the length. It stays piece-level whatever the
+  stutter unit (a word-level constraint would need the word boundaries inside the Viterbi
+  state), so it still breaks `▁a p p le s`.
 
 Shapes: n = hypothesis rows, t = positions, k = candidates per position.
 """
@@ -22,8 +25,13 @@ from padir_t5x import layout
 Array = jnp.ndarray
 
 
-def consecutive_dedup(tokens: Array, content: Array) -> tuple[Array, Array]:
-  """Removes content tokens equal to their left neighbour (keeps the first of each run).
+def consecutive_dedup(
+    tokens: Array, content: Array, word_starts: Array | None = None
+) -> tuple[Array, Array]:
+  """Removes stutter (layout.stutter_mask), keeping the first of each run.
+
+  Without `word_starts`, content tokens equal to their left neighbour; with a [V] bool
+  word-start table, the pieces of every word that repeats the whole word before it.
 
   Kept tokens are compacted to the left, followed by EOS and PAD. Vectorised: each kept token
   goes to (number of kept tokens before it), written with one scatter; dropped ones are sent
@@ -31,12 +39,13 @@ def consecutive_dedup(tokens: Array, content: Array) -> tuple[Array, Array]:
 
   Args:
     tokens: [n, t] int; content: [n, t] bool (positions < length - 1).
+    word_starts: None ('piece') or [V] bool ('word'), see DecodingConfig.stutter_word_starts.
 
   Returns:
     (deduplicated [n, t] int32, new lengths [n] int32, EOS included).
   """
   n, t = tokens.shape
-  keep = content & ~layout.stutter_mask(tokens, content)
+  keep = content & ~layout.stutter_mask(tokens, content, word_starts)
   target = jnp.where(keep, jnp.cumsum(keep, axis=-1) - 1, t)
   rows = jnp.arange(n)[:, None]
   compact = jnp.zeros((n, t), jnp.int32).at[rows, target].set(tokens.astype(jnp.int32), mode="drop")
@@ -51,7 +60,8 @@ def optimal_dedup(
   """Optimal de-duplicated decoding (Sun & Yang 2020) by Viterbi over top-k candidates.
 
   Chooses, per row, one of the k candidates at every content position so that no two adjacent
-  content tokens are equal and the total log-prob is maximal. Positions outside the content
+  content tokens are equal and the total log-prob is maximal. Piece-level whatever
+  DecodingConfig.stutter_unit: equal pieces inside a word (`▁a p p le s`) are ruled out too. Positions outside the content
   carry the state unchanged (identity transition, no emission), so rows of different lengths
   share one scan.
 

@@ -14,8 +14,11 @@ Shapes: n = rows, t = positions, L = length classes.
 
 from __future__ import annotations
 
+import hashlib
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
@@ -52,11 +55,106 @@ def frame_tokens(content_tokens: Array, content: Array, eos: Array) -> Array:
   return jnp.where(content, content_tokens, jnp.where(eos, EOS_ID, PAD_ID)).astype(jnp.int32)
 
 
-def stutter_mask(tokens: Array, content: Array) -> Array:
-  """[n, t] bool: content positions i > 0 whose token equals that of content position i - 1."""
+def stutter_mask(tokens: Array, content: Array, word_starts: Array | None = None) -> Array:
+  """[n, t] bool: the content positions that stutter, i.e. repeat what precedes them.
+
+  The one definition of stutter, for re-masking (remasking.py) and 'consecutive'
+  de-duplication (dedup.py); modes.StutterUnit chooses the unit through `word_starts`:
+
+  * None ('piece'): content positions i > 0 whose token equals that of position i - 1.
+  * a [V] bool word-start table ('word'): every piece of a word that repeats the whole word
+    before it (see `word_stutter_mask`), so that `▁a p p le s` is not stutter.
+  """
+  if word_starts is not None:
+    return word_stutter_mask(tokens, content, word_starts)
   previous = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
   previous_content = jnp.pad(content[:, :-1], ((0, 0), (1, 0)), constant_values=False)
   return content & previous_content & (tokens == previous)
+
+
+def word_stutter_mask(tokens: Array, content: Array, word_starts: Array) -> Array:
+  """[n, t] bool: the content positions of each word that repeats the whole word before it.
+
+  A word is the pieces from one word-start piece (`word_starts[id]`, SentencePiece's '▁'
+  prefix: padir_t5x.vocab.word_start_table) to the next; a row's first content piece starts a
+  word whatever its id, and ids outside the table count as word starts. A word repeats its left
+  neighbour when both have the same length m and every piece equals the piece m to its left:
+  `▁the ▁the` and `▁ab c ▁ab c` repeat; `▁a p p le s` (a repeat inside a word) and
+  `▁ab ▁ab c` (equal pieces, different words) do not. In a run of k equal words the last k - 1
+  are marked, as the piece rule marks all but the first of a run of equal pieces.
+
+  Vectorised, no loop over positions: word starts and ends by cumulative max / min, the match
+  count of each word by a cumulative sum read at its two ends.
+
+  Args:
+    tokens: [n, t] int.
+    content: [n, t] bool, a prefix of each row (layout.length_layout).
+    word_starts: [V] bool.
+
+  Returns:
+    [n, t] bool, False outside the content.
+  """
+  n, t = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(t), (n, t))
+  table = jnp.asarray(word_starts, bool)
+  is_start = jnp.take(table, tokens, mode="fill", fill_value=True) | (positions == 0)
+  start = content & is_start  # [n, t]
+  # Start of the word holding each position, and the end (exclusive) of that word: the next
+  # start, or the end of the content.
+  word_begin = jax.lax.cummax(jnp.where(start, positions, 0), axis=1)  # [n, t]
+  boundary = jnp.where(start | ~content, positions, t)  # [n, t]
+  next_boundary = jnp.pad(boundary[:, 1:], ((0, 0), (0, 1)), constant_values=t)
+  word_end = jax.lax.cummin(next_boundary, axis=1, reverse=True)  # [n, t]
+  length = word_end - word_begin
+  # The previous word ends where this one begins; its start is that of position begin - 1.
+  has_previous = word_begin > 0
+  previous_begin = jnp.take_along_axis(word_begin, jnp.maximum(word_begin - 1, 0), axis=1)
+  previous_length = jnp.where(has_previous, word_begin - previous_begin, 0)
+  # Each piece against the piece one previous-word-length to its left; count the mismatches
+  # of each word from a running count read at the word's two ends.
+  left = jnp.take_along_axis(tokens, jnp.maximum(positions - previous_length, 0), axis=1)
+  mismatch = jnp.cumsum((content & (tokens != left)).astype(jnp.int32), axis=1)  # [n, t]
+  before = jnp.pad(mismatch, ((0, 0), (1, 0)))  # [n, t + 1]: mismatches before position j
+  mismatches = jnp.take_along_axis(before, word_end, axis=1) - jnp.take_along_axis(
+      before, word_begin, axis=1
+  )
+  return content & has_previous & (length == previous_length) & (mismatches == 0)
+
+
+class WordStarts:
+  """A [V] bool word-start table as a hashable value (DecodingConfig.word_starts).
+
+  DecodingConfig is a static jit argument, so each field must hash and compare by value: this
+  wraps a read-only numpy copy of the table, hashed once (SHA-1 of its bytes) and compared by
+  content. Built by padir_t5x.vocab.word_start_table from a SentencePiece vocabulary.
+  """
+
+  __slots__ = ("table", "_hash")
+
+  def __init__(self, table):
+    array = np.array(table)
+    if array.ndim != 1 or array.dtype != np.bool_:
+      raise ValueError(
+          f"a word-start table is a 1-D bool array over the ids, got {array.dtype} "
+          f"of shape {array.shape}"
+      )
+    array.setflags(write=False)
+    self.table = array
+    self._hash = hash(hashlib.sha1(array.tobytes()).hexdigest())
+
+  def __len__(self) -> int:
+    return self.table.shape[0]
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other) -> bool:
+    if not isinstance(other, WordStarts):
+      return NotImplemented
+    return self is other or (self._hash == other._hash and np.array_equal(self.table, other.table))
+
+  def __repr__(self) -> str:
+    return f"WordStarts({len(self)} ids, {int(self.table.sum())} word starts)"
 
 
 def fill_tokens(

@@ -114,6 +114,10 @@ def stutter_rate_from_tokens(
 def stutter_rate(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
   """Word-level stutter (seqio metric fn): words are whitespace-separated, compared exactly.
 
+  A repeat is a whole word equal to the word before it (the unit of DecodingConfig's
+  stutter_unit='word'); equal pieces inside a word ("apples" = `▁a p p le s`) never count.
+  `token_stutter_rate` counts repeated pieces instead.
+
   Returns {'stutter_rate': fraction in [0, 1]} (see `stutter_counts`).
   """
   _check_lengths(targets, predictions)

@@ -43,6 +43,7 @@ from padir_t5x import decoding
 from padir_t5x import layout
 from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import vocab as vocab_lib
 from padir_t5x.modes import DecoderMode
 from padir_t5x.modes import FillMode
 
@@ -123,7 +124,10 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     `predict_batch_with_aux(decoder_params={...})`.
   Both configs' vocab_high (random tokens are drawn from [FIRST_ORDINARY_ID, vocab_high)) is,
     unless given, the real output vocabulary size `output_vocabulary.vocab_size`, read lazily on
-    first use so that a model can be built before its vocabulary file exists.
+    first use so that a model can be built before its vocabulary file exists. So is the decoding
+    config's word_starts (for stutter_unit='word', the default): the word-start table of a
+    SentencePiece output vocabulary (`vocab.word_start_table`); other vocabularies (e.g.
+    seqio.PassThroughVocabulary) have none, so decode with stutter_unit='piece' there.
   decode_fn: a `decoding.PadirDecodeFn`, the whole decode from source tokens; default
     `decoding.decode_with_network`.
   eval_corruption_seed: eval_fn (dropout off) corrupts targets with
@@ -177,6 +181,7 @@ class PadirModel(t5x_models.EncoderDecoderModel):
           "are its length candidates; set length_beam (gin LENGTH_BEAM) instead"
       )
     self._vocab_high = None
+    self._word_starts = None
     self._eval_corruption_seed = eval_corruption_seed
     self._score_seed = score_seed
     super().__init__(
@@ -220,9 +225,23 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     return self._with_vocab_high(self._loss_config)
 
   @property
+  def word_starts(self) -> layout.WordStarts | None:
+    """The output vocabulary's word-start table; None unless it is a SentencePiece model."""
+    if self._word_starts is None:
+      if not isinstance(self.output_vocabulary, seqio.SentencePieceVocabulary):
+        return None
+      table = vocab_lib.word_start_table(self.output_vocabulary.tokenizer, size=self.vocab_high)
+      self._word_starts = layout.WordStarts(table)
+    return self._word_starts
+
+  @property
   def decoding_config(self) -> decoding.DecodingConfig:
-    """The default DecodingConfig, vocab_high filled in from the vocabulary when not given."""
-    return self._with_vocab_high(self._decoding_config)
+    """The default DecodingConfig, vocab_high and word_starts filled in from the vocabulary
+    when not given."""
+    config = self._with_vocab_high(self._decoding_config)
+    if config.word_starts is None and self.word_starts is not None:
+      config = dataclasses.replace(config, word_starts=self.word_starts)
+    return config
 
   def resolve_decoding_config(
       self, decoder_params: Mapping[str, Any] | None = None, num_decodes: int | None = None

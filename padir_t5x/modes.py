@@ -54,15 +54,15 @@ class DedupMode(Mode):
   """The final de-duplication of repeated neighbouring tokens (padir_t5x/dedup.py)."""
 
   NONE = "none"
-  CONSECUTIVE = "consecutive"  # drop a token equal to its left neighbour
-  OPTIMAL = "optimal"  # Sun & Yang 2020: Viterbi over the top-k tokens, no equal neighbours
+  CONSECUTIVE = "consecutive"  # drop stutter (StutterUnit: a repeated piece or whole word)
+  OPTIMAL = "optimal"  # Sun & Yang 2020: Viterbi over the top-k, no equal neighbouring pieces
 
 
 class RemaskMode(Mode):
   """Which positions of a pass's prediction are re-filled (FillMode) before the next pass."""
 
   NONE = "none"
-  STUTTER = "stutter"  # positions repeating their left neighbour's token
+  STUTTER = "stutter"  # stutter positions (StutterUnit: a repeated piece or whole word)
 
 
 class DecoderMode(Mode):
@@ -70,3 +70,14 @@ class DecoderMode(Mode):
 
   PADIR = "padir"  # parallel, bidirectional, positional attention; length classifier
   AUTOREGRESSIVE = "autoregressive"  # causal with a key/value cache: the AR twin and teacher
+
+
+class StutterUnit(Mode):
+  """What counts as stutter for re-masking and 'consecutive' de-duplication (layout.py).
+
+  SentencePiece splits words into pieces, and a word may hold two equal neighbouring pieces
+  ("apples" = `▁a p p le s`): the piece rule calls that stutter, the word rule does not.
+  """
+
+  PIECE = "piece"  # a piece equal to its left neighbour
+  WORD = "word"  # a whole word (its pieces from one '▁' piece to the next) equal to the last

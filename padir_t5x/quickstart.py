@@ -81,9 +81,11 @@ OVERRIDES = {
 
 
 def build_configs(
-    config: QuickstartConfig, real_vocab: int
+    config: QuickstartConfig, real_vocab: int, word_starts=None
 ) -> tuple[network.TransformerConfig, losses.PadirLossConfig, decoding.DecodingConfig]:
   """The network, loss and decoding configs of `config` for a `real_vocab`-piece vocabulary.
+
+  `word_starts`: the vocabulary's word-start table (vocab.word_start_table), for 'word' stutter.
 
   Raises ValueError naming the override flag ('--loss: ...') for a bad FIELD=VALUE.
   """
@@ -132,6 +134,7 @@ def build_configs(
               "max_passes": config.max_passes,
               "length_beam": config.length_beam,
               "vocab_high": real_vocab,
+              "word_starts": word_starts,
               **overrides("decoding"),
           }
       ),
@@ -179,7 +182,9 @@ def run(config: QuickstartConfig, log=print) -> dict:
   test_inputs = _encode(processor, test_sources, config.max_input_length, eval_paths["de"])
 
   real_vocab = processor.get_piece_size()
-  net_config, loss_config, decoding_config = build_configs(config, real_vocab)
+  net_config, loss_config, decoding_config = build_configs(
+      config, real_vocab, word_starts=vocab.word_start_table(processor)
+  )
   module = network.Transformer(net_config)
   train_config = training.TrainConfig(
       num_steps=config.num_steps,
@@ -238,6 +243,7 @@ def run(config: QuickstartConfig, log=print) -> dict:
       decoding={
           "length_beam": decoding_config.length_beam,
           "max_passes": decoding_config.max_passes,
+          "stutter_unit": decoding_config.stutter_unit.value,
       },
       train_record={"quickstart_config": dataclasses.asdict(config), **figures},
   )

@@ -28,8 +28,11 @@ def remask_stutter(
     config: DecodingConfig,
     table_length: int | None = None,
 ) -> Array:
-  """`predictions` [n, t] with stuttering positions re-filled (MASK or fresh random tokens)."""
-  stutter = layout.stutter_mask(predictions, content)
+  """`predictions` [n, t] with stuttering positions re-filled (MASK or fresh random tokens).
+
+  Stutter is `config.stutter_unit`'s (layout.stutter_mask): repeated pieces or whole words.
+  """
+  stutter = layout.stutter_mask(predictions, content, config.stutter_word_starts())
   return jnp.where(stutter, config.fill(rng, predictions.shape, table_length), predictions)
 
 

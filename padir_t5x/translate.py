@@ -54,9 +54,10 @@ from padir_t5x.checkpoints import CheckpointError
 from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
 from padir_t5x.modes import RemaskMode
+from padir_t5x.modes import StutterUnit
 
 # The PaDIR decoding fields the translator exposes (flags of the same names).
-PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup")
+PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")
 AR_OPTIONS = ("beam_size", "alpha")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
 # compile per width used), capped at the model's input length.
@@ -251,11 +252,13 @@ class Translator:
         t5x.train wrote into the model directory).
       vocab_path: a SentencePiece model to use instead of the checkpoint's.
       kind: 'padir' or 'ar' to insist on one (CheckpointError naming config.json otherwise).
-      **options: length_beam, max_passes, init, remask, dedup (PaDIR; any other DecodingConfig
-        field too), beam_size, alpha (AR), batch_size, seed, strict. PaDIR decoding defaults
-        are the checkpoint's recorded "decoding" fields, then DecodingConfig's.
+      **options: length_beam, max_passes, init, remask, dedup, stutter_unit (PaDIR; any other
+        DecodingConfig field too), beam_size, alpha (AR), batch_size, seed, strict. PaDIR
+        decoding defaults are the checkpoint's recorded "decoding" fields, then
+        DecodingConfig's; vocab_high and word_starts come from the vocabulary.
     """
     from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
+    from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
 
     if gin_file is not None or (
         not os.path.isfile(os.path.join(path, checkpoints.CONFIG_FILE))
@@ -276,9 +279,10 @@ class Translator:
     )
     vocab_high = processor.get_piece_size()
     if meta["kind"] == "padir":
-      fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)} - {"vocab_high"}
+      from_vocab = {"vocab_high": vocab_high, "word_starts": vocab.word_start_table(processor)}
+      fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)} - set(from_vocab)
       recorded = {k: v for k, v in meta["decoding"].items() if k in fields}
-      decoding_config = decoding.DecodingConfig(**{**recorded, **options, "vocab_high": vocab_high})
+      decoding_config = decoding.DecodingConfig(**{**from_vocab, **recorded, **options})
       return cls(module, params, processor, "padir", vocab_high, decoding_config, **own)
     return cls(module, params, processor, "ar", vocab_high, **options, **own)
 
@@ -291,6 +295,7 @@ class Translator:
 
     model, params, checkpoint = load_t5x_model(path, gin_file)  # CheckpointError without t5x
     from padir_t5x import models  # pylint: disable=g-import-not-at-top
+    from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
 
     found = "padir" if isinstance(model, models.PadirModel) else "ar"
     if kind is not None and kind != found:
@@ -300,7 +305,8 @@ class Translator:
     processor = checkpoints.load_vocabulary(vocab_file, {}, model.module.config.vocab_size)
     vocab_high = processor.get_piece_size()
     if found == "padir":
-      config = dataclasses.replace(model.decoding_config, vocab_high=vocab_high, **options)
+      from_vocab = {"vocab_high": vocab_high, "word_starts": vocab.word_start_table(processor)}
+      config = dataclasses.replace(model.decoding_config, **{**from_vocab, **options})
       return cls(model.module, params, processor, "padir", vocab_high, config, **own)
     return cls(model.module, params, processor, "ar", vocab_high, **options, **own)
 
@@ -487,6 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
   padir.add_argument("--init", choices=[m.value for m in FillMode], help="first decoder input")
   padir.add_argument("--remask", choices=[m.value for m in RemaskMode], help="between passes")
   padir.add_argument("--dedup", choices=[m.value for m in DedupMode], help="final de-duplication")
+  padir.add_argument(
+      "--stutter_unit",
+      choices=[m.value for m in StutterUnit],
+      help="what --remask stutter and --dedup consecutive remove: repeated words or pieces",
+  )
   ar = parser.add_argument_group("AR decoding")
   ar.add_argument("--beam_size", type=_positive_int, help="beam size (default 4)")
   ar.add_argument("--alpha", type=_non_negative_float, help="length penalty (default 0.6)")

@@ -80,6 +80,57 @@ def ids_to_text(processor, rows) -> list[str]:
   return texts
 
 
+WORD_START = "\u2581"  # SentencePiece's whitespace marker '▁', prefixed to a word's first piece
+
+
+def word_start_table(processor, size: int | None = None) -> np.ndarray:
+  """[size] bool: which ids begin a word (DecodingConfig.word_starts, for 'word' stutter).
+
+  From the SentencePiece model's piece types:
+
+  * ordinary pieces begin a word when they start with '▁' (U+2581), the prefix SentencePiece
+    puts on the first piece of every whitespace-separated word (and a bare '▁' piece, which
+    precedes a word spelt by pieces without it); pieces without it continue the word;
+  * byte pieces (`<0xE4>`, byte fallback) continue a word: they spell characters inside it;
+  * control (`<pad>`, `</s>`), unknown, unused and user-defined pieces (`<mask>`, language
+    tags) begin a word: each is a whole symbol of its own, so a repeated one is whole-word
+    stutter, as under the piece rule;
+  * ids from the processor's piece count up to `size` (seqio extra ids, embedding padding)
+    begin a word too.
+
+  Text without spaces between words (Chinese, Japanese) is one "word" per run of characters,
+  so 'word' stutter hardly ever fires there: use stutter_unit='piece' for such targets.
+
+  Args:
+    processor: a sentencepiece.SentencePieceProcessor (seqio's vocabulary.tokenizer).
+    size: table length, at least the processor's piece count (default: that count).
+
+  Raises:
+    ValueError: a model trained with treat_whitespace_as_suffix (the '▁' ends words there), or
+      `size` below the piece count.
+  """
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+
+  proto = sentencepiece_model_pb2.ModelProto.FromString(processor.serialized_model_proto())
+  if proto.trainer_spec.treat_whitespace_as_suffix:
+    raise ValueError(
+        "word_start_table needs '▁' as a word prefix; this model puts it at word ends "
+        "(treat_whitespace_as_suffix)"
+    )
+  num_pieces = len(proto.pieces)
+  size = num_pieces if size is None else int(size)
+  if size < num_pieces:
+    raise ValueError(f"size {size} is below the model's {num_pieces} pieces")
+  table = np.ones(size, bool)
+  types = sentencepiece_model_pb2.ModelProto.SentencePiece
+  for i, piece in enumerate(proto.pieces):
+    if piece.type == types.NORMAL:
+      table[i] = piece.piece.startswith(WORD_START)
+    elif piece.type == types.BYTE:
+      table[i] = False
+  return table
+
+
 def read_lines(paths: Sequence[str]) -> list[str]:
   """Reads the non-blank lines of UTF-8 files (split on '\\n' only; tabs kept).
 

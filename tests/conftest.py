@@ -27,3 +27,16 @@ def tiny_vocab_path(tmp_path_factory):
   return vocab.train_sentencepiece(
       [s for pair in pairs for s in pair], prefix, vocab_size=200, seed=0, num_threads=1
   )
+
+
+@pytest.fixture(scope="session")
+def quickstart_vocab_path(tmp_path_factory):
+  """The quickstart's SentencePiece model (256 pieces), built in a temporary cache.
+
+  tasks.ensure_quickstart_data with an explicit cache_dir, so the user's ~/.cache (or
+  $PADIR_CACHE_DIR) is neither read nor written.
+  """
+  from tasks import quickstart
+
+  cache_dir = tmp_path_factory.mktemp("padir_cache")
+  return quickstart.ensure_quickstart_data(str(cache_dir))[1]

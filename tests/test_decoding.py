@@ -38,6 +38,7 @@ def _config(**overrides):
       remask="none",
       add_length_log_prob=False,
       min_length=1,
+      stutter_unit="piece",  # the toy ids have no words
   )
   defaults.update(overrides)
   return decoding.DecodingConfig(**defaults)
@@ -331,6 +332,7 @@ def test_defaults_are_the_papers_headline_setting():
   config = decoding.DecodingConfig(vocab_high=V)
   assert (config.length_beam, config.max_passes, config.remask) == (5, 4, "stutter")
   assert config.min_length == 2 and config.add_length_log_prob
+  assert (config.dedup, config.stutter_unit, config.word_starts) == ("consecutive", "word", None)
 
 
 def test_add_length_log_prob_changes_ranking():
@@ -434,7 +436,12 @@ def tiny_network():
 def test_decode_with_network(tiny_network):
   module, params, inputs = tiny_network
   config = decoding.DecodingConfig(
-      length_beam=3, max_passes=3, vocab_high=14, remask="stutter", dedup="consecutive"
+      length_beam=3,
+      max_passes=3,
+      vocab_high=14,
+      remask="stutter",
+      dedup="consecutive",
+      stutter_unit="piece",
   )
   result = decoding.decode_with_network(
       module, params, inputs, jax.random.PRNGKey(1), config, max_decode_length=8
@@ -507,7 +514,7 @@ def test_bucketed_decoding_matches_the_full_length_decode(favoured, init):
   params["length_predictor"]["logits"]["bias"] = jnp.asarray(bias)
   params["length_predictor"]["logits"]["kernel"] = jnp.zeros((32, 24))
   config = decoding.DecodingConfig(
-      length_beam=3, max_passes=3, init=init, vocab_high=14, length_buckets=()
+      length_beam=3, max_passes=3, init=init, vocab_high=14, length_buckets=(), stutter_unit="piece"
   )
   bucketed = dataclasses.replace(config, length_buckets=(8, 12, 16))
   rng = jax.random.PRNGKey(1)
@@ -527,7 +534,7 @@ def test_bucketed_decoding_matches_the_full_length_decode(favoured, init):
 
 def test_bucketed_decode_compiles_one_branch_per_bucket():
   module, params, inputs = make_tiny_network(24)
-  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14)
+  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14, stutter_unit="piece")
   jaxpr = jax.make_jaxpr(
       lambda p, x, r: decoding._decode_with_network.__wrapped__(
           module, p, x, r, dataclasses.replace(config, length_buckets=(8, 12, 16)), 24, None

@@ -140,7 +140,8 @@ def test_padir_base_gin_defaults_are_the_library_defaults():
   model = _parse([GIN / "models" / "padir_base.gin"], bindings)["model"]
   vocab = {"vocab_high": model.vocab_high}
   assert model.loss_config == losses.PadirLossConfig(**vocab)
-  assert model.decoding_config == decoding.DecodingConfig(**vocab)
+  assert model.decoding_config == decoding.DecodingConfig(**vocab, word_starts=model.word_starts)
+  assert model.word_starts is not None  # filled in from the SentencePiece vocabulary
 
 
 def test_padir_gin_macros_reach_the_model():
@@ -156,6 +157,7 @@ def test_padir_gin_macros_reach_the_model():
           "DECODING_INIT = 'mask'",
           "LENGTH_BEAM = 2",
           "MAX_PASSES = 7",
+          "STUTTER_UNIT = 'piece'",
       ],
   )
   model = captured["model"]
@@ -167,6 +169,7 @@ def test_padir_gin_macros_reach_the_model():
       "mask",
   )
   assert (decode.init, decode.length_beam, decode.max_passes) == ("mask", 2, 7)
+  assert decode.stutter_unit == "piece"
 
 
 @pytest.mark.parametrize("name", ["data_parallel.gin", "model_parallel.gin"])

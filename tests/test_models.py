@@ -23,7 +23,8 @@ from padir_t5x import decoding, losses, models, network  # noqa: E402
 
 VOCAB = 60  # real vocabulary; the embedding table has 64 rows
 MAX_LEN = 16
-DECODING = {"length_beam": 2, "max_passes": 3}
+# PassThroughVocabulary ids have no words: stutter is by piece.
+DECODING = {"length_beam": 2, "max_passes": 3, "stutter_unit": "piece"}
 
 
 def _module(**overrides):
@@ -404,7 +405,7 @@ def test_score_batch_ranks_the_trained_target_first():
   model = _model(
       score_decoder_input="mask",
       loss_config={"corruption": "mask"},
-      decoding_config={"init": "mask", "length_beam": 2},
+      decoding_config={"init": "mask", "length_beam": 2, "stutter_unit": "piece"},
   )
   batch = {k: v[:1] for k, v in _batch().items()}
   params = model.get_initial_variables(

@@ -56,8 +56,11 @@ def test_tiny_padir_learns_copy_and_reverse():
   print(f"trained {train_config.num_steps} steps in {seconds:.0f}s; final metrics {metrics}")
 
   # The library's defaults otherwise: the paper's 5 length candidates, stutter re-masking,
-  # consecutive de-duplication, mean token log-prob plus length log-prob as the score.
-  decoding_config = decoding.DecodingConfig(max_passes=4, vocab_high=VOCAB_HIGH)
+  # consecutive de-duplication, mean token log-prob plus length log-prob as the score. The toy
+  # ids have no words: stutter is by piece.
+  decoding_config = decoding.DecodingConfig(
+      max_passes=4, vocab_high=VOCAB_HIGH, stutter_unit="piece"
+  )
   result = decoding.decode_with_network(
       module,
       params,

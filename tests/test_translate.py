@@ -228,6 +228,36 @@ def test_decoder_flag_of_the_other_kind_exits_2(ckpts):
   assert "argument --length_beam: does not apply to an AR model" in last and "config.json" in last
 
 
+def test_stutter_unit_comes_from_flag_then_checkpoint_then_default(ckpts, tmp_path, capsys):
+  import json
+  import shutil
+
+  import numpy as np
+  import sentencepiece as spm
+
+  from padir_t5x import vocab
+
+  config = Translator.from_checkpoint(ckpts["padir"]).decoding_config
+  processor = spm.SentencePieceProcessor(
+      model_file=checkpoints.read_config(ckpts["padir"])["vocab_model"]
+  )
+  assert config.stutter_unit == "word"  # the library default: nothing recorded
+  np.testing.assert_array_equal(config.word_starts.table, vocab.word_start_table(processor))
+  recorded = shutil.copytree(ckpts["padir"], tmp_path / "piece")
+  meta = json.loads((recorded / checkpoints.CONFIG_FILE).read_text())
+  meta["decoding"]["stutter_unit"] = "piece"
+  (recorded / checkpoints.CONFIG_FILE).write_text(json.dumps(meta))
+  assert Translator.from_checkpoint(str(recorded)).decoding_config.stutter_unit == "piece"
+  flagged = Translator.from_checkpoint(str(recorded), stutter_unit="word").decoding_config
+  assert flagged.stutter_unit == "word" and flagged.word_starts == config.word_starts
+  # The flag is a PaDIR decoding flag: an AR checkpoint rejects it before loading weights.
+  source = _write_lines(tmp_path / "in.de", SHORT[:1])
+  with pytest.raises(SystemExit) as exit_info:
+    translate.main(["--checkpoint", ckpts["ar"], "--input", source, "--stutter_unit", "piece"])
+  assert exit_info.value.code == 2
+  assert "argument --stutter_unit: does not apply to an AR model" in capsys.readouterr().err
+
+
 def test_missing_checkpoint_is_one_line(tmp_path):
   result = _run("--checkpoint", str(tmp_path / "nope"), stdin=b"hallo\n")
   assert result.returncode == 1
