@@ -131,6 +131,12 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
   parser.add_argument("--split", default="dev-multi30k")
+  parser.add_argument(
+      "--source",
+      default=None,
+      help="a source file to translate instead of --data_dir/de-en/SPLIT.de (with --reference)",
+  )
+  parser.add_argument("--reference", default=None, help="its line-aligned reference file")
   parser.add_argument("--max_sentences", type=int, default=0, help="> 0: the first N (tests)")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--out", default="benchmarks/results/quality.json")
@@ -162,11 +168,19 @@ def main(argv=None) -> int:
       systems.append((name or kind, kind, path))
   if not systems:
     parser.error("give at least one --ar or --padir checkpoint")
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-  paths = [os.path.join(data_dir, "de-en", f"{args.split}.{lang}") for lang in ("de", "en")]
-  pairs = textio.read_parallel_files(*paths)
+  if (args.source is None) != (args.reference is None):
+    parser.error("--source and --reference go together")
+  if args.source is not None:
+    paths = [args.source, args.reference]
+  else:
+    data_dir = args.data_dir or shared_data.find_data_dir()
+    if data_dir is None:
+      parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+    paths = [os.path.join(data_dir, "de-en", f"{args.split}.{lang}") for lang in ("de", "en")]
+  try:
+    pairs = textio.read_parallel_files(*paths)
+  except textio.CorpusFileError as error:
+    parser.error(str(error))
   if args.max_sentences:
     pairs = pairs[: args.max_sentences]
   sources = [s for s, _ in pairs]
@@ -207,7 +221,7 @@ def main(argv=None) -> int:
           flush=True,
       )
   out = {
-      "split": args.split,
+      "split": args.split if args.source is None else os.path.abspath(args.source),
       "num_sentences": len(sources),
       "machine": {
           "processor": platform.processor() or platform.machine(),
