@@ -62,7 +62,8 @@ def padir_logical_factor_rules():
 
   'abspos_buckets' (learned position tables [positions, embed]) factor like the vocabulary
   ([vocab, embed]); 'length_classes' (length classifier [mlp, classes] and its bias) is a column
-  axis, which leaves those small parameters unfactored (no row axis).
+  axis, which leaves those small parameters unfactored (no row axis); the [LENGTH] token's
+  length-embedding table [classes, embed] factors like the token embedding.
   """
   rules = dict(adafactor.standard_logical_factor_rules())
   rules.setdefault("abspos_buckets", adafactor.FactorDim.COLUMN)

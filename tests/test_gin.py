@@ -141,6 +141,10 @@ def test_padir_base_gin_defaults_are_the_library_defaults():
   vocab = {"vocab_high": model.vocab_high}
   assert model.loss_config == losses.PadirLossConfig(**vocab)
   assert model.decoding_config == decoding.DecodingConfig(**vocab)
+  length_fields = ("length_pooling", "length_target", "max_length_offset")
+  library = network.TransformerConfig()
+  for field in length_fields:
+    assert getattr(model.module.config, field) == getattr(library, field), field
 
 
 def test_padir_gin_macros_reach_the_model():
@@ -156,9 +160,14 @@ def test_padir_gin_macros_reach_the_model():
           "DECODING_INIT = 'mask'",
           "LENGTH_BEAM = 2",
           "MAX_PASSES = 7",
+          "LENGTH_POOLING = 'token'",
+          "LENGTH_TARGET = 'offset'",
+          "MAX_LENGTH_OFFSET = 8",
       ],
   )
   model = captured["model"]
+  cfg = model.module.config
+  assert (cfg.length_pooling, cfg.length_target, cfg.max_length_offset) == ("token", "offset", 8)
   loss, decode = model.loss_config, model.decoding_config
   assert (loss.num_stages, loss.unmasking_rate, loss.length_loss_weight, loss.corruption) == (
       3,
