@@ -223,3 +223,106 @@ def lookup_length_log_probs(log_probs: Array, lengths: Array) -> Array:
   classes = length_classes(lengths, log_probs.shape[-1])
   flat = classes.reshape(classes.shape[0], -1)
   return jnp.take_along_axis(log_probs, flat, axis=-1).reshape(classes.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Length predictors that do not classify the absolute length (network.TransformerConfig's
+# length_target='offset') still hand everything downstream logits over absolute lengths; the
+# lengths they cannot predict get this logit. It is finite, so that a row whose every length is
+# out of reach (a source so long that source - K > L) gives a uniform softmax, not NaN, and
+# top_k stays well-defined; and it is so low that such a length never wins against a reachable one.
+DISALLOWED_LENGTH_LOGIT = -1e9
+
+
+def offset_length_logits(offset_logits: Array, source_lengths: Array, num_lengths: int) -> Array:
+  """Logits over offsets -K..K turned into logits over the absolute lengths 1..num_lengths.
+
+  Length l gets the logit of offset l - source_length when that offset lies in [-K, K], and
+  DISALLOWED_LENGTH_LOGIT otherwise; so the softmax over lengths is the softmax over the offsets
+  that give a length in 1..num_lengths.
+
+  Args:
+    offset_logits: [b, 2K + 1] float, class k = offset k - K.
+    source_lengths: [b] int (non-PAD encoder tokens).
+    num_lengths: L (max_target_length).
+
+  Returns:
+    [b, L] float32, class j = length j + 1 (as every length classifier).
+  """
+  num_offsets = offset_logits.shape[-1]
+  if num_offsets % 2 != 1:
+    raise ValueError(f"offset logits need 2K + 1 classes, got {num_offsets}")
+  k = num_offsets // 2
+  lengths = jnp.arange(1, num_lengths + 1, dtype=jnp.int32)[None, :]
+  offsets = lengths - source_lengths.astype(jnp.int32)[:, None]  # [b, L]
+  inside = jnp.abs(offsets) <= k
+  gathered = jnp.take_along_axis(
+      offset_logits.astype(jnp.float32), jnp.clip(offsets + k, 0, num_offsets - 1), axis=-1
+  )
+  return jnp.where(inside, gathered, DISALLOWED_LENGTH_LOGIT)
+
+
+def nearest_allowed_lengths(length_logits: Array, lengths: Array) -> Array:
+  """Each length moved to the nearest one the logits allow (logit above DISALLOWED / 2).
+
+  The training target of a predictor with a limited reach (the offset predictor): a target
+  outside its window is trained towards the window's nearest edge (as fairseq clamps its length
+  offsets), instead of costing ~1e9. A predictor that allows every length (the absolute
+  classifier) leaves every length unchanged; so does a row that allows none, and length 0.
+
+  Args:
+    length_logits: [b, L] float, class j = length j + 1.
+    lengths: [b] int.
+
+  Returns:
+    [b] int32.
+  """
+  allowed = length_logits > DISALLOWED_LENGTH_LOGIT / 2  # [b, L]
+  candidates = jnp.arange(1, length_logits.shape[-1] + 1, dtype=jnp.int32)[None, :]
+  lengths = lengths.astype(jnp.int32)
+  distance = jnp.where(allowed, jnp.abs(candidates - lengths[:, None]), jnp.iinfo(jnp.int32).max)
+  nearest = jnp.take_along_axis(candidates, jnp.argmin(distance, axis=-1)[:, None], axis=-1)[:, 0]
+  keep = (lengths <= 0) | ~jnp.any(allowed, axis=-1)
+  clipped = jnp.clip(lengths, 1, length_logits.shape[-1])  # beyond the table: as length_classes
+  keep = keep | jnp.take_along_axis(allowed, clipped[:, None] - 1, axis=-1)[:, 0]
+  return jnp.where(keep, lengths, nearest)
+
+
+def length_hits(length_logits: Array, lengths: Array) -> tuple[Array, Array]:
+  """Whether the argmax length is right: (exact [b] bool, within one [b] bool).
+
+  Lengths are compared as classes (`length_classes`: a length beyond the table counts as its
+  last class), as the length loss does.
+
+  Args:
+    length_logits: [b, L] float.
+    lengths: [b] int, the true lengths (EOS included).
+  """
+  predicted = jnp.argmax(length_logits, axis=-1)
+  error = jnp.abs(predicted - length_classes(lengths, length_logits.shape[-1]))
+  return error == 0, error <= 1
+
+
+def length_accuracy(length_logits: Array, target_tokens: Array) -> dict[str, Array]:
+  """Exact and within-1 accuracy of the argmax length over the rows with a nonempty target.
+
+  For evaluation (e.g. on dev, with the logits of `network.encode_and_predict_length`).
+
+  Args:
+    length_logits: [b, L] float.
+    target_tokens: [b, t] int targets (EOS included, PAD 0); all-PAD rows are left out.
+
+  Returns:
+    {'length_accuracy', 'length_accuracy_within_1': float32 scalars (0 with no row),
+     'num_examples': float32 scalar}.
+  """
+  lengths = sequence_lengths(target_tokens)
+  real = (lengths > 0).astype(jnp.float32)
+  exact, within_1 = length_hits(length_logits, lengths)
+  count = jnp.sum(real)
+  denominator = jnp.maximum(count, 1.0)
+  return {
+      "length_accuracy": jnp.sum(exact * real) / denominator,
+      "length_accuracy_within_1": jnp.sum(within_1 * real) / denominator,
+      "num_examples": count,
+  }

@@ -372,10 +372,13 @@ def multi_stage_loss(
     (loss, metrics). Metrics are jnp scalars; the terms exactly as they enter the loss:
       loss, z_loss (sum of the stages' z-loss terms, already inside the stage losses),
       length_loss, stage{s}_loss (s from 1);
-    ratios for this batch: length_accuracy, stage{s}_accuracy (weighted token accuracy);
+    ratios for this batch: length_accuracy, length_accuracy_within_1 (|argmax length - true
+      length| <= 1), stage{s}_accuracy (weighted token accuracy);
     sums and counts, to average across batches as sum(correct) / sum(count):
       stage{s}_correct (sum of weights where argmax == target) over num_tokens (weight sum),
-      length_correct over num_examples (rows with a nonempty target).
+      length_correct and length_within_1_correct over num_examples (rows with a nonempty target).
+    The length loss of a target length the predictor cannot give (outside the offset window,
+    length_target='offset') is that of the nearest length it can (`layout.nearest_allowed_lengths`).
   """
   outputs = multi_stage_forward(module, params, batch, rng, config, enable_dropout)
   return loss_from_outputs(outputs, batch, config)
@@ -416,12 +419,18 @@ def loss_from_outputs(
   lengths = layout.sequence_lengths(targets)
   # Rows with an all-PAD target (eval batch padding) have no length to learn.
   real_example = (lengths > 0).astype(jnp.float32)
-  per_example_length_loss, length_correct = length_cross_entropy(outputs.length_logits, lengths)
+  # A predictor with a limited reach (the offset target) is trained towards the nearest length it
+  # can give; the accuracies compare with the true length.
+  per_example_length_loss, _ = length_cross_entropy(
+      outputs.length_logits, layout.nearest_allowed_lengths(outputs.length_logits, lengths)
+  )
+  length_correct, length_within_1 = layout.length_hits(outputs.length_logits, lengths)
   length_loss = jnp.sum(per_example_length_loss * real_example)
   if factor is not None:
     length_loss = length_loss / factor
   num_examples = jnp.sum(real_example)
   length_correct = jnp.sum(length_correct * real_example)
+  length_within_1_correct = jnp.sum(length_within_1 * real_example)
   total_loss += config.length_loss_weight * length_loss
 
   metrics.update(
@@ -430,6 +439,8 @@ def loss_from_outputs(
       length_loss=length_loss,
       length_correct=length_correct,
       length_accuracy=length_correct / jnp.maximum(num_examples, 1.0),
+      length_within_1_correct=length_within_1_correct,
+      length_accuracy_within_1=length_within_1_correct / jnp.maximum(num_examples, 1.0),
       num_tokens=num_tokens,
       num_examples=num_examples,
   )

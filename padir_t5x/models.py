@@ -63,7 +63,8 @@ def padir_logical_factor_rules():
 
   'abspos_buckets' (learned position tables [positions, embed]) factor like the vocabulary
   ([vocab, embed]); 'length_classes' (length classifier [mlp, classes] and its bias) is a column
-  axis, which leaves those small parameters unfactored (no row axis).
+  axis, which leaves those small parameters unfactored (no row axis); the [LENGTH] token's
+  length-embedding table [classes, embed] factors like the token embedding.
   """
   rules = dict(adafactor.standard_logical_factor_rules())
   rules.setdefault("abspos_buckets", adafactor.FactorDim.COLUMN)
@@ -354,7 +355,8 @@ class PadirModel(t5x_models.EncoderDecoderModel):
 
     t5x's entries (loss, z_loss, cross_ent_loss, accuracy, timing/*, ...) describe the last
     stage, what decoding converges to, with `loss` the whole multi-stage loss; added:
-    length_loss and length_accuracy, and stage{s}/loss, stage{s}/accuracy for every stage.
+    length_loss, length_accuracy, length_accuracy_within_1, and stage{s}/loss, stage{s}/accuracy
+    for every stage.
     Ratios accumulate across batches as sum(correct) / sum(count) (clu Average).
     """
     targets = batch["decoder_target_tokens"]
@@ -377,6 +379,9 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     metrics["length_loss"] = metrics_lib.AveragePerStep(total=m["length_loss"])
     metrics["length_accuracy"] = clu_metrics.Average(
         total=m["length_correct"], count=m["num_examples"]
+    )
+    metrics["length_accuracy_within_1"] = clu_metrics.Average(
+        total=m["length_within_1_correct"], count=m["num_examples"]
     )
     for s in range(1, self._loss_config.num_stages + 1):
       metrics[f"stage{s}/loss"] = metrics_lib.AveragePerStep(total=m[f"stage{s}_loss"])

@@ -81,3 +81,17 @@ class StutterUnit(Mode):
 
   PIECE = "piece"  # a piece equal to its left neighbour
   WORD = "word"  # a whole word (its pieces from one '▁' piece to the next) equal to the last
+
+
+class LengthPooling(Mode):
+  """What the PaDIR length predictor reads from the encoder (padir_t5x/network.py)."""
+
+  MEAN = "mean"  # the mean of the encoder output over the non-PAD source positions, then an MLP
+  TOKEN = "token"  # a learned [LENGTH] slot prepended to the encoder input (Mask-Predict)
+
+
+class LengthTarget(Mode):
+  """What the PaDIR length predictor classifies; its logits are always over absolute lengths."""
+
+  ABSOLUTE = "absolute"  # the target length, one class per length 1..max_target_length
+  OFFSET = "offset"  # target length - source length, one class per offset in [-K, K]

@@ -10,16 +10,37 @@ output logits. Two decoder modes share the same stacks:
   `decoder_target_tokens > 0`), then positional attention (queries and keys computed from the
   decoder position embeddings, values from the hidden states: it lets a position gather content
   by where it sits rather than by what it currently holds, which matters when the decoder input
-  is mostly [MASK]), then cross-attention to the encoder, then the FFN. A length classifier reads
-  the encoder output: class j stands for a target of length j + 1.
+  is mostly [MASK]), then cross-attention to the encoder, then the FFN. A length predictor reads
+  the encoder output and returns logits over the target lengths: class j stands for length j + 1.
 * decoder_mode='autoregressive': a causal decoder with a key/value cache implementing the module
   interface t5x's `EncoderDecoderModel` calls (`__call__`, `encode`, `decode` with `decode=True`
   and `max_decode_length`, the 'cache' collection), so the same code trains the AR twin/teacher.
 
-Why the length classifier mean-pools the encoder output instead of reading a [LENGTH] token
-prepended to the source: with pooling the encoder input is exactly the AR twin's (the plain
-seqio `inputs` feature), so the tasks, the feature converters and the distillation teacher share
-the same data unchanged; a [LENGTH] token would make every PaDIR example differ from the AR one.
+The length predictor has two choices (TransformerConfig.length_pooling and .length_target):
+
+* what it reads. 'mean' (the default): the mean of the encoder output over the non-PAD source
+  positions, then an MLP. 'token' (Mask-Predict, Ghazvininejad et al. 2019, and the released PaDIR
+  code): a learned [LENGTH] vector enters the encoder at an extra first position, attends and is
+  attended to like any source token (it is never padding), and its output h is scored against a
+  length-embedding table, logits = h . E^T / sqrt(emb_dim) + bias (scaled as the tied token
+  logits). The slot is added inside the network, not to the data: the seqio `inputs` feature stays
+  exactly the AR twin's, so the tasks, feature converters and the distillation teacher are shared
+  unchanged. The slot's vector is its own learned embedding, with no row of the encoder's position
+  table: a slot that is always first needs no separate position (token + position of a constant
+  slot would be one learned vector anyway), the table keeps max_input_length rows (a source can
+  still be that long, and the table has the shape a 'mean' model's has). `encode` then returns
+  [batch, 1 + input_length, embed], row 0 the slot; `decode` drops row 0, so the decoder's
+  cross-attention sees the source positions only (as in Mask-Predict): the slot holds no source
+  content, and the cross mask, the attention analyses and every [batch, input_length] shape
+  downstream stay as they are.
+* what it classifies. 'absolute' (the default): one class per length 1..max_target_length.
+  'offset': one class per offset target length - source length in [-K, K] (K =
+  max_length_offset, source length = non-PAD encoder tokens), turned into logits over absolute
+  lengths by `layout.offset_length_logits` (DISALLOWED_LENGTH_LOGIT outside the window or
+  outside 1..max_target_length), so that decoding, the loss and scoring read the same
+  [batch, max_target_length] logits either way.
+
+Both choices apply to decoder_mode='padir' only (the AR twin has no length predictor).
 
 Every parameter is created with `flax.linen.partitioning.param_with_axes` (so t5x's
 'params_axes' collection exists for its partitioner) and activations are constrained with
@@ -33,13 +54,17 @@ import dataclasses
 from flax import linen as nn
 import jax.numpy as jnp
 
+from padir_t5x import layout
 from padir_t5x import masks
 from padir_t5x.layers import DenseGeneral
 from padir_t5x.layers import LayerNorm
 from padir_t5x.layers import MultiHeadAttention
 from padir_t5x.layers import PositionEmbedder
 from padir_t5x.layers import TokenEmbed
+from padir_t5x.layers import param_with_axes
 from padir_t5x.modes import DecoderMode
+from padir_t5x.modes import LengthPooling
+from padir_t5x.modes import LengthTarget
 
 Array = jnp.ndarray
 
@@ -48,7 +73,8 @@ Array = jnp.ndarray
 with_sharding_constraint = nn.partitioning.with_sharding_constraint
 
 # Every logical axis name a parameter or an activation of this network uses. 'length_classes' is
-# the length classifier's output axis (max_target_length classes); the rest are t5x's names.
+# the length classifier's output axis (max_target_length classes, or 2K + 1 offsets; also the rows
+# of the [LENGTH] token's length-embedding table); the rest are t5x's names.
 LOGICAL_AXIS_NAMES = (
     "batch",
     "length",
@@ -83,8 +109,16 @@ class TransformerConfig:
       length classifier has max_target_length classes.
     decoder_mode: 'padir' (parallel, bidirectional) or 'autoregressive' (causal, cached).
     positional_attention: add the positional-attention sublayer to PaDIR decoder layers.
-    length_hidden_dim: hidden width of the length classifier (None: emb_dim).
+    length_hidden_dim: hidden width of the length classifier (None: emb_dim); 'mean' pooling only.
     layer_norm_epsilon: LayerNorm epsilon.
+    length_pooling: LengthPooling (or its name): what the length predictor reads, 'mean' (the
+      mean-pooled encoder output) or 'token' (a [LENGTH] slot prepended to the encoder input; see
+      the module docstring). PaDIR mode only.
+    length_target: LengthTarget (or its name): 'absolute' lengths or 'offset' (target - source
+      length in [-max_length_offset, max_length_offset]). PaDIR mode only.
+    max_length_offset: K of the 'offset' target (2K + 1 classes). A length beam wider than the
+      lengths in reach (2K + 1, fewer near length 1 or max_target_length) fills up with lengths
+      at DISALLOWED_LENGTH_LOGIT.
   """
 
   vocab_size: int = 32128
@@ -104,10 +138,22 @@ class TransformerConfig:
   positional_attention: bool = True
   length_hidden_dim: int | None = None
   layer_norm_epsilon: float = 1e-6
+  length_pooling: LengthPooling = LengthPooling.MEAN
+  length_target: LengthTarget = LengthTarget.ABSOLUTE
+  max_length_offset: int = 32
 
   def __post_init__(self):
     # Frozen: store the member, so a config built from the name equals one built from it.
     object.__setattr__(self, "decoder_mode", DecoderMode.coerce(self.decoder_mode, "decoder_mode"))
+    object.__setattr__(
+        self, "length_pooling", LengthPooling.coerce(self.length_pooling, "length_pooling")
+    )
+    object.__setattr__(
+        self, "length_target", LengthTarget.coerce(self.length_target, "length_target")
+    )
+    offset = self.max_length_offset
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+      raise ValueError(f"max_length_offset must be an int >= 0, got {offset!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
     if not hasattr(nn, self.mlp_activation):
@@ -120,6 +166,18 @@ class TransformerConfig:
   @property
   def is_padir(self) -> bool:
     return self.decoder_mode is DecoderMode.PADIR
+
+  @property
+  def has_length_slot(self) -> bool:
+    """The encoder input starts with the [LENGTH] slot (PaDIR with length_pooling='token')."""
+    return self.is_padir and self.length_pooling is LengthPooling.TOKEN
+
+  @property
+  def num_length_classes(self) -> int:
+    """Classes of the length predictor's own output: lengths, or offsets -K..K."""
+    if self.length_target is LengthTarget.OFFSET:
+      return 2 * self.max_length_offset + 1
+    return self.max_target_length
 
 
 # Transformer-base sized (Vaswani et al.): about 67M parameters with the tied embedding counted
@@ -301,7 +359,11 @@ def _check_length(tokens: Array, table_size: int, what: str):
 
 
 class Encoder(nn.Module):
-  """Token + position embedding, encoder layers, final LayerNorm."""
+  """Token + position embedding, encoder layers, final LayerNorm.
+
+  With `config.has_length_slot` the [LENGTH] vector is prepended to the embedded tokens: the
+  output (and the mask the caller passes) then has 1 + length positions, the slot first.
+  """
 
   config: TransformerConfig
   shared_embedding: TokenEmbed
@@ -310,12 +372,23 @@ class Encoder(nn.Module):
   def __call__(
       self, tokens: Array, mask: Array, positions: Array | None = None, deterministic: bool = True
   ) -> Array:
-    """tokens int [batch, length], mask bool [batch, 1, length, length] -> [b, length, embed]."""
+    """tokens int [batch, length], mask bool [batch, 1, n, n] -> [b, n, embed] (n: see class)."""
     cfg = self.config
     _check_length(tokens, cfg.max_input_length, "input")
     x = self.shared_embedding(tokens) + PositionEmbedder(
         cfg.max_input_length, cfg.emb_dim, cfg.activation_dtype, name="position_embedder"
     )(tokens, positions)
+    if cfg.has_length_slot:
+      # The [LENGTH] slot: one learned vector (its own position, see the module docstring).
+      slot = param_with_axes(
+          "length_token",
+          nn.initializers.normal(stddev=1.0),
+          (cfg.emb_dim,),
+          jnp.float32,
+          axes=("embed",),
+      )
+      slot = jnp.broadcast_to(jnp.asarray(slot, x.dtype), (x.shape[0], 1, cfg.emb_dim))
+      x = jnp.concatenate([slot, x], axis=1)
     x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
     x = with_sharding_constraint(x.astype(cfg.activation_dtype), ("batch", "length", "embed"))
     for i in range(cfg.num_encoder_layers):
@@ -382,16 +455,18 @@ class Decoder(nn.Module):
 
 
 class LengthPredictor(nn.Module):
-  """Target-length classifier on the mean-pooled encoder output (see the module docstring).
+  """Length classifier on the mean-pooled encoder output (length_pooling='mean').
 
-  Class j stands for a target of length j + 1 (EOS included), j < max_target_length.
+  Returns `config.num_length_classes` logits: class j stands for a target of length j + 1 (EOS
+  included), or for offset j - K with length_target='offset' (Transformer.predict_length turns
+  those into logits over lengths).
   """
 
   config: TransformerConfig
 
   @nn.compact
   def __call__(self, encoded: Array, encoder_input_tokens: Array) -> Array:
-    """encoded [batch, input_length, embed], tokens [batch, input_length] -> f32 [batch, L]."""
+    """encoded [batch, input_length, embed], tokens [batch, input_length] -> f32 [batch, C]."""
     cfg = self.config
     valid = (encoder_input_tokens > 0)[..., None].astype(jnp.float32)
     # Guard an all-padding row (eval padding) against 0 / 0.
@@ -410,7 +485,7 @@ class LengthPredictor(nn.Module):
     hidden = getattr(nn, cfg.mlp_activation)(hidden)
     hidden = with_sharding_constraint(hidden, ("batch", "mlp"))
     logits = DenseGeneral(
-        features=(cfg.max_target_length,),
+        features=(cfg.num_length_classes,),
         kernel_axes=("mlp", "length_classes"),
         use_bias=True,
         bias_axis="length_classes",
@@ -420,6 +495,59 @@ class LengthPredictor(nn.Module):
     return with_sharding_constraint(logits, ("batch", "length_classes"))
 
 
+class LengthTokenPredictor(nn.Module):
+  """The [LENGTH] slot's encoder output scored against a length-embedding table ('token').
+
+  logits = h . E^T / sqrt(emb_dim) + bias, E [C, emb_dim] (C = `config.num_length_classes`
+  lengths or offsets, as LengthPredictor), scaled as the tied token logits (TokenEmbed.attend) so
+  that the initial logits are of order 1.
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, slot: Array) -> Array:
+    """slot [batch, embed] (the encoder output at the [LENGTH] position) -> f32 [batch, C]."""
+    cfg = self.config
+    table = param_with_axes(
+        "length_embedding",
+        nn.initializers.normal(stddev=1.0),
+        (cfg.num_length_classes, cfg.emb_dim),
+        jnp.float32,
+        axes=("length_classes", "embed"),
+    )
+    bias = param_with_axes(
+        "bias",
+        nn.initializers.zeros,
+        (cfg.num_length_classes,),
+        jnp.float32,
+        axes=("length_classes",),
+    )
+    slot = with_sharding_constraint(slot.astype(jnp.float32), ("batch", "embed"))
+    logits = jnp.dot(slot, table.T) / jnp.sqrt(jnp.float32(cfg.emb_dim)) + bias
+    return with_sharding_constraint(logits, ("batch", "length_classes"))
+
+
+def _check_length_slot(config: TransformerConfig, encoded: Array, encoder_input_tokens: Array):
+  """ValueError unless `encoded` has the positions `encode` gives for these tokens."""
+  expected = encoder_input_tokens.shape[1] + int(config.has_length_slot)
+  if encoded.shape[1] != expected:
+    slot = " (1 [LENGTH] slot + the source)" if config.has_length_slot else ""
+    raise ValueError(
+        f"encoded has {encoded.shape[1]} positions but Transformer.encode gives {expected}{slot} "
+        f"for {encoder_input_tokens.shape[1]} input tokens: pass the output of `encode`"
+    )
+
+
+def source_states(config: TransformerConfig, encoded: Array) -> Array:
+  """The encoder output at the source positions: [b, n, embed] -> [b, input_length, embed].
+
+  `encoded` as `Transformer.encode` returns it: with the [LENGTH] slot (config.has_length_slot)
+  its row 0 is dropped; otherwise it is returned as is. What the decoder cross-attends to.
+  """
+  return encoded[:, 1:] if config.has_length_slot else encoded
+
+
 # ------------------------------------------------------------------------------------------------
 # The model.
 # ------------------------------------------------------------------------------------------------
@@ -427,7 +555,9 @@ class Transformer(nn.Module):
   """Encoder-decoder with t5x's EncoderDecoderModel module interface.
 
   Methods: `encode`, `predict_length` (padir mode), `decode`, `__call__`. Parameter tree:
-  token_embedder, encoder, decoder, and length_predictor in padir mode.
+  token_embedder, encoder (with encoder/length_token for length_pooling='token'), decoder, and
+  length_predictor in padir mode (hidden + logits for 'mean', length_embedding + bias for
+  'token').
   """
 
   config: TransformerConfig
@@ -438,7 +568,10 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
     if cfg.is_padir:
-      self.length_predictor = LengthPredictor(cfg)
+      if cfg.length_pooling is LengthPooling.TOKEN:
+        self.length_predictor = LengthTokenPredictor(cfg)
+      else:
+        self.length_predictor = LengthPredictor(cfg)
 
   def encode(
       self,
@@ -450,22 +583,52 @@ class Transformer(nn.Module):
     """int [batch, input_length] -> [batch, input_length, embed].
 
     Bidirectional, padding (tokens > 0) masked; with segment ids a token attends only within
-    its segment (packed examples).
+    its segment (packed examples). With the [LENGTH] slot (length_pooling='token', padir mode)
+    the result is [batch, 1 + input_length, embed], the slot first: it is never masked, so it
+    attends to every source token and every source token attends to it. `decode` and
+    `predict_length` take this output as it is (`source_states` drops the slot).
     """
     if encoder_input_tokens.ndim != 2:
       raise ValueError(
           f"encoder_input_tokens must be [batch, length], got " f"{encoder_input_tokens.shape}"
       )
-    mask = masks.encoder_mask(encoder_input_tokens, encoder_segment_ids)
+    if self.config.has_length_slot:
+      if encoder_segment_ids is not None:
+        raise NotImplementedError("packed examples (segment ids) are unsupported for PaDIR")
+      # The slot is a valid position: a nonzero stand-in token makes its row and column unmasked.
+      slot = jnp.ones((encoder_input_tokens.shape[0], 1), encoder_input_tokens.dtype)
+      mask = masks.encoder_mask(jnp.concatenate([slot, encoder_input_tokens], axis=1))
+    else:
+      mask = masks.encoder_mask(encoder_input_tokens, encoder_segment_ids)
     return self.encoder(
         encoder_input_tokens, mask, encoder_positions, deterministic=not enable_dropout
     )
 
   def predict_length(self, encoded: Array, encoder_input_tokens: Array) -> Array:
-    """Length logits float32 [batch, max_target_length]; class j means length j + 1."""
-    if not self.config.is_padir:
+    """Length logits float32 [batch, max_target_length]; class j means length j + 1.
+
+    Args:
+      encoded: `encode`'s output ([batch, 1 + input_length, embed] with the [LENGTH] slot).
+      encoder_input_tokens: int [batch, input_length] (padding, and the source length of the
+        'offset' target).
+
+    With length_target='offset' the lengths out of reach (offset outside [-K, K]) have logit
+    layout.DISALLOWED_LENGTH_LOGIT.
+    """
+    cfg = self.config
+    if not cfg.is_padir:
       raise ValueError("predict_length needs decoder_mode='padir'")
-    return self.length_predictor(encoded, encoder_input_tokens)
+    _check_length_slot(cfg, encoded, encoder_input_tokens)
+    if cfg.has_length_slot:
+      logits = self.length_predictor(encoded[:, 0])
+    else:
+      logits = self.length_predictor(encoded, encoder_input_tokens)
+    if cfg.length_target is LengthTarget.OFFSET:
+      logits = layout.offset_length_logits(
+          logits, layout.sequence_lengths(encoder_input_tokens), cfg.max_target_length
+      )
+      logits = with_sharding_constraint(logits, ("batch", "length_classes"))
+    return logits
 
   def decode(
       self,
@@ -483,7 +646,8 @@ class Transformer(nn.Module):
     """Decoder logits float32 [batch, target_length, vocab].
 
     Args:
-      encoded: [batch, input_length, embed] from `encode`.
+      encoded: from `encode` ([batch, input_length, embed], or [batch, 1 + input_length, embed]
+        with the [LENGTH] slot, which the decoder does not see: `source_states`).
       encoder_input_tokens: int [batch, input_length], only for the padding mask.
       decoder_input_tokens: int [batch, target_length]: in padir mode the (partly masked or
         previous-pass) target; in AR mode the targets shifted right (BOS = 0); one token per
@@ -509,6 +673,7 @@ class Transformer(nn.Module):
             "packed examples (segment ids) are unsupported for PaDIR: the length classifier and "
             "the parallel decoder need one example per row; set pack=False"
         )
+      _check_length_slot(cfg, encoded, encoder_input_tokens)
       self_mask, cross_mask = masks.padir_decoder_masks(encoder_input_tokens, decoder_target_tokens)
     else:
       self_mask, cross_mask = masks.autoregressive_decoder_masks(
@@ -521,7 +686,7 @@ class Transformer(nn.Module):
     if not decode:
       _check_length(decoder_input_tokens, cfg.max_target_length, "target")
     return self.decoder(
-        encoded,
+        source_states(cfg, encoded),
         decoder_input_tokens,
         self_mask,
         cross_mask,
@@ -597,7 +762,8 @@ def encode_and_predict_length(
     dropout_rng: the encoder's 'dropout' key, needed with enable_dropout.
 
   Returns:
-    (encoded [batch, input_length, embed], length_logits float32 [batch, max_target_length]).
+    (encoded [batch, input_length, embed] ([batch, 1 + input_length, embed] with the [LENGTH]
+     slot: pass it on to `decode` as it is), length_logits float32 [batch, max_target_length]).
   """
   variables = {"params": params}
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}

@@ -6,6 +6,7 @@ loop's behaviour (early stop, freezing, re-masking) off the final tokens and pas
 """
 
 import dataclasses
+import functools
 import itertools
 
 import jax
@@ -403,8 +404,11 @@ def test_deterministic_given_rng_and_random_init_varies_with_it():
 # With the real network.
 
 
-def make_tiny_network(max_target_length):
-  """(module, params, inputs [2, 6]) of a 1+1-layer PaDIR network over a 16-id vocabulary."""
+def make_tiny_network(max_target_length, **overrides):
+  """(module, params, inputs [2, 6]) of a 1+1-layer PaDIR network over a 16-id vocabulary.
+
+  `overrides`: more TransformerConfig fields (e.g. the length predictor's).
+  """
   network = pytest.importorskip("padir_t5x.network")
   module = network.Transformer(
       network.tiny_config(
@@ -418,6 +422,7 @@ def make_tiny_network(max_target_length):
           max_input_length=8,
           max_target_length=max_target_length,
           dropout_rate=0.0,
+          **overrides,
       )
   )
   inputs = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, 9, EOS_ID, 0, 0, 0]], jnp.int32)
@@ -477,6 +482,33 @@ def test_decode_with_network(tiny_network):
   assert np.all((deduplicated[:, :, 1:] != deduplicated[:, :, :-1]) | (deduplicated[:, :, 1:] == 0))
   content = deduplicated[deduplicated > EOS_ID]
   assert np.all((content >= LOW) & (content < 14))
+
+
+@pytest.mark.parametrize(
+    "pooling, target", [("mean", "offset"), ("token", "absolute"), ("token", "offset")]
+)
+def test_decode_with_network_and_each_length_predictor(pooling, target):
+  k = 2
+  module, params, inputs = make_tiny_network(
+      8, length_pooling=pooling, length_target=target, max_length_offset=k
+  )
+  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14)
+  decode = functools.partial(
+      decoding.decode_with_network, module, params, inputs, jax.random.PRNGKey(1), config, 8
+  )
+  result = jax.tree.map(np.asarray, decode())
+  assert result.sequences.shape == (2, 3, 8) and result.scores.shape == (2, 3)
+  assert np.all(np.isfinite(result.scores)) and np.all(np.diff(result.scores, axis=1) >= 0)
+  if target == "offset":  # every candidate length is in reach: |length - source length| <= K
+    sources = np.sum(np.asarray(inputs) > 0, axis=-1)  # [4, 3]
+    assert np.all(np.abs(result.lengths - sources[:, None]) <= k)
+  if (pooling, target) == ("token", "offset"):
+    # encode's output, [LENGTH] slot included, can be passed in (its beam copies included).
+    encoded = module.apply({"params": params}, inputs, enable_dropout=False, method="encode")
+    assert encoded.shape[1] == inputs.shape[1] + 1
+    with_encoded = jax.tree.map(np.asarray, decode(encoded=encoded))
+    np.testing.assert_array_equal(result.sequences, with_encoded.sequences)
+    np.testing.assert_allclose(result.scores, with_encoded.scores, rtol=1e-5)
 
 
 def test_length_buckets():

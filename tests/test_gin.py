@@ -142,6 +142,10 @@ def test_padir_base_gin_defaults_are_the_library_defaults():
   assert model.loss_config == losses.PadirLossConfig(**vocab)
   assert model.decoding_config == decoding.DecodingConfig(**vocab, word_starts=model.word_starts)
   assert model.word_starts is not None  # filled in from the SentencePiece vocabulary
+  length_fields = ("length_pooling", "length_target", "max_length_offset")
+  library = network.TransformerConfig()
+  for field in length_fields:
+    assert getattr(model.module.config, field) == getattr(library, field), field
 
 
 def test_padir_gin_macros_reach_the_model():
@@ -158,9 +162,14 @@ def test_padir_gin_macros_reach_the_model():
           "LENGTH_BEAM = 2",
           "MAX_PASSES = 7",
           "STUTTER_UNIT = 'piece'",
+          "LENGTH_POOLING = 'token'",
+          "LENGTH_TARGET = 'offset'",
+          "MAX_LENGTH_OFFSET = 8",
       ],
   )
   model = captured["model"]
+  cfg = model.module.config
+  assert (cfg.length_pooling, cfg.length_target, cfg.max_length_offset) == ("token", "offset", 8)
   loss, decode = model.loss_config, model.decoding_config
   assert (loss.num_stages, loss.unmasking_rate, loss.length_loss_weight, loss.corruption) == (
       3,

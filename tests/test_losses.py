@@ -137,6 +137,49 @@ def test_length_cross_entropy_hand_example():
   np.testing.assert_array_equal(np.asarray(correct), [True, False, True])
 
 
+def _length_outputs(length_logits, lengths):
+  """StageOutputs with one stage of zero token logits, and targets of the given lengths."""
+  targets = np.zeros((len(lengths), LENGTH), np.int32)
+  for row, length in enumerate(lengths):
+    if length:
+      targets[row, : length - 1] = 5
+      targets[row, length - 1] = EOS_ID
+  logits = jnp.zeros((len(lengths), LENGTH, VOCAB_SIZE))
+  outputs = losses.StageOutputs((jnp.asarray(targets),), (logits,), jnp.asarray(length_logits))
+  return outputs, {"decoder_target_tokens": jnp.asarray(targets)}
+
+
+def test_length_accuracy_within_1_and_out_of_window_targets():
+  from padir_t5x import layout  # pylint: disable=g-import-not-at-top
+
+  off = layout.DISALLOWED_LENGTH_LOGIT
+  length_logits = np.log(np.full((5, LENGTH), 0.01, np.float32))
+  length_logits[0, 2] = length_logits[1, 3] = length_logits[2, 5] = 0.0  # argmax lengths 3, 4, 6
+  # Row 3: an offset predictor that reaches lengths 2..4 only; its target 7 is out of reach.
+  length_logits[3] = [off, 0.5, 0.0, -0.5, off, off, off, off]
+  lengths = [3, 5, 3, 7, 0]  # exact, off by one, off by three, out of reach, all-PAD row
+  outputs, batch = _length_outputs(length_logits, lengths)
+  config = losses.PadirLossConfig(num_stages=1, vocab_high=VOCAB_SIZE, z_loss=0.0)
+  _, metrics = losses.loss_from_outputs(outputs, batch, config)
+  assert float(metrics["num_examples"]) == 4
+  assert float(metrics["length_correct"]) == 1 and float(metrics["length_within_1_correct"]) == 2
+  assert float(metrics["length_accuracy"]) == pytest.approx(1 / 4)
+  assert float(metrics["length_accuracy_within_1"]) == pytest.approx(2 / 4)
+  # The out-of-reach target costs what its nearest reachable length (4) costs, not ~1e9.
+  log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(length_logits), -1))
+  expected = -sum(log_probs[row, length - 1] for row, length in enumerate([3, 5, 3, 4]))
+  assert float(metrics["length_loss"]) == pytest.approx(expected, rel=1e-5)
+  # The evaluation helper agrees with the training metrics.
+  accuracy = layout.length_accuracy(outputs.length_logits, batch["decoder_target_tokens"])
+  assert float(accuracy["length_accuracy"]) == pytest.approx(1 / 4)
+  assert float(accuracy["length_accuracy_within_1"]) == pytest.approx(2 / 4)
+  assert float(accuracy["num_examples"]) == 4
+  np.testing.assert_array_equal(
+      layout.nearest_allowed_lengths(jnp.asarray(length_logits), jnp.asarray(lengths)),
+      [3, 5, 3, 4, 0],
+  )
+
+
 def test_next_stage_inputs_pads_past_length_and_restores_eos():
   targets = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, EOS_ID, 0, 0, 0, 0]])
   # Argmax predicts token 9 everywhere, EOS never, non-PAD past the length.

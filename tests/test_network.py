@@ -4,6 +4,7 @@ Tiny shapes, mostly un-jitted applies (a jit compile per shape would cost more t
 """
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import pytest
 from flax import traverse_util
 
 from padir_t5x import layers
+from padir_t5x import layout
 from padir_t5x import network
 
 TINY = network.tiny_config(dropout_rate=0.1)
@@ -352,3 +354,214 @@ def test_autoregressive_packing_keeps_segments_apart(ar_vars):
   changed = run(enc.at[0, 1].set(60), dec_in.at[0, 2].set(60))  # both inside segment 1
   np.testing.assert_allclose(changed[0, 3:], logits[0, 3:], rtol=1e-5, atol=1e-5)
   assert not np.allclose(changed[0, 2], logits[0, 2], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Length-predictor variants (TransformerConfig.length_pooling / length_target).
+K = 3  # max_length_offset of the offset variants: every length of ENC's rows +- 3 fits the table
+LENGTH_VARIANTS = [
+    ("mean", "absolute"),
+    ("mean", "offset"),
+    ("token", "absolute"),
+    ("token", "offset"),
+]
+SOURCE_LENGTHS = np.sum(np.asarray(ENC) > 0, axis=-1)  # [5, 7]
+
+
+def _variant(pooling, target):
+  # Smaller than TINY (1+1 layers, width 32): four variants are initialised and differentiated.
+  return network.tiny_config(
+      emb_dim=32,
+      num_heads=2,
+      head_dim=16,
+      mlp_dim=64,
+      num_encoder_layers=1,
+      num_decoder_layers=1,
+      dropout_rate=0.0,
+      length_pooling=pooling,
+      length_target=target,
+      max_length_offset=K,
+  )
+
+
+@pytest.fixture(scope="module")
+def variant_vars():
+  return {v: _init(_variant(*v)) for v in LENGTH_VARIANTS}
+
+
+def _class_logits(module, variables, encoded):
+  """The predictor's own output (lengths or offsets), before predict_length converts it."""
+
+  def run(m, e, tokens):
+    return (
+        m.length_predictor(e[:, 0]) if m.config.has_length_slot else m.length_predictor(e, tokens)
+    )
+
+  return module.apply(variables, encoded, ENC, method=run)
+
+
+def test_length_config_fields_are_coerced_and_checked():
+  cfg = network.tiny_config(length_pooling="token", length_target="offset", max_length_offset=5)
+  assert cfg.length_pooling is network.LengthPooling.TOKEN
+  assert cfg == network.tiny_config(
+      length_pooling=network.LengthPooling.TOKEN,
+      length_target=network.LengthTarget.OFFSET,
+      max_length_offset=5,
+  )
+  assert cfg.num_length_classes == 11 and network.TINY_CONFIG.num_length_classes == 64
+  assert network.TINY_CONFIG.length_pooling == "mean"  # today's predictor stays the default
+  assert network.TINY_CONFIG.length_target == "absolute"
+  for field, value in [("length_pooling", "cls"), ("length_target", "ratio")]:
+    with pytest.raises(ValueError, match=field):
+      network.tiny_config(**{field: value})
+  for bad in (-1, 2.0, True):
+    with pytest.raises(ValueError, match="max_length_offset"):
+      network.tiny_config(max_length_offset=bad)
+
+
+@pytest.mark.parametrize("variant", LENGTH_VARIANTS, ids="-".join)
+def test_length_variants_give_logits_over_absolute_lengths(variant, variant_vars):
+  cfg = _variant(*variant)
+  module, variables = network.Transformer(cfg), variant_vars[variant]
+  logits, length_logits = module.apply(
+      variables, ENC, DEC_IN, TGT, enable_dropout=False, return_length_logits=True
+  )
+  assert logits.shape == (BATCH, OUT_LEN, cfg.vocab_size) and np.all(np.isfinite(logits))
+  assert length_logits.shape == (BATCH, cfg.max_target_length)
+  assert length_logits.dtype == jnp.float32 and np.all(np.isfinite(length_logits))
+  encoded = module.apply(variables, ENC, enable_dropout=False, method=module.encode)
+  assert encoded.shape == (BATCH, IN_LEN + (variant[0] == "token"), cfg.emb_dim)
+  class_logits = np.asarray(_class_logits(module, variables, encoded))
+  assert class_logits.shape == (BATCH, cfg.num_length_classes)
+  length_logits = np.asarray(length_logits)
+  if variant[1] == "absolute":
+    np.testing.assert_allclose(length_logits, class_logits, rtol=1e-6)
+    return
+  # Offsets: exactly the lengths source +- K are allowed, each with its offset's logit.
+  lengths = np.arange(1, cfg.max_target_length + 1)
+  allowed = np.abs(lengths[None, :] - SOURCE_LENGTHS[:, None]) <= K
+  assert np.all(length_logits[~allowed] == layout.DISALLOWED_LENGTH_LOGIT)
+  np.testing.assert_allclose(length_logits[allowed], class_logits.reshape(-1), rtol=1e-6)
+  np.testing.assert_array_equal(
+      np.argmax(length_logits, -1) + 1, SOURCE_LENGTHS + np.argmax(class_logits, -1) - K
+  )
+
+
+@pytest.mark.parametrize("variant", LENGTH_VARIANTS, ids="-".join)
+def test_a_length_loss_step_raises_the_true_length_log_prob(variant, variant_vars):
+  module, params = network.Transformer(_variant(*variant)), variant_vars[variant]["params"]
+  lengths = np.sum(np.asarray(TGT) > 0, axis=-1)  # [4, 6]: offsets -1 from the sources
+
+  def log_prob(p):
+    length_logits = network.encode_and_predict_length(module, p, ENC)[1]
+    log_probs = layout.length_log_probs(length_logits)
+    return jnp.mean(layout.lookup_length_log_probs(log_probs, jnp.asarray(lengths)))
+
+  before, grads = jax.jit(jax.value_and_grad(log_prob))(params)
+  after = log_prob(jax.tree.map(lambda p, g: p + 0.05 * g, params, grads))
+  assert np.isfinite(before) and after > before + 1e-4, (before, after)
+
+
+def test_length_token_slot_is_seen_by_the_length_predictor_only(variant_vars):
+  variant = ("token", "absolute")
+  cfg = _variant(*variant)
+  module, variables = network.Transformer(cfg), variant_vars[variant]
+  assert "length_token" in variables["params"]["encoder"]
+  assert variables["params_axes"]["encoder"]["length_token_axes"].names == ("embed",)
+  # The slot has its own vector, not a row of the encoder's position table (unchanged).
+  assert variables["params"]["encoder"]["position_embedder"]["embedding"].shape == (
+      cfg.max_input_length,
+      cfg.emb_dim,
+  )
+  encoded = module.apply(variables, ENC, enable_dropout=False, method=module.encode)
+  assert network.source_states(cfg, encoded).shape == (BATCH, IN_LEN, cfg.emb_dim)
+  decode = lambda e: module.apply(
+      variables, e, ENC, DEC_IN, TGT, enable_dropout=False, method=module.decode
+  )
+  predict = lambda e: module.apply(variables, e, ENC, method=module.predict_length)
+  logits = decode(encoded)
+  assert logits.shape == (BATCH, OUT_LEN, cfg.vocab_size)
+  # The decoder does not see the slot's state (row 0); the length predictor reads only it.
+  slot_changed = encoded.at[:, 0].add(3.0)
+  np.testing.assert_allclose(decode(slot_changed), logits, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(predict(slot_changed), predict(encoded), atol=1e-4)
+  source_changed = encoded.at[:, 1:].add(3.0)
+  np.testing.assert_allclose(predict(source_changed), predict(encoded), rtol=1e-6, atol=1e-6)
+  assert not np.allclose(decode(source_changed), logits, atol=1e-4)
+  # The slot attends to the source tokens, never to padding: more trailing padding changes no
+  # length logit and no valid source state, while a changed source token changes the length.
+  longer = jnp.pad(ENC, ((0, 0), (0, 3)))
+  encoded_longer = module.apply(variables, longer, enable_dropout=False, method=module.encode)
+  np.testing.assert_allclose(
+      module.apply(variables, encoded_longer, longer, method=module.predict_length),
+      predict(encoded),
+      rtol=1e-5,
+      atol=1e-5,
+  )
+  other_source = module.apply(
+      variables, ENC.at[:, 1].set(40), enable_dropout=False, method=module.encode
+  )
+  assert not np.allclose(predict(other_source), predict(encoded), atol=1e-4)
+  # encode's output is what decode and predict_length take; the source states alone are not.
+  with pytest.raises(ValueError, match="LENGTH"):
+    decode(encoded[:, 1:])
+
+
+def test_length_variant_parameters_use_known_axis_names(variant_vars):
+  for variables in variant_vars.values():
+    params, axes = _flat(variables["params"]), _flat(variables["params_axes"])
+    assert {k[:-1] + (k[-1] + "_axes",) for k in params} == set(axes)
+    for key, value in params.items():
+      names = axes[key[:-1] + (key[-1] + "_axes",)].names
+      assert len(names) == value.ndim and set(names) <= set(network.LOGICAL_AXIS_NAMES), key
+  table_axes = variant_vars[("token", "offset")]["params_axes"]["length_predictor"]
+  assert table_axes["length_embedding_axes"].names == ("length_classes", "embed")
+
+
+def test_offset_length_logits_mask_exactly_the_unreachable_lengths():
+  num_lengths, k = 6, 2
+  offset_logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2 * k + 1)), jnp.float32)
+  sources = np.array([1, 4, 7, 12])  # near length 1, inside, near the end, out of reach
+  logits = np.asarray(layout.offset_length_logits(offset_logits, jnp.asarray(sources), num_lengths))
+  assert logits.shape == (4, num_lengths) and logits.dtype == np.float32
+  for row, source in enumerate(sources):
+    for length in range(1, num_lengths + 1):
+      offset = length - source
+      expected = (
+          offset_logits[row, offset + k] if abs(offset) <= k else layout.DISALLOWED_LENGTH_LOGIT
+      )
+      assert logits[row, length - 1] == pytest.approx(float(expected)), (row, length)
+  # Safe downstream: no NaN even for the row with no reachable length (uniform), and the
+  # reachable lengths carry all the probability.
+  log_probs = np.asarray(layout.length_log_probs(jnp.asarray(logits)))
+  assert np.all(np.isfinite(log_probs))
+  np.testing.assert_allclose(np.exp(log_probs[3]), 1.0 / num_lengths, rtol=1e-6)
+  reachable = logits > layout.DISALLOWED_LENGTH_LOGIT
+  np.testing.assert_allclose(np.sum(np.exp(log_probs[:3]) * reachable[:3], -1), 1.0, rtol=1e-6)
+
+
+def test_core_checkpoint_carries_the_length_fields(tmp_path, variant_vars):
+  from padir_t5x import checkpoints  # pylint: disable=g-import-not-at-top
+
+  variant = ("token", "offset")
+  cfg = _variant(*variant)
+  checkpoints.save_checkpoint(str(tmp_path / "new"), variant_vars[variant]["params"], cfg, "padir")
+  meta = json.loads((tmp_path / "new" / "config.json").read_text())
+  assert meta["transformer"]["length_pooling"] == "token"
+  assert meta["transformer"]["length_target"] == "offset"
+  assert meta["transformer"]["max_length_offset"] == K
+  module, params, _ = checkpoints.load_checkpoint(str(tmp_path / "new"))
+  assert module.config == cfg
+  jax.tree.map(np.testing.assert_array_equal, variant_vars[variant]["params"], params)
+
+  # A config.json written before the fields existed loads with today's predictor.
+  old_cfg = _variant("mean", "absolute")
+  checkpoints.save_checkpoint(str(tmp_path / "old"), _init(old_cfg)["params"], old_cfg, "padir")
+  path = tmp_path / "old" / "config.json"
+  meta = json.loads(path.read_text())
+  for field in ("length_pooling", "length_target", "max_length_offset"):
+    del meta["transformer"][field]
+  path.write_text(json.dumps(meta))
+  module, _, _ = checkpoints.load_checkpoint(str(tmp_path / "old"))
+  assert module.config == dataclasses.replace(old_cfg, max_length_offset=32)
+  assert module.config.length_pooling is network.LengthPooling.MEAN
