@@ -38,6 +38,7 @@ import numpy as np
 
 from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import layout
 from padir_t5x import metrics
 from padir_t5x import shared_data
 from padir_t5x import textio
@@ -81,12 +82,12 @@ def length_accuracy(translator, sources: list[str], references: list[str]) -> di
     _, length_logits = network.encode_and_predict_length(
         translator.module, translator.params, tokens
     )
-    predicted = np.asarray(np.argmax(length_logits, axis=-1)) + 1  # class j = length j + 1
     gold = np.array(
         [len(translator.processor.encode(r)) + 1 for r in references[begin : begin + 64]]
-    )
-    exact += int(np.sum(predicted == gold))
-    within_one += int(np.sum(np.abs(predicted - gold) <= 1))
+    )  # EOS included
+    hits, near = layout.length_hits(length_logits, gold)
+    exact += int(np.sum(hits))
+    within_one += int(np.sum(near))
   return {
       "length_accuracy": exact / len(encoded),
       "length_accuracy_within_1": within_one / len(encoded),
