@@ -63,6 +63,9 @@ class RemaskMode(Mode):
 
   NONE = "none"
   STUTTER = "stutter"  # positions repeating their left neighbour's token
+  # Mask-predict (Ghazvininejad et al. 2019): after pass i of T, the floor((T - i - 1) / T * N)
+  # content positions (of N) whose prediction has the lowest log-prob.
+  LOW_CONFIDENCE = "low_confidence"
 
 
 class DecoderMode(Mode):
@@ -70,3 +73,10 @@ class DecoderMode(Mode):
 
   PADIR = "padir"  # parallel, bidirectional, positional attention; length classifier
   AUTOREGRESSIVE = "autoregressive"  # causal with a key/value cache: the AR twin and teacher
+
+
+class PredictionMode(Mode):
+  """Which log-probs a decoding pass's prediction is the argmax of (decoding.refinement_pass)."""
+
+  LAST = "last"  # this pass's
+  SUMMED = "summed"  # the sum of this and every earlier pass's (damps oscillation)
