@@ -53,10 +53,12 @@ from padir_t5x import textio
 from padir_t5x.checkpoints import CheckpointError
 from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
+from padir_t5x.modes import PredictionMode
 from padir_t5x.modes import RemaskMode
 
 # The PaDIR decoding fields the translator exposes (flags of the same names).
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup")
+PADIR_OPTIONS += ("inits_per_length", "length_offsets", "prediction")  # candidates; summing
 AR_OPTIONS = ("beam_size", "alpha")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
 # compile per width used), capped at the model's input length.
@@ -227,10 +229,15 @@ class Translator:
     if kind == "padir":
       config = decoding_config
       decodable = self.max_decode_length - config.min_length + 1
-      if config.length_beam > decodable:
+      if config.num_lengths > decodable:
+        offsets = (
+            f" with length_offsets {config.length_offsets} ({config.num_lengths} lengths)"
+            if config.length_offsets
+            else ""
+        )
         raise ValueError(
-            f"length_beam {config.length_beam} exceeds the {decodable} lengths this model can "
-            f"decode (max_target_length {self.max_decode_length})"
+            f"length_beam {config.length_beam}{offsets} exceeds the {decodable} lengths this "
+            f"model can decode (max_target_length {self.max_decode_length})"
         )
 
   @classmethod
@@ -251,9 +258,10 @@ class Translator:
         t5x.train wrote into the model directory).
       vocab_path: a SentencePiece model to use instead of the checkpoint's.
       kind: 'padir' or 'ar' to insist on one (CheckpointError naming config.json otherwise).
-      **options: length_beam, max_passes, init, remask, dedup (PaDIR; any other DecodingConfig
-        field too), beam_size, alpha (AR), batch_size, seed, strict. PaDIR decoding defaults
-        are the checkpoint's recorded "decoding" fields, then DecodingConfig's.
+      **options: length_beam, max_passes, init, remask, dedup, inits_per_length,
+        length_offsets, prediction (PaDIR; any other DecodingConfig field too), beam_size, alpha
+        (AR), batch_size, seed, strict. PaDIR decoding defaults are the checkpoint's recorded
+        "decoding" fields, then DecodingConfig's.
     """
     from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
 
@@ -451,6 +459,16 @@ def _positive_int(text: str) -> int:
   return value
 
 
+def _non_negative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+  return value
+
+
 def _non_negative_float(text: str) -> float:
   try:
     value = float(text)
@@ -487,6 +505,17 @@ def build_parser() -> argparse.ArgumentParser:
   padir.add_argument("--init", choices=[m.value for m in FillMode], help="first decoder input")
   padir.add_argument("--remask", choices=[m.value for m in RemaskMode], help="between passes")
   padir.add_argument("--dedup", choices=[m.value for m in DedupMode], help="final de-duplication")
+  padir.add_argument(
+      "--inits_per_length", type=_positive_int, help="random initialisations per length"
+  )
+  padir.add_argument(
+      "--length_offsets", type=_non_negative_int, help="also decode lengths L-r..L+r (r)"
+  )
+  padir.add_argument(
+      "--prediction",
+      choices=[m.value for m in PredictionMode],
+      help="argmax of the last pass's log-probs or of their sum over passes",
+  )
   ar = parser.add_argument_group("AR decoding")
   ar.add_argument("--beam_size", type=_positive_int, help="beam size (default 4)")
   ar.add_argument("--alpha", type=_non_negative_float, help="length penalty (default 0.6)")

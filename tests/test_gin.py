@@ -156,6 +156,9 @@ def test_padir_gin_macros_reach_the_model():
           "DECODING_INIT = 'mask'",
           "LENGTH_BEAM = 2",
           "MAX_PASSES = 7",
+          "LENGTH_OFFSETS = 1",
+          "DECODING_PREDICTION = 'summed'",
+          "REMASK = 'low_confidence'",
       ],
   )
   model = captured["model"]
@@ -167,6 +170,11 @@ def test_padir_gin_macros_reach_the_model():
       "mask",
   )
   assert (decode.init, decode.length_beam, decode.max_passes) == ("mask", 2, 7)
+  assert (decode.length_offsets, decode.prediction, decode.remask) == (
+      1,
+      "summed",
+      "low_confidence",
+  )
 
 
 @pytest.mark.parametrize("name", ["data_parallel.gin", "model_parallel.gin"])
