@@ -1,7 +1,9 @@
-"""Beam helpers with the names of t5x.decoding's, for PaDIR's length beam.
+"""Beam helpers with the names of t5x.decoding's, for PaDIR's hypotheses.
 
-Hypothesis rows are in flat_batch_beam_expand order: example 0's l hypotheses, then example 1's,
-and so on. Shapes: b = batch, l = beam, n = b * l.
+PaDIR's beam is an example's c = DecodingConfig.num_candidates hypotheses (its length beam, the
+length offsets, the initialisations per length). Hypothesis rows are in flat_batch_beam_expand
+order: example 0's c hypotheses, then example 1's, and so on. Shapes: b = batch, l = beam,
+n = b * l.
 """
 
 from __future__ import annotations

@@ -18,14 +18,15 @@ Array = jnp.ndarray
 
 
 def length_buckets(
-    max_decode_length: int, buckets: Sequence[int], length_beam: int, min_length: int
+    max_decode_length: int, buckets: Sequence[int], num_lengths: int, min_length: int
 ) -> tuple[int, ...]:
   """The usable decode lengths: the given ones below max_decode_length, then max_decode_length.
 
-  A bucket must hold `length_beam` distinct lengths >= min_length, or select_lengths could not
-  fill the beam.
+  An example decodes `num_lengths` distinct lengths >= min_length (DecodingConfig.num_lengths:
+  the length beam and its offsets), so its longest candidate needs at least
+  num_lengths + min_length - 1 positions: smaller buckets could never be chosen.
   """
-  smallest = length_beam + min_length - 1
+  smallest = num_lengths + min_length - 1
   usable = sorted({int(b) for b in buckets if smallest <= b < max_decode_length})
   return tuple(usable) + (max_decode_length,)
 

@@ -1,13 +1,15 @@
 """PaDIR inference: length beam, parallel decoding with iterative refinement, de-duplication.
 
 PaDIR (Li et al. 2024, Sec. 3 and App. L) decodes a whole target in parallel. The encoder runs
-once; a length classifier proposes the `length_beam` most likely target lengths; for each
-length, the decoder starts from an initial guess (uniform random tokens or [MASK]) with EOS at
-the end and PAD after it, and refines it: each pass reads the previous pass's argmax and
-predicts every position again. Decoding stops for an example once a pass no longer changes any
-of its hypotheses, or after `max_passes`. Hypotheses are then ranked by their (mean) token
-log-probability and, optionally, repeated tokens (the typical failure of parallel decoding) are
-removed (padir_t5x/dedup.py).
+once; a length classifier proposes the `length_beam` most likely target lengths (optionally
+widened by `length_offsets` around each, and each decoded from `inits_per_length` random
+initialisations: the candidates); for each candidate, the decoder starts from an initial guess
+(uniform random tokens or [MASK]) with EOS at the end and PAD after it, and refines it: each pass
+reads the previous pass's argmax (re-masked, padir_t5x/remasking.py) and predicts every position
+again. Decoding stops for an example once a pass no longer changes any of its hypotheses, or
+after `max_passes`. Hypotheses are then ranked by their (mean) token log-probability and,
+optionally, repeated tokens (the typical failure of parallel decoding) are removed
+(padir_t5x/dedup.py).
 
 `iterative_refinement_decode` is three steps: `length_beam` (which lengths), `refinement_pass`
 (one decoder call over every hypothesis, inside a lax.while_loop) and `finalise` (dedup, score,
@@ -16,8 +18,10 @@ functions; `decode_with_network` wires in `padir_t5x.network.Transformer` and is
 `PadirDecodeFn` of padir_t5x/models.py, which adapts the output (best hypothesis last along the
 beam axis, increasing score: the t5x convention). No t5x import.
 
-Shapes: b = batch, l = length_beam, n = b * l hypothesis rows, t = max_decode_length,
-V = vocabulary size (network output), L = number of length classes, k = dedup_top_k.
+Shapes: b = batch, l = length_beam, c = DecodingConfig.num_candidates hypotheses per example
+(l unless length_offsets or inits_per_length are set), n = b * c hypothesis rows,
+t = max_decode_length, V = vocabulary size (network output), L = number of length classes,
+k = dedup_top_k.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from padir_t5x import network
 from padir_t5x import remasking
 from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
+from padir_t5x.modes import PredictionMode
 from padir_t5x.modes import RemaskMode
 from padir_t5x.modes import ScoreMode
 from padir_t5x.modes import StutterUnit
@@ -78,7 +83,12 @@ class DecodingConfig:
       'mask' (mask_id).
     remask: RemaskMode: which positions of a pass's prediction are re-filled (as `init`) in the
       next pass's input, so that the decoder reconsiders them instead of copying them: 'none',
-      or 'stutter' (positions that repeat what precedes them: see `stutter_unit`).
+      or 'stutter' (positions that repeat what precedes them: see `stutter_unit`), or
+      'low_confidence' (mask-predict, Ghazvininejad et al. 2019: after pass i of T = max_passes, the
+      floor((T - i - 1) / T * N) of a row's N content positions with the lowest log-prob of
+      their current prediction; see remasking.remask_low_confidence). 'low_confidence' turns
+      off early stopping: its schedule means T passes (the input changes every pass, so an
+      unchanged prediction is no fixed point), and every example runs all of them.
     score: ScoreMode, the hypothesis score from the last pass's log-probs at the predicted
       content tokens (EOS excluded): 'mean', 'sum' or 'length_penalty'
       (sum / ((5 + length) / 6) ** alpha, GNMT-style, length with EOS).
@@ -118,6 +128,23 @@ class DecodingConfig:
       the config they already take, with no signature change (decode_fn, RefineFn), and as a
       static value (hashed once, compared by content) it is a V-bool constant of the program.
 
+    inits_per_length: random initialisations decoded per candidate length (rows that differ
+      only by their random initial tokens, drawn from the rng like every row's); the best
+      score wins among them as among lengths. > 1 needs init='random' ([MASK] initialisations
+      would all be equal).
+    length_offsets: radius r: each top-l length L also brings L-r..L+r (clipped to
+      min_length..max_decode_length), each scored with its own length log-prob. Candidate
+      lengths are distinct: a length already proposed (two top-l lengths' windows overlap, or
+      clipping folds a window onto its edge) is replaced by the most likely length not yet
+      proposed, so an example decodes exactly num_lengths = l * (2r + 1) distinct lengths.
+    prediction: PredictionMode: 'last' (a pass predicts the argmax of its own log-probs) or
+      'summed' (the argmax of the log-probs summed over the passes so far, which damps
+      oscillation between passes; combines with any `remask`). The score, the optimal dedup and
+      'low_confidence' then use the last pass's log-probs of those predicted tokens (the
+      model's belief about the final hypothesis given its final input). Early stopping with
+      'summed' needs a fixed point: the prediction unchanged and equal to the pass's own
+      argmax (an unchanged prediction alone could still flip under further summing).
+
   The defaults are the paper's headline setting (Li et al. 2024): 5 length candidates, 4 passes,
   stutter re-masking between passes.
   """
@@ -138,6 +165,9 @@ class DecodingConfig:
   length_buckets: tuple[int, ...] = (16, 32, 64, 128)
   stutter_unit: StutterUnit = StutterUnit.WORD
   word_starts: layout.WordStarts | None = None
+  inits_per_length: int = 1
+  length_offsets: int = 0
+  prediction: PredictionMode = PredictionMode.LAST
 
   def __post_init__(self):
     # Frozen: store members, so a config built from names equals (and hashes as, for jit) one
@@ -148,6 +178,7 @@ class DecodingConfig:
         ("score", ScoreMode),
         ("dedup", DedupMode),
         ("stutter_unit", StutterUnit),
+        ("prediction", PredictionMode),
     ):
       object.__setattr__(self, name, mode.coerce(getattr(self, name), name))
     if self.min_length < 1:
@@ -184,6 +215,25 @@ class DecodingConfig:
           f"word_starts covers {len(self.word_starts)} ids, fewer than vocab_high "
           f"{self.vocab_high}"
       )
+    if self.inits_per_length < 1:
+      raise ValueError(f"inits_per_length must be >= 1, got {self.inits_per_length}")
+    if self.inits_per_length > 1 and self.init is not FillMode.RANDOM:
+      raise ValueError(
+          f"inits_per_length={self.inits_per_length} needs init='random' ({str(self.init)!r} "
+          "initialisations of a length are all equal)"
+      )
+    if self.length_offsets < 0:
+      raise ValueError(f"length_offsets must be >= 0, got {self.length_offsets}")
+
+  @property
+  def num_lengths(self) -> int:
+    """Distinct lengths decoded per example: length_beam * (2 * length_offsets + 1)."""
+    return self.length_beam * (2 * self.length_offsets + 1)
+
+  @property
+  def num_candidates(self) -> int:
+    """Hypotheses per example (the DecodeResult beam axis): num_lengths * inits_per_length."""
+    return self.num_lengths * self.inits_per_length
 
   def stutter_word_starts(self) -> np.ndarray | None:
     """The `word_starts` argument of layout.stutter_mask for `stutter_unit`.
@@ -222,12 +272,14 @@ class DecodingConfig:
 class DecodeResult:
   """Decoded hypotheses, best last along the beam axis (increasing score, as t5x).
 
+  The beam axis holds c = DecodingConfig.num_candidates hypotheses (l by default).
+
   Attributes:
-    sequences: [b, l, t] int32 tokens after de-duplication: content, EOS, then PAD.
-    scores: [b, l] float32 hypothesis scores (see DecodingConfig.score), increasing along l.
-    lengths: [b, l] int32 hypothesis lengths (EOS included) as decoded, before de-duplication.
+    sequences: [b, c, t] int32 tokens after de-duplication: content, EOS, then PAD.
+    scores: [b, c] float32 hypothesis scores (see DecodingConfig.score), increasing along c.
+    lengths: [b, c] int32 hypothesis lengths (EOS included) as decoded, before de-duplication.
     passes: [b] int32 refinement passes the example ran (all its hypotheses together).
-    token_log_probs: [b, l, t] float32 log-prob of each token of the scored hypothesis (before
+    token_log_probs: [b, c, t] float32 log-prob of each token of the scored hypothesis (before
       'consecutive' de-duplication, the Viterbi tokens for 'optimal'); 0 at EOS and PAD.
   """
 
@@ -300,22 +352,87 @@ def select_lengths(
   return (top_classes + 1).astype(jnp.int32), top_log_probs
 
 
+def offset_lengths(
+    log_probs: Array, top_lengths: Array, length_offsets: int, min_length: int
+) -> Array:
+  """[b, l * (2r + 1)] int32 distinct lengths: L-r..L+r around each top length L, in order.
+
+  Each window is clipped to the decodable lengths (those of finite log-prob, a range
+  min_length..max). A length already proposed by an earlier slot (overlapping windows, or a
+  window clipped onto its edge) is replaced by the most likely length not yet proposed.
+
+  Args:
+    log_probs: [b, L] float32 length log-probs, -inf at the lengths that cannot be decoded
+      (layout.length_log_probs with max_length and min_length).
+    top_lengths: [b, l] int32 decodable lengths (select_lengths).
+    length_offsets: r >= 0.
+    min_length: shortest decodable length.
+
+  Returns:
+    [b, l * (2r + 1)] int32; the caller checks that l * (2r + 1) lengths are decodable.
+  """
+  batch_size, num_classes = log_probs.shape
+  decodable = jnp.isfinite(log_probs)  # [b, L]
+  longest = num_classes - jnp.argmax(decodable[:, ::-1], axis=-1)  # [b]
+  offsets = jnp.arange(-length_offsets, length_offsets + 1, dtype=jnp.int32)  # [2r + 1]
+  windows = top_lengths.astype(jnp.int32)[:, :, None] + offsets  # [b, l, 2r + 1]
+  windows = jnp.clip(windows, min_length, longest[:, None, None])  # [b, l, 2r + 1]
+  proposed = windows.reshape(batch_size, -1)  # [b, c']
+
+  def choose(used, length):
+    """used [b, L] bool (classes chosen so far), length [b] -> (used, chosen length [b])."""
+    rows = jnp.arange(batch_size)
+    taken = used[rows, length - 1]  # [b]
+    fallback = jnp.argmax(jnp.where(used, -jnp.inf, log_probs), axis=-1)  # [b] class
+    chosen = jnp.where(taken, fallback, length - 1)  # [b] class
+    return used.at[rows, chosen].set(True), (chosen + 1).astype(jnp.int32)
+
+  _, lengths = jax.lax.scan(choose, jnp.zeros_like(decodable), proposed.T)  # [c', b]
+  return lengths.T  # [b, c']
+
+
 def length_beam(
     length_logits: Array,
     config: DecodingConfig,
     max_decode_length: int,
     given_lengths: Array | None = None,
 ) -> tuple[Array, Array]:
-  """The lengths to decode and their log-probs: (lengths [b, l] int32, log_probs [b, l] f32).
+  """The candidates' lengths and log-probs: (lengths [b, c] int32, log_probs [b, c] f32).
 
-  The classifier's top-l (`select_lengths`), or `given_lengths` [b, l] (e.g. gold lengths for
-  analysis), clipped to 1..t, with their log-probs under the classifier renormalised over 1..t.
+  The classifier's top-l (`select_lengths`) with `offset_lengths` around them when
+  config.length_offsets > 0, or `given_lengths` [b, l'] (e.g. gold lengths for analysis; no
+  offsets) clipped to 1..t; log-probs are the classifier's, renormalised over the decodable
+  lengths. Each length is repeated config.inits_per_length times (adjacent rows), so
+  c = config.num_candidates (l' * inits_per_length for given lengths).
   """
-  if given_lengths is None:
-    return select_lengths(length_logits, config.length_beam, max_decode_length, config.min_length)
-  lengths = jnp.clip(given_lengths.astype(jnp.int32), 1, max_decode_length)
-  log_probs = layout.length_log_probs(length_logits, max_decode_length)
-  return lengths, layout.lookup_length_log_probs(log_probs, lengths)
+  if given_lengths is not None:
+    lengths = jnp.clip(given_lengths.astype(jnp.int32), 1, max_decode_length)
+    log_probs = layout.length_log_probs(length_logits, max_decode_length)
+    top_log_probs = layout.lookup_length_log_probs(log_probs, lengths)
+  elif config.length_offsets == 0:
+    lengths, top_log_probs = select_lengths(
+        length_logits, config.length_beam, max_decode_length, config.min_length
+    )
+  else:
+    num_classes = length_logits.shape[-1]
+    num_allowed = min(num_classes, max_decode_length) - (config.min_length - 1)
+    if config.num_lengths > num_allowed:
+      raise ValueError(
+          f"length_beam {config.length_beam} with length_offsets {config.length_offsets} asks "
+          f"for {config.num_lengths} distinct lengths, more than the {num_allowed} decodable "
+          f"ones ({config.min_length}..min({num_classes} classes, max_decode_length "
+          f"{max_decode_length}))"
+      )
+    top, _ = select_lengths(
+        length_logits, config.length_beam, max_decode_length, config.min_length
+    )  # [b, l]
+    log_probs = layout.length_log_probs(length_logits, max_decode_length, config.min_length)
+    lengths = offset_lengths(log_probs, top, config.length_offsets, config.min_length)
+    top_log_probs = layout.lookup_length_log_probs(log_probs, lengths)
+  if config.inits_per_length > 1:
+    lengths = jnp.repeat(lengths, config.inits_per_length, axis=1)
+    top_log_probs = jnp.repeat(top_log_probs, config.inits_per_length, axis=1)
+  return lengths, top_log_probs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,6 +485,8 @@ class RefinementState(flax.struct.PyTreeNode):
   candidate_log_probs: Array  # [n, t, k'] float32 their log-probs
   done: Array  # [b] bool: converged, frozen
   passes: Array  # [b] int32
+  # [n, t, V] float32 log-probs summed over the passes so far (prediction='summed'), else None.
+  log_prob_sum: Array | None = None
 
 
 def refinement_pass(
@@ -375,32 +494,57 @@ def refinement_pass(
 ) -> RefinementState:
   """One decoder call over all n rows; rows of converged examples keep their frozen state.
 
-  An example converges when no prediction of any of its l hypotheses changed (the first pass
-  always counts as a change: its "previous prediction" is the initial guess).
+  An example converges when no prediction of any of its c hypotheses changed (the first pass
+  always counts as a change: its "previous prediction" is the initial guess); with
+  prediction='summed' also every content prediction must equal the pass's own argmax (else
+  more summing could still flip it), and with remask='low_confidence' no example converges
+  before max_passes (see DecodingConfig.remask).
   """
   batch_size = state.done.shape[0]
   n = state.inputs.shape[0]
   beam = n // batch_size
   k = state.candidate_ids.shape[-1]
+  summed = config.prediction is PredictionMode.SUMMED
   logits = refine_fn(state.inputs, rows.length_mask)  # [n, t, V]
   log_probs = jax.nn.log_softmax(
       restrict_logits(logits, config.vocab_low, config.vocab_high), axis=-1
   )  # [n, t, V] float32, -inf outside the ordinary ids
-  # top_k's first entry is the argmax (lowest id among ties), so it is the prediction.
-  candidate_log_probs, candidate_ids = jax.lax.top_k(log_probs, k)  # [n, t, k] each
-  candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
+  if summed:
+    log_prob_sum = state.log_prob_sum + log_probs  # [n, t, V] float32
+    _, candidate_ids = jax.lax.top_k(log_prob_sum, k)  # [n, t, k] argmax of the sum first
+    candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
+    candidate_log_probs = jnp.take_along_axis(log_probs, candidate_ids, axis=-1)  # [n, t, k]
+  else:
+    log_prob_sum = state.log_prob_sum  # None
+    # top_k's first entry is the argmax (lowest id among ties), so it is the prediction.
+    candidate_log_probs, candidate_ids = jax.lax.top_k(log_probs, k)  # [n, t, k] each
+    candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
   predictions = layout.frame_tokens(candidate_ids[..., 0], rows.content, rows.eos)  # [n, t]
   changed_rows = jnp.any(predictions != state.predictions, axis=-1)  # [n]
+  if summed:
+    own_argmax = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [n, t] this pass alone
+    unsettled = rows.content & (own_argmax != candidate_ids[..., 0])  # [n, t]
+    changed_rows = changed_rows | jnp.any(unsettled, axis=-1)  # [n]
   changed = jnp.any(beam_lib.unflatten_beam_dim(changed_rows, batch_size, beam), axis=-1)  # [b]
   changed = changed | (state.step == 0)  # [b]
+  if config.remask is RemaskMode.LOW_CONFIDENCE:
+    changed = jnp.ones_like(changed)  # [b] the schedule runs all max_passes passes
   active = ~state.done  # [b] examples that take this pass
   active_rows = beam_lib.flat_batch_beam_expand(active, beam)  # [n]
   next_inputs = remasking.next_pass_inputs(
-      jax.random.fold_in(rng, state.step), predictions, rows.content, config, rows.table_length
+      jax.random.fold_in(rng, state.step),
+      predictions,
+      rows.content,
+      config,
+      rows.table_length,
+      confidence=candidate_log_probs[..., 0],
+      step=state.step,
   )  # [n, t]
 
-  def keep_frozen(new: Array, old: Array) -> Array:
-    """new where the row's example is active, else old; [n, ...] each."""
+  def keep_frozen(new: Array | None, old: Array | None) -> Array | None:
+    """new where the row's example is active, else old; [n, ...] each (None stays None)."""
+    if new is None:
+      return None
     return jnp.where(active_rows.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
 
   return RefinementState(
@@ -411,6 +555,7 @@ def refinement_pass(
       candidate_log_probs=keep_frozen(candidate_log_probs, state.candidate_log_probs),  # [n, t, k]
       done=state.done | (active & ~changed),  # [b]
       passes=state.passes + active.astype(jnp.int32),  # [b]
+      log_prob_sum=keep_frozen(log_prob_sum, state.log_prob_sum),  # [n, t, V] or None
   )
 
 
@@ -446,7 +591,7 @@ def finalise(
   Args:
     state: the loop's final state.
     rows: the rows' layout.
-    length_log_probs: [b, l] float32 log-probs of the rows' lengths.
+    length_log_probs: [b, c] float32 log-probs of the rows' lengths.
     config: DecodingConfig.
 
   Returns:
@@ -472,19 +617,19 @@ def finalise(
   )  # [n]
 
   # Each example's hypotheses by increasing score: best last, as t5x expects.
-  scores = beam_lib.unflatten_beam_dim(scores, batch_size, beam)  # [b, l]
-  order = jnp.argsort(scores, axis=-1, stable=True)  # [b, l]
+  scores = beam_lib.unflatten_beam_dim(scores, batch_size, beam)  # [b, c]
+  order = jnp.argsort(scores, axis=-1, stable=True)  # [b, c]
 
   def by_score(x: Array) -> Array:
-    """[n, ...] -> [b, l, ...] in score order."""
+    """[n, ...] -> [b, c, ...] in score order."""
     return beam_lib.gather_beams(beam_lib.unflatten_beam_dim(x, batch_size, beam), order)
 
   return DecodeResult(
-      sequences=by_score(sequences).astype(jnp.int32),  # [b, l, t]
-      scores=beam_lib.gather_beams(scores, order).astype(jnp.float32),  # [b, l]
-      lengths=by_score(rows.lengths).astype(jnp.int32),  # [b, l]
+      sequences=by_score(sequences).astype(jnp.int32),  # [b, c, t]
+      scores=beam_lib.gather_beams(scores, order).astype(jnp.float32),  # [b, c]
+      lengths=by_score(rows.lengths).astype(jnp.int32),  # [b, c]
       passes=state.passes,  # [b]
-      token_log_probs=by_score(token_log_probs).astype(jnp.float32),  # [b, l, t]
+      token_log_probs=by_score(token_log_probs).astype(jnp.float32),  # [b, c, t]
   )
 
 
@@ -502,9 +647,10 @@ def iterative_refinement_decode(
 ) -> DecodeResult:
   """Parallel decoding with iterative refinement over a beam of lengths.
 
-  All b * l hypotheses are decoded together as n rows in flat_batch_beam_expand order. Each
-  pass runs `refine_fn` on every row; rows of converged examples are still computed (one
-  batched call) but their result is discarded, so their tokens and pass count stay frozen.
+  All n = b * c hypotheses (c = config.num_candidates) are decoded together as n rows in
+  flat_batch_beam_expand order. Each pass runs `refine_fn` on every row; rows of converged
+  examples are still computed (one batched call) but their result is discarded, so their tokens
+  and pass count stay frozen.
 
   Args:
     refine_fn: one decoder pass, see `RefineFn`.
@@ -512,15 +658,17 @@ def iterative_refinement_decode(
     rng: PRNG key; the output is a deterministic function of it.
     config: DecodingConfig (static under jit).
     max_decode_length: t (static).
-    length_beam_lengths: optional [b, l] int32 lengths to decode instead of the classifier's
-      top-l (e.g. gold lengths for analysis); their log-probs are still read from the classifier.
+    length_beam_lengths: optional [b, l'] int32 lengths to decode instead of the classifier's
+      top-l and their offsets (e.g. gold lengths for analysis); their log-probs are still read
+      from the classifier; each is decoded config.inits_per_length times.
 
   Returns:
-    DecodeResult with b = length_logits.shape[0], l = config.length_beam, t = max_decode_length.
+    DecodeResult with b = length_logits.shape[0], c = config.num_candidates (or
+    l' * inits_per_length), t = max_decode_length.
   """
   lengths, length_log_probs = length_beam(
       length_logits, config, max_decode_length, length_beam_lengths
-  )  # [b, l] each
+  )  # [b, c] each
   return refine_lengths(refine_fn, lengths, length_log_probs, rng, config, max_decode_length)
 
 
@@ -537,8 +685,8 @@ def refine_lengths(
 
   Args:
     refine_fn: one decoder pass over [n, t] rows.
-    lengths: [b, l] int32 lengths to decode (<= t).
-    length_log_probs: [b, l] float32 their log-probs.
+    lengths: [b, c] int32 lengths to decode (<= t), one per hypothesis row.
+    length_log_probs: [b, c] float32 their log-probs.
     rng: PRNG key.
     config: DecodingConfig.
     max_decode_length: t, the positions refined.
@@ -546,7 +694,7 @@ def refine_lengths(
       t < T passes the full table's T so that its hypotheses equal the full table's.
 
   Returns:
-    DecodeResult with sequences [b, l, t].
+    DecodeResult with sequences [b, c, t].
   """
   t = max_decode_length
   batch_size, beam = lengths.shape
@@ -567,7 +715,11 @@ def refine_lengths(
       candidate_log_probs=jnp.zeros((n, t, k), jnp.float32),
       done=jnp.zeros((batch_size,), bool),
       passes=jnp.zeros((batch_size,), jnp.int32),
+      log_prob_sum=None,
   )
+  if config.prediction is PredictionMode.SUMMED:
+    num_ids = jax.eval_shape(refine_fn, inputs, rows.length_mask).shape[-1]  # V
+    initial_state = initial_state.replace(log_prob_sum=jnp.zeros((n, t, num_ids), jnp.float32))
 
   def not_finished(state: RefinementState) -> Array:
     return (state.step < config.max_passes) & ~jnp.all(state.done)
@@ -609,9 +761,10 @@ def _decode_with_network(
     length_logits = module.apply(
         {"params": params}, encoded, encoder_input_tokens, method="predict_length"
     )  # [b, L]
-  # The encoder runs once per example; its output is shared by the example's l hypotheses.
-  beam_encoded = beam_lib.flat_batch_beam_expand(encoded, config.length_beam)  # [n, s, d]
-  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, config.length_beam)  # [n, s]
+  # The encoder runs once per example; its output is shared by the example's c hypotheses.
+  c = config.num_candidates
+  beam_encoded = beam_lib.flat_batch_beam_expand(encoded, c)  # [n, s, d]
+  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, c)  # [n, s]
 
   def refine_fn(decoder_input_tokens, length_mask):
     return module.apply(
@@ -625,9 +778,10 @@ def _decode_with_network(
     )  # [n, t', V]
 
   t = max_decode_length
-  lengths, length_log_probs = length_beam(length_logits, config, t)  # [b, l] each
+  lengths, length_log_probs = length_beam(length_logits, config, t)  # [b, c] each
+  # The bucket must hold the longest candidate: an example's num_lengths lengths are distinct.
   buckets = bucketing.length_buckets(
-      t, config.length_buckets, config.length_beam, config.min_length
+      t, config.length_buckets, config.num_lengths, config.min_length
   )
 
   def decode_at(bucket: int):

@@ -135,9 +135,10 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     jax.random.PRNGKey(eval_corruption_seed), the same key for every eval batch, so that eval
     losses are comparable between checkpoints.
   score_decoder_input / score_seed: see `score_batch`.
-  default_decoder_params: t5x's DecoderParams. PaDIR's number of decodes is its length beam,
-    whose one source is decoding_config's length_beam: num_decodes must be 1 (t5x's default) or
-    equal to it.
+  default_decoder_params: t5x's DecoderParams. PaDIR's number of decodes is its number of
+    candidates (DecodingConfig.num_candidates: the length beam, times 2 * length_offsets + 1,
+    times inits_per_length), whose one source is decoding_config: num_decodes must be 1 (t5x's
+    default) or equal to it.
   """
 
   FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
@@ -174,12 +175,13 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     )
     if default_decoder_params is not None and default_decoder_params.num_decodes not in (
         1,
-        self._decoding_config.length_beam,
+        self._decoding_config.num_candidates,
     ):
       raise ValueError(
           f"default_decoder_params.num_decodes={default_decoder_params.num_decodes} contradicts "
-          f"decoding_config's length_beam={self._decoding_config.length_beam}: PaDIR's decodes "
-          "are its length candidates; set length_beam (gin LENGTH_BEAM) instead"
+          f"decoding_config's length_beam={self._decoding_config.length_beam} "
+          f"({self._decoding_config.num_candidates} candidates): PaDIR's decodes are its "
+          "candidates; set length_beam (gin LENGTH_BEAM) instead"
       )
     self._vocab_high = None
     self._word_starts = None
@@ -253,10 +255,12 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       decoder_params: DecodingConfig field -> value (static Python values: the config is a
         jit-static argument); t5x's 'decode_rng' and 'eos_id' keys are accepted and ignored
         here (see `split_decoder_params`).
-      num_decodes: number of returned hypotheses = length_beam.
+      num_decodes: number of returned hypotheses = num_candidates: sets length_beam to
+        num_decodes / (candidates per length), which must divide it.
 
     Raises:
-      ValueError: unknown field, or num_decodes contradicting decoder_params['length_beam'].
+      ValueError: unknown field, or num_decodes contradicting decoder_params['length_beam'] or
+        not a multiple of the candidates per length.
     """
     overrides, _ = split_decoder_params(decoder_params)
     return self._resolve_decoding_config(overrides, num_decodes)
@@ -266,12 +270,21 @@ class PadirModel(t5x_models.EncoderDecoderModel):
   ) -> decoding.DecodingConfig:
     overrides = dict(overrides)
     if num_decodes is not None:
-      if "length_beam" in overrides and overrides["length_beam"] != num_decodes:
+      # Candidates per length (1 unless length_offsets / inits_per_length are set).
+      per_length = dataclasses.replace(self.decoding_config, **{**overrides, "length_beam": 1})
+      beam, rest = divmod(int(num_decodes), per_length.num_candidates)
+      if rest:
+        raise ValueError(
+            f"num_decodes={num_decodes} is not a multiple of the {per_length.num_candidates} "
+            "candidates per length (length_offsets, inits_per_length)"
+        )
+      if "length_beam" in overrides and overrides["length_beam"] != beam:
         raise ValueError(
             f"num_decodes={num_decodes} contradicts decoder_params['length_beam']="
-            f"{overrides['length_beam']}: num_decodes is the length beam"
+            f"{overrides['length_beam']}: num_decodes is the length beam times the "
+            f"{per_length.num_candidates} candidates per length"
         )
-      overrides["length_beam"] = int(num_decodes)
+      overrides["length_beam"] = beam
     return dataclasses.replace(self.decoding_config, **overrides)
 
   # ----------------------------------------------------------------------------------------------
@@ -414,16 +427,17 @@ class PadirModel(t5x_models.EncoderDecoderModel):
         decoder_params['decode_rng'] if given, else PRNGKey(0) (deterministic).
       decoder_params: per-call overrides of any DecodingConfig field, e.g.
         {'max_passes': 10, 'length_beam': 3}; static Python values.
-      return_all_decodes: return every length candidate ([b, l, t], best last) instead of the
-        best ([b, t]). None: the default_decoder_params' value (False by default).
-      num_decodes: number of returned hypotheses, which for PaDIR is the length beam l
-        (overrides DecodingConfig.length_beam; None keeps it).
+      return_all_decodes: return every candidate ([b, c, t], c = DecodingConfig.num_candidates,
+        best last) instead of the best ([b, t]). None: the default_decoder_params' value (False
+        by default).
+      num_decodes: number of returned hypotheses c, which for PaDIR is the length beam l times
+        the candidates per length (sets DecodingConfig.length_beam; None keeps it).
       prompt_with_targets: unsupported (PaDIR has no decoder prompt): must be False.
 
     Returns:
-      (tokens, aux): tokens [b, t] (or [b, l, t]) int32, content then EOS then PAD, after the
-      configured de-duplication. aux: 'scores' [b] (or [b, l], increasing), 'lengths' [b] (or
-      [b, l]) hypothesis lengths with EOS before de-duplication, 'passes' [b] refinement passes.
+      (tokens, aux): tokens [b, t] (or [b, c, t]) int32, content then EOS then PAD, after the
+      configured de-duplication. aux: 'scores' [b] (or [b, c], increasing), 'lengths' [b] (or
+      [b, c]) hypothesis lengths with EOS before de-duplication, 'passes' [b] refinement passes.
     """
     if prompt_with_targets:
       raise ValueError("prompt_with_targets is not supported by PaDIR (no decoder prompt)")

@@ -63,6 +63,9 @@ class RemaskMode(Mode):
 
   NONE = "none"
   STUTTER = "stutter"  # stutter positions (StutterUnit: a repeated piece or whole word)
+  # Mask-predict (Ghazvininejad et al. 2019): after pass i of T, the floor((T - i - 1) / T * N)
+  # content positions (of N) whose prediction has the lowest log-prob.
+  LOW_CONFIDENCE = "low_confidence"
 
 
 class DecoderMode(Mode):
@@ -95,3 +98,10 @@ class LengthTarget(Mode):
 
   ABSOLUTE = "absolute"  # the target length, one class per length 1..max_target_length
   OFFSET = "offset"  # target length - source length, one class per offset in [-K, K]
+
+
+class PredictionMode(Mode):
+  """Which log-probs a decoding pass's prediction is the argmax of (decoding.refinement_pass)."""
+
+  LAST = "last"  # this pass's
+  SUMMED = "summed"  # the sum of this and every earlier pass's (damps oscillation)

@@ -53,11 +53,13 @@ from padir_t5x import textio
 from padir_t5x.checkpoints import CheckpointError
 from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
+from padir_t5x.modes import PredictionMode
 from padir_t5x.modes import RemaskMode
 from padir_t5x.modes import StutterUnit
 
 # The PaDIR decoding fields the translator exposes (flags of the same names).
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")
+PADIR_OPTIONS += ("inits_per_length", "length_offsets", "prediction")  # candidates; summing
 AR_OPTIONS = ("beam_size", "alpha")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
 # compile per width used), capped at the model's input length.
@@ -228,10 +230,15 @@ class Translator:
     if kind == "padir":
       config = decoding_config
       decodable = self.max_decode_length - config.min_length + 1
-      if config.length_beam > decodable:
+      if config.num_lengths > decodable:
+        offsets = (
+            f" with length_offsets {config.length_offsets} ({config.num_lengths} lengths)"
+            if config.length_offsets
+            else ""
+        )
         raise ValueError(
-            f"length_beam {config.length_beam} exceeds the {decodable} lengths this model can "
-            f"decode (max_target_length {self.max_decode_length})"
+            f"length_beam {config.length_beam}{offsets} exceeds the {decodable} lengths this "
+            f"model can decode (max_target_length {self.max_decode_length})"
         )
 
   @classmethod
@@ -252,10 +259,11 @@ class Translator:
         t5x.train wrote into the model directory).
       vocab_path: a SentencePiece model to use instead of the checkpoint's.
       kind: 'padir' or 'ar' to insist on one (CheckpointError naming config.json otherwise).
-      **options: length_beam, max_passes, init, remask, dedup, stutter_unit (PaDIR; any other
-        DecodingConfig field too), beam_size, alpha (AR), batch_size, seed, strict. PaDIR
-        decoding defaults are the checkpoint's recorded "decoding" fields, then
-        DecodingConfig's; vocab_high and word_starts come from the vocabulary.
+      **options: length_beam, max_passes, init, remask, dedup, stutter_unit, inits_per_length,
+        length_offsets, prediction (PaDIR; any other DecodingConfig field too), beam_size, alpha
+        (AR), batch_size, seed, strict. PaDIR decoding defaults are the checkpoint's recorded
+        "decoding" fields, then DecodingConfig's; vocab_high and word_starts come from the
+        vocabulary.
     """
     from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
     from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
@@ -457,6 +465,16 @@ def _positive_int(text: str) -> int:
   return value
 
 
+def _non_negative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+  return value
+
+
 def _non_negative_float(text: str) -> float:
   try:
     value = float(text)
@@ -497,6 +515,17 @@ def build_parser() -> argparse.ArgumentParser:
       "--stutter_unit",
       choices=[m.value for m in StutterUnit],
       help="what --remask stutter and --dedup consecutive remove: repeated words or pieces",
+  )
+  padir.add_argument(
+      "--inits_per_length", type=_positive_int, help="random initialisations per length"
+  )
+  padir.add_argument(
+      "--length_offsets", type=_non_negative_int, help="also decode lengths L-r..L+r (r)"
+  )
+  padir.add_argument(
+      "--prediction",
+      choices=[m.value for m in PredictionMode],
+      help="argmax of the last pass's log-probs or of their sum over passes",
   )
   ar = parser.add_argument_group("AR decoding")
   ar.add_argument("--beam_size", type=_positive_int, help="beam size (default 4)")

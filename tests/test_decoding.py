@@ -88,6 +88,11 @@ def _check_layout(result):
         (dict(dedup="optimal", dedup_top_k=1), "dedup_top_k"),
         (dict(vocab_low=1), "vocab_low"),
         (dict(vocab_high=3), "empty"),
+        (dict(inits_per_length=0), "inits_per_length"),
+        (dict(inits_per_length=2), "inits_per_length=2 needs init='random'"),
+        (dict(length_offsets=-1), "length_offsets"),
+        (dict(prediction="mean"), "unknown prediction"),
+        (dict(remask="lowest"), "unknown remask"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -189,6 +194,158 @@ def test_remask_stutter_with_random_init_draws_fresh_ordinary_tokens():
   assert len(np.unique(out[:, [1, 2, 4]])) > 3  # fresh random draws, not a constant
   other = remasking.remask_stutter(jax.random.PRNGKey(1), predictions, content, config)
   assert not np.array_equal(out, np.asarray(other))
+
+
+def _recording(refine):
+  """(refine', inputs): refine' appends each decoder input it is run on to `inputs`, in order."""
+  seen = []
+
+  def wrapped(tokens, length_mask):
+    jax.debug.callback(lambda x: seen.append(np.asarray(x)), tokens, ordered=True)
+    return refine(tokens, length_mask)
+
+  return wrapped, seen
+
+
+def _mask_count_confidence_refine(tokens, length_mask):
+  """Predicts 5 everywhere, with a confidence that depends on the position and on how many
+  [MASK] tokens the input holds (distinct over 8 neighbouring positions), so that the least
+  confident positions differ from pass to pass."""
+  del length_mask
+  masks = jnp.sum(tokens == MASK_ID, axis=-1, keepdims=True)  # [n, 1]
+  confidence = 1.0 + (5 * jnp.arange(tokens.shape[1])[None, :] + masks) % 8  # [n, t]
+  return confidence[..., None] * jax.nn.one_hot(jnp.full(tokens.shape, 5), V)
+
+
+def test_low_confidence_remasking_follows_the_mask_predict_schedule():
+  refine, seen = _recording(_mask_count_confidence_refine)
+  config = _config(length_beam=2, max_passes=3, remask="low_confidence")
+  result = decoding.iterative_refinement_decode(
+      refine, _length_logits([[9, 6]], 10), jax.random.PRNGKey(0), config, 10
+  )
+  # The prediction (5 everywhere) never changes after the first pass, yet the schedule runs all
+  # T passes: the input is re-masked less every pass.
+  np.testing.assert_array_equal(result.passes, [3])
+  assert len(seen) == 3
+  # Rows in length-beam order: length 9 (8 content positions), then 6 (5). Masks per pass input:
+  # all, then floor(N * (T - i) / T) (rounding would give 3 and 2 in the last pass).
+  for row, num_content, counts in ((0, 8, [8, 5, 2]), (1, 5, [5, 3, 1])):
+    masked = [np.flatnonzero(inputs[row, :num_content] == MASK_ID) for inputs in seen]
+    assert [len(m) for m in masked] == counts
+    for i in (1, 2):
+      # Exactly the least confident positions of the previous pass (its confidence depends on
+      # how many masks its input held).
+      confidence = 1 + (5 * np.arange(num_content) + counts[i - 1]) % 8
+      np.testing.assert_array_equal(masked[i], np.sort(np.argsort(confidence)[: counts[i]]))
+
+
+def test_low_confidence_remask_count_is_floored_and_ends_at_zero():
+  counts = [
+      np.asarray(remasking.low_confidence_count(jnp.array([10, 7, 1, 0]), jnp.asarray(i), 4))
+      for i in range(5)
+  ]
+  np.testing.assert_array_equal(
+      counts, [[7, 5, 0, 0], [5, 3, 0, 0], [2, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+  )
+
+
+# ----------------------------------------------------------------------------------------------
+# Summed log-probs.
+
+
+def test_summed_prediction_is_the_argmax_of_the_summed_log_probs():
+  # Random logits for each (input token, position): the passes' inputs differ, so do their
+  # logits. Rows: lengths 6 then 4.
+  table = 2.0 * jax.random.normal(jax.random.PRNGKey(3), (V, T, V))
+
+  def random_refine(tokens, length_mask):
+    del length_mask
+    return table[tokens, jnp.arange(tokens.shape[1])]
+
+  refine, seen = _recording(random_refine)
+  config = _config(length_beam=2, max_passes=4, prediction="summed", score="sum")
+  result = _decode(refine, _length_logits([[6, 4]]), config)
+  assert len(seen) == result.passes[0] > 1
+  log_probs = np.stack(
+      [jax.nn.log_softmax(decoding.restrict_logits(random_refine(x, None), LOW, V)) for x in seen]
+  )  # [passes, 2, T, V]
+  summed = np.argmax(log_probs.sum(axis=0), axis=-1)  # [2, T]
+  for j, length in enumerate(result.lengths[0]):
+    row = 0 if length == 6 else 1
+    np.testing.assert_array_equal(result.sequences[0, j, : length - 1], summed[row, : length - 1])
+    # The score is the last pass's log-probs of the predicted (summed-argmax) tokens.
+    expected = log_probs[-1, row, np.arange(length - 1), summed[row, : length - 1]].sum()
+    np.testing.assert_allclose(result.scores[0, j], expected, rtol=1e-5)
+  last = np.argmax(log_probs[-1], axis=-1)
+  assert np.any(summed[0, :5] != last[0, :5])  # the sum made a difference
+
+
+def _strong_then_weak_refine(tokens, length_mask):
+  """All-[MASK] content -> 5 with logit 3.5; any other input -> 6 with logit 1."""
+  content = (length_mask > 0) & (tokens != EOS_ID)
+  all_masked = jnp.all(jnp.where(content, tokens == MASK_ID, True), axis=-1, keepdims=True)
+  return jnp.where(
+      all_masked[..., None],
+      3.5 * jax.nn.one_hot(jnp.full(tokens.shape, 5), V),
+      jax.nn.one_hot(jnp.full(tokens.shape, 6), V),
+  )
+
+
+@pytest.mark.parametrize("prediction, expected_passes", [("last", 3), ("summed", 6)])
+def test_summed_prediction_stops_only_at_a_fixed_point(prediction, expected_passes):
+  """With 'summed', 5 leads 6 by 3.5 - 1 per later pass: passes 1-3 keep predicting 5 although
+  each of them alone predicts 6 (an unchanged prediction that is no fixed point), pass 4 flips
+  to 6 and pass 5 confirms it. 'last' predicts 6 from pass 1 and stops after pass 2."""
+  config = _config(max_passes=8, prediction=prediction)
+  result = _decode(_strong_then_weak_refine, _length_logits([[4]]), config)
+  np.testing.assert_array_equal(result.passes, [expected_passes])
+  np.testing.assert_array_equal(result.sequences[0, 0], [6, 6, 6, EOS_ID, 0, 0])
+
+
+# ----------------------------------------------------------------------------------------------
+# More candidates: initialisations per length, length offsets.
+
+
+def _copy_refine_confident_in_first_token(tokens, length_mask):
+  """Copies its input, more confidently the larger its first token (so the score ranks it)."""
+  del length_mask
+  return tokens[:, :1, None].astype(jnp.float32) * jax.nn.one_hot(tokens, V)
+
+
+def test_inits_per_length_decodes_distinct_initialisations_and_keeps_the_best():
+  config = _config(init="random", length_beam=2, inits_per_length=4, max_passes=1)
+  assert config.num_candidates == 8
+  result = _decode(_copy_refine_confident_in_first_token, _length_logits([[6, 4]]), config)
+  assert result.sequences.shape == (1, 8, T) and result.scores.shape == (1, 8)
+  np.testing.assert_array_equal(np.sort(result.lengths[0]), [4] * 4 + [6] * 4)
+  for length in (4, 6):
+    rows = result.sequences[0][result.lengths[0] == length]
+    assert len({tuple(r) for r in rows}) == 4  # one pass of a copy: 4 different random inits
+  _check_layout(result)
+  # The best score wins: the hypothesis with the largest first token (ties score equally).
+  assert np.all(np.diff(result.scores[0]) >= 0)
+  assert result.sequences[0, -1, 0] == result.sequences[0, :, 0].max()
+
+
+def test_length_offsets_give_distinct_clipped_lengths_with_their_own_log_probs():
+  logits = _length_logits([[8, 3, 5, 2, 4]])  # 8 classes; max_decode_length 8
+  config = _config(length_beam=2, length_offsets=1, min_length=2, init="random")
+  config = dataclasses.replace(config, inits_per_length=2)
+  assert (config.num_lengths, config.num_candidates) == (6, 12)
+  lengths, log_probs = jax.tree.map(np.asarray, decoding.length_beam(logits, config, 8))
+  # Around 8: 7, 8 and 9, clipped to 8, already taken, so the most likely free length (3);
+  # around 3: 2, then 3 (taken: the most likely free one, 5), then 4. Adjacent initialisations.
+  np.testing.assert_array_equal(lengths[0], np.repeat([7, 8, 3, 2, 5, 4], 2))
+  expected = np.asarray(layout.length_log_probs(logits, 8, min_length=2))[0, lengths[0] - 1]
+  np.testing.assert_allclose(log_probs[0], expected)
+  result = _decode(_length_dependent_refine, logits, config, max_decode_length=8)
+  np.testing.assert_array_equal(np.sort(result.lengths[0]), np.sort(lengths[0]))
+  _check_layout(result)
+  # Without offsets: the top-l lengths.
+  plain, _ = decoding.length_beam(logits, dataclasses.replace(config, length_offsets=0), 8)
+  np.testing.assert_array_equal(plain[0], [8, 8, 3, 3])
+  with pytest.raises(ValueError, match="length_offsets 2 asks for 10 distinct lengths"):
+    decoding.length_beam(logits, dataclasses.replace(config, length_offsets=2), 8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,6 +557,43 @@ def test_deterministic_given_rng_and_random_init_varies_with_it():
   np.testing.assert_array_equal(np.sort(first.lengths, axis=1), np.sort(other.lengths, axis=1))
 
 
+def _mixing_refine(tokens, length_mask):
+  """Position p predicts its input token plus its left neighbour's (mod the ordinary ids), with a
+  confidence that depends on the token: input-dependent, and it stutters now and then."""
+  del length_mask
+  previous = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)))
+  value = LOW + (tokens + previous) % (V - LOW)
+  return (1.0 + tokens % 3)[..., None] * jax.nn.one_hot(value, V)
+
+
+def test_default_options_decode_as_the_plain_algorithm():
+  """With the decoding options at their defaults (1 initialisation, no length offsets, 'last'
+  predictions) a decode is the plain algorithm written out here, with the same rng use: the
+  initial fill from split(rng)[0], re-mask fills from fold_in(split(rng)[1], pass)."""
+  config = _config(init="random", remask="stutter", length_beam=2, max_passes=6, score="sum")
+  logits = _length_logits([[6, 4]])
+  result = _decode(_mixing_refine, logits, config, rng=7)
+  lengths, _ = decoding.select_lengths(logits, 2, T)
+  content, eos, length_mask = layout.length_layout(lengths[0], T)
+  init_rng, loop_rng = jax.random.split(jax.random.PRNGKey(7))
+  inputs = layout.frame_tokens(config.fill(init_rng, (2, T)), content, eos)
+  previous = inputs
+  for step in range(config.max_passes):
+    log_probs = jax.nn.log_softmax(decoding.restrict_logits(_mixing_refine(inputs, None), LOW, V))
+    predictions = layout.frame_tokens(jnp.argmax(log_probs, axis=-1), content, eos)
+    if step and np.array_equal(predictions, previous):
+      break
+    previous = predictions
+    rng = jax.random.fold_in(loop_rng, step)
+    inputs = remasking.next_pass_inputs(rng, predictions, content, config)
+  np.testing.assert_array_equal(result.passes, [step + 1])
+  scores = jnp.sum(jnp.where(content, jnp.max(log_probs, axis=-1), 0.0), axis=-1)
+  for j, length in enumerate(result.lengths[0]):
+    row = list(np.asarray(lengths[0])).index(length)
+    np.testing.assert_array_equal(result.sequences[0, j], predictions[row])
+    np.testing.assert_allclose(result.scores[0, j], scores[row], rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # With the real network.
 
@@ -492,7 +686,7 @@ def test_decode_with_network_and_each_length_predictor(pooling, target):
   module, params, inputs = make_tiny_network(
       8, length_pooling=pooling, length_target=target, max_length_offset=k
   )
-  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14)
+  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14, stutter_unit="piece")
   decode = functools.partial(
       decoding.decode_with_network, module, params, inputs, jax.random.PRNGKey(1), config, 8
   )
@@ -574,3 +768,51 @@ def test_bucketed_decode_compiles_one_branch_per_bucket():
   )(params, inputs, jax.random.PRNGKey(0))
   (switch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "cond"]
   assert len(switch.params["branches"]) == 4  # buckets 8, 12, 16 and the full 24
+
+
+@pytest.fixture(scope="module")
+def favouring_network():
+  """A 24-position tiny network whose length classifier prefers lengths 5, 6, 7 (classes 4-6)."""
+  module, params, inputs = make_tiny_network(24)
+  bias = np.full((24,), -20.0, np.float32)
+  bias[[4, 5, 6]] = [3.0, 2.0, 1.0]
+  params = jax.tree.map(lambda x: x, params)
+  params["length_predictor"]["logits"]["bias"] = jnp.asarray(bias)
+  params["length_predictor"]["logits"]["kernel"] = jnp.zeros((32, 24))
+  return module, params, inputs
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(prediction="summed", length_offsets=1),
+        dict(remask="low_confidence", inits_per_length=2, dedup="optimal"),
+    ],
+)
+def test_decode_with_network_options_bucketed_and_not(options, favouring_network):
+  module, params, inputs = favouring_network
+  config = decoding.DecodingConfig(
+      length_beam=2, max_passes=3, vocab_high=14, length_buckets=(), **options
+  )
+  bucketed = dataclasses.replace(config, length_buckets=(8,))
+  rng = jax.random.PRNGKey(2)
+  full = jax.tree.map(
+      np.asarray, decoding.decode_with_network(module, params, inputs, rng, config, 24)
+  )
+  cut = jax.tree.map(
+      np.asarray, decoding.decode_with_network(module, params, inputs, rng, bucketed, 24)
+  )
+  c = config.num_candidates
+  assert cut.sequences.shape == full.sequences.shape == (2, c, 24)
+  assert cut.scores.shape == (2, c) and np.all(np.diff(cut.scores, axis=1) >= 0)
+  for lengths in cut.lengths:  # num_lengths distinct lengths, inits_per_length rows each
+    assert sorted(np.unique(lengths, return_counts=True)[1]) == [config.inits_per_length] * (
+        config.num_lengths
+    )
+    assert lengths.max() <= 8  # all in the 8-position bucket
+  if config.remask == "low_confidence":
+    np.testing.assert_array_equal(cut.passes, [3, 3])
+  np.testing.assert_array_equal(cut.sequences, full.sequences)
+  np.testing.assert_array_equal(cut.lengths, full.lengths)
+  np.testing.assert_array_equal(cut.passes, full.passes)
+  np.testing.assert_allclose(cut.scores, full.scores, rtol=1e-4, atol=1e-5)

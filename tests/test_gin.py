@@ -165,6 +165,9 @@ def test_padir_gin_macros_reach_the_model():
           "LENGTH_POOLING = 'token'",
           "LENGTH_TARGET = 'offset'",
           "MAX_LENGTH_OFFSET = 8",
+          "LENGTH_OFFSETS = 1",
+          "DECODING_PREDICTION = 'summed'",
+          "REMASK = 'low_confidence'",
       ],
   )
   model = captured["model"]
@@ -179,6 +182,11 @@ def test_padir_gin_macros_reach_the_model():
   )
   assert (decode.init, decode.length_beam, decode.max_passes) == ("mask", 2, 7)
   assert decode.stutter_unit == "piece"
+  assert (decode.length_offsets, decode.prediction, decode.remask) == (
+      1,
+      "summed",
+      "low_confidence",
+  )
 
 
 @pytest.mark.parametrize("name", ["data_parallel.gin", "model_parallel.gin"])

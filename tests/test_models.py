@@ -259,6 +259,14 @@ def test_default_num_decodes_must_agree_with_the_length_beam():
     _model(default_decoder_params=t5x_models.DecoderParams(num_decodes=3))
 
 
+def test_num_decodes_counts_every_candidate(model):
+  # With 2 initialisations per length, 4 decodes are a length beam of 2.
+  config = model.resolve_decoding_config({"inits_per_length": 2}, num_decodes=4)
+  assert (config.length_beam, config.num_candidates) == (2, 4)
+  with pytest.raises(ValueError, match="num_decodes=3 is not a multiple of the 2 candidates"):
+    model.resolve_decoding_config({"inits_per_length": 2}, num_decodes=3)
+
+
 def test_decode_fn_is_injectable(params):
   calls = []
 

@@ -208,6 +208,7 @@ def test_strict_fails_on_long_line_and_leaves_existing_output_untouched(ckpts, t
     [
         (["--length_beam", "0"], "--length_beam"),
         (["--init", "zeros"], "--init"),
+        (["--length_offsets", "-1"], "--length_offsets"),
         (["--batch_size", "x"], "--batch_size"),
         (["--input", "/nonexistent/in.de"], "--input"),
     ],
@@ -256,6 +257,29 @@ def test_stutter_unit_comes_from_flag_then_checkpoint_then_default(ckpts, tmp_pa
     translate.main(["--checkpoint", ckpts["ar"], "--input", source, "--stutter_unit", "piece"])
   assert exit_info.value.code == 2
   assert "argument --stutter_unit: does not apply to an AR model" in capsys.readouterr().err
+
+
+def test_decoding_option_flags(ckpts, tmp_path, capsys):
+  source = _write_lines(tmp_path / "in.de", SHORT[:2])
+  output = tmp_path / "out.en"
+  flags = ["--checkpoint", ckpts["padir"], "--input", source, "--output", str(output),
+           "--no_progress", "--details", "--init", "random"]  # fmt: skip
+  options = ["--remask", "low_confidence", "--prediction", "summed", "--inits_per_length", "2",
+             "--length_offsets", "1"]  # fmt: skip
+  assert translate.main(flags + options) == 0
+  rows = [row.split("\t") for row in output.read_text().splitlines()]
+  assert len(rows) == 2 and [row[3] for row in rows] == ["3", "3"]  # mask-predict: all T passes
+  # A PaDIR-only flag with an AR model: exit 2 before loading, naming the flag.
+  with pytest.raises(SystemExit) as exit_info:
+    translate.main(["--checkpoint", ckpts["ar"], "--input", source, "--prediction", "summed"])
+  assert exit_info.value.code == 2
+  assert "argument --prediction: does not apply to an AR model" in capsys.readouterr().err
+  # The options reach the decoding config; too many lengths for the model is an error.
+  options = dict(inits_per_length=2, length_offsets=1, prediction="summed", init="random")
+  config = Translator.from_checkpoint(ckpts["padir"], **options).decoding_config
+  assert (config.num_lengths, config.num_candidates, config.prediction) == (6, 12, "summed")
+  with pytest.raises(ValueError, match="length_offsets 3 .14 lengths. exceeds the 11"):
+    Translator.from_checkpoint(ckpts["padir"], length_offsets=3)
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
