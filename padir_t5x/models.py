@@ -46,6 +46,7 @@ from padir_t5x import network
 from padir_t5x import vocab as vocab_lib
 from padir_t5x.modes import DecoderMode
 from padir_t5x.modes import FillMode
+from padir_t5x.modes import UnmaskingRateMode
 
 Array = jnp.ndarray
 PyTree = Any
@@ -168,6 +169,15 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     # Validated here, once; vocab_high may stay None until the vocabulary is read.
     self._loss_config = config_from_fields(losses.PadirLossConfig, loss_config)
     self._decoding_config = config_from_fields(decoding.DecodingConfig, decoding_config)
+    if (
+        self._loss_config.unmasking_rate_mode is UnmaskingRateMode.GLANCING
+        and self._loss_config.glancing_anneals
+    ):
+      raise ValueError(
+          "glancing_ratio_end / glancing_anneal_steps anneal the glancing ratio by training "
+          "step, which T5X's loss_fn does not get: under T5X the ratio is fixed "
+          "(glancing_ratio); set glancing_ratio_end=None and glancing_anneal_steps=0"
+      )
     self._score_decoder_input = (
         None
         if score_decoder_input is None
@@ -368,8 +378,8 @@ class PadirModel(t5x_models.EncoderDecoderModel):
 
     t5x's entries (loss, z_loss, cross_ent_loss, accuracy, timing/*, ...) describe the last
     stage, what decoding converges to, with `loss` the whole multi-stage loss; added:
-    length_loss, length_accuracy, length_accuracy_within_1, and stage{s}/loss, stage{s}/accuracy
-    for every stage.
+    length_loss, length_accuracy, length_accuracy_within_1, stage{s}/loss, stage{s}/accuracy for
+    every stage, and the scalars of the training options in use (losses.option_metric_names).
     Ratios accumulate across batches as sum(correct) / sum(count) (clu Average).
     """
     targets = batch["decoder_target_tokens"]
@@ -401,6 +411,9 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       metrics[f"stage{s}/accuracy"] = clu_metrics.Average(
           total=m[f"stage{s}_correct"], count=m["num_tokens"]
       )
+    # The training options' own scalars (unmasking rate, glancing fractions, ...), per step.
+    for name in losses.option_metric_names(self._loss_config):
+      metrics[name] = metrics_lib.AveragePerStep(total=m[name])
     return metrics
 
   # ----------------------------------------------------------------------------------------------

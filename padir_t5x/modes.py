@@ -42,6 +42,23 @@ class FillMode(Mode):
   MASK = "mask"  # the [MASK] id
 
 
+class UnmaskingRateMode(Mode):
+  """How the stage-1 unmasking rate of each training example is chosen (losses.PadirLossConfig)."""
+
+  FIXED = "fixed"  # PadirLossConfig.unmasking_rate for every example (the paper's setting)
+  UNIFORM = (
+      "uniform"  # per example from U(low, high) (CMLM, SUNDAE, PaDIR's released code: U(0, 1))
+  )
+  GLANCING = "glancing"  # GLAT: reveal round(ratio * wrong tokens of a no-gradient first pass)
+
+
+class LossPositions(Mode):
+  """Which target positions a stage's token cross-entropy is taken over (losses.PadirLossConfig)."""
+
+  ALL = "all"  # every target position (weights: decoder_loss_weights, else targets > 0)
+  CORRUPTED = "corrupted"  # positions whose stage input is corrupted, plus EOS (see losses)
+
+
 class ScoreMode(Mode):
   """How a hypothesis is scored from its content-token log-probs (decoding.score_hypotheses)."""
 

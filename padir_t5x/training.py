@@ -135,15 +135,30 @@ def padir_loss_fn(
   return loss_fn
 
 
+def optimizer_step(opt_state) -> jax.Array | None:
+  """The number of updates `opt_state` has seen (int32 []), or None if its optimiser counts none.
+
+  Read from the first 'count' field of the state (optax's Adam, schedule and inject_hyperparams
+  states all keep one, equal to each other).
+  """
+  counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+  return counts[0][1] if counts else None
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Callable:
   """(params, opt_state, batch, rng) -> (params, opt_state, metrics of `loss_fn`), not jitted.
 
   The batch holds int32 'encoder_input_tokens' [B, S] and 'decoder_target_tokens' [B, T] as
-  jax arrays. Not jitted so that a caller may jit it (`train`) or compile it ahead of time for
-  each batch shape (the budget trainer).
+  jax arrays. `loss_fn` sees it with losses.TRAIN_STEP_FEATURE added: the number of optimizer
+  updates before this step (`optimizer_step`; 0 at the first step), which an annealed glancing
+  ratio reads (losses.glancing_ratio) and other losses ignore. Not jitted so that a caller may
+  jit it (`train`) or compile it ahead of time for each batch shape (the budget trainer).
   """
 
   def train_step(params, opt_state, batch, rng):
+    step = optimizer_step(opt_state)
+    if step is not None:
+      batch = {**batch, losses.TRAIN_STEP_FEATURE: step}
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics

@@ -184,3 +184,125 @@ def test_rejects_mask_id_that_collides_with_special_ids():
     corruption.corrupt_targets(
         jax.random.PRNGKey(0), _targets(), 0.5, vocab_high=None, mask_id=EOS_ID
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Training options: per-example rates, the (keep, random, mask) mix, glancing counts.
+
+
+def test_uniform_rates_lie_in_range_vary_across_rows_and_follow_the_rng():
+  rates = np.asarray(corruption.uniform_unmasking_rates(jax.random.PRNGKey(0), 256, 0.2, 0.6))
+  assert rates.shape == (256,) and rates.dtype == np.float32
+  assert rates.min() >= 0.2 and rates.max() < 0.6
+  assert len(np.unique(rates)) > 200  # varies across rows
+  assert abs(rates.mean() - 0.4) < 0.03  # uniform: mean (low + high) / 2, sd 0.0072 here
+  again = np.asarray(corruption.uniform_unmasking_rates(jax.random.PRNGKey(0), 256, 0.2, 0.6))
+  np.testing.assert_array_equal(rates, again)
+  other = np.asarray(corruption.uniform_unmasking_rates(jax.random.PRNGKey(1), 256, 0.2, 0.6))
+  assert not np.array_equal(rates, other)
+  constant = corruption.uniform_unmasking_rates(jax.random.PRNGKey(0), 4, 0.3, 0.3)
+  np.testing.assert_array_equal(np.asarray(constant), np.float32(0.3))
+
+
+@pytest.mark.parametrize("low, high", [(0.6, 0.4), (-0.1, 0.5), (0.5, 1.1)])
+def test_uniform_rates_reject_a_bad_range(low, high):
+  with pytest.raises(ValueError, match="low <= high"):
+    corruption.uniform_unmasking_rates(jax.random.PRNGKey(0), 4, low, high)
+
+
+def test_pure_mixes_are_the_two_fill_modes_number_for_number():
+  targets = _targets()
+  for seed in range(3):
+    rng = jax.random.PRNGKey(seed)
+    random_mode = corruption.corrupt_targets_with_mask(rng, targets, 0.3, vocab_high=VOCAB_HIGH)
+    random_mix = corruption.corrupt_targets_with_mask(
+        rng, targets, 0.3, vocab_high=VOCAB_HIGH, mask_id=MASK_ID, mix=corruption.RANDOM_MIX
+    )
+    mask_mode = corruption.corrupt_targets_with_mask(
+        rng, targets, 0.3, vocab_high=None, mask_id=MASK_ID
+    )
+    mask_mix = corruption.corrupt_targets_with_mask(
+        rng, targets, 0.3, vocab_high=None, mask_id=MASK_ID, mix=[0, 0, 1]
+    )
+    for a, b in [(random_mode, random_mix), (mask_mode, mask_mix)]:
+      np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+      np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+
+
+@pytest.mark.parametrize("mix", [(0.1, 0.1, 0.8), (0.5, 0.0, 0.5), (0.2, 0.5, 0.3)])
+def test_mix_proportions_hold_on_a_big_batch(mix):
+  # 4000 rows x 15 corruptible tokens, all selected (rate 0): 60,000 draws, so each observed
+  # share lies within 0.01 of its probability (the standard deviation is <= 0.0021).
+  vocab_high = 1000  # a random token equals the target with probability 1/996 only
+  targets = np.tile(np.r_[np.arange(10, 25), EOS_ID].astype(np.int32), (4000, 1))
+  corrupted, replaced = corruption.corrupt_targets_with_mask(
+      jax.random.PRNGKey(0), targets, 0.0, vocab_high=vocab_high, mask_id=MASK_ID, mix=mix
+  )
+  corrupted, replaced = np.asarray(corrupted), np.asarray(replaced)
+  assert replaced[:, :15].all() and not replaced[:, 15:].any()
+  selected, original = corrupted[replaced], targets[replaced]
+  keep, random, mask = mix
+  is_mask = selected == MASK_ID
+  is_kept = selected == original
+  is_random = ~is_mask & ~is_kept
+  assert abs(is_mask.mean() - mask) < 0.01
+  assert abs(is_kept.mean() - (keep + random / (vocab_high - FIRST_ORDINARY_ID))) < 0.01
+  assert abs(is_random.mean() - random) < 0.01
+  if random:
+    drawn = selected[is_random]
+    assert drawn.min() >= FIRST_ORDINARY_ID and drawn.max() < vocab_high
+  np.testing.assert_array_equal(corrupted[~replaced], targets[~replaced])
+
+
+@pytest.mark.parametrize(
+    "mix, match",
+    [
+        ((0.5, 0.6, 0.0), "sum to 1"),
+        ((-0.1, 0.6, 0.5), ">= 0"),
+        ((0.5, 0.5), "3 probabilities"),
+        ((0.5, float("nan"), 0.5), ">= 0"),
+        ("abc", "3 probabilities"),
+    ],
+)
+def test_bad_mix_is_rejected(mix, match):
+  with pytest.raises(ValueError, match=match):
+    corruption.corrupt_targets(
+        jax.random.PRNGKey(0), _targets(), 0.5, vocab_high=VOCAB_HIGH, mask_id=MASK_ID, mix=mix
+    )
+  with pytest.raises(ValueError, match="corruption_mix"):
+    corruption.check_mix(mix, "corruption_mix")
+
+
+def test_mix_shares_need_their_ids():
+  with pytest.raises(ValueError, match="vocab_high"):
+    corruption.corrupt_targets(
+        jax.random.PRNGKey(0), _targets(), 0.5, vocab_high=None, mask_id=MASK_ID, mix=(0, 0.5, 0.5)
+    )
+  with pytest.raises(ValueError, match="mask_id"):
+    corruption.corrupt_targets(
+        jax.random.PRNGKey(0), _targets(), 0.5, vocab_high=VOCAB_HIGH, mix=(0.5, 0, 0.5)
+    )
+  # A keep-only mix needs neither: selected positions keep their token.
+  kept = corruption.corrupt_targets(
+      jax.random.PRNGKey(0), _targets(), 0.0, vocab_high=None, mix=(1, 0, 0)
+  )
+  np.testing.assert_array_equal(np.asarray(kept), _targets())
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_glancing_reveals_round_ratio_times_wrong(ratio):
+  targets = _targets()
+  corruptible = (targets != PAD_ID) & (targets != EOS_ID)
+  # Wrong at every other position (and right everywhere else, EOS and PAD included).
+  wrong_at = corruptible & (np.arange(targets.shape[1]) % 2 == 0)
+  predictions = np.where(wrong_at, targets + 1, targets)
+  rates, revealed, wrong, num = corruption.glancing_unmasking_rates(predictions, targets, ratio)
+  expected_wrong = wrong_at.sum(-1)
+  np.testing.assert_array_equal(np.asarray(wrong), expected_wrong)
+  np.testing.assert_array_equal(np.asarray(num), corruptible.sum(-1))
+  expected_revealed = _expected_kept(ratio, expected_wrong)  # round(ratio * wrong), halves up
+  np.testing.assert_array_equal(np.asarray(revealed), expected_revealed)
+  # The rates make corruption_mask keep exactly the revealed count.
+  replaced = np.asarray(corruption.corruption_mask(jax.random.PRNGKey(0), targets, rates))
+  np.testing.assert_array_equal(corruptible.sum(-1) - replaced.sum(-1), expected_revealed)
+  assert np.all((np.asarray(rates) >= 0) & (np.asarray(rates) <= 1))

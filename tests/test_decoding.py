@@ -792,7 +792,7 @@ def favouring_network():
 def test_decode_with_network_options_bucketed_and_not(options, favouring_network):
   module, params, inputs = favouring_network
   config = decoding.DecodingConfig(
-      length_beam=2, max_passes=3, vocab_high=14, length_buckets=(), **options
+      length_beam=2, max_passes=3, vocab_high=14, length_buckets=(), stutter_unit="piece", **options
   )
   bucketed = dataclasses.replace(config, length_buckets=(8,))
   rng = jax.random.PRNGKey(2)

@@ -189,6 +189,40 @@ def test_padir_gin_macros_reach_the_model():
   )
 
 
+def test_padir_gin_training_option_macros_reach_the_model():
+  captured = _parse(
+      [GIN / "models" / "padir_tiny.gin"],
+      [
+          "DROPOUT_RATE = 0.0",
+          f"VOCAB_PATH = '{_quickstart_vocab_path()}'",
+          "UNMASKING_RATE_MODE = 'glancing'",
+          "UNMASKING_RATE_RANGE = (0.1, 0.9)",
+          "CORRUPTION_MIX = (0.1, 0.1, 0.8)",
+          "LOSS_POSITIONS = 'corrupted'",
+          "GLANCING_RATIO = 0.3",
+      ],
+  )
+  loss = captured["model"].loss_config
+  assert (loss.unmasking_rate_mode, loss.unmasking_rate_range, loss.corruption_mix) == (
+      "glancing",
+      (0.1, 0.9),
+      (0.1, 0.1, 0.8),
+  )
+  assert (loss.loss_positions, loss.glancing_ratio) == ("corrupted", 0.3)
+  # T5X's loss_fn gets no step: an annealed glancing ratio is refused up front.
+  with pytest.raises(ValueError, match="glancing_anneal_steps"):
+    _parse(
+        [GIN / "models" / "padir_tiny.gin"],
+        [
+            "DROPOUT_RATE = 0.0",
+            f"VOCAB_PATH = '{_quickstart_vocab_path()}'",
+            "UNMASKING_RATE_MODE = 'glancing'",
+            "GLANCING_RATIO_END = 0.3",
+            "GLANCING_ANNEAL_STEPS = 1000",
+        ],
+    )
+
+
 @pytest.mark.parametrize("name", ["data_parallel.gin", "model_parallel.gin"])
 def test_partitioning_rules_cover_every_network_axis(name):
   captured = _parse([GIN / "partitioning" / name], capture=("axis_rules",))

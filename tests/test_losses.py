@@ -5,6 +5,7 @@ not depend on padir_t5x.network) and, when padir_t5x/network.py exists, on the r
 with tiny_config().
 """
 
+import dataclasses
 import pathlib
 
 import flax.linen as nn
@@ -19,6 +20,8 @@ from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
 from padir_t5x import corruption
 from padir_t5x import losses
+from padir_t5x.modes import LossPositions
+from padir_t5x.modes import UnmaskingRateMode
 
 VOCAB_SIZE = 16  # ordinary tokens [4, 16)
 LENGTH = 8
@@ -198,6 +201,20 @@ def test_next_stage_inputs_pads_past_length_and_restores_eos():
         (dict(vocab_high=16, corruption="bert"), "corruption"),
         (dict(vocab_high=16, label_smoothing=1.0), "label_smoothing"),
         (dict(vocab_high=16, loss_normalizing_factor="PER_BATCH"), "loss_normalizing_factor"),
+        (dict(unmasking_rate_mode="annealed"), "unmasking_rate_mode"),
+        (dict(unmasking_rate_range=(0.6, 0.4)), "unmasking_rate_range"),
+        (dict(unmasking_rate_range=(0.0, 1.5)), "unmasking_rate_range"),
+        (dict(unmasking_rate_range=(0.5,)), "unmasking_rate_range"),
+        (dict(corruption_mix=(0.5, 0.6, 0.0)), "corruption_mix"),
+        (dict(corruption_mix=(-0.2, 0.6, 0.6)), "corruption_mix"),
+        (dict(corruption_mix=(0.5, 0.5)), "corruption_mix"),
+        (dict(vocab_high=4, corruption="mask", corruption_mix=(0, 1, 0)), "random tokens range"),
+        (dict(loss_positions="masked"), "loss_positions"),
+        (dict(glancing_ratio=1.5), "glancing_ratio"),
+        (dict(glancing_ratio_end=-0.1, glancing_anneal_steps=10), "glancing_ratio_end"),
+        (dict(glancing_anneal_steps=-1), "glancing_anneal_steps"),
+        (dict(glancing_ratio_end=0.3), "glancing_anneal_steps"),
+        (dict(glancing_anneal_steps=100), "glancing_ratio_end"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -586,3 +603,295 @@ def test_short_training_run_decreases_the_loss(module):
   assert np.isfinite(history).all()
   # Seen: the fake falls to ~5% of its start, the (shrunk) real network to ~50% in 30 steps.
   assert np.mean(history[-5:]) < 0.75 * np.mean(history[:5]), history
+
+
+# ----------------------------------------------------------------------------------------------
+# Training options: per-example rates, the corruption mix, corrupted-only loss, glancing.
+
+
+def test_option_fields_from_names_and_lists_equal_members_and_tuples():
+  # gin and command lines give names and lists; the config stores members and tuples.
+  from_names = losses.PadirLossConfig(
+      unmasking_rate_mode="uniform",
+      unmasking_rate_range=[0, 1],
+      corruption_mix=[0.1, 0.1, 0.8],
+      loss_positions="corrupted",
+  )
+  from_members = losses.PadirLossConfig(
+      unmasking_rate_mode=UnmaskingRateMode.UNIFORM,
+      unmasking_rate_range=(0.0, 1.0),
+      corruption_mix=(0.1, 0.1, 0.8),
+      loss_positions=LossPositions.CORRUPTED,
+  )
+  assert from_names == from_members and hash(from_names) == hash(from_members)
+  assert from_names.replacement_mix == (0.1, 0.1, 0.8)
+  assert losses.PadirLossConfig().replacement_mix == corruption.RANDOM_MIX
+  assert losses.PadirLossConfig(corruption="mask").replacement_mix == corruption.MASK_MIX
+
+
+def _legacy_multi_stage_loss(module, params, batch, rng, config):
+  """The loss as computed before the training options existed, from the primitives: stage 1
+  reads corruption_mask(first split key) filled by the fill mode from the second split key."""
+  targets = batch["decoder_target_tokens"]
+  rngs = losses.split_loss_rngs(rng, config.num_stages)
+  mask_rng, token_rng = jax.random.split(rngs.corruption)
+  replace = corruption.corruption_mask(mask_rng, targets, config.unmasking_rate)
+  if config.corruption == "mask":
+    fill = jnp.full(targets.shape, config.mask_id, targets.dtype)
+  else:
+    fill = jax.random.randint(token_rng, targets.shape, 4, config.vocab_high, dtype=targets.dtype)
+  decoder_input = jnp.where(replace, fill, targets)
+  weights = (targets > 0).astype(jnp.float32)
+  total, logits = 0.0, None
+  for stage in range(config.num_stages):
+    if stage:
+      decoder_input = losses.next_stage_inputs(logits, targets)
+    logits = _decode(
+        module, params, batch, decoder_input, rngs.encoder_dropout, rngs.stage_dropout[stage]
+    )
+    total += losses.token_cross_entropy(
+        logits, targets, weights, config.label_smoothing, config.z_loss
+    )[0]
+  encoded = module.apply(
+      {"params": params},
+      batch["encoder_input_tokens"],
+      method=type(module).encode,
+      rngs={"dropout": rngs.encoder_dropout},
+  )
+  length_logits = module.apply(
+      {"params": params}, encoded, batch["encoder_input_tokens"], method=type(module).predict_length
+  )
+  lengths = jnp.sum(targets > 0, -1)
+  length_loss = jnp.sum(losses.length_cross_entropy(length_logits, lengths)[0] * (lengths > 0))
+  return total + config.length_loss_weight * length_loss
+
+
+@pytest.mark.parametrize("fill", ["random", "mask"])
+def test_defaults_reproduce_the_loss_before_the_options(fake_module, fill):
+  # Same rng, same number: the options' defaults (fixed rate, pure mix, every position) add no
+  # random draw and change no weight. (Checked bit for bit against the previous commit too.)
+  batch = _copy_batch()
+  params = _init(fake_module, batch)
+  config = losses.PadirLossConfig(**{**CONFIG.__dict__, "corruption": fill})
+  for seed in range(3):
+    rng = jax.random.PRNGKey(seed)
+    loss, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, config)
+    expected = _legacy_multi_stage_loss(fake_module, params, batch, rng, config)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    assert not set(losses.option_metric_names(config)) and "unmasking_rate" not in metrics
+
+
+def _kept_counts(stage_input, targets):
+  corruptible = (targets != PAD_ID) & (targets != EOS_ID)
+  return np.sum(corruptible & (np.asarray(stage_input) == targets), -1), corruptible.sum(-1)
+
+
+def test_uniform_rate_mode_draws_each_row_its_own_rate(fake_module):
+  batch = _copy_batch(batch=16)
+  params = _init(fake_module, batch)
+  config = losses.PadirLossConfig(
+      num_stages=1,
+      corruption="mask",
+      unmasking_rate_mode="uniform",
+      unmasking_rate_range=(0.2, 0.9),
+  )
+  rng = jax.random.PRNGKey(3)
+  outputs = losses.multi_stage_forward(fake_module, params, batch, rng, config)
+  targets = np.asarray(batch["decoder_target_tokens"])
+  corruption_key = losses.split_loss_rngs(rng, 1).corruption
+  rates = np.asarray(
+      corruption.uniform_unmasking_rates(jax.random.fold_in(corruption_key, 1), 16, 0.2, 0.9)
+  )
+  assert rates.min() >= 0.2 and rates.max() < 0.9 and len(np.unique(rates)) == 16
+  kept, num = _kept_counts(outputs.stage_inputs[0], targets)  # [MASK] never equals a target
+  np.testing.assert_array_equal(kept, np.floor(rates * num.astype(np.float32) + 0.5))
+  _, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, config)
+  assert float(metrics["unmasking_rate"]) == pytest.approx(rates[num > 0].mean(), rel=1e-6)
+
+
+def test_corruption_mix_reaches_the_stage_one_input(fake_module):
+  batch = _copy_batch(batch=64)
+  params = _init(fake_module, batch)
+  config = losses.PadirLossConfig(
+      num_stages=1, unmasking_rate=0.0, vocab_high=VOCAB_SIZE, corruption_mix=(0.0, 0.0, 1.0)
+  )
+  rng = jax.random.PRNGKey(0)
+  outputs = losses.multi_stage_forward(fake_module, params, batch, rng, config)
+  mask_config = losses.PadirLossConfig(num_stages=1, unmasking_rate=0.0, corruption="mask")
+  mask_outputs = losses.multi_stage_forward(fake_module, params, batch, rng, mask_config)
+  # The mix overrides `corruption` ('random' here): (0, 0, 1) is the mask fill, number for number.
+  np.testing.assert_array_equal(
+      np.asarray(outputs.stage_inputs[0]), np.asarray(mask_outputs.stage_inputs[0])
+  )
+  bert = losses.PadirLossConfig(**{**config.__dict__, "corruption_mix": (0.2, 0.2, 0.6)})
+  _, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, bert)
+  assert 0.4 < float(metrics["corrupted_mask_fraction"]) < 0.8
+  assert 0.05 < float(metrics["corrupted_unchanged_fraction"]) < 0.4
+
+
+def test_corrupted_only_weights_are_the_replaced_positions_plus_eos(fake_module):
+  batch = _copy_batch(seed=2, batch=6)
+  targets = np.asarray(batch["decoder_target_tokens"])
+  user_weights = np.where(targets > 0, 1.0, 0.0).astype(np.float32)
+  user_weights[1] *= 0.5  # decoder_loss_weights multiply
+  batch = {**batch, "decoder_loss_weights": jnp.asarray(user_weights)}
+  params = _init(fake_module, batch)
+  config = losses.PadirLossConfig(
+      **{**CONFIG.__dict__, "unmasking_rate": 0.4, "loss_positions": "corrupted"}
+  )
+  rng = jax.random.PRNGKey(6)
+  outputs = losses.multi_stage_forward(fake_module, params, batch, rng, config, False)
+  rngs = losses.split_loss_rngs(rng, config.num_stages)
+  _, replaced = corruption.corrupt_targets_with_mask(
+      rngs.corruption, targets, 0.4, vocab_high=VOCAB_SIZE
+  )
+  replaced = np.asarray(replaced)
+  np.testing.assert_array_equal(np.asarray(outputs.stage1_replaced), replaced)
+  eos = targets == EOS_ID
+  expected = [user_weights * (replaced | eos)]
+  for stage in range(1, config.num_stages):
+    differs = np.asarray(outputs.stage_inputs[stage]) != targets
+    expected.append(user_weights * (differs | eos))
+  got = losses.stage_loss_weights(outputs, jnp.asarray(targets), jnp.asarray(user_weights), config)
+  for g, e in zip(got, expected):
+    np.testing.assert_array_equal(np.asarray(g), e)
+  assert 0 < expected[0].sum() < user_weights.sum()  # some positions left out, EOS kept
+  assert np.all(expected[0][eos] == user_weights[eos])
+
+  loss, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, config, False)
+  total = 0.0
+  for stage, weights in enumerate(expected, start=1):
+    stage_loss, _, _ = losses.token_cross_entropy(
+        outputs.stage_logits[stage - 1], jnp.asarray(targets), jnp.asarray(weights), 0.1, 1e-3
+    )
+    assert float(metrics[f"stage{stage}_loss"]) == pytest.approx(float(stage_loss), rel=1e-6)
+    assert float(metrics[f"stage{stage}_loss_tokens"]) == pytest.approx(weights.sum())
+    total += float(stage_loss)
+  # Accuracies stay over every target position.
+  assert float(metrics["num_tokens"]) == pytest.approx(user_weights.sum())
+  assert float(loss) == pytest.approx(
+      total + config.length_loss_weight * float(metrics["length_loss"]), rel=1e-5
+  )
+
+
+class ControlledPredictionNetwork(FakePadirNetwork):
+  """The fake, but every decoder pass predicts the target except at even content positions,
+  where it predicts another token: so each row's wrong predictions are known in advance."""
+
+  def decode(
+      self,
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      enable_dropout=True,
+  ):
+    logits = super().decode(
+        encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, enable_dropout
+    )
+    even = (jnp.arange(decoder_target_tokens.shape[1]) % 2 == 0)[None, :]
+    content = (decoder_target_tokens != PAD_ID) & (decoder_target_tokens != EOS_ID)
+    wrong_token = jnp.where(decoder_target_tokens == 4, 5, 4)
+    predicted = jnp.where(even & content, wrong_token, decoder_target_tokens)
+    return 0.0 * logits + 100.0 * jax.nn.one_hot(predicted, self.vocab_size)
+
+
+def _glancing_setup(**overrides):
+  module = ControlledPredictionNetwork()
+  batch = _copy_batch(seed=3, batch=12)
+  params = _init(module, batch)
+  fields = dict(num_stages=2, corruption="mask", unmasking_rate_mode="glancing")
+  config = losses.PadirLossConfig(**{**fields, **overrides})
+  targets = np.asarray(batch["decoder_target_tokens"])
+  content = (targets != PAD_ID) & (targets != EOS_ID)
+  wrong = np.sum(content & (np.arange(LENGTH) % 2 == 0), -1)
+  return module, batch, params, config, targets, wrong
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_glancing_reveals_round_ratio_times_wrong_tokens(ratio):
+  module, batch, params, config, targets, wrong = _glancing_setup(glancing_ratio=ratio)
+  rng = jax.random.PRNGKey(1)
+  outputs = losses.multi_stage_forward(module, params, batch, rng, config)
+  revealed, num = _kept_counts(outputs.stage_inputs[0], targets)  # the fill is [MASK]
+  expected = np.floor(np.float32(ratio) * wrong.astype(np.float32) + np.float32(0.5))
+  np.testing.assert_array_equal(revealed, expected)
+  # The rest is corrupted with the configured fill.
+  inside = (targets != PAD_ID) & (targets != EOS_ID)
+  stage1 = np.asarray(outputs.stage_inputs[0])
+  assert np.all((stage1 == targets) | (stage1 == MASK_ID) | ~inside)
+  _, metrics = losses.multi_stage_loss(module, params, batch, rng, config)
+  assert float(metrics["glancing_ratio"]) == pytest.approx(ratio)
+  assert float(metrics["glancing_wrong_fraction"]) == pytest.approx(wrong.sum() / num.sum())
+  assert float(metrics["glancing_revealed_fraction"]) == pytest.approx(expected.sum() / num.sum())
+  rows = num > 0
+  assert float(metrics["unmasking_rate"]) == pytest.approx(np.mean(expected[rows] / num[rows]))
+  assert set(losses.option_metric_names(config)) <= set(metrics)
+
+
+def test_glancing_positions_vary_with_the_rng():
+  module, batch, params, config, targets, _ = _glancing_setup(glancing_ratio=0.5)
+  a = losses.multi_stage_forward(module, params, batch, jax.random.PRNGKey(0), config)
+  b = losses.multi_stage_forward(module, params, batch, jax.random.PRNGKey(1), config)
+  assert not np.array_equal(np.asarray(a.stage_inputs[0]), np.asarray(b.stage_inputs[0]))
+  np.testing.assert_array_equal(
+      _kept_counts(a.stage_inputs[0], targets)[0], _kept_counts(b.stage_inputs[0], targets)[0]
+  )
+
+
+def test_glancing_ratio_anneals_with_the_step_feature():
+  module, batch, params, config, targets, wrong = _glancing_setup(
+      glancing_ratio=1.0, glancing_ratio_end=0.0, glancing_anneal_steps=10
+  )
+  np.testing.assert_allclose(
+      np.asarray(losses.glancing_ratio(config, jnp.array([0, 5, 10, 20]))), [1.0, 0.5, 0.0, 0.0]
+  )
+  assert float(losses.glancing_ratio(losses.PadirLossConfig(glancing_ratio=0.3))) == (
+      pytest.approx(0.3)
+  )
+  with pytest.raises(ValueError, match="glancing_anneal_steps"):
+    losses.multi_stage_forward(module, params, batch, jax.random.PRNGKey(0), config)
+  stepped = {**batch, losses.TRAIN_STEP_FEATURE: jnp.int32(5)}
+  outputs = losses.multi_stage_forward(module, params, stepped, jax.random.PRNGKey(0), config)
+  revealed, _ = _kept_counts(outputs.stage_inputs[0], targets)
+  np.testing.assert_array_equal(revealed, np.floor(0.5 * wrong + 0.5))
+
+
+def test_make_train_step_supplies_the_optimizer_step():
+  from padir_t5x import training  # pylint: disable=g-import-not-at-top
+
+  def loss_fn(params, batch, rng):
+    del rng
+    loss = jnp.sum(params["w"] ** 2)
+    return loss, {"step": batch[losses.TRAIN_STEP_FEATURE]}
+
+  optimizer = training.make_optimizer(training.TrainConfig(num_steps=5, warmup_steps=1))
+  params = {"w": jnp.ones(3)}
+  opt_state = optimizer.init(params)
+  step = jax.jit(training.make_train_step(loss_fn, optimizer))
+  seen = []
+  for _ in range(3):
+    params, opt_state, metrics = step(params, opt_state, {}, jax.random.PRNGKey(0))
+    seen.append(int(metrics["step"]))
+  assert seen == [0, 1, 2]
+
+
+def test_padir_base_gin_loss_macros_name_config_fields_with_its_defaults():
+  """Without t5x (tests/test_gin.py parses the whole file): every loss_config entry of
+  gin/models/padir_base.gin is a PadirLossConfig field, and its macro's value is the default."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+
+  text = (NETWORK_FILE.parents[1] / "gin" / "models" / "padir_base.gin").read_text()
+  block = re.search(r"loss_config = \{(.*?)\}", text, flags=re.S).group(1)
+  entries = dict(re.findall(r"'(\w+)': %(\w+)", block))
+  macros = {
+      name: ast.literal_eval(value.split("#")[0].strip())
+      for name, value in re.findall(r"^([A-Z_]+) = (.*)$", text, flags=re.M)
+      if name in entries.values()
+  }
+  assert set(entries) <= {f.name for f in dataclasses.fields(losses.PadirLossConfig)}
+  for field in ("unmasking_rate_mode", "corruption_mix", "loss_positions", "glancing_ratio"):
+    assert entries[field] == field.upper()
+  config = losses.PadirLossConfig(**{field: macros[m] for field, m in entries.items()})
+  assert config == losses.PadirLossConfig()

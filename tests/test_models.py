@@ -153,6 +153,29 @@ def test_loss_fn_is_the_core_multi_stage_loss(model, params):
   )
 
 
+def test_loss_fn_runs_the_training_options_through_the_core_loss(params):
+  # Same params as `model` (same module, vocabularies); only the loss config differs.
+  options = {
+      "unmasking_rate_mode": "glancing",
+      "glancing_ratio": 0.5,
+      "corruption_mix": (0.1, 0.1, 0.8),
+      "loss_positions": "corrupted",
+  }
+  model = _model(loss_config=options)
+  batch = _batch()
+  rng = jax.random.PRNGKey(3)
+  loss, metrics = jax.jit(model.loss_fn)(params, batch, rng)
+  expected, core = losses.multi_stage_loss(model.module, params, batch, rng, model.loss_config)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  names = losses.option_metric_names(model.loss_config)
+  assert {"unmasking_rate", "glancing_revealed_fraction", "stage2_loss_tokens"} <= set(names)
+  for name in names:
+    assert isinstance(metrics[name], t5x.metrics.AveragePerStep), name
+    np.testing.assert_allclose(metrics[name].compute(), core[name], rtol=1e-5)
+  with pytest.raises(ValueError, match="glancing_anneal_steps"):
+    _model(loss_config={**options, "glancing_ratio_end": 0.3, "glancing_anneal_steps": 100})
+
+
 def test_loss_fn_draws_corruption_and_dropout_from_the_rng(model, params):
   batch = _batch()
   a, _ = model.loss_fn(params, batch, jax.random.PRNGKey(1))
