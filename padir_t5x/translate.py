@@ -565,18 +565,6 @@ def _progress_bar(total: int):
   return update, close
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def _described_file(checkpoint: str) -> str:
   """The file that says what a checkpoint holds: a core checkpoint's config.json, else the dir."""
   config = os.path.join(checkpoint, checkpoints.CONFIG_FILE)
@@ -653,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
   else:
-    _write_atomically(args.output, data)
+    textio.write_atomically(args.output, data)
   print(f"{prog}: {report.line()} (model load {load_seconds:.1f} s)", file=sys.stderr)
   return 0
 

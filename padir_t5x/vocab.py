@@ -244,12 +244,12 @@ def train_sentencepiece(
   if directory:
     os.makedirs(directory, exist_ok=True)
   model_path = output_prefix + ".model"
-  _atomic_write(model_path, model_bytes)
+  textio.write_atomically(model_path, model_bytes)
   vocab_lines = "".join(
       f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n"
       for i in range(processor.get_piece_size())
   )
-  _atomic_write(output_prefix + ".vocab", vocab_lines.encode("utf-8"))
+  textio.write_atomically(output_prefix + ".vocab", vocab_lines.encode("utf-8"))
   logging.info(
       "wrote %s (%d pieces from %d sentences)", model_path, processor.get_piece_size(), len(data)
   )
@@ -271,13 +271,6 @@ def ensure_pair_vocabulary(
     lines = [line for line in read_lines(files) if line.strip()]
     train_sentencepiece(lines, prefix, vocab_size=vocab_size, seed=seed, num_threads=2)
   return prefix + ".model"
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 def task_sentences(task_name: str, split: str = "train") -> Iterator[str]:
