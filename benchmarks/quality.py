@@ -54,7 +54,7 @@ def parse_setting(spec: str) -> tuple[str, list[str]]:
 
 def train_record(checkpoint_dir: str) -> dict:
   """The budget a checkpoint was trained with, from its config.json's train record."""
-  record = checkpoints.read_config(checkpoint_dir).get("train_record") or {}
+  record = checkpoints.read_config(checkpoint_dir).get("train") or {}
   return {
       "steps": record.get("steps"),
       "minutes": round(record["seconds"] / 60.0, 1) if "seconds" in record else None,

@@ -185,7 +185,13 @@ def save_tiny_checkpoints(directory, vocab_path: str, vocab_high: int) -> None:
     x = jnp.ones((1, 40), jnp.int32)
     params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
     checkpoints.save_checkpoint(
-        str(directory / kind), params, cfg, kind, vocab_model=vocab_path, vocab_high=vocab_high
+        str(directory / kind),
+        params,
+        cfg,
+        kind,
+        vocab_model=vocab_path,
+        vocab_high=vocab_high,
+        train_record={"budget": "steps", "steps": 7, "seconds": 90.0, "target_tokens_seen": 700},
     )
 
 
@@ -377,7 +383,8 @@ def test_distil_then_quality_on_tiny_checkpoints(tmp_path, tiny_vocab_path):
   ]
   for row in rows.values():
     assert {"bleu", "chrf", "stutter_rate", "decoder_passes_per_sentence", "train"} <= set(row)
-    assert set(row["train"]) >= {"steps", "minutes", "target_tokens", "budget"}
+    expected = {"steps": 7, "minutes": 1.5, "target_tokens": 700, "budget": "steps"}
+    assert {k: row["train"][k] for k in expected} == expected  # read from the checkpoint
     assert 0.0 <= row["bleu"] <= 100.0
   assert 1.0 <= rows[("padir_raw", "T=4,l=5")]["decoder_passes_per_sentence"] <= 4.0
   assert rows[("padir_raw", "T=2,l=1,mask")]["decoder_passes_per_sentence"] <= 2.0
