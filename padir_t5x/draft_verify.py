@@ -12,7 +12,9 @@ Used together (speculative decoding with a non-autoregressive drafter, Xia et al
    round gains at least one token;
 4. PaDIR re-drafts the rest with the kept prefix forced (`decoding.refine_lengths`' `forced`),
    over its length beam restricted to lengths that hold the prefix and an EOS
-   (`constrained_length_beam`), in `redraft_passes` passes;
+   (`constrained_length_beam`), in `redraft_passes` passes; or, with `reuse_drafts`, the next
+   round first verifies the same draft with the AR token in place of the rejected one (no
+   PaDIR pass), re-drafting only once the kept prefix has reached the draft's EOS;
 5. repeat until the AR model accepts an EOS or the prefix fills the table.
 
 In 'strict' mode (modes.VerifyMode) every kept token is the AR model's greedy choice given the
@@ -30,7 +32,7 @@ One jitted decode (`draft_verify_decode`): the rounds are a lax.while_loop over 
 which rows finish independently (a finished row's later rounds are computed and discarded). As
 in `decoding.decode_with_network`, each round drafts and verifies only the smallest length
 bucket (DecodingConfig.length_buckets) that holds its longest candidate length, chosen inside
-jit by lax.switch. No t5x import.
+jit by lax.switch (the AR verification likewise, by the draft's length). No t5x import.
 
 Shapes: b = batch, s = source length, c = DecodingConfig.num_candidates drafts per example,
 n = b * c, t = max_decode_length, t' = the round's bucket (<= t), L = length classes,
@@ -76,6 +78,13 @@ class DraftVerifyConfig:
     top_k: 'tolerant': a draft token must be among the AR model's top_k tokens ...
     margin: ... and its log-prob at most `margin` nats below the best one. Ignored by 'strict';
       'tolerant' with top_k=1 (or margin=0) keeps what 'strict' keeps.
+    reuse_drafts: after a disagreement, the next round verifies the same draft with the AR
+      model's token in place of the rejected one (no PaDIR pass: one sequential call), and PaDIR
+      re-drafts only once the kept prefix has reached that draft's EOS. Right when the drafter's
+      error was a substitution; after an insertion or deletion the rest is misaligned and costs
+      a round per token, as AR greedy would. (In a batch, a round drafts for every row when one
+      row needs it; only the rows that need a draft take it, so a row's output and counts do not
+      depend on its batch, up to the drafter's random fill.)
   """
 
   decoding: decoding.DecodingConfig = dataclasses.field(default_factory=decoding.DecodingConfig)
@@ -83,6 +92,7 @@ class DraftVerifyConfig:
   verify: VerifyMode = VerifyMode.STRICT
   top_k: int = 3
   margin: float = 1.0
+  reuse_drafts: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "verify", VerifyMode.coerce(self.verify, "verify"))
@@ -213,6 +223,8 @@ class _State(flax.struct.PyTreeNode):
   rounds: Array  # [b] int32
   passes: Array  # [b] int32
   accepted: Array  # [b] int32
+  # [b, t] int32 the kept prefix followed by the rest of the last draft (reuse_drafts).
+  draft: Array
 
 
 @functools.partial(
@@ -231,6 +243,7 @@ def _draft_verify_decode(
   t = max_decode_length
   b = encoder_input_tokens.shape[0]
   c = config.decoding.num_candidates
+  positions = jnp.arange(t)[None, :]  # [1, t]
   padir_encoded, length_logits = network.encode_and_predict_length(
       padir_module, padir_params, encoder_input_tokens
   )  # [b, s(+1), d], [b, L]
@@ -242,6 +255,7 @@ def _draft_verify_decode(
   allowed = jnp.asarray(
       ar_decoding.allowed_token_mask(ar_module.config.vocab_size, config.decoding.vocab_high)
   )  # [V] as greedy_reference's
+  verify_buckets = bucketing.length_buckets(t, config.decoding.length_buckets, 1, 1)
 
   def refine_fn(decoder_input_tokens, length_mask):
     return padir_module.apply(
@@ -254,8 +268,8 @@ def _draft_verify_decode(
         method="decode",
     )  # [n, t', V]
 
-  def round_at(width: int, draft_config: decoding.DecodingConfig):
-    """Draft and verify over the first `width` positions (one lax.switch branch)."""
+  def draft_at(width: int, draft_config: decoding.DecodingConfig):
+    """A PaDIR draft over the first `width` positions (one lax.switch branch)."""
 
     def branch(operands):
       tokens, prefix_lengths, lengths, length_log_probs, round_rng = operands
@@ -273,6 +287,40 @@ def _draft_verify_decode(
           forced_tokens=prefix,
       )  # sequences [b, c, t'], best last
       draft = jnp.where(forced, prefix, drafts.sequences[:, -1, :])  # [b, t']
+      return jnp.pad(draft, ((0, 0), (0, t - width))), drafts.passes  # [b, t], [b]
+
+    return branch
+
+  def padir_draft(state: _State, draft_config: decoding.DecodingConfig) -> tuple[Array, Array]:
+    """([b, t] drafts holding each active row's kept prefix, [b] passes)."""
+    active = ~state.done  # [b]
+    # Finished rows draft unconstrained (computed, then discarded): they never widen the bucket.
+    prefix_lengths = jnp.where(active, state.lengths, 0)  # [b]
+    min_lengths = jnp.minimum(jnp.maximum(prefix_lengths + 1, draft_config.min_length), t)  # [b]
+    lengths, length_log_probs = constrained_length_beam(
+        length_logits, min_lengths, draft_config, t
+    )  # [b, c] each
+    buckets = bucketing.length_buckets(
+        t, draft_config.length_buckets, draft_config.num_lengths, draft_config.min_length
+    )
+    operands = (
+        state.tokens,
+        prefix_lengths,
+        lengths,
+        length_log_probs,
+        jax.random.fold_in(rng, state.step),
+    )
+    if len(buckets) == 1:
+      return draft_at(t, draft_config)(operands)
+    index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
+    return jax.lax.switch(index, [draft_at(w, draft_config) for w in buckets], operands)
+
+  def verify_at(width: int):
+    """The AR model's teacher-forced pass over the first `width` positions and `accept`."""
+
+    def branch(operands):
+      draft, prefix_lengths = operands  # [b, t], [b]
+      draft = draft[:, :width]  # [b, t']
       ar_inputs = jnp.pad(draft[:, :-1], ((0, 0), (1, 0)))  # [b, t'] shifted right, BOS = 0
       logits = ar_module.apply(
           {"params": ar_params},
@@ -288,38 +336,39 @@ def _draft_verify_decode(
       kept, kept_lengths, ended, accepted = accept(
           draft, prefix_lengths, log_probs, config, t
       )  # [b, t'], [b], [b], [b]
-      kept = jnp.pad(kept, ((0, 0), (0, t - width)))  # [b, t]
-      return kept, kept_lengths, ended, drafts.passes, accepted
+      return jnp.pad(kept, ((0, 0), (0, t - width))), kept_lengths, ended, accepted
 
     return branch
 
-  def run_round(state: _State, draft_config: decoding.DecodingConfig) -> _State:
+  def run_round(state: _State, draft_config: decoding.DecodingConfig, reuse: bool) -> _State:
     active = ~state.done  # [b]
-    # Finished rows draft unconstrained (computed, then discarded), so they never widen the bucket.
-    prefix_lengths = jnp.where(active, state.lengths, 0)  # [b]
-    min_lengths = jnp.maximum(prefix_lengths + 1, draft_config.min_length)  # [b]
-    min_lengths = jnp.minimum(min_lengths, t)  # [b]
-    lengths, length_log_probs = constrained_length_beam(
-        length_logits, min_lengths, draft_config, t
-    )  # [b, c] each
-    buckets = bucketing.length_buckets(
-        t, draft_config.length_buckets, draft_config.num_lengths, draft_config.min_length
-    )
-    operands = (
-        state.tokens,
-        prefix_lengths,
-        lengths,
-        length_log_probs,
-        jax.random.fold_in(rng, state.step),
-    )
-    if len(buckets) == 1:
-      kept, kept_lengths, ended, passes, accepted = round_at(t, draft_config)(operands)
-    else:
-      index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
-      kept, kept_lengths, ended, passes, accepted = jax.lax.switch(
-          index, [round_at(w, draft_config) for w in buckets], operands
-      )  # [b, t], [b], [b], [b], [b]
     count = active.astype(jnp.int32)  # [b]
+    if reuse:
+      # A row drafts anew only once its kept prefix has reached the last draft's EOS.
+      need = active & (layout.sequence_lengths(state.draft) <= state.lengths)  # [b]
+      fresh, fresh_passes = jax.lax.cond(
+          jnp.any(need),
+          lambda s: padir_draft(s, draft_config),
+          lambda s: (s.draft, jnp.zeros((b,), jnp.int32)),
+          state,
+      )  # [b, t], [b]
+      draft = jnp.where(need[:, None], fresh, state.draft)  # [b, t]
+      passes = jnp.where(need, fresh_passes, 0)  # [b]
+    else:
+      draft, passes = padir_draft(state, draft_config)  # [b, t], [b]
+    prefix_lengths = jnp.where(active, state.lengths, 0)  # [b]
+    draft_lengths = jnp.where(active, layout.sequence_lengths(draft), 1)  # [b]
+    operands = (draft, prefix_lengths)
+    if len(verify_buckets) == 1:
+      kept, kept_lengths, ended, accepted = verify_at(t)(operands)
+    else:
+      index = bucketing.bucket_index(jnp.max(draft_lengths), verify_buckets)  # []
+      kept, kept_lengths, ended, accepted = jax.lax.switch(
+          index, [verify_at(w) for w in verify_buckets], operands
+      )  # [b, t], [b], [b], [b]
+    # The next round's draft if reused: the kept prefix, then the rest of this draft (the AR
+    # correction replaces the draft token it disagreed with).
+    next_draft = jnp.where(positions < kept_lengths[:, None], kept, draft)  # [b, t]
     return _State(
         step=state.step + 1,  # []
         tokens=jnp.where(active[:, None], kept, state.tokens),  # [b, t]
@@ -328,6 +377,7 @@ def _draft_verify_decode(
         rounds=state.rounds + count,  # [b]
         passes=state.passes + count * passes,  # [b]
         accepted=state.accepted + count * accepted,  # [b]
+        draft=jnp.where(active[:, None], next_draft, state.draft),  # [b, t]
     )
 
   zeros = jnp.zeros((b,), jnp.int32)
@@ -339,12 +389,16 @@ def _draft_verify_decode(
       rounds=zeros,
       passes=zeros,
       accepted=zeros,
+      draft=jnp.zeros((b, t), jnp.int32),
   )
-  state = run_round(state, config.decoding)  # the first draft: decoding.max_passes passes
+  # The first draft: decoding.max_passes passes.
+  state = run_round(state, config.decoding, reuse=False)
   redraft = config.redraft_config
   # Every round gains >= 1 token per active row, so t rounds always suffice.
   state = jax.lax.while_loop(
-      lambda s: (s.step < t) & ~jnp.all(s.done), lambda s: run_round(s, redraft), state
+      lambda s: (s.step < t) & ~jnp.all(s.done),
+      lambda s: run_round(s, redraft, config.reuse_drafts),
+      state,
   )
   return DraftVerifyResult(
       sequences=state.tokens, rounds=state.rounds, passes=state.passes, accepted=state.accepted

@@ -112,13 +112,13 @@ def _check_invariants(result, reference):
 
 # ------------------------------------------------------------------------------------------------
 # Random networks.
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_strict_equals_greedy_reference_on_random_pairs(seed):
+@pytest.mark.parametrize("seed, reuse", [(0, False), (1, True), (2, False), (3, True)])
+def test_strict_equals_greedy_reference_on_random_pairs(seed, reuse):
   ar_params = _params(AR, seed, eos_scale=1.5 + 0.25 * seed)
   padir_params = _params(PADIR, 100 + seed)
   sources = _sources(seed)
   reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
-  config = DraftVerifyConfig(decoding=_decoding(), redraft_passes=1)
+  config = DraftVerifyConfig(decoding=_decoding(), redraft_passes=1, reuse_drafts=reuse)
   result = _decode(ar_params, PADIR, padir_params, sources, config, rng=seed)
   np.testing.assert_array_equal(result.sequences, reference)
   _check_invariants(result, reference)
@@ -241,7 +241,8 @@ def test_perfect_drafter_needs_one_round(seed):
   _check_invariants(result, reference)
 
 
-def test_drafter_with_every_third_token_wrong_needs_a_round_per_error():
+@pytest.mark.parametrize("reuse", [False, True])
+def test_drafter_with_every_third_token_wrong_needs_a_round_per_error(reuse):
   ar_params = _params(AR, 3, eos_scale=2.25)
   sources = _sources(3)
   reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
@@ -249,12 +250,15 @@ def test_drafter_with_every_third_token_wrong_needs_a_round_per_error():
   content = (drafts != 0) & (drafts != EOS_ID)
   wrong = content & (np.arange(T) % 3 == 2)
   drafts = np.where(wrong, FIRST_ORDINARY_ID + (drafts + 1 - FIRST_ORDINARY_ID) % 36, drafts)
-  config = DraftVerifyConfig(decoding=EXACT_DRAFTS)
+  config = DraftVerifyConfig(decoding=EXACT_DRAFTS, reuse_drafts=reuse)
   result = _decode(ar_params, ORACLE, {"targets": jnp.asarray(drafts)}, sources, config)
   np.testing.assert_array_equal(result.sequences, reference)
   # Each error costs one round (its correction); the last round keeps the rest with its EOS,
   # or, for a row that ran to T, ends on the AR's correction of the draft's EOS.
   np.testing.assert_array_equal(result.rounds, wrong.sum(1) + 1)
+  # Substitution errors: a reused draft needs no new pass (one pass in all); a fresh draft each
+  # round needs one per round.
+  np.testing.assert_array_equal(result.passes, 1 if reuse else result.rounds)
   _check_invariants(result, reference)
 
 
