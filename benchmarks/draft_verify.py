@@ -169,14 +169,12 @@ def run(args, log=print) -> dict:
       length_buckets=tuple(args.length_buckets),
       init=args.init,
   )
-  reuse = args.reuse_drafts
-  dv_configs = {
-      "strict": draft_verify.DraftVerifyConfig(base, args.redraft_passes, reuse_drafts=reuse)
-  }
+  reuse = {"reuse_drafts": args.reuse_drafts, "shift_variants": args.shift_variants}
+  dv_configs = {"strict": draft_verify.DraftVerifyConfig(base, args.redraft_passes, **reuse)}
   for spec in args.tolerant:
     top_k, margin = spec.split(":")
     dv_configs[f"tolerant,k={top_k},margin={margin}"] = draft_verify.DraftVerifyConfig(
-        base, args.redraft_passes, "tolerant", int(top_k), float(margin), reuse_drafts=reuse
+        base, args.redraft_passes, "tolerant", int(top_k), float(margin), **reuse
     )
 
   def greedy(tokens):
@@ -227,6 +225,7 @@ def run(args, log=print) -> dict:
         "dedup": str(config.decoding.dedup),
         "length_buckets": list(config.decoding.length_buckets),
         "reuse_drafts": config.reuse_drafts,
+        "shift_variants": config.shift_variants,
     }
     if config.verify.value == "tolerant":
       params.update(top_k=config.top_k, margin=config.margin)
@@ -357,6 +356,12 @@ def main(argv=None):
       action=argparse.BooleanOptionalAction,
       default=True,
       help="verify the last draft again (AR token in place) before re-drafting",
+  )
+  parser.add_argument(
+      "--shift_variants",
+      action=argparse.BooleanOptionalAction,
+      default=True,
+      help="with --reuse_drafts: also verify the reused draft shifted by one either way",
   )
   parser.add_argument(
       "--tolerant",

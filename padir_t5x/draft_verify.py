@@ -85,6 +85,11 @@ class DraftVerifyConfig:
       a round per token, as AR greedy would. (In a batch, a round drafts for every row when one
       row needs it; only the rows that need a draft take it, so a row's output and counts do not
       depend on its batch, up to the drafter's random fill.)
+    shift_variants: with reuse_drafts, a reused draft is verified in three variants at once
+      (one call over 3x the rows): the drafter's error taken as a substitution, an insertion or
+      a deletion (the rest of the draft in place, shifted right or shifted left by one), and the
+      row keeps the variant that gained the most tokens. Strict mode stays exact: every kept
+      token is verified.
   """
 
   decoding: decoding.DecodingConfig = dataclasses.field(default_factory=decoding.DecodingConfig)
@@ -93,6 +98,7 @@ class DraftVerifyConfig:
   top_k: int = 3
   margin: float = 1.0
   reuse_drafts: bool = False
+  shift_variants: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "verify", VerifyMode.coerce(self.verify, "verify"))
@@ -104,6 +110,8 @@ class DraftVerifyConfig:
       raise ValueError(f"top_k must be >= 1, got {self.top_k}")
     if not (self.margin >= 0 and math.isfinite(self.margin)):
       raise ValueError(f"margin must be finite and >= 0, got {self.margin}")
+    if self.shift_variants and not self.reuse_drafts:
+      raise ValueError("shift_variants needs reuse_drafts (it varies a reused draft)")
 
   @property
   def redraft_config(self) -> decoding.DecodingConfig:
@@ -223,8 +231,7 @@ class _State(flax.struct.PyTreeNode):
   rounds: Array  # [b] int32
   passes: Array  # [b] int32
   accepted: Array  # [b] int32
-  # [b, t] int32 the kept prefix followed by the rest of the last draft (reuse_drafts).
-  draft: Array
+  draft: Array  # [b, t] int32 the last draft verified (reuse_drafts)
 
 
 @functools.partial(
@@ -315,27 +322,39 @@ def _draft_verify_decode(
     index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
     return jax.lax.switch(index, [draft_at(w, draft_config) for w in buckets], operands)
 
-  def verify_at(width: int):
-    """The AR model's teacher-forced pass over the first `width` positions and `accept`."""
+  num_variants = 3 if config.shift_variants else 1
+  # The verifier's inputs for m drafts per example (flat_batch_beam_expand order).
+  ar_inputs_for = {
+      m: (
+          beam_lib.flat_batch_beam_expand(ar_encoded, m),  # [b * m, s, d]
+          beam_lib.flat_batch_beam_expand(encoder_input_tokens, m),  # [b * m, s]
+      )
+      for m in {1, num_variants}
+  }
+
+  def verify_at(width: int, m: int):
+    """The AR model's teacher-forced pass over the first `width` positions of b * m drafts, and
+    `accept` (one lax.switch branch)."""
 
     def branch(operands):
-      draft, prefix_lengths = operands  # [b, t], [b]
-      draft = draft[:, :width]  # [b, t']
-      ar_inputs = jnp.pad(draft[:, :-1], ((0, 0), (1, 0)))  # [b, t'] shifted right, BOS = 0
+      draft, prefix_lengths = operands  # [b * m, t], [b * m]
+      draft = draft[:, :width]  # [b * m, t']
+      encoded, sources = ar_inputs_for[m]  # [b * m, s, d], [b * m, s]
+      ar_inputs = jnp.pad(draft[:, :-1], ((0, 0), (1, 0)))  # [b * m, t'] shifted right, BOS = 0
       logits = ar_module.apply(
           {"params": ar_params},
-          ar_encoded,
-          encoder_input_tokens,
+          encoded,
+          sources,
           ar_inputs,
           jnp.ones_like(draft),
           enable_dropout=False,
           method="decode",
-      )  # [b, t', V] one teacher-forced pass
-      logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)  # [b, t', V]
-      log_probs = jax.nn.log_softmax(logits, axis=-1)  # [b, t', V]
+      )  # [b * m, t', V] one teacher-forced pass
+      logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)  # [b * m, t', V]
+      log_probs = jax.nn.log_softmax(logits, axis=-1)  # [b * m, t', V]
       kept, kept_lengths, ended, accepted = accept(
           draft, prefix_lengths, log_probs, config, t
-      )  # [b, t'], [b], [b], [b]
+      )  # [b * m, t'], [b * m], [b * m], [b * m]
       return jnp.pad(kept, ((0, 0), (0, t - width))), kept_lengths, ended, accepted
 
     return branch
@@ -343,6 +362,8 @@ def _draft_verify_decode(
   def run_round(state: _State, draft_config: decoding.DecodingConfig, reuse: bool) -> _State:
     active = ~state.done  # [b]
     count = active.astype(jnp.int32)  # [b]
+    prefix_lengths = jnp.where(active, state.lengths, 0)  # [b] P
+    after_prefix = positions >= prefix_lengths[:, None]  # [b, t]
     if reuse:
       # A row drafts anew only once its kept prefix has reached the last draft's EOS.
       need = active & (layout.sequence_lengths(state.draft) <= state.lengths)  # [b]
@@ -352,23 +373,42 @@ def _draft_verify_decode(
           lambda s: (s.draft, jnp.zeros((b,), jnp.int32)),
           state,
       )  # [b, t], [b]
-      draft = jnp.where(need[:, None], fresh, state.draft)  # [b, t]
+      old = jnp.where(need[:, None], fresh, state.draft)  # [b, t]
       passes = jnp.where(need, fresh_passes, 0)  # [b]
+      # The last draft after its rejected token (P - 1), now the AR token: the drafter's error
+      # was a substitution (the rest follows as drafted), an insertion (the rejected token comes
+      # next) or a deletion (the token after it does).
+      variants = [jnp.where(after_prefix, old, state.tokens)]  # [b, t]
+      valid = [jnp.ones((b,), bool)]
+      if config.shift_variants:
+        for shifted in (
+            jnp.pad(old[:, :-1], ((0, 0), (1, 0))),  # [b, t] old[j - 1] at j
+            jnp.pad(old[:, 1:], ((0, 0), (0, 1))),  # [b, t] old[j + 1] at j
+        ):
+          variant = jnp.where(after_prefix, shifted, state.tokens)  # [b, t]
+          variants.append(variant)
+          valid.append(~need & (layout.sequence_lengths(variant) > prefix_lengths))  # [b]
     else:
       draft, passes = padir_draft(state, draft_config)  # [b, t], [b]
-    prefix_lengths = jnp.where(active, state.lengths, 0)  # [b]
-    draft_lengths = jnp.where(active, layout.sequence_lengths(draft), 1)  # [b]
-    operands = (draft, prefix_lengths)
+      variants, valid = [draft], [jnp.ones((b,), bool)]
+    m = len(variants)
+    drafts = jnp.stack(variants, axis=1).reshape(b * m, t)  # [b * m, t]
+    flat_prefix = beam_lib.flat_batch_beam_expand(prefix_lengths, m)  # [b * m]
+    flat_active = beam_lib.flat_batch_beam_expand(active, m)  # [b * m]
+    draft_lengths = jnp.where(flat_active, layout.sequence_lengths(drafts), 1)  # [b * m]
+    operands = (drafts, flat_prefix)
     if len(verify_buckets) == 1:
-      kept, kept_lengths, ended, accepted = verify_at(t)(operands)
+      verified = verify_at(t, m)(operands)
     else:
       index = bucketing.bucket_index(jnp.max(draft_lengths), verify_buckets)  # []
-      kept, kept_lengths, ended, accepted = jax.lax.switch(
-          index, [verify_at(w) for w in verify_buckets], operands
-      )  # [b, t], [b], [b], [b]
-    # The next round's draft if reused: the kept prefix, then the rest of this draft (the AR
-    # correction replaces the draft token it disagreed with).
-    next_draft = jnp.where(positions < kept_lengths[:, None], kept, draft)  # [b, t]
+      verified = jax.lax.switch(index, [verify_at(w, m) for w in verify_buckets], operands)
+    verified = [beam_lib.unflatten_beam_dim(x, b, m) for x in (drafts, *verified)]
+    # Each row keeps the variant that gained the most (the first among equals).
+    gained = jnp.where(jnp.stack(valid, axis=1), verified[2], -1)  # [b, m]
+    choice = jnp.argmax(gained, axis=1)[:, None]  # [b, 1]
+    draft, kept, kept_lengths, ended, accepted = [
+        beam_lib.gather_beams(x, choice)[:, 0] for x in verified
+    ]  # [b, t], [b, t], [b], [b], [b]
     return _State(
         step=state.step + 1,  # []
         tokens=jnp.where(active[:, None], kept, state.tokens),  # [b, t]
@@ -377,7 +417,7 @@ def _draft_verify_decode(
         rounds=state.rounds + count,  # [b]
         passes=state.passes + count * passes,  # [b]
         accepted=state.accepted + count * accepted,  # [b]
-        draft=jnp.where(active[:, None], next_draft, state.draft),  # [b, t]
+        draft=jnp.where(active[:, None], draft, state.draft),  # [b, t]
     )
 
   zeros = jnp.zeros((b,), jnp.int32)

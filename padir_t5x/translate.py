@@ -19,8 +19,9 @@ Draft and verify (padir_t5x/draft_verify.py): with --draft_checkpoint PADIR, the
 (--verify_top_k, --verify_margin) trades exactness for fewer rounds. The PaDIR flags set the
 drafter's decoding (--max_passes: the first draft's passes; --redraft_passes: the later ones'):
 
-    python -m padir_t5x.translate --checkpoint runs/budget/ar_800 \
-        --draft_checkpoint runs/budget/padir_distilled_800 --redraft_passes 1 < in.de
+    python -m padir_t5x.translate --checkpoint runs/budget/ar_800 \\
+        --draft_checkpoint runs/budget/padir_distilled_800 --init mask --max_passes 1 \\
+        --redraft_passes 1 --reuse_drafts --shift_variants < in.de
 
 An EM run's final models are T5X model directories (`python -m padir_t5x.em` prints them as
 ar_model and nar_model): --checkpoint AR_MODEL --draft_checkpoint NAR_MODEL (needs t5x; their
@@ -76,8 +77,9 @@ PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutte
 PADIR_OPTIONS += ("inits_per_length", "length_offsets", "prediction")  # candidates; summing
 AR_OPTIONS = ("beam_size", "alpha")
 # Draft-and-verify flags (with --draft_checkpoint): DraftVerifyConfig's verify, top_k, margin,
-# redraft_passes.
+# redraft_passes, reuse_drafts, shift_variants.
 VERIFY_OPTIONS = ("verify", "verify_top_k", "verify_margin", "redraft_passes")
+VERIFY_OPTIONS += ("reuse_drafts", "shift_variants")
 TOLERANT_OPTIONS = ("verify_top_k", "verify_margin")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
 # compile per width used), capped at the model's input length.
@@ -368,6 +370,8 @@ class Translator:
       verify_top_k: int | None = None,
       verify_margin: float | None = None,
       redraft_passes: int | None = None,
+      reuse_drafts: bool = False,
+      shift_variants: bool = False,
       **options,
   ) -> Translator:
     """An AR checkpoint that decodes greedily with the PaDIR checkpoint's drafts (draft_verify).
@@ -383,6 +387,8 @@ class Translator:
       verify: 'strict' or 'tolerant' (modes.VerifyMode).
       verify_top_k / verify_margin: 'tolerant' only (DraftVerifyConfig's top_k, margin).
       redraft_passes: passes of every draft after the first (default: the first's).
+      reuse_drafts / shift_variants: DraftVerifyConfig's (re-verify the last draft with the AR
+        token in place, also shifted by one either way, before re-drafting).
       **options: batch_size, seed, strict, and the drafter's PaDIR decoding options (as
         from_checkpoint's; max_passes is the first draft's).
     """
@@ -408,6 +414,8 @@ class Translator:
         decoding=drafter.decoding_config,
         redraft_passes=redraft_passes,
         verify=verify,
+        reuse_drafts=reuse_drafts,
+        shift_variants=shift_variants,
         **{k: v for k, v in tolerant.items() if v is not None},
     )
     return cls(
@@ -679,6 +687,19 @@ def build_parser() -> argparse.ArgumentParser:
   dv.add_argument(
       "--redraft_passes", type=_positive_int, help="passes of the drafts after the first"
   )
+  dv.add_argument(
+      "--reuse_drafts",
+      action="store_true",
+      default=None,
+      help="after a disagreement, verify the same draft again (AR token in place) before "
+      "re-drafting",
+  )
+  dv.add_argument(
+      "--shift_variants",
+      action="store_true",
+      default=None,
+      help="with --reuse_drafts: also verify it shifted by one either way (one call, 3x rows)",
+  )
   parser.add_argument("--batch_size", type=_positive_int, default=32)
   parser.add_argument("--seed", type=int, default=0, help="random initial tokens, re-masking")
   parser.add_argument(
@@ -746,6 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       )
     if args.kind == "padir":
       parser.error("argument --kind: draft and verify needs an AR --checkpoint, not 'padir'")
+    if args.shift_variants and not args.reuse_drafts:
+      parser.error("argument --shift_variants: needs --reuse_drafts")
     if args.verify != "tolerant":
       given = [k for k in TOLERANT_OPTIONS if getattr(args, k) is not None]
       if given:

@@ -112,13 +112,17 @@ def _check_invariants(result, reference):
 
 # ------------------------------------------------------------------------------------------------
 # Random networks.
-@pytest.mark.parametrize("seed, reuse", [(0, False), (1, True), (2, False), (3, True)])
-def test_strict_equals_greedy_reference_on_random_pairs(seed, reuse):
+@pytest.mark.parametrize(
+    "seed, reuse, shift", [(0, False, False), (1, True, False), (2, False, False), (3, True, True)]
+)
+def test_strict_equals_greedy_reference_on_random_pairs(seed, reuse, shift):
   ar_params = _params(AR, seed, eos_scale=1.5 + 0.25 * seed)
   padir_params = _params(PADIR, 100 + seed)
   sources = _sources(seed)
   reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
-  config = DraftVerifyConfig(decoding=_decoding(), redraft_passes=1, reuse_drafts=reuse)
+  config = DraftVerifyConfig(
+      decoding=_decoding(), redraft_passes=1, reuse_drafts=reuse, shift_variants=shift
+  )
   result = _decode(ar_params, PADIR, padir_params, sources, config, rng=seed)
   np.testing.assert_array_equal(result.sequences, reference)
   _check_invariants(result, reference)
@@ -241,8 +245,8 @@ def test_perfect_drafter_needs_one_round(seed):
   _check_invariants(result, reference)
 
 
-@pytest.mark.parametrize("reuse", [False, True])
-def test_drafter_with_every_third_token_wrong_needs_a_round_per_error(reuse):
+@pytest.mark.parametrize("reuse, shift", [(False, False), (True, False), (True, True)])
+def test_drafter_with_every_third_token_wrong_needs_a_round_per_error(reuse, shift):
   ar_params = _params(AR, 3, eos_scale=2.25)
   sources = _sources(3)
   reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
@@ -250,7 +254,7 @@ def test_drafter_with_every_third_token_wrong_needs_a_round_per_error(reuse):
   content = (drafts != 0) & (drafts != EOS_ID)
   wrong = content & (np.arange(T) % 3 == 2)
   drafts = np.where(wrong, FIRST_ORDINARY_ID + (drafts + 1 - FIRST_ORDINARY_ID) % 36, drafts)
-  config = DraftVerifyConfig(decoding=EXACT_DRAFTS, reuse_drafts=reuse)
+  config = DraftVerifyConfig(decoding=EXACT_DRAFTS, reuse_drafts=reuse, shift_variants=shift)
   result = _decode(ar_params, ORACLE, {"targets": jnp.asarray(drafts)}, sources, config)
   np.testing.assert_array_equal(result.sequences, reference)
   # Each error costs one round (its correction); the last round keeps the rest with its EOS,
@@ -260,6 +264,36 @@ def test_drafter_with_every_third_token_wrong_needs_a_round_per_error(reuse):
   # round needs one per round.
   np.testing.assert_array_equal(result.passes, 1 if reuse else result.rounds)
   _check_invariants(result, reference)
+
+
+def test_shift_variants_recover_from_a_dropped_token():
+  """A drafter that drops a token (the first one unlike the next): after the AR model's
+  correction the rest of the draft is one position off; the shifted variant realigns it (2
+  rounds, 1 pass), while the plain reused draft costs a round per remaining token."""
+  ar_params = _params(AR, 2, eos_scale=2.0)
+  sources = _sources(2, batch=12)
+  reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
+  drafts = _as_drafts(reference)
+  dropped = np.zeros(len(drafts), bool)
+  for row, steps in enumerate(_steps(reference)):
+    content = reference[row, : steps - 1]
+    changes = np.flatnonzero(content[:-1] != content[1:])
+    if (reference[row] == EOS_ID).any() and changes.size:
+      j = changes[0]
+      drafts[row] = np.concatenate([drafts[row, :j], drafts[row, j + 1 :], [0]])
+      dropped[row] = True
+  assert dropped.sum() >= 3, reference
+  targets = {"targets": jnp.asarray(drafts)}
+  reuse = DraftVerifyConfig(decoding=EXACT_DRAFTS, reuse_drafts=True)
+  shifted = _decode(
+      ar_params, ORACLE, targets, sources, dataclasses.replace(reuse, shift_variants=True)
+  )
+  plain = _decode(ar_params, ORACLE, targets, sources, reuse)
+  for result in (shifted, plain):
+    np.testing.assert_array_equal(result.sequences, reference)
+  np.testing.assert_array_equal(shifted.rounds[dropped], 2)
+  np.testing.assert_array_equal(shifted.passes[dropped], 1)
+  assert np.all(plain.rounds[dropped] >= 2) and plain.rounds.sum() > shifted.rounds.sum()
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -377,6 +411,8 @@ def test_config_validation_names_the_field():
     DraftVerifyConfig(top_k=0)
   with pytest.raises(ValueError, match="margin"):
     DraftVerifyConfig(margin=-1.0)
+  with pytest.raises(ValueError, match="shift_variants needs reuse_drafts"):
+    DraftVerifyConfig(shift_variants=True)
   config = DraftVerifyConfig(decoding=_decoding(max_passes=4), redraft_passes=1)
   assert config.redraft_config.max_passes == 1 and config.decoding.max_passes == 4
   assert DraftVerifyConfig(verify="tolerant") == DraftVerifyConfig(verify="tolerant")
@@ -470,6 +506,8 @@ def test_command_draft_verify_end_to_end(ckpts):
       "2",
       "--redraft_passes",
       "1",
+      "--reuse_drafts",
+      "--shift_variants",
   )
   assert proc.returncode == 0, proc.stderr.decode()
 
@@ -486,6 +524,8 @@ def test_command_draft_verify_end_to_end(ckpts):
         (["--DRAFT_AR"], "needs a PaDIR checkpoint"),
         (["--DRAFT", "--verify", "lenient"], "invalid choice"),
         (["--DRAFT", "--redraft_passes", "0"], "must be >= 1"),
+        (["--DRAFT", "--shift_variants"], "needs --reuse_drafts"),
+        (["--reuse_drafts"], "needs --draft_checkpoint"),
     ],
 )
 def test_command_bad_combinations_exit_2(ckpts, flags, message, tmp_path, capsys):
