@@ -473,6 +473,32 @@ class RowLayout(NamedTuple):
   eos: Array  # [n, t] bool
   length_mask: Array  # [n, t] int32
   table_length: int  # T >= t: random fills are drawn over T positions (see DecodingConfig.fill)
+  # Forced positions (refine_lengths' `forced`): [n, t] bool content positions whose token is
+  # given, and [n, t] int32 those tokens; None (the default) forces nothing.
+  forced: Array | None = None
+  forced_tokens: Array | None = None
+
+
+def force_tokens(tokens: Array, rows: RowLayout) -> Array:
+  """[n, t] tokens with the forced positions (if any) set to their given tokens."""
+  if rows.forced is None:
+    return tokens
+  return jnp.where(rows.forced, rows.forced_tokens, tokens).astype(jnp.int32)
+
+
+def _force_candidates(
+    candidate_ids: Array, candidate_log_probs: Array, log_probs: Array, rows: RowLayout
+) -> tuple[Array, Array]:
+  """Candidate slot 0 (the prediction) at the forced positions becomes the forced token, with
+  this pass's log-prob of it; [n, t, k], [n, t, k] -> same. No-op without forced positions."""
+  if rows.forced is None:
+    return candidate_ids, candidate_log_probs
+  first = force_tokens(candidate_ids[..., 0], rows)[..., None]  # [n, t, 1]
+  first_log_prob = jnp.take_along_axis(log_probs, first, axis=-1)  # [n, t, 1]
+  return (
+      jnp.concatenate([first, candidate_ids[..., 1:]], axis=-1),  # [n, t, k]
+      jnp.concatenate([first_log_prob, candidate_log_probs[..., 1:]], axis=-1),  # [n, t, k]
+  )
 
 
 class RefinementState(flax.struct.PyTreeNode):
@@ -519,11 +545,15 @@ def refinement_pass(
     # top_k's first entry is the argmax (lowest id among ties), so it is the prediction.
     candidate_log_probs, candidate_ids = jax.lax.top_k(log_probs, k)  # [n, t, k] each
     candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
+  candidate_ids, candidate_log_probs = _force_candidates(
+      candidate_ids, candidate_log_probs, log_probs, rows
+  )  # [n, t, k] each: the forced token (if any) is the prediction
   predictions = layout.frame_tokens(candidate_ids[..., 0], rows.content, rows.eos)  # [n, t]
   changed_rows = jnp.any(predictions != state.predictions, axis=-1)  # [n]
   if summed:
     own_argmax = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [n, t] this pass alone
-    unsettled = rows.content & (own_argmax != candidate_ids[..., 0])  # [n, t]
+    free = rows.content if rows.forced is None else rows.content & ~rows.forced  # [n, t]
+    unsettled = free & (own_argmax != candidate_ids[..., 0])  # [n, t]
     changed_rows = changed_rows | jnp.any(unsettled, axis=-1)  # [n]
   changed = jnp.any(beam_lib.unflatten_beam_dim(changed_rows, batch_size, beam), axis=-1)  # [b]
   changed = changed | (state.step == 0)  # [b]
@@ -540,6 +570,7 @@ def refinement_pass(
       confidence=candidate_log_probs[..., 0],
       step=state.step,
   )  # [n, t]
+  next_inputs = force_tokens(next_inputs, rows)  # [n, t] forced positions never re-masked
 
   def keep_frozen(new: Array | None, old: Array | None) -> Array | None:
     """new where the row's example is active, else old; [n, ...] each (None stays None)."""
@@ -602,6 +633,11 @@ def finalise(
     viterbi_tokens, token_log_probs = dedup_lib.optimal_dedup(
         state.candidate_ids, state.candidate_log_probs, rows.content
     )  # [n, t] each
+    if rows.forced is not None:
+      viterbi_tokens = force_tokens(viterbi_tokens, rows)  # [n, t]
+      token_log_probs = jnp.where(
+          rows.forced, state.candidate_log_probs[..., 0], token_log_probs
+      )  # [n, t]
     sequences = layout.frame_tokens(viterbi_tokens, rows.content, rows.eos)  # [n, t]
   else:
     token_log_probs = jnp.where(rows.content, state.candidate_log_probs[..., 0], 0.0)  # [n, t]
@@ -610,8 +646,8 @@ def finalise(
       # Scores stay those of the hypothesis as decoded (before removing repeats): the removed
       # tokens were predicted, and rescoring the shortened sequence would need another pass.
       sequences, _ = dedup_lib.consecutive_dedup(
-          sequences, rows.content, config.stutter_word_starts()
-      )  # [n, t]
+          sequences, rows.content, config.stutter_word_starts(), keep=rows.forced
+      )  # [n, t] forced tokens are never dropped
   scores = score_hypotheses(
       token_log_probs, rows.lengths, beam_lib.flatten_beam_dim(length_log_probs), config
   )  # [n]
@@ -680,6 +716,8 @@ def refine_lengths(
     config: DecodingConfig,
     max_decode_length: int,
     table_length: int | None = None,
+    forced: Array | None = None,
+    forced_tokens: Array | None = None,
 ) -> DecodeResult:
   """Steps 2 and 3 for a chosen length beam: refinement passes, then `finalise`.
 
@@ -692,6 +730,13 @@ def refine_lengths(
     max_decode_length: t, the positions refined.
     table_length: T >= t over which random fills are drawn (default t): a bucketed decode at
       t < T passes the full table's T so that its hypotheses equal the full table's.
+    forced: optional [b, t] bool positions whose token is given (e.g. a prefix already
+      accepted: padir_t5x/draft_verify.py), shared by the example's c hypotheses; only its
+      content positions count (a position at or past a hypothesis's EOS stays EOS / PAD). Every
+      pass reads the given token there and predicts it (scored with the pass's log-prob of it);
+      re-masking and 'consecutive' de-duplication never remove it. None: nothing forced (the
+      decode is unchanged).
+    forced_tokens: [b, t] int32 the given tokens (read where `forced`), with `forced`.
 
   Returns:
     DecodeResult with sequences [b, c, t].
@@ -703,8 +748,16 @@ def refine_lengths(
   rows = RowLayout(
       flat_lengths, *layout.length_layout(flat_lengths, t), table_length or t
   )  # [n], 3 x [n, t]
+  if (forced is None) != (forced_tokens is None):
+    raise ValueError("forced and forced_tokens go together")
+  if forced is not None:
+    rows = rows._replace(
+        forced=beam_lib.flat_batch_beam_expand(forced, beam) & rows.content,  # [n, t]
+        forced_tokens=beam_lib.flat_batch_beam_expand(forced_tokens, beam).astype(jnp.int32),
+    )
   init_rng, loop_rng = jax.random.split(rng)
   inputs = initial_tokens(init_rng, flat_lengths, t, config, rows.table_length)  # [n, t]
+  inputs = force_tokens(inputs, rows)  # [n, t]
   k = config.dedup_top_k if config.dedup is DedupMode.OPTIMAL else 1
 
   initial_state = RefinementState(

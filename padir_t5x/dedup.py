@@ -26,7 +26,7 @@ Array = jnp.ndarray
 
 
 def consecutive_dedup(
-    tokens: Array, content: Array, word_starts: Array | None = None
+    tokens: Array, content: Array, word_starts: Array | None = None, keep: Array | None = None
 ) -> tuple[Array, Array]:
   """Removes stutter (layout.stutter_mask), keeping the first of each run.
 
@@ -40,12 +40,17 @@ def consecutive_dedup(
   Args:
     tokens: [n, t] int; content: [n, t] bool (positions < length - 1).
     word_starts: None ('piece') or [V] bool ('word'), see DecodingConfig.stutter_word_starts.
+    keep: optional [n, t] bool content positions never dropped (forced tokens; a kept prefix
+      stays in place). None: only stutter decides.
 
   Returns:
     (deduplicated [n, t] int32, new lengths [n] int32, EOS included).
   """
   n, t = tokens.shape
-  keep = content & ~layout.stutter_mask(tokens, content, word_starts)
+  stutter = layout.stutter_mask(tokens, content, word_starts)
+  if keep is not None:
+    stutter = stutter & ~keep
+  keep = content & ~stutter
   target = jnp.where(keep, jnp.cumsum(keep, axis=-1) - 1, t)
   rows = jnp.arange(n)[:, None]
   compact = jnp.zeros((n, t), jnp.int32).at[rows, target].set(tokens.astype(jnp.int32), mode="drop")

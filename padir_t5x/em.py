@@ -463,11 +463,19 @@ def run(
 
 
 def result_paths(config: EmConfig) -> dict[str, str]:
-  """Where the final products are (those of the last planned stages)."""
+  """Where the final products are (those of the last planned stages).
+
+  'ar_model' and 'nar_model' are the T5X model directories of the last AR and PaDIR training
+  stages: the verifier and the drafter of draft-and-verify decoding (`python -m
+  padir_t5x.translate --checkpoint AR_MODEL --draft_checkpoint NAR_MODEL`, needs t5x).
+  """
   stages = plan(config)
+  last_ar = [s for s in stages if s.action == "ar_train"]
   last_nar = [s for s in stages if s.action == "nar_train"]
   last_sel = [s for s in stages if s.action == "select"]
   paths = {}
+  if last_ar:
+    paths["ar_model"] = os.path.join(stage_dir(config.run_dir, last_ar[-1].name), "model")
   if last_nar:
     paths["nar_model"] = os.path.join(stage_dir(config.run_dir, last_nar[-1].name), "model")
     paths["distilled"] = os.path.join(

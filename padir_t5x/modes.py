@@ -122,3 +122,12 @@ class PredictionMode(Mode):
 
   LAST = "last"  # this pass's
   SUMMED = "summed"  # the sum of this and every earlier pass's (damps oscillation)
+
+
+class VerifyMode(Mode):
+  """How the AR model checks a PaDIR draft (padir_t5x/draft_verify.py)."""
+
+  STRICT = "strict"  # a draft token is kept only if it is the AR greedy choice: AR greedy exactly
+  # Also a draft token among the AR model's top-k within a log-prob margin of its best one:
+  # fewer rounds, no longer exactly AR greedy.
+  TOLERANT = "tolerant"

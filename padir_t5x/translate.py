@@ -13,6 +13,20 @@ short sentences refines only the positions its predicted lengths need); AR model
 search. Decoding defaults are those the checkpoint records (the quickstart's evaluation
 setting), else DecodingConfig's; the flags override them.
 
+Draft and verify (padir_t5x/draft_verify.py): with --draft_checkpoint PADIR, the AR model of
+--checkpoint decodes greedily with PaDIR drafts that it verifies in one pass each; --verify strict
+(the default) gives AR greedy's translation exactly in fewer sequential calls, --verify tolerant
+(--verify_top_k, --verify_margin) trades exactness for fewer rounds. The PaDIR flags set the
+drafter's decoding (--max_passes: the first draft's passes; --redraft_passes: the later ones'):
+
+    python -m padir_t5x.translate --checkpoint runs/budget/ar_800 \\
+        --draft_checkpoint runs/budget/padir_distilled_800 --init mask --max_passes 1 \\
+        --redraft_passes 1 --reuse_drafts --shift_variants < in.de
+
+An EM run's final models are T5X model directories (`python -m padir_t5x.em` prints them as
+ar_model and nar_model): --checkpoint AR_MODEL --draft_checkpoint NAR_MODEL (needs t5x; their
+config.gin build the models, or --gin_file / --draft_gin_file).
+
 Lines are read as UTF-8 and split on '\\n' only (padir_t5x.textio). Sentences are sorted by
 length into batches and the translations written back in input order; an empty line gives an
 empty translation. A line longer than the model's input length is truncated (with a warning
@@ -56,11 +70,17 @@ from padir_t5x.modes import FillMode
 from padir_t5x.modes import PredictionMode
 from padir_t5x.modes import RemaskMode
 from padir_t5x.modes import StutterUnit
+from padir_t5x.modes import VerifyMode
 
 # The PaDIR decoding fields the translator exposes (flags of the same names).
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")
 PADIR_OPTIONS += ("inits_per_length", "length_offsets", "prediction")  # candidates; summing
 AR_OPTIONS = ("beam_size", "alpha")
+# Draft-and-verify flags (with --draft_checkpoint): DraftVerifyConfig's verify, top_k, margin,
+# redraft_passes, reuse_drafts, shift_variants.
+VERIFY_OPTIONS = ("verify", "verify_top_k", "verify_margin", "redraft_passes")
+VERIFY_OPTIONS += ("reuse_drafts", "shift_variants")
+TOLERANT_OPTIONS = ("verify_top_k", "verify_margin")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
 # compile per width used), capped at the model's input length.
 INPUT_WIDTHS = (8, 16, 32, 64, 128, 256, 512)
@@ -80,8 +100,8 @@ class Translation:
       log-prob); None for an empty line.
     length: output tokens with EOS (PaDIR: the decoded length, before de-duplication); 0 for an
       empty line.
-    passes: PaDIR refinement passes for this sentence; AR: decoder steps its batch ran; 0 for an
-      empty line.
+    passes: PaDIR refinement passes for this sentence; AR: decoder steps its batch ran;
+      draft-and-verify: sequential calls (verify calls + PaDIR passes); 0 for an empty line.
     truncated: the source was cut to the model's input length.
   """
 
@@ -112,7 +132,10 @@ class Report:
 
   def line(self) -> str:
     rate = self.sentences / self.seconds if self.seconds > 0 else 0.0
-    passes = "mean passes" if self.kind == "padir" else "mean decoder steps"
+    passes = {
+        "padir": "mean passes",
+        "draft_verify": "mean sequential calls (verify + PaDIR passes)",
+    }.get(self.kind, "mean decoder steps")
     return (
         f"translated {self.sentences} sentences ({self.empty} empty, "
         f"{len(self.truncated_lines)} truncated), {self.source_tokens} source and "
@@ -192,6 +215,16 @@ def _smallest_at_least(value: int, sizes: Sequence[int], cap: int) -> int:
   return min([s for s in sizes if value <= s < cap] + [cap])
 
 
+@dataclasses.dataclass(frozen=True)
+class Drafter:
+  """The PaDIR drafter of draft-and-verify decoding: its network, params and the
+  draft_verify.DraftVerifyConfig (the drafter's DecodingConfig inside)."""
+
+  module: Any
+  params: Any
+  config: Any
+
+
 class Translator:
   """A loaded model and its decoding settings; `translate` maps source lines to translations."""
 
@@ -208,9 +241,12 @@ class Translator:
       batch_size: int = 32,
       seed: int = 0,
       strict: bool = False,
+      drafter: Drafter | None = None,
   ):
     if kind not in checkpoints.KINDS:
       raise ValueError(f"kind must be one of {checkpoints.KINDS}, got {kind!r}")
+    if drafter is not None and kind != "ar":
+      raise ValueError("a drafter (draft-and-verify) needs an AR model to verify its drafts")
     for name, value in (("batch_size", batch_size), ("beam_size", beam_size)):
       if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
@@ -225,8 +261,12 @@ class Translator:
     self.batch_size = batch_size
     self.seed = seed
     self.strict = strict
+    self.drafter = drafter
     self.max_input_length = module.config.max_input_length
     self.max_decode_length = module.config.max_target_length
+    if drafter is not None:
+      self.max_input_length = min(self.max_input_length, drafter.module.config.max_input_length)
+      self.max_decode_length = min(self.max_decode_length, drafter.module.config.max_target_length)
     if kind == "padir":
       config = decoding_config
       decodable = self.max_decode_length - config.min_length + 1
@@ -318,6 +358,81 @@ class Translator:
       return cls(model.module, params, processor, "padir", vocab_high, config, **own)
     return cls(model.module, params, processor, "ar", vocab_high, **options, **own)
 
+  @classmethod
+  def draft_verify_from_checkpoints(
+      cls,
+      checkpoint: str,
+      draft_checkpoint: str,
+      vocab_path: str | None = None,
+      gin_file: str | None = None,
+      draft_gin_file: str | None = None,
+      verify: str = "strict",
+      verify_top_k: int | None = None,
+      verify_margin: float | None = None,
+      redraft_passes: int | None = None,
+      reuse_drafts: bool = False,
+      shift_variants: bool = False,
+      **options,
+  ) -> Translator:
+    """An AR checkpoint that decodes greedily with the PaDIR checkpoint's drafts (draft_verify).
+
+    Each checkpoint is loaded as `from_checkpoint` loads it (core or T5X), the AR one with
+    kind='ar', the PaDIR one with kind='padir'; they must share their vocabulary.
+
+    Args:
+      checkpoint: the AR verifier.
+      draft_checkpoint: the PaDIR drafter.
+      vocab_path: a SentencePiece model to use for both instead of the checkpoints'.
+      gin_file / draft_gin_file: T5X only, as from_checkpoint's gin_file.
+      verify: 'strict' or 'tolerant' (modes.VerifyMode).
+      verify_top_k / verify_margin: 'tolerant' only (DraftVerifyConfig's top_k, margin).
+      redraft_passes: passes of every draft after the first (default: the first's).
+      reuse_drafts / shift_variants: DraftVerifyConfig's (re-verify the last draft with the AR
+        token in place, also shifted by one either way, before re-drafting).
+      **options: batch_size, seed, strict, and the drafter's PaDIR decoding options (as
+        from_checkpoint's; max_passes is the first draft's).
+    """
+    from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
+
+    own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
+    wrong = sorted(set(options) & set(AR_OPTIONS))
+    if wrong:
+      raise ValueError(
+          f"{', '.join(wrong)} do(es) not apply to draft-and-verify decoding (AR greedy)"
+      )
+    verifier = cls.from_checkpoint(checkpoint, vocab_path, kind="ar", gin_file=gin_file)
+    drafter = cls.from_checkpoint(
+        draft_checkpoint, vocab_path, kind="padir", gin_file=draft_gin_file, **options
+    )
+    if verifier.processor.serialized_model_proto() != drafter.processor.serialized_model_proto():
+      raise CheckpointError(
+          f"{checkpoint} and {draft_checkpoint} have different vocabularies: a drafter must "
+          "share its verifier's"
+      )
+    tolerant = {"top_k": verify_top_k, "margin": verify_margin}
+    config = draft_verify.DraftVerifyConfig(
+        decoding=drafter.decoding_config,
+        redraft_passes=redraft_passes,
+        verify=verify,
+        reuse_drafts=reuse_drafts,
+        shift_variants=shift_variants,
+        **{k: v for k, v in tolerant.items() if v is not None},
+    )
+    return cls(
+        verifier.module,
+        verifier.params,
+        verifier.processor,
+        "ar",
+        verifier.vocab_high,
+        drafter=Drafter(drafter.module, drafter.params, config),
+        **own,
+    )
+
+  @property
+  def report_kind(self) -> str:
+    """'padir', 'ar' or 'draft_verify' (what Report.line names the passes after)."""
+    return "draft_verify" if self.drafter is not None else self.kind
+
   # ---------------------------------------------------------------------------------------------
   def translate(self, lines: Sequence[str], details: bool = False) -> list:
     """Translations of `lines`, in order: strings, or `Translation`s with `details`.
@@ -375,7 +490,7 @@ class Translator:
     return results, report
 
   def _translate_encoded(self, encoded, truncated, update):
-    report = Report(kind=self.kind, sentences=len(encoded), truncated_lines=truncated)
+    report = Report(kind=self.report_kind, sentences=len(encoded), truncated_lines=truncated)
     results: list[Translation | None] = [None] * len(encoded)
     order = [i for i, ids in enumerate(encoded) if ids]
     for i, ids in enumerate(encoded):
@@ -419,7 +534,25 @@ class Translator:
     for row, ids in enumerate(sequences):
       tokens[row, : len(ids)] = ids
       tokens[row, len(ids)] = EOS_ID
-    if self.kind == "padir":
+    if self.drafter is not None:
+      from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
+
+      result = draft_verify.draft_verify_decode(
+          self.module,
+          self.params,
+          self.drafter.module,
+          self.drafter.params,
+          tokens,
+          jax.random.fold_in(jax.random.PRNGKey(self.seed), batch_index),
+          self.drafter.config,
+          self.max_decode_length,
+      )
+      best = np.asarray(result.sequences)[:n]
+      scores = [None] * n  # no beam score: the AR greedy choice at every step
+      is_eos = best == EOS_ID
+      lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, best.shape[1]).tolist()
+      passes = np.asarray(result.sequential_calls)[:n].tolist()
+    elif self.kind == "padir":
       from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
 
       rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), batch_index)
@@ -530,6 +663,43 @@ def build_parser() -> argparse.ArgumentParser:
   ar = parser.add_argument_group("AR decoding")
   ar.add_argument("--beam_size", type=_positive_int, help="beam size (default 4)")
   ar.add_argument("--alpha", type=_non_negative_float, help="length penalty (default 0.6)")
+  dv = parser.add_argument_group(
+      "draft and verify (AR greedy with PaDIR drafts; the PaDIR flags set the drafter's decoding)"
+  )
+  dv.add_argument(
+      "--draft_checkpoint",
+      help="PaDIR checkpoint that drafts for the AR --checkpoint (core, or T5X with t5x)",
+  )
+  dv.add_argument("--draft_gin_file", help="T5X: the gin config of the drafter")
+  dv.add_argument(
+      "--verify",
+      choices=[m.value for m in VerifyMode],
+      help="strict: AR greedy exactly (default); tolerant: also near-best draft tokens",
+  )
+  dv.add_argument(
+      "--verify_top_k", type=_positive_int, help="tolerant: draft token in the AR top-k"
+  )
+  dv.add_argument(
+      "--verify_margin",
+      type=_non_negative_float,
+      help="tolerant: ... and within this many nats of the AR best",
+  )
+  dv.add_argument(
+      "--redraft_passes", type=_positive_int, help="passes of the drafts after the first"
+  )
+  dv.add_argument(
+      "--reuse_drafts",
+      action="store_true",
+      default=None,
+      help="after a disagreement, verify the same draft again (AR token in place) before "
+      "re-drafting",
+  )
+  dv.add_argument(
+      "--shift_variants",
+      action="store_true",
+      default=None,
+      help="with --reuse_drafts: also verify it shifted by one either way (one call, 3x rows)",
+  )
   parser.add_argument("--batch_size", type=_positive_int, default=32)
   parser.add_argument("--seed", type=int, default=0, help="random initial tokens, re-masking")
   parser.add_argument(
@@ -581,6 +751,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"argument --vocab: file not found: {args.vocab}")
   if args.gin_file is not None and not os.path.isfile(args.gin_file):
     parser.error(f"argument --gin_file: file not found: {args.gin_file}")
+  if args.draft_checkpoint is None:
+    given = [k for k in VERIFY_OPTIONS + ("draft_gin_file",) if getattr(args, k) is not None]
+    if given:
+      parser.error(f"argument --{given[0]}: needs --draft_checkpoint (draft and verify)")
+  else:
+    if not os.path.isdir(args.draft_checkpoint):
+      parser.error(f"argument --draft_checkpoint: directory not found: {args.draft_checkpoint}")
+    if args.draft_gin_file is not None and not os.path.isfile(args.draft_gin_file):
+      parser.error(f"argument --draft_gin_file: file not found: {args.draft_gin_file}")
+    given = [k for k in AR_OPTIONS if getattr(args, k) is not None]
+    if given:
+      parser.error(
+          f"argument --{given[0]}: does not apply to draft and verify (AR greedy decoding)"
+      )
+    if args.kind == "padir":
+      parser.error("argument --kind: draft and verify needs an AR --checkpoint, not 'padir'")
+    if args.shift_variants and not args.reuse_drafts:
+      parser.error("argument --shift_variants: needs --reuse_drafts")
+    if args.verify != "tolerant":
+      given = [k for k in TOLERANT_OPTIONS if getattr(args, k) is not None]
+      if given:
+        parser.error(f"argument --{given[0]}: needs --verify tolerant")
   if args.output is not None:
     if os.path.isdir(args.output):
       parser.error(f"argument --output: is a directory: {args.output}")
@@ -596,6 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       lines = [line for _, line in textio.iter_text_lines(args.input, allow_empty_lines=True)]
     meta = {"kind": checkpoint_kind(args.checkpoint, args.gin_file)}
+    if args.draft_checkpoint is not None:
+      return _draft_verify_main(parser, args, lines, meta["kind"])
     decoder_flags = AR_OPTIONS if meta["kind"] == "ar" else PADIR_OPTIONS
     options = {k: getattr(args, k) for k in decoder_flags if getattr(args, k) is not None}
     if args.kind is None:
@@ -619,13 +813,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         **options,
     )
     load_seconds = time.perf_counter() - load_start
-    progress = _progress_bar if args.input is not None and not args.no_progress else None
-    translations, report = translator.translate_with_report(lines, name, progress)
+    return _translate_and_write(args, translator, lines, load_seconds)
   except (CheckpointError, textio.CorpusFileError, TranslationInputError, ValueError) as e:
     # CheckpointError, CorpusFileError and TranslationInputError are ValueErrors; others (a
     # length beam the model cannot decode) are too: one line, no traceback.
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 1
+
+
+def _draft_verify_main(parser, args, lines: list[str], kind: str) -> int:
+  """main() with --draft_checkpoint: kind checks (exit 2), then load both and translate.
+
+  Raises what main() turns into exit status 1 (CheckpointError, ...).
+  """
+  if kind != "ar":
+    parser.error(
+        f"argument --draft_checkpoint: needs an AR --checkpoint to verify the drafts, but "
+        f"{_described_file(args.checkpoint)} holds a PaDIR model"
+    )
+  draft_kind = checkpoint_kind(args.draft_checkpoint, args.draft_gin_file)
+  if draft_kind != "padir":
+    parser.error(
+        f"argument --draft_checkpoint: needs a PaDIR checkpoint, but "
+        f"{_described_file(args.draft_checkpoint)} holds an AR model"
+    )
+  options = {k: getattr(args, k) for k in PADIR_OPTIONS if getattr(args, k) is not None}
+  verify = {k: getattr(args, k) for k in VERIFY_OPTIONS if getattr(args, k) is not None}
+  load_start = time.perf_counter()
+  translator = Translator.draft_verify_from_checkpoints(
+      args.checkpoint,
+      args.draft_checkpoint,
+      vocab_path=args.vocab,
+      gin_file=args.gin_file,
+      draft_gin_file=args.draft_gin_file,
+      batch_size=args.batch_size,
+      seed=args.seed,
+      strict=args.strict,
+      **verify,
+      **options,
+  )
+  return _translate_and_write(args, translator, lines, time.perf_counter() - load_start)
+
+
+def _translate_and_write(args, translator: Translator, lines: list[str], load_seconds: float):
+  """Translates `lines`, writes the output and the summary line; returns the exit status."""
+  prog = "translate"
+  name = args.input or "<stdin>"
+  progress = _progress_bar if args.input is not None and not args.no_progress else None
+  translations, report = translator.translate_with_report(lines, name, progress)
   if report.truncated_lines:
     message = truncation_warning(report.truncated_lines, translator.max_input_length, name)
     print(f"{prog}: warning: {message}", file=sys.stderr)

@@ -1,0 +1,493 @@
+"""Draft and verify: the AR model's greedy translation in far fewer sequential calls.
+
+The EM loop trains an AR model and a PaDIR model on the same data with the same architecture.
+Used together (speculative decoding with a non-autoregressive drafter, Xia et al. 2023):
+
+1. both encoders run once;
+2. PaDIR drafts a whole target in a few parallel passes (its length beam and passes,
+   `DraftVerifyConfig.decoding`);
+3. the AR model reads the draft in one teacher-forced forward pass (causal: the logits at
+   position j see draft tokens < j only) and keeps the longest prefix on which its greedy
+   choice equals the draft, plus its own greedy token at the first disagreement, so that every
+   round gains at least one token;
+4. PaDIR re-drafts the rest with the kept prefix forced (`decoding.refine_lengths`' `forced`),
+   over its length beam restricted to lengths that hold the prefix and an EOS
+   (`constrained_length_beam`), in `redraft_passes` passes; or, with `reuse_drafts`, the next
+   round first verifies the same draft with the AR token in place of the rejected one (no
+   PaDIR pass), re-drafting only once the kept prefix has reached the draft's EOS;
+5. repeat until the AR model accepts an EOS or the prefix fills the table.
+
+In 'strict' mode (modes.VerifyMode) every kept token is the AR model's greedy choice given the
+tokens before it, so the output is AR greedy decoding's token for token (`ar_decoding.
+greedy_reference`, with the same allowed_token_mask restriction), whatever the drafter; a good
+drafter only makes it faster. 'tolerant' also keeps a draft token that is among the AR model's
+top `top_k` within `margin` nats of its best: fewer rounds, no longer exactly greedy (the
+correction at a disagreement is still the AR greedy token).
+
+Sequential model calls per sentence = rounds (one AR verify call each) + PaDIR passes (over all
+rounds); AR greedy decoding needs one call per output token (EOS included). The encoders run
+once in both and are not counted.
+
+One jitted decode (`draft_verify_decode`): the rounds are a lax.while_loop over the batch in
+which rows finish independently (a finished row's later rounds are computed and discarded). As
+in `decoding.decode_with_network`, each round drafts and verifies only the smallest length
+bucket (DecodingConfig.length_buckets) that holds its longest candidate length, chosen inside
+jit by lax.switch (the AR verification likewise, by the draft's length). No t5x import.
+
+Shapes: b = batch, s = source length, c = DecodingConfig.num_candidates drafts per example,
+n = b * c, t = max_decode_length, t' = the round's bucket (<= t), L = length classes,
+V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from padir_t5x import EOS_ID
+from padir_t5x import PAD_ID
+from padir_t5x import ar_decoding
+from padir_t5x import beam as beam_lib
+from padir_t5x import bucketing
+from padir_t5x import decoding
+from padir_t5x import layout
+from padir_t5x import network
+from padir_t5x.modes import VerifyMode
+
+Array = jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftVerifyConfig:
+  """How draft-and-verify decodes (frozen: a static jit argument).
+
+  Attributes:
+    decoding: the drafter's DecodingConfig (length beam, init, re-masking, de-duplication, ...);
+      its max_passes are the first draft's passes. vocab_high must be the AR model's real
+      vocabulary size too (the two models share a vocabulary): the AR greedy choice is
+      restricted to ar_decoding.allowed_token_mask(V, vocab_high), as greedy_reference's.
+    redraft_passes: passes of every later draft (None: decoding.max_passes). Later drafts start
+      from a fresh fill around the forced prefix, like the first.
+    verify: VerifyMode (or its name): 'strict' (AR greedy exactly) or 'tolerant'.
+    top_k: 'tolerant': a draft token must be among the AR model's top_k tokens ...
+    margin: ... and its log-prob at most `margin` nats below the best one. Ignored by 'strict';
+      'tolerant' with top_k=1 (or margin=0) keeps what 'strict' keeps.
+    reuse_drafts: after a disagreement, the next round verifies the same draft with the AR
+      model's token in place of the rejected one (no PaDIR pass: one sequential call), and PaDIR
+      re-drafts only once the kept prefix has reached that draft's EOS. Right when the drafter's
+      error was a substitution; after an insertion or deletion the rest is misaligned and costs
+      a round per token, as AR greedy would. (In a batch, a round drafts for every row when one
+      row needs it; only the rows that need a draft take it, so a row's output and counts do not
+      depend on its batch, up to the drafter's random fill.)
+    shift_variants: with reuse_drafts, a reused draft is verified in three variants at once
+      (one call over 3x the rows): the drafter's error taken as a substitution, an insertion or
+      a deletion (the rest of the draft in place, shifted right or shifted left by one), and the
+      row keeps the variant that gained the most tokens. Strict mode stays exact: every kept
+      token is verified.
+  """
+
+  decoding: decoding.DecodingConfig = dataclasses.field(default_factory=decoding.DecodingConfig)
+  redraft_passes: int | None = None
+  verify: VerifyMode = VerifyMode.STRICT
+  top_k: int = 3
+  margin: float = 1.0
+  reuse_drafts: bool = False
+  shift_variants: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "verify", VerifyMode.coerce(self.verify, "verify"))
+    if not isinstance(self.decoding, decoding.DecodingConfig):
+      raise ValueError(f"decoding must be a DecodingConfig, got {type(self.decoding).__name__}")
+    if self.redraft_passes is not None and self.redraft_passes < 1:
+      raise ValueError(f"redraft_passes must be >= 1, got {self.redraft_passes}")
+    if self.top_k < 1:
+      raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+    if not (self.margin >= 0 and math.isfinite(self.margin)):
+      raise ValueError(f"margin must be finite and >= 0, got {self.margin}")
+    if self.shift_variants and not self.reuse_drafts:
+      raise ValueError("shift_variants needs reuse_drafts (it varies a reused draft)")
+
+  @property
+  def redraft_config(self) -> decoding.DecodingConfig:
+    """The DecodingConfig of the drafts after the first."""
+    if self.redraft_passes is None or self.redraft_passes == self.decoding.max_passes:
+      return self.decoding
+    return dataclasses.replace(self.decoding, max_passes=self.redraft_passes)
+
+
+@flax.struct.dataclass
+class DraftVerifyResult:
+  """sequences [b, t] int32: content, EOS, then PAD (no EOS if a row filled the table);
+  rounds [b] int32: AR verify calls; passes [b] int32: PaDIR passes over all rounds; accepted
+  [b] int32: draft tokens kept as drafted (EOS included; the AR corrections not)."""
+
+  sequences: Array
+  rounds: Array
+  passes: Array
+  accepted: Array
+
+  @property
+  def sequential_calls(self) -> Array:
+    """[b] int32 sequential model calls: verify calls + PaDIR passes (encoders not counted)."""
+    return self.rounds + self.passes
+
+
+def constrained_length_beam(
+    length_logits: Array, min_lengths: Array, config: decoding.DecodingConfig, t: int
+) -> tuple[Array, Array]:
+  """The drafter's length beam over the lengths >= min_lengths (per row).
+
+  decoding.length_beam on the logits with the shorter lengths at DISALLOWED_LENGTH_LOGIT (so
+  their log-prob is ~-1e9); where fewer lengths than candidates remain, the extra candidates
+  are clipped up to min_lengths (repeats, which lose on their length log-prob).
+
+  Args:
+    length_logits: [b, L] float.
+    min_lengths: [b] int32, each in 1..t.
+    config: the drafter's DecodingConfig.
+    t: max_decode_length.
+
+  Returns:
+    (lengths [b, c] int32 in min_lengths..t, log_probs [b, c] float32).
+  """
+  classes = jnp.arange(length_logits.shape[-1])[None, :] + 1  # [1, L] lengths
+  allowed = classes >= min_lengths[:, None]  # [b, L]
+  logits = jnp.where(allowed, length_logits, layout.DISALLOWED_LENGTH_LOGIT)  # [b, L]
+  lengths, log_probs = decoding.length_beam(logits, config, t)  # [b, c] each
+  return jnp.maximum(lengths, min_lengths[:, None]).astype(jnp.int32), log_probs
+
+
+def agreement(draft: Array, log_probs: Array, config: DraftVerifyConfig) -> Array:
+  """[b, t'] bool: where the AR model accepts the draft token (VerifyMode).
+
+  Args:
+    draft: [b, t'] int32 draft tokens.
+    log_probs: [b, t', V] float32 AR log-probs at each position given the draft before it,
+      -inf outside allowed_token_mask.
+    config: verify, top_k, margin.
+  """
+  greedy = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [b, t'] AR greedy choice
+  agree = draft == greedy  # [b, t']
+  if config.verify is VerifyMode.TOLERANT:
+    draft_log_probs = jnp.take_along_axis(log_probs, draft[..., None], axis=-1)[..., 0]  # [b, t']
+    best = jnp.max(log_probs, axis=-1)  # [b, t']
+    rank = jnp.sum(log_probs > draft_log_probs[..., None], axis=-1)  # [b, t'] better tokens
+    near = (rank < config.top_k) & (draft_log_probs >= best - config.margin)  # [b, t']
+    agree = agree | near  # [b, t']
+  return agree
+
+
+def accept(
+    draft: Array, prefix_lengths: Array, log_probs: Array, config: DraftVerifyConfig, t: int
+) -> tuple[Array, Array, Array, Array]:
+  """One verification: the kept prefix of a draft, plus the AR token at the first disagreement.
+
+  Args:
+    draft: [b, t'] int32 drafts (content, EOS, PAD), equal to the kept prefix at positions
+      < prefix_lengths.
+    prefix_lengths: [b] int32 P: tokens already kept (all content).
+    log_probs: [b, t', V] float32 the AR model's teacher-forced log-probs of the draft.
+    config: the acceptance rule.
+    t: max_decode_length (a prefix of t tokens ends the row).
+
+  Returns:
+    (tokens [b, t'] int32: the new kept prefix then PAD, lengths [b] int32 (>= P + 1),
+     ended [b] bool: EOS kept or t tokens, accepted [b] int32: draft tokens kept past P).
+  """
+  width = draft.shape[1]
+  positions = jnp.arange(width)[None, :]  # [1, t']
+  draft_lengths = layout.sequence_lengths(draft)  # [b] EOS included
+  agree = agreement(draft, log_probs, config)  # [b, t']
+  ok = (positions < prefix_lengths[:, None]) | (
+      agree & (positions < draft_lengths[:, None])
+  )  # [b, t'] kept positions, up to the first disagreement
+  first_bad = jnp.where(jnp.all(ok, axis=1), width, jnp.argmin(ok, axis=1))  # [b]
+  whole = first_bad >= draft_lengths  # [b] the draft's EOS was accepted
+  greedy = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [b, t']
+  correction = jnp.take_along_axis(greedy, jnp.minimum(first_bad, width - 1)[:, None], axis=1)[
+      :, 0
+  ]  # [b] AR greedy token at the first disagreement
+  tokens = jnp.where(positions < first_bad[:, None], draft, PAD_ID)  # [b, t']
+  fix = ~whole[:, None] & (positions == first_bad[:, None])  # [b, t']
+  tokens = jnp.where(fix, correction[:, None], tokens).astype(jnp.int32)  # [b, t']
+  lengths = jnp.where(whole, draft_lengths, first_bad + 1).astype(jnp.int32)  # [b]
+  ended = whole | (correction == EOS_ID) | (lengths >= t)  # [b]
+  return tokens, lengths, ended, (first_bad - prefix_lengths).astype(jnp.int32)
+
+
+class _State(flax.struct.PyTreeNode):
+  """The lax.while_loop carry of the rounds."""
+
+  step: Array  # [] int32 rounds run by the batch
+  tokens: Array  # [b, t] int32 kept prefix (with EOS once ended), PAD after
+  lengths: Array  # [b] int32 kept tokens
+  done: Array  # [b] bool
+  rounds: Array  # [b] int32
+  passes: Array  # [b] int32
+  accepted: Array  # [b] int32
+  draft: Array  # [b, t] int32 the last draft verified (reuse_drafts)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("ar_module", "padir_module", "config", "max_decode_length")
+)
+def _draft_verify_decode(
+    ar_module,
+    ar_params,
+    padir_module,
+    padir_params,
+    encoder_input_tokens: Array,
+    rng: Array,
+    config: DraftVerifyConfig,
+    max_decode_length: int,
+) -> DraftVerifyResult:
+  t = max_decode_length
+  b = encoder_input_tokens.shape[0]
+  c = config.decoding.num_candidates
+  positions = jnp.arange(t)[None, :]  # [1, t]
+  padir_encoded, length_logits = network.encode_and_predict_length(
+      padir_module, padir_params, encoder_input_tokens
+  )  # [b, s(+1), d], [b, L]
+  ar_encoded = ar_module.apply(
+      {"params": ar_params}, encoder_input_tokens, enable_dropout=False, method="encode"
+  )  # [b, s, d]
+  beam_encoded = beam_lib.flat_batch_beam_expand(padir_encoded, c)  # [n, s(+1), d]
+  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, c)  # [n, s]
+  allowed = jnp.asarray(
+      ar_decoding.allowed_token_mask(ar_module.config.vocab_size, config.decoding.vocab_high)
+  )  # [V] as greedy_reference's
+  verify_buckets = bucketing.length_buckets(t, config.decoding.length_buckets, 1, 1)
+
+  def refine_fn(decoder_input_tokens, length_mask):
+    return padir_module.apply(
+        {"params": padir_params},
+        beam_encoded,
+        beam_inputs,
+        decoder_input_tokens,
+        length_mask,
+        enable_dropout=False,
+        method="decode",
+    )  # [n, t', V]
+
+  def draft_at(width: int, draft_config: decoding.DecodingConfig):
+    """A PaDIR draft over the first `width` positions (one lax.switch branch)."""
+
+    def branch(operands):
+      tokens, prefix_lengths, lengths, length_log_probs, round_rng = operands
+      prefix = tokens[:, :width]  # [b, t']
+      forced = jnp.arange(width)[None, :] < prefix_lengths[:, None]  # [b, t']
+      drafts = decoding.refine_lengths(
+          refine_fn,
+          lengths,
+          length_log_probs,
+          round_rng,
+          draft_config,
+          width,
+          table_length=t,
+          forced=forced,
+          forced_tokens=prefix,
+      )  # sequences [b, c, t'], best last
+      draft = jnp.where(forced, prefix, drafts.sequences[:, -1, :])  # [b, t']
+      return jnp.pad(draft, ((0, 0), (0, t - width))), drafts.passes  # [b, t], [b]
+
+    return branch
+
+  def padir_draft(state: _State, draft_config: decoding.DecodingConfig) -> tuple[Array, Array]:
+    """([b, t] drafts holding each active row's kept prefix, [b] passes)."""
+    active = ~state.done  # [b]
+    # Finished rows draft unconstrained (computed, then discarded): they never widen the bucket.
+    prefix_lengths = jnp.where(active, state.lengths, 0)  # [b]
+    min_lengths = jnp.minimum(jnp.maximum(prefix_lengths + 1, draft_config.min_length), t)  # [b]
+    lengths, length_log_probs = constrained_length_beam(
+        length_logits, min_lengths, draft_config, t
+    )  # [b, c] each
+    buckets = bucketing.length_buckets(
+        t, draft_config.length_buckets, draft_config.num_lengths, draft_config.min_length
+    )
+    operands = (
+        state.tokens,
+        prefix_lengths,
+        lengths,
+        length_log_probs,
+        jax.random.fold_in(rng, state.step),
+    )
+    if len(buckets) == 1:
+      return draft_at(t, draft_config)(operands)
+    index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
+    return jax.lax.switch(index, [draft_at(w, draft_config) for w in buckets], operands)
+
+  num_variants = 3 if config.shift_variants else 1
+  # The verifier's inputs for m drafts per example (flat_batch_beam_expand order).
+  ar_inputs_for = {
+      m: (
+          beam_lib.flat_batch_beam_expand(ar_encoded, m),  # [b * m, s, d]
+          beam_lib.flat_batch_beam_expand(encoder_input_tokens, m),  # [b * m, s]
+      )
+      for m in {1, num_variants}
+  }
+
+  def verify_at(width: int, m: int):
+    """The AR model's teacher-forced pass over the first `width` positions of b * m drafts, and
+    `accept` (one lax.switch branch)."""
+
+    def branch(operands):
+      draft, prefix_lengths = operands  # [b * m, t], [b * m]
+      draft = draft[:, :width]  # [b * m, t']
+      encoded, sources = ar_inputs_for[m]  # [b * m, s, d], [b * m, s]
+      ar_inputs = jnp.pad(draft[:, :-1], ((0, 0), (1, 0)))  # [b * m, t'] shifted right, BOS = 0
+      logits = ar_module.apply(
+          {"params": ar_params},
+          encoded,
+          sources,
+          ar_inputs,
+          jnp.ones_like(draft),
+          enable_dropout=False,
+          method="decode",
+      )  # [b * m, t', V] one teacher-forced pass
+      logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)  # [b * m, t', V]
+      log_probs = jax.nn.log_softmax(logits, axis=-1)  # [b * m, t', V]
+      kept, kept_lengths, ended, accepted = accept(
+          draft, prefix_lengths, log_probs, config, t
+      )  # [b * m, t'], [b * m], [b * m], [b * m]
+      return jnp.pad(kept, ((0, 0), (0, t - width))), kept_lengths, ended, accepted
+
+    return branch
+
+  def run_round(state: _State, draft_config: decoding.DecodingConfig, reuse: bool) -> _State:
+    active = ~state.done  # [b]
+    count = active.astype(jnp.int32)  # [b]
+    prefix_lengths = jnp.where(active, state.lengths, 0)  # [b] P
+    after_prefix = positions >= prefix_lengths[:, None]  # [b, t]
+    if reuse:
+      # A row drafts anew only once its kept prefix has reached the last draft's EOS.
+      need = active & (layout.sequence_lengths(state.draft) <= state.lengths)  # [b]
+      fresh, fresh_passes = jax.lax.cond(
+          jnp.any(need),
+          lambda s: padir_draft(s, draft_config),
+          lambda s: (s.draft, jnp.zeros((b,), jnp.int32)),
+          state,
+      )  # [b, t], [b]
+      old = jnp.where(need[:, None], fresh, state.draft)  # [b, t]
+      passes = jnp.where(need, fresh_passes, 0)  # [b]
+      # The last draft after its rejected token (P - 1), now the AR token: the drafter's error
+      # was a substitution (the rest follows as drafted), an insertion (the rejected token comes
+      # next) or a deletion (the token after it does).
+      variants = [jnp.where(after_prefix, old, state.tokens)]  # [b, t]
+      valid = [jnp.ones((b,), bool)]
+      if config.shift_variants:
+        for shifted in (
+            jnp.pad(old[:, :-1], ((0, 0), (1, 0))),  # [b, t] old[j - 1] at j
+            jnp.pad(old[:, 1:], ((0, 0), (0, 1))),  # [b, t] old[j + 1] at j
+        ):
+          variant = jnp.where(after_prefix, shifted, state.tokens)  # [b, t]
+          variants.append(variant)
+          valid.append(~need & (layout.sequence_lengths(variant) > prefix_lengths))  # [b]
+    else:
+      draft, passes = padir_draft(state, draft_config)  # [b, t], [b]
+      variants, valid = [draft], [jnp.ones((b,), bool)]
+    m = len(variants)
+    drafts = jnp.stack(variants, axis=1).reshape(b * m, t)  # [b * m, t]
+    flat_prefix = beam_lib.flat_batch_beam_expand(prefix_lengths, m)  # [b * m]
+    flat_active = beam_lib.flat_batch_beam_expand(active, m)  # [b * m]
+    draft_lengths = jnp.where(flat_active, layout.sequence_lengths(drafts), 1)  # [b * m]
+    operands = (drafts, flat_prefix)
+    if len(verify_buckets) == 1:
+      verified = verify_at(t, m)(operands)
+    else:
+      index = bucketing.bucket_index(jnp.max(draft_lengths), verify_buckets)  # []
+      verified = jax.lax.switch(index, [verify_at(w, m) for w in verify_buckets], operands)
+    verified = [beam_lib.unflatten_beam_dim(x, b, m) for x in (drafts, *verified)]
+    # Each row keeps the variant that gained the most (the first among equals).
+    gained = jnp.where(jnp.stack(valid, axis=1), verified[2], -1)  # [b, m]
+    choice = jnp.argmax(gained, axis=1)[:, None]  # [b, 1]
+    draft, kept, kept_lengths, ended, accepted = [
+        beam_lib.gather_beams(x, choice)[:, 0] for x in verified
+    ]  # [b, t], [b, t], [b], [b], [b]
+    return _State(
+        step=state.step + 1,  # []
+        tokens=jnp.where(active[:, None], kept, state.tokens),  # [b, t]
+        lengths=jnp.where(active, kept_lengths, state.lengths),  # [b]
+        done=state.done | ended,  # [b]
+        rounds=state.rounds + count,  # [b]
+        passes=state.passes + count * passes,  # [b]
+        accepted=state.accepted + count * accepted,  # [b]
+        draft=jnp.where(active[:, None], draft, state.draft),  # [b, t]
+    )
+
+  zeros = jnp.zeros((b,), jnp.int32)
+  state = _State(
+      step=jnp.zeros((), jnp.int32),
+      tokens=jnp.zeros((b, t), jnp.int32),
+      lengths=zeros,
+      done=jnp.zeros((b,), bool),
+      rounds=zeros,
+      passes=zeros,
+      accepted=zeros,
+      draft=jnp.zeros((b, t), jnp.int32),
+  )
+  # The first draft: decoding.max_passes passes.
+  state = run_round(state, config.decoding, reuse=False)
+  redraft = config.redraft_config
+  # Every round gains >= 1 token per active row, so t rounds always suffice.
+  state = jax.lax.while_loop(
+      lambda s: (s.step < t) & ~jnp.all(s.done),
+      lambda s: run_round(s, redraft, config.reuse_drafts),
+      state,
+  )
+  return DraftVerifyResult(
+      sequences=state.tokens, rounds=state.rounds, passes=state.passes, accepted=state.accepted
+  )
+
+
+def draft_verify_decode(
+    ar_module,
+    ar_params: Any,
+    padir_module,
+    padir_params: Any,
+    encoder_input_tokens: Array,
+    rng: Array,
+    config: DraftVerifyConfig,
+    max_decode_length: int,
+) -> DraftVerifyResult:
+  """Draft-and-verify decoding (see the module docstring); jitted, one compile per shape.
+
+  Args:
+    ar_module: the verifier, a network.Transformer with decoder_mode='autoregressive'.
+    ar_params: its 'params'.
+    padir_module: the drafter, a network.Transformer with decoder_mode='padir', same vocabulary.
+    padir_params: its 'params'.
+    encoder_input_tokens: [b, s] int32 sources (EOS-terminated, PAD after).
+    rng: PRNG key of the drafter (random fills, re-masking); 'strict' output does not depend
+      on it.
+    config: DraftVerifyConfig (static).
+    max_decode_length: t, at most both networks' max_target_length.
+
+  Returns:
+    DraftVerifyResult.
+  """
+  if ar_module.config.is_padir:
+    raise ValueError("ar_module needs decoder_mode='autoregressive'")
+  if not padir_module.config.is_padir:
+    raise ValueError("padir_module needs decoder_mode='padir'")
+  for name, module in (("ar_module", ar_module), ("padir_module", padir_module)):
+    if max_decode_length > module.config.max_target_length:
+      raise ValueError(
+          f"max_decode_length {max_decode_length} exceeds {name}'s max_target_length "
+          f"{module.config.max_target_length}"
+      )
+  return _draft_verify_decode(
+      ar_module,
+      ar_params,
+      padir_module,
+      padir_params,
+      jnp.asarray(encoder_input_tokens, jnp.int32),
+      rng,
+      config,
+      max_decode_length,
+  )
