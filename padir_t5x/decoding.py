@@ -796,6 +796,31 @@ jit_iterative_refinement_decode = jax.jit(
 # With the PaDIR network.
 
 
+def network_refine_fn(
+    module, params, encoded: Array, encoder_input_tokens: Array, rows_per_example: int
+) -> RefineFn:
+  """The network's decoder pass as a `RefineFn` over n = b * rows_per_example hypothesis rows.
+
+  Each example's encoder output [b, s, d] (and its source tokens [b, s], for the padding mask)
+  is repeated for its rows in flat_batch_beam_expand order; dropout off.
+  """
+  beam_encoded = beam_lib.flat_batch_beam_expand(encoded, rows_per_example)  # [n, s, d]
+  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, rows_per_example)  # [n, s]
+
+  def refine_fn(decoder_input_tokens: Array, length_mask: Array) -> Array:
+    return module.apply(
+        {"params": params},
+        beam_encoded,
+        beam_inputs,
+        decoder_input_tokens,
+        length_mask,
+        enable_dropout=False,
+        method="decode",
+    )  # [n, t', V]
+
+  return refine_fn
+
+
 @functools.partial(jax.jit, static_argnames=("module", "config", "max_decode_length"))
 def _decode_with_network(
     module,
@@ -815,20 +840,9 @@ def _decode_with_network(
         {"params": params}, encoded, encoder_input_tokens, method="predict_length"
     )  # [b, L]
   # The encoder runs once per example; its output is shared by the example's c hypotheses.
-  c = config.num_candidates
-  beam_encoded = beam_lib.flat_batch_beam_expand(encoded, c)  # [n, s, d]
-  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, c)  # [n, s]
-
-  def refine_fn(decoder_input_tokens, length_mask):
-    return module.apply(
-        {"params": params},
-        beam_encoded,
-        beam_inputs,
-        decoder_input_tokens,
-        length_mask,
-        enable_dropout=False,
-        method="decode",
-    )  # [n, t', V]
+  refine_fn = network_refine_fn(
+      module, params, encoded, encoder_input_tokens, config.num_candidates
+  )
 
   t = max_decode_length
   lengths, length_log_probs = length_beam(length_logits, config, t)  # [b, c] each

@@ -257,23 +257,14 @@ def _draft_verify_decode(
   ar_encoded = ar_module.apply(
       {"params": ar_params}, encoder_input_tokens, enable_dropout=False, method="encode"
   )  # [b, s, d]
-  beam_encoded = beam_lib.flat_batch_beam_expand(padir_encoded, c)  # [n, s(+1), d]
-  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, c)  # [n, s]
   allowed = jnp.asarray(
       ar_decoding.allowed_token_mask(ar_module.config.vocab_size, config.decoding.vocab_high)
   )  # [V] as greedy_reference's
   verify_buckets = bucketing.length_buckets(t, config.decoding.length_buckets, 1, 1)
 
-  def refine_fn(decoder_input_tokens, length_mask):
-    return padir_module.apply(
-        {"params": padir_params},
-        beam_encoded,
-        beam_inputs,
-        decoder_input_tokens,
-        length_mask,
-        enable_dropout=False,
-        method="decode",
-    )  # [n, t', V]
+  refine_fn = decoding.network_refine_fn(
+      padir_module, padir_params, padir_encoded, encoder_input_tokens, c
+  )  # the decoder over the c rows of each example
 
   def draft_at(width: int, draft_config: decoding.DecodingConfig):
     """A PaDIR draft over the first `width` positions (one lax.switch branch)."""
