@@ -98,23 +98,8 @@ def beam_search(
   # The encoder ran once per example; the beam shares its output (t5x flat_batch_beam_expand).
   beam_encoded = jnp.repeat(encoded, k, axis=0)
   beam_inputs = jnp.repeat(encoder_input_tokens, k, axis=0)
-  # The cache shapes come from one full-length decode=True call; eval_shape runs nothing, and
-  # every cache variable starts at zero (keys, values, indices).
-  dummy = jnp.ones((b * k, t), jnp.int32)
-  cache_shapes = jax.eval_shape(
-      lambda: module.apply(
-          variables,
-          beam_encoded,
-          beam_inputs,
-          dummy,
-          dummy,
-          enable_dropout=False,
-          decode=True,
-          mutable=["cache"],
-          method="decode",
-      )[1]["cache"]
-  )
-  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
+  # Every cache variable starts at zero (keys, values, indices), shaped by a full-length call.
+  cache = init_cache(module, params, beam_encoded, beam_inputs, t)
   allowed = jnp.asarray(allowed_token_mask(module.config.vocab_size, vocab_high))
   max_penalty = brevity_penalty(alpha, jnp.asarray(t))
 
