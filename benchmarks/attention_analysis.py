@@ -26,6 +26,7 @@ from benchmarks import common
 from padir_t5x import checkpoints
 from padir_t5x import analysis
 from padir_t5x import decoding
+from padir_t5x import shared_data
 from padir_t5x import vocab
 
 
@@ -90,7 +91,7 @@ def main(argv=None):
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
   module, params, meta = checkpoints.load_checkpoint(args.padir_checkpoint)
-  data_dir = args.data_dir or common.find_data_dir()
+  data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
   processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])

@@ -33,6 +33,7 @@ from benchmarks import common
 from padir_t5x import checkpoints
 from padir_t5x import decoding
 from padir_t5x import network
+from padir_t5x import shared_data
 from padir_t5x import vocab
 
 _HOST_PRIMITIVES = ("callback", "infeed", "outfeed", "host")
@@ -233,7 +234,7 @@ def main(argv=None):
 
     module, params, meta = checkpoints.load_checkpoint(args.padir_checkpoint)
     vocab_high = meta["vocab_high"]
-    data_dir = args.data_dir or common.find_data_dir()
+    data_dir = args.data_dir or shared_data.find_data_dir()
     processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
     _, _, source_ids, _ = common.load_dev_set(
         data_dir, processor, max(batch_sizes), module.config.max_input_length
