@@ -81,6 +81,7 @@ def clean_gin(monkeypatch, tmp_path):
 
 
 def _parse(files, bindings=(), capture=("model",)):
+  gin.clear_config()  # parsing finalises (locks) the config: each parse starts from a clean one
   for path in (str(REPO), T5X_CONFIG_ROOT):
     gin.add_config_file_search_path(path)
   targets = {
