@@ -22,6 +22,7 @@ import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
+from padir_t5x import network
 
 Array = jnp.ndarray
 NEG_INF = -1.0e7  # as t5x: finite, so that NEG_INF + log-prob stays ordered and NaN-free
@@ -78,6 +79,7 @@ def beam_search(
     max_decode_length: int,
     alpha: float = 0.6,
     vocab_high: int | None = None,
+    early_stopping: bool = True,
 ) -> BeamResult:
   """Beam search (see the module docstring). Pure: jit it with module, sizes static.
 
@@ -89,17 +91,22 @@ def beam_search(
     max_decode_length: t (at most the network's max_target_length).
     alpha: length-penalty exponent (0: plain log-prob).
     vocab_high: real vocabulary size; ids >= it are never produced.
+    early_stopping: stop once no alive hypothesis can beat the worst finished one (t5x's rule);
+      False runs all t steps (fixed work, for benchmarks/accelerator.py); the result is the same
+      either way.
   """
   if module.config.is_padir:
     raise ValueError("beam_search needs decoder_mode='autoregressive'")
   b, k, t = encoder_input_tokens.shape[0], beam_size, max_decode_length
   variables = {"params": params}
-  encoded = module.apply(variables, encoder_input_tokens, enable_dropout=False, method="encode")
-  # The encoder ran once per example; the beam shares its output (t5x flat_batch_beam_expand).
-  beam_encoded = jnp.repeat(encoded, k, axis=0)
-  beam_inputs = jnp.repeat(encoder_input_tokens, k, axis=0)
+  encoded = module.apply(
+      variables, encoder_input_tokens, enable_dropout=False, method="encode"
+  )  # [b, s, d]
+  # The encoder ran once per example, and its cross-attention keys and values are computed
+  # once too; each step reads them with the example's k beams grouped (no k copies).
+  invariants = network.decoder_invariants(module.config, params, encoded)
   # Every cache variable starts at zero (keys, values, indices), shaped by a full-length call.
-  cache = init_cache(module, params, beam_encoded, beam_inputs, t)
+  cache = init_cache(module, params, encoded, encoder_input_tokens, t, rows=b * k)
   allowed = jnp.asarray(allowed_token_mask(module.config.vocab_size, vocab_high))
   max_penalty = brevity_penalty(alpha, jnp.asarray(t))
 
@@ -119,21 +126,22 @@ def beam_search(
     # An alive hypothesis can at best keep its log-prob and get the largest normaliser.
     best_alive = jnp.max(s["alive_log_probs"], axis=-1) / max_penalty
     worst_finished = jnp.min(s["finished_scores"], axis=-1)
-    improvable = jnp.any(best_alive > worst_finished)
+    improvable = jnp.any(best_alive > worst_finished) | (not early_stopping)
     return (s["step"] < t) & improvable
 
   def step(s):
     logits, new_vars = module.apply(
         {"params": params, "cache": s["cache"]},
-        beam_encoded,
-        beam_inputs,
-        s["last_tokens"][:, None],
+        encoded,  # [b, s, d]
+        encoder_input_tokens,  # [b, s]
+        s["last_tokens"][:, None],  # [b * k, 1]
         jnp.ones((b * k, 1), jnp.int32),
         enable_dropout=False,
         decode=True,
+        invariants=invariants,
         mutable=["cache"],
         method="decode",
-    )
+    )  # [b * k, 1, V]
     logits = jnp.where(allowed, logits[:, 0, :].astype(jnp.float32), -jnp.inf)
     log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(b, k, -1)
     vocab = log_probs.shape[-1]
@@ -183,14 +191,31 @@ def beam_search(
 
 
 jit_beam_search = jax.jit(
-    beam_search, static_argnames=("module", "beam_size", "max_decode_length", "alpha", "vocab_high")
+    beam_search,
+    static_argnames=(
+        "module",
+        "beam_size",
+        "max_decode_length",
+        "alpha",
+        "vocab_high",
+        "early_stopping",
+    ),
 )
 
 
-def init_cache(module, params, encoded: Array, encoder_input_tokens: Array, length: int):
+def init_cache(
+    module,
+    params,
+    encoded: Array,
+    encoder_input_tokens: Array,
+    length: int,
+    rows: int | None = None,
+):
   """Zero key/value cache ('cache' collection) of a decode=True decoder over `length` positions
-  for the rows of `encoded` [r, s, d] / `encoder_input_tokens` [r, s]. eval_shape runs nothing."""
-  dummy = jnp.ones((encoder_input_tokens.shape[0], length), jnp.int32)
+  for `rows` decoder rows (default: one per example) reading `encoded` [b, s, d] /
+  `encoder_input_tokens` [b, s] (rows = b * k: k beams per example, grouped). eval_shape runs
+  nothing."""
+  dummy = jnp.ones((rows or encoder_input_tokens.shape[0], length), jnp.int32)
   cache_shapes = jax.eval_shape(
       lambda: module.apply(
           {"params": params},
@@ -240,6 +265,7 @@ def greedy_search(
       {"params": params}, encoder_input_tokens, enable_dropout=False, method="encode"
   )  # [b, s, d]
   allowed = jnp.asarray(allowed_token_mask(module.config.vocab_size, vocab_high))  # [V]
+  invariants = network.decoder_invariants(module.config, params, encoded)  # once, not per step
   state = dict(
       step=jnp.zeros((), jnp.int32),  # []
       sequences=jnp.zeros((b, t), jnp.int32),  # [b, t]
@@ -257,6 +283,7 @@ def greedy_search(
         jnp.ones((b, 1), jnp.int32),
         enable_dropout=False,
         decode=True,
+        invariants=invariants,
         mutable=["cache"],
         method="decode",
     )  # [b, 1, V]

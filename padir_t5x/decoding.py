@@ -144,6 +144,10 @@ class DecodingConfig:
       model's belief about the final hypothesis given its final input). Early stopping with
       'summed' needs a fixed point: the prediction unchanged and equal to the pass's own
       argmax (an unchanged prediction alone could still flip under further summing).
+    early_stopping: stop an example once a pass changes none of its hypotheses (default). False
+      runs every example for all max_passes passes: fixed work per decode, for benchmarks that
+      compare decoders at equal work (benchmarks/accelerator.py); a fixed point stays fixed
+      unless stutter re-masking refills it, so the output can differ only through that.
 
   The defaults are the paper's headline setting (Li et al. 2024): 5 length candidates, 4 passes,
   stutter re-masking between passes.
@@ -168,6 +172,7 @@ class DecodingConfig:
   inits_per_length: int = 1
   length_offsets: int = 0
   prediction: PredictionMode = PredictionMode.LAST
+  early_stopping: bool = True
 
   def __post_init__(self):
     # Frozen: store members, so a config built from names equals (and hashes as, for jit) one
@@ -557,8 +562,8 @@ def refinement_pass(
     changed_rows = changed_rows | jnp.any(unsettled, axis=-1)  # [n]
   changed = jnp.any(beam_lib.unflatten_beam_dim(changed_rows, batch_size, beam), axis=-1)  # [b]
   changed = changed | (state.step == 0)  # [b]
-  if config.remask is RemaskMode.LOW_CONFIDENCE:
-    changed = jnp.ones_like(changed)  # [b] the schedule runs all max_passes passes
+  if config.remask is RemaskMode.LOW_CONFIDENCE or not config.early_stopping:
+    changed = jnp.ones_like(changed)  # [b] every example runs all max_passes passes
   active = ~state.done  # [b] examples that take this pass
   active_rows = beam_lib.flat_batch_beam_expand(active, beam)  # [n]
   next_inputs = remasking.next_pass_inputs(
@@ -796,25 +801,27 @@ jit_iterative_refinement_decode = jax.jit(
 # With the PaDIR network.
 
 
-def network_refine_fn(
-    module, params, encoded: Array, encoder_input_tokens: Array, rows_per_example: int
-) -> RefineFn:
-  """The network's decoder pass as a `RefineFn` over n = b * rows_per_example hypothesis rows.
+def network_refine_fn(module, params, encoded: Array, encoder_input_tokens: Array) -> RefineFn:
+  """The network's decoder pass as a `RefineFn` over n = b * c hypothesis rows; dropout off.
 
-  Each example's encoder output [b, s, d] (and its source tokens [b, s], for the padding mask)
-  is repeated for its rows in flat_batch_beam_expand order; dropout off.
+  What no pass changes is computed here, once per decode (network.decoder_invariants): the
+  cross-attention keys and values of each example's encoder output [b, s, d], and positional
+  attention's logits. Each pass reads them with the example's c rows grouped (flat_batch_beam_
+  expand order), so the encoder output is never copied c times.
   """
-  beam_encoded = beam_lib.flat_batch_beam_expand(encoded, rows_per_example)  # [n, s, d]
-  beam_inputs = beam_lib.flat_batch_beam_expand(encoder_input_tokens, rows_per_example)  # [n, s]
+  invariants = None
+  if isinstance(module, network.Transformer):  # (tests also pass stand-in networks)
+    invariants = network.decoder_invariants(module.config, params, encoded)
 
   def refine_fn(decoder_input_tokens: Array, length_mask: Array) -> Array:
     return module.apply(
         {"params": params},
-        beam_encoded,
-        beam_inputs,
-        decoder_input_tokens,
-        length_mask,
+        encoded,  # [b, s, d]
+        encoder_input_tokens,  # [b, s]
+        decoder_input_tokens,  # [n, t']
+        length_mask,  # [n, t']
         enable_dropout=False,
+        invariants=invariants,
         method="decode",
     )  # [n, t', V]
 
@@ -840,9 +847,7 @@ def _decode_with_network(
         {"params": params}, encoded, encoder_input_tokens, method="predict_length"
     )  # [b, L]
   # The encoder runs once per example; its output is shared by the example's c hypotheses.
-  refine_fn = network_refine_fn(
-      module, params, encoded, encoder_input_tokens, config.num_candidates
-  )
+  refine_fn = network_refine_fn(module, params, encoded, encoder_input_tokens)
 
   t = max_decode_length
   lengths, length_log_probs = length_beam(length_logits, config, t)  # [b, c] each

@@ -263,7 +263,7 @@ def _draft_verify_decode(
   verify_buckets = bucketing.length_buckets(t, config.decoding.length_buckets, 1, 1)
 
   refine_fn = decoding.network_refine_fn(
-      padir_module, padir_params, padir_encoded, encoder_input_tokens, c
+      padir_module, padir_params, padir_encoded, encoder_input_tokens
   )  # the decoder over the c rows of each example
 
   def draft_at(width: int, draft_config: decoding.DecodingConfig):

@@ -166,6 +166,91 @@ class PositionEmbedder(nn.Module):
     return with_sharding_constraint(out, ("batch", "length", "embed"))
 
 
+def _heads_dense(
+    num_heads: int,
+    head_dim: int,
+    dtype: jnp.dtype,
+    kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
+    **kwargs,
+) -> DenseGeneral:
+  """A query/key/value projection [..., embed] -> [..., heads, kv] of MultiHeadAttention."""
+  return DenseGeneral(
+      features=(num_heads, head_dim),
+      kernel_axes=("embed", "joined_kv"),
+      dtype=dtype,
+      kernel_init=kernel_init,
+      **kwargs,
+  )
+
+
+def project_heads(
+    projection_params, inputs: Array, num_heads: int, head_dim: int, dtype: jnp.dtype
+) -> Array:
+  """[batch, length, embed] -> [batch, length, heads, kv] with one projection's parameters.
+
+  `projection_params`: the 'query', 'key' or 'value' subtree of a MultiHeadAttention's params.
+  Computes what the module's own projection computes, outside it: for work done once per
+  decode instead of once per pass (network.decoder_invariants).
+  """
+  dense = _heads_dense(num_heads, head_dim, dtype, parent=None)
+  return dense.apply({"params": projection_params}, inputs)
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None,
+    dtype: jnp.dtype,
+    dropout: Callable[[Array], Array] | None = None,
+) -> Array:
+  """Scaled dot-product attention, float32 logits and softmax whatever `dtype`.
+
+  Without dropout it is `jax.nn.dot_product_attention` (XLA's fused attention on CPU and TPU,
+  cuDNN's kernel on a GPU where the shapes allow); with dropout on the probabilities (training
+  only) the same arithmetic spelled out, since the fused call has no dropout.
+
+  Args:
+    query: [batch, q_length, heads, kv].
+    key, value: [batch, kv_length, heads, kv].
+    mask: bool broadcastable to [batch, heads, q_length, kv_length] (True: may attend) or None.
+    dtype: the activation dtype of the output.
+    dropout: maps float32 probabilities [batch, heads, q, kv] to dropped-out ones, or None.
+
+  Returns:
+    [batch, q_length, heads, kv] in `dtype`.
+  """
+  head_dim = query.shape[-1]
+  if dropout is None:
+    out = jax.nn.dot_product_attention(
+        query.astype(dtype),
+        key.astype(dtype),
+        value.astype(dtype),
+        mask=None if mask is None else mask.astype(jnp.bool_),
+        scale=float(1.0 / np.sqrt(head_dim)),
+    )
+    return out.astype(dtype)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
+  logits = logits / np.sqrt(head_dim).astype(np.float32)
+  return weighted_values(logits, value, mask, dtype, dropout)
+
+
+def weighted_values(
+    logits: Array,
+    value: Array,
+    mask: Array | None,
+    dtype: jnp.dtype,
+    dropout: Callable[[Array], Array] | None = None,
+) -> Array:
+  """softmax(masked logits) . value: float32 logits [b or 1, heads, q, kv] -> [b, q, heads, kv]."""
+  if mask is not None:
+    logits = jnp.where(mask, logits, MASK_BIAS)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [b, heads, q, kv]
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value.astype(dtype))
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention with separate query, key and value inputs.
 
@@ -173,6 +258,15 @@ class MultiHeadAttention(nn.Module):
   values from hidden states. With `decode=True` it keeps t5x's key/value cache
   (cached_key / cached_value as [batch, heads, kv, length], cache_index): the first call
   initialises it, each later call appends one position and attends causally to the cache.
+
+  Work that does not change between calls can come in precomputed (network.decoder_invariants):
+  `key_value`, the projected keys and values (cross-attention to a fixed encoder output), and
+  `logits`, query-key logits shared by every row (positional attention: positions only).
+
+  Rows grouped per example: the keys and values may have fewer rows than the queries, b against
+  n = b * c (the c hypotheses of each of b sources, in flat_batch_beam_expand order). Each
+  example's c query rows are then folded into one row of c * q queries against its keys, so the
+  encoder output is never copied c times; the mask must then be [b, 1, 1, kv_length].
   """
 
   num_heads: int
@@ -183,13 +277,7 @@ class MultiHeadAttention(nn.Module):
 
   def _project(self, x: Array, name: str) -> Array:
     """[batch, length, embed] -> [batch, length, heads, kv]."""
-    y = DenseGeneral(
-        features=(self.num_heads, self.head_dim),
-        kernel_axes=("embed", "joined_kv"),
-        dtype=self.dtype,
-        kernel_init=self.kernel_init,
-        name=name,
-    )(x)
+    y = _heads_dense(self.num_heads, self.head_dim, self.dtype, self.kernel_init, name=name)(x)
     return with_sharding_constraint(y, ("batch", "length", "heads", "kv"))
 
   def _update_cache(self, key: Array, value: Array, mask: Array | None):
@@ -226,46 +314,67 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(
       self,
-      inputs_q: Array,
-      inputs_k: Array,
+      inputs_q: Array | None,
+      inputs_k: Array | None,
       inputs_v: Array,
       mask: Array | None = None,
       *,
       decode: bool = False,
       deterministic: bool = True,
+      key_value: tuple[Array, Array] | None = None,
+      logits: Array | None = None,
   ) -> Array:
     """Attends queries to keys/values.
 
     Args:
-      inputs_q: [batch, q_length, q_features].
-      inputs_k: [batch, kv_length, k_features].
-      inputs_v: [batch, kv_length, v_features].
-      mask: bool [batch, 1, q_length, kv_length] (True: may attend) or None.
+      inputs_q: [batch, q_length, q_features] (not read with `logits`).
+      inputs_k: [kv_batch, kv_length, k_features] (not read with `key_value` or `logits`).
+      inputs_v: [kv_batch, kv_length, v_features] (not read with `key_value`).
+      mask: bool [batch, 1, q_length, kv_length] (True: may attend), [kv_batch, 1, 1,
+        kv_length] when rows are grouped (see the class docstring), or None.
       decode: use/initialise the autoregressive cache (self-attention only).
       deterministic: disable attention-probability dropout.
+      key_value: precomputed projections (key, value) of inputs_k / inputs_v, each
+        [kv_batch, kv_length, heads, kv].
+      logits: precomputed float32 [heads, q_length, kv_length] scaled query-key logits, the
+        same for every row (kv_batch = batch).
 
     Returns:
-      [batch, q_length, q_features].
+      [batch, q_length, v_features] (the output projection keeps the embedding width).
     """
-    query = self._project(inputs_q, "query")
-    key = self._project(inputs_k, "key")
-    value = self._project(inputs_v, "value")
-    if decode:
-      key, value, mask = self._update_cache(key, value, mask)
-
-    # Logits and softmax in float32 whatever the activation dtype (bfloat16 overflows).
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
-    logits = logits / np.sqrt(self.head_dim).astype(np.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, MASK_BIAS)
-    probs = jax.nn.softmax(logits, axis=-1)
+    dropout = None
     if not deterministic and self.dropout_rate > 0.0:
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape)
-      probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
-    x = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
+      rate = self.dropout_rate
+      dropout_rng = self.make_rng("dropout")
+
+      def dropout(probs: Array) -> Array:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - rate, probs.shape)
+        return jnp.where(keep, probs / (1.0 - rate), 0.0)
+
+    if key_value is None:
+      key = self._project(inputs_k, "key")
+      value = self._project(inputs_v, "value")
+    else:
+      key, value = key_value
+    if logits is not None:
+      # Positional attention from its pass-invariant logits: only the values are per-call.
+      x = weighted_values(logits[None], value, mask, self.dtype, dropout)
+    else:
+      query = self._project(inputs_q, "query")
+      if decode:
+        key, value, mask = self._update_cache(key, value, mask)
+      rows, q_length = query.shape[:2]
+      kv_rows = key.shape[0]
+      if rows != kv_rows:
+        # Grouped rows: each example's c query rows become one row of c * q queries.
+        if rows % kv_rows:
+          raise ValueError(f"{rows} query rows cannot be grouped over {kv_rows} key rows")
+        query = query.reshape((kv_rows, -1) + query.shape[2:])  # [b, c * q, heads, kv]
+      x = dot_product_attention(query, key, value, mask, self.dtype, dropout)
+      x = x.reshape((rows, q_length) + x.shape[2:])  # [n, q, heads, kv]
     x = with_sharding_constraint(x, ("batch", "length", "heads", "kv"))
     out = DenseGeneral(
-        features=(inputs_q.shape[-1],),
+        features=(inputs_v.shape[-1] if inputs_q is None else inputs_q.shape[-1],),
         in_axes=2,
         kernel_axes=("joined_kv", "embed"),
         dtype=self.dtype,

@@ -34,14 +34,25 @@ def encoder_mask(encoder_input_tokens: Array, encoder_segment_ids: Array | None 
   return combine_masks(make_attention_mask(valid, valid), segments)
 
 
+def cross_attention_mask(valid_target: Array, encoder_input_tokens: Array) -> Array:
+  """Decoder-to-source mask: [n, 1, t, s] from valid_target bool [n, t] and sources [n, s].
+
+  With the n decoder rows grouped over b < n sources (the c = n / b hypotheses or beams of each
+  source, layers.MultiHeadAttention) it is [b, 1, 1, s]: source padding only. Queries at PAD
+  target positions then attend to the source too, which changes only outputs no one reads.
+  """
+  if valid_target.shape[0] != encoder_input_tokens.shape[0]:
+    return (encoder_input_tokens > 0)[:, None, None, :]
+  return make_attention_mask(valid_target, encoder_input_tokens > 0)
+
+
 def padir_decoder_masks(
     encoder_input_tokens: Array, decoder_target_tokens: Array
 ) -> tuple[Array, Array]:
   """(self mask: bidirectional over the target's non-PAD positions, cross mask to the source)."""
   valid_target = decoder_target_tokens > 0
   self_mask = make_attention_mask(valid_target, valid_target)
-  cross_mask = make_attention_mask(valid_target, encoder_input_tokens > 0)
-  return self_mask, cross_mask
+  return self_mask, cross_attention_mask(valid_target, encoder_input_tokens)
 
 
 def autoregressive_decoder_masks(
@@ -59,8 +70,8 @@ def autoregressive_decoder_masks(
   if decode:
     if encoder_segment_ids is not None:
       raise ValueError("packing is not used while decoding, but encoder_segment_ids was given")
-    return None, make_attention_mask(
-        jnp.ones_like(decoder_target_tokens) > 0, encoder_input_tokens > 0
+    return None, cross_attention_mask(
+        jnp.ones_like(decoder_target_tokens) > 0, encoder_input_tokens
     )
   valid_target = decoder_target_tokens > 0
   self_mask = combine_masks(

@@ -50,9 +50,11 @@ Every parameter is created with `flax.linen.partitioning.param_with_axes` (so t5
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 from flax import linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from padir_t5x import layout
 from padir_t5x import masks
@@ -62,11 +64,17 @@ from padir_t5x.layers import MultiHeadAttention
 from padir_t5x.layers import PositionEmbedder
 from padir_t5x.layers import TokenEmbed
 from padir_t5x.layers import param_with_axes
+from padir_t5x.layers import project_heads
 from padir_t5x.modes import DecoderMode
 from padir_t5x.modes import LengthPooling
 from padir_t5x.modes import LengthTarget
 
 Array = jnp.ndarray
+
+# Decoder sublayer names (parameter paths), read again by `decoder_invariants`.
+SELF_ATTENTION = "self_attention"
+POSITIONAL_ATTENTION = "positional_attention"
+CROSS_ATTENTION = "encoder_decoder_attention"
 
 # Module-level alias (not `nn_partitioning.with_sharding_constraint` at each call) so that a test
 # can substitute a recorder and check every activation axis name (padir_t5x.layers has its own).
@@ -311,18 +319,21 @@ class DecoderLayer(nn.Module):
       cross_mask: Array,
       deterministic: bool = True,
       decode: bool = False,
+      invariants: LayerInvariants | None = None,
   ) -> Array:
     """Applies one decoder layer.
 
     Args:
       x: [batch, length, embed] hidden states.
-      encoded: [batch, input_length, embed] encoder output.
+      encoded: [batch, input_length, embed] encoder output, or [b, input_length, embed] for
+        batch = b * c rows grouped per example (not read with `invariants`).
       position_embeddings: [batch, length, embed] decoder position embeddings (positional
         attention's queries and keys).
       self_mask: bool [batch, 1, length, length] or None.
-      cross_mask: bool [batch, 1, length, input_length].
+      cross_mask: bool [batch, 1, length, input_length] ([b, 1, 1, input_length] grouped).
       deterministic: disable dropout.
       decode: autoregressive cache mode.
+      invariants: this layer's `decoder_invariants`, its positional logits cut to `length`.
 
     Returns:
       [batch, length, embed].
@@ -330,19 +341,29 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     norm = lambda name: LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
     h = norm("pre_self_attention_layer_norm")(x)
-    h = _attention(cfg, "self_attention")(
+    h = _attention(cfg, SELF_ATTENTION)(
         h, h, h, self_mask, decode=decode, deterministic=deterministic
     )
     x = _residual(cfg, x, h, deterministic)
     if cfg.is_padir and cfg.positional_attention:
       h = norm("pre_positional_attention_layer_norm")(x)
-      h = _attention(cfg, "positional_attention")(
-          position_embeddings, position_embeddings, h, self_mask, deterministic=deterministic
+      h = _attention(cfg, POSITIONAL_ATTENTION)(
+          position_embeddings,
+          position_embeddings,
+          h,
+          self_mask,
+          deterministic=deterministic,
+          logits=None if invariants is None else invariants.positional_logits,
       )
       x = _residual(cfg, x, h, deterministic)
     h = norm("pre_cross_attention_layer_norm")(x)
-    h = _attention(cfg, "encoder_decoder_attention")(
-        h, encoded, encoded, cross_mask, deterministic=deterministic
+    h = _attention(cfg, CROSS_ATTENTION)(
+        h,
+        encoded,
+        encoded,
+        cross_mask,
+        deterministic=deterministic,
+        key_value=None if invariants is None else (invariants.cross_key, invariants.cross_value),
     )
     x = _residual(cfg, x, h, deterministic)
     h = norm("pre_mlp_layer_norm")(x)
@@ -414,17 +435,21 @@ class Decoder(nn.Module):
       positions: Array | None = None,
       deterministic: bool = True,
       decode: bool = False,
+      invariants: tuple[LayerInvariants, ...] | None = None,
   ) -> Array:
     """Decoder stack.
 
     Args:
-      encoded: [batch, input_length, embed].
+      encoded: [batch, input_length, embed], or [b, input_length, embed] with the batch rows
+        grouped per example (batch = b * c; see layers.MultiHeadAttention).
       tokens: int [batch, length] decoder input tokens (length 1 per cached decode step).
       self_mask: bool [batch, 1, length, length] or None.
-      cross_mask: bool [batch, 1, length, input_length].
+      cross_mask: bool [batch, 1, length, input_length] ([b, 1, 1, input_length] grouped).
       positions: optional int [batch, length] positions (default 0..length-1).
       deterministic: disable dropout.
       decode: autoregressive cache mode.
+      invariants: `decoder_invariants` (one per layer), positional logits over at least
+        `length` positions (cut here); needs the default positions.
 
     Returns:
       float32 logits [batch, length, vocab].
@@ -436,9 +461,20 @@ class Decoder(nn.Module):
     x = self.shared_embedding(tokens) + pos
     x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
     x = with_sharding_constraint(x.astype(cfg.activation_dtype), ("batch", "length", "embed"))
+    if invariants is not None:
+      if positions is not None:
+        raise ValueError("decoder invariants assume the default positions 0..length-1")
+      invariants = [layer.cut_to(tokens.shape[1]) for layer in invariants]
     for i in range(cfg.num_decoder_layers):
       x = DecoderLayer(cfg, name=f"layers_{i}")(
-          x, encoded, pos, self_mask, cross_mask, deterministic, decode
+          x,
+          encoded,
+          pos,
+          self_mask,
+          cross_mask,
+          deterministic,
+          decode,
+          None if invariants is None else invariants[i],
       )
     x = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(x)
     x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
@@ -642,8 +678,13 @@ class Transformer(nn.Module):
       enable_dropout: bool = True,
       decode: bool = False,
       max_decode_length: int | None = None,
+      invariants: tuple[LayerInvariants, ...] | None = None,
   ) -> Array:
     """Decoder logits float32 [batch, target_length, vocab].
+
+    The decoder rows may be grouped per source: `encoded` and `encoder_input_tokens` then have
+    b rows and the decoder arrays n = b * c (each example's c hypotheses or beams, in
+    flat_batch_beam_expand order), and the encoder output is read without c copies.
 
     Args:
       encoded: from `encode` ([batch, input_length, embed], or [batch, 1 + input_length, embed]
@@ -659,6 +700,9 @@ class Transformer(nn.Module):
       enable_dropout: apply dropout (needs a 'dropout' rng).
       decode: AR mode only: use the key/value cache ('cache' collection must be mutable).
       max_decode_length: accepted for t5x; the cache length already fixes it.
+      invariants: `decoder_invariants(config, params, encoded)`, computed once for a decode
+        whose passes (or steps) all read the same encoder output: the decoder then skips the
+        cross-attention key/value projections and positional attention's query/key work.
     """
     del max_decode_length  # the cache shape (set at initialisation) determines it
     cfg = self.config
@@ -693,6 +737,7 @@ class Transformer(nn.Module):
         decoder_positions,
         deterministic=not enable_dropout,
         decode=decode,
+        invariants=invariants,
     )
 
   def __call__(
@@ -772,3 +817,88 @@ def encode_and_predict_length(
   )
   length_logits = module.apply(variables, encoded, encoder_input_tokens, method="predict_length")
   return encoded, length_logits
+
+
+# ------------------------------------------------------------------------------------------------
+# Work done once per decode, not once per pass.
+# ------------------------------------------------------------------------------------------------
+class LayerInvariants(NamedTuple):
+  """One decoder layer's work that every refinement pass (or AR step) of a decode repeats."""
+
+  cross_key: Array  # [b, input_length, heads, kv] cross-attention keys of the encoder output
+  cross_value: Array  # [b, input_length, heads, kv] and values
+  positional_logits: Array | None  # float32 [heads, t, t]; None without positional attention
+
+  def cut_to(self, length: int) -> LayerInvariants:
+    """The same with positional logits over the first `length` positions (a length bucket)."""
+    if self.positional_logits is None:
+      return self
+    if self.positional_logits.shape[-1] < length:
+      raise ValueError(
+          f"decoder invariants cover {self.positional_logits.shape[-1]} positions, "
+          f"the decoder input has {length}"
+      )
+    return self._replace(positional_logits=self.positional_logits[:, :length, :length])
+
+
+def decoder_invariants(
+    config: TransformerConfig, params, encoded: Array, target_length: int | None = None
+) -> tuple[LayerInvariants, ...]:
+  """What each decoder layer computes identically at every pass of a decode, computed once.
+
+  * Cross-attention keys and values depend only on the encoder output: one projection per
+    example (not per hypothesis row, not per pass).
+  * Positional attention's query-key logits depend only on the positions (its queries and keys
+    are position embeddings): one [heads, t, t] table shared by every row; the length mask and
+    the softmax stay per pass, since rows differ in length.
+
+  Pass the result to `Transformer.decode(..., invariants=...)`: the logits equal a plain
+  decode's (tests/test_network.py). The projections run with the module's own parameters
+  through `layers.project_heads`, so they are the module's arithmetic, not a copy of it.
+
+  Args:
+    config: the network's TransformerConfig.
+    params: its 'params' collection.
+    encoded: `Transformer.encode`'s output [b, (1 +) input_length, embed].
+    target_length: t, positions covered by the positional logits (default max_target_length;
+      a decode over fewer positions cuts them).
+
+  Returns:
+    One LayerInvariants per decoder layer.
+  """
+  cfg = config
+  t = target_length or cfg.max_target_length
+  dtype = cfg.activation_dtype
+  decoder = params["decoder"]
+  source = source_states(cfg, encoded)  # [b, s, d]
+
+  def project(projection_params, x: Array) -> Array:
+    return project_heads(projection_params, x, cfg.num_heads, cfg.head_dim, dtype)
+
+  positions = None
+  if cfg.is_padir and cfg.positional_attention:
+    embedder = PositionEmbedder(cfg.max_target_length, cfg.emb_dim, dtype, parent=None)
+    positions = embedder.apply(
+        {"params": decoder["position_embedder"]}, jnp.zeros((1, t), jnp.int32)
+    )  # [1, t, d]
+  layers = []
+  for i in range(cfg.num_decoder_layers):
+    layer = decoder[f"layers_{i}"]
+    logits = None
+    if positions is not None:
+      query = project(layer[POSITIONAL_ATTENTION]["query"], positions)[0]  # [t, h, kv]
+      key = project(layer[POSITIONAL_ATTENTION]["key"], positions)[0]  # [t, h, kv]
+      logits = jnp.einsum(
+          "qhd,khd->hqk", query.astype(jnp.float32), key.astype(jnp.float32)
+      ) / np.sqrt(cfg.head_dim).astype(
+          np.float32
+      )  # [h, t, t]
+    cross = layer[CROSS_ATTENTION]
+    layers.append(
+        LayerInvariants(
+            cross_key=project(cross["key"], source),  # [b, s, h, kv]
+            cross_value=project(cross["value"], source),  # [b, s, h, kv]
+            positional_logits=logits,
+        )
+    )
+  return tuple(layers)

@@ -21,6 +21,7 @@ from padir_t5x import bucketing
 from padir_t5x import decoding
 from padir_t5x import dedup
 from padir_t5x import layout
+from padir_t5x import network
 from padir_t5x import remasking
 
 V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
@@ -816,3 +817,56 @@ def test_decode_with_network_options_bucketed_and_not(options, favouring_network
   np.testing.assert_array_equal(cut.lengths, full.lengths)
   np.testing.assert_array_equal(cut.passes, full.passes)
   np.testing.assert_allclose(cut.scores, full.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_network_refine_fn_equals_the_plain_decoder_pass(tiny_network):
+  """Pass-invariant work done once per decode and rows grouped per example change no
+  hypothesis: the same decode with the encoder output copied per row and everything redone at
+  every pass gives the same tokens and passes."""
+  module, params, inputs = tiny_network
+  encoded, length_logits = network.encode_and_predict_length(module, params, inputs)
+  c = 3
+
+  def plain(tokens, length_mask):
+    return module.apply(
+        {"params": params},
+        jnp.repeat(encoded, c, axis=0),
+        jnp.repeat(inputs, c, axis=0),
+        tokens,
+        length_mask,
+        enable_dropout=False,
+        method="decode",
+    )
+
+  fast = decoding.network_refine_fn(module, params, encoded, inputs)
+  config = decoding.DecodingConfig(length_beam=c, max_passes=3, vocab_high=14, stutter_unit="piece")
+  plain_result, fast_result = (
+      jax.tree.map(
+          np.asarray,
+          decoding.iterative_refinement_decode(fn, length_logits, jax.random.PRNGKey(2), config, 8),
+      )
+      for fn in (plain, fast)
+  )
+  np.testing.assert_array_equal(fast_result.sequences, plain_result.sequences)
+  np.testing.assert_array_equal(fast_result.passes, plain_result.passes)
+  np.testing.assert_allclose(fast_result.scores, plain_result.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_early_stopping_off_runs_every_pass_and_keeps_fixed_points(tiny_network):
+  module, params, inputs = tiny_network
+  stopping = decoding.DecodingConfig(
+      length_beam=2, max_passes=6, vocab_high=14, init="mask", remask="none", stutter_unit="piece"
+  )
+  fixed = dataclasses.replace(stopping, early_stopping=False)
+  a, b = (
+      jax.tree.map(
+          np.asarray,
+          decoding.decode_with_network(module, params, inputs, jax.random.PRNGKey(0), c, 8),
+      )
+      for c in (stopping, fixed)
+  )
+  np.testing.assert_array_equal(b.passes, 6)
+  stopped = a.passes < 6
+  assert stopped.any()
+  # An example that stopped was at a fixed point (nothing re-masked): more passes keep it.
+  np.testing.assert_array_equal(b.sequences[stopped], a.sequences[stopped])

@@ -194,7 +194,7 @@ class OracleDrafter:
   """A stand-in PaDIR network whose 'params' are the drafts it should produce.
 
   params: {"targets": [b, T] int32, content then EOS then PAD}. `encode` returns each row's
-  index (so that a hypothesis row knows its example), the length logits peak at the target's
+  index (so that a hypothesis row, grouped per example, knows its example), the length logits peak at the target's
   length, and `decode` predicts the target's tokens (one-hot logits), or uniform logits when
   `useless`.
   """
@@ -212,7 +212,9 @@ class OracleDrafter:
       return 10.0 * jax.nn.one_hot(lengths - 1, self.config.max_target_length)  # [b, L]
     assert method == "decode"
     encoded, _, decoder_input_tokens, _ = args
-    rows = encoded[:, 0, 0].astype(jnp.int32)  # [n]
+    # The decoder rows come grouped per example: n = b * c rows against b encoder rows.
+    per_example = decoder_input_tokens.shape[0] // encoded.shape[0]
+    rows = jnp.repeat(encoded[:, 0, 0].astype(jnp.int32), per_example)  # [n]
     width = decoder_input_tokens.shape[1]
     if self.useless:
       return jnp.zeros((rows.shape[0], width, self.config.vocab_size))

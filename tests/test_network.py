@@ -565,3 +565,95 @@ def test_core_checkpoint_carries_the_length_fields(tmp_path, variant_vars):
   module, _, _ = checkpoints.load_checkpoint(str(tmp_path / "old"))
   assert module.config == dataclasses.replace(old_cfg, max_length_offset=32)
   assert module.config.length_pooling is network.LengthPooling.MEAN
+
+
+# ------------------------------------------------------------------------------------------------
+# Work done once per decode (network.decoder_invariants), rows grouped per source, fused attention.
+def _decode(config, variables, encoded, enc, dec_in, tgt, **kwargs):
+  return network.Transformer(config).apply(
+      variables, encoded, enc, dec_in, tgt, enable_dropout=False, method="decode", **kwargs
+  )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"positional_attention": False}, {"length_pooling": "token"}, {"dtype": "bfloat16"}],
+    ids=["default", "no-positional", "length-slot", "bfloat16"],
+)
+def test_invariants_and_grouped_rows_give_the_plain_decoder_logits(overrides):
+  config = network.tiny_config(**overrides)
+  variables = _init(config)
+  module = network.Transformer(config)
+  encoded = module.apply(variables, ENC, enable_dropout=False, method="encode")
+  plain = _decode(config, variables, encoded, ENC, DEC_IN, TGT)  # [2, 6, V]
+  valid = np.asarray(TGT > 0)  # PAD target positions attend differently when grouped; unread
+  tol = dict(rtol=2e-2, atol=2e-2) if config.dtype == "bfloat16" else dict(rtol=1e-5, atol=1e-5)
+
+  invariants = network.decoder_invariants(config, variables["params"], encoded)
+  assert len(invariants) == config.num_decoder_layers
+  assert invariants[0].cross_key.shape == (BATCH, IN_LEN, config.num_heads, config.head_dim)
+  if config.positional_attention:
+    assert invariants[0].positional_logits.shape == (
+        (config.num_heads,) + (config.max_target_length,) * 2
+    )
+  cached = _decode(config, variables, encoded, ENC, DEC_IN, TGT, invariants=invariants)
+  np.testing.assert_allclose(np.asarray(cached)[valid], np.asarray(plain)[valid], **tol)
+
+  # Three hypothesis rows per source (flat_batch_beam_expand order) against 2 encoder rows.
+  c = 3
+  expand = lambda x: jnp.repeat(x, c, axis=0)
+  expanded = _decode(config, variables, expand(encoded), expand(ENC), expand(DEC_IN), expand(TGT))
+  for kwargs in ({}, {"invariants": invariants}):
+    grouped = _decode(config, variables, encoded, ENC, expand(DEC_IN), expand(TGT), **kwargs)
+    assert grouped.shape == expanded.shape
+    np.testing.assert_allclose(
+        np.asarray(grouped)[expand(valid)], np.asarray(expanded)[expand(valid)], **tol
+    )
+
+
+def test_invariants_cover_a_shorter_decode_and_refuse_a_longer_one(padir_vars):
+  module = network.Transformer(TINY)
+  encoded = module.apply(padir_vars, ENC, enable_dropout=False, method="encode")
+  short = network.decoder_invariants(TINY, padir_vars["params"], encoded, target_length=OUT_LEN)
+  full = network.decoder_invariants(TINY, padir_vars["params"], encoded)
+  a = _decode(TINY, padir_vars, encoded, ENC, DEC_IN, TGT, invariants=short)
+  b = _decode(TINY, padir_vars, encoded, ENC, DEC_IN, TGT, invariants=full)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  too_short = network.decoder_invariants(TINY, padir_vars["params"], encoded, target_length=4)
+  with pytest.raises(ValueError, match="cover 4 positions, the decoder input has 6"):
+    _decode(TINY, padir_vars, encoded, ENC, DEC_IN, TGT, invariants=too_short)
+  with pytest.raises(ValueError, match="default positions"):
+    positions = jnp.broadcast_to(jnp.arange(OUT_LEN), (BATCH, OUT_LEN))
+    _decode(
+        TINY, padir_vars, encoded, ENC, DEC_IN, TGT, invariants=full, decoder_positions=positions
+    )
+
+
+def test_grouped_rows_must_divide_evenly(padir_vars):
+  module = network.Transformer(TINY)
+  encoded = module.apply(padir_vars, ENC, enable_dropout=False, method="encode")
+  three = jnp.concatenate([DEC_IN, DEC_IN[:1]])  # 3 decoder rows over 2 sources
+  with pytest.raises(ValueError, match="3 query rows cannot be grouped over 2 key rows"):
+    _decode(TINY, padir_vars, encoded, ENC, three, jnp.concatenate([TGT, TGT[:1]]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_attention_equals_the_spelled_out_softmax(dtype):
+  """layers.dot_product_attention: jax.nn.dot_product_attention (no dropout) against the explicit
+  path it keeps for training with dropout (here an identity 'dropout'), masked rows included."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  query = jax.random.normal(keys[0], (2, 5, 3, 8)).astype(dtype)
+  key = jax.random.normal(keys[1], (2, 7, 3, 8)).astype(dtype)
+  value = jax.random.normal(keys[2], (2, 7, 3, 8)).astype(dtype)
+  mask = (jnp.arange(7)[None, None, None, :] < jnp.array([4, 7])[:, None, None, None]) & (
+      jnp.arange(5)[None, None, :, None] < 4
+  )  # [2, 1, 5, 7]: padded keys in row 0, a padded query in both
+  fused = layers.dot_product_attention(query, key, value, mask, jnp.dtype(dtype))
+  explicit = layers.dot_product_attention(
+      query, key, value, mask, jnp.dtype(dtype), dropout=lambda p: p
+  )
+  assert fused.dtype == explicit.dtype == jnp.dtype(dtype)
+  tol = 2e-2 if dtype == "bfloat16" else 1e-5
+  np.testing.assert_allclose(
+      np.asarray(fused, np.float32)[:, :4], np.asarray(explicit, np.float32)[:, :4], atol=tol
+  )
