@@ -21,9 +21,11 @@ models' position tables:
   length in tokens, EOS included, plus any steps the beam ran on after the best hypothesis ended,
   t5x's stopping rule: until no alive hypothesis can still beat the worst finished one).
 
-With --bucketed T:l, those PaDIR settings also run with the decode length cut to a bucket that
-holds the predicted lengths (`padir_system` with `length_buckets`): the before/after of the one decoding
-inefficiency this benchmark found (refining the whole position table every pass).
+PaDIR decodes as the library does by default: each batch refines only the smallest of
+--length_buckets (default DecodingConfig.length_buckets) that holds its predicted lengths, chosen
+inside jit. With --full_table T:l those settings also run over the whole position table (no
+buckets, setting suffix ',full table'): the cost of the one decoding inefficiency this benchmark
+found, refining every position every pass.
 
 Writes results.json, results.md (a markdown table) and pareto.png (BLEU against median latency,
 the Pareto front joined) under --out_dir.
@@ -35,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 
@@ -45,11 +46,14 @@ import numpy as np
 import sacrebleu
 
 from benchmarks import common
+from benchmarks.timing import environment
+from benchmarks.timing import latency_summary
 from padir_t5x import checkpoints
 from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import decoding
 from padir_t5x import metrics as metrics_lib
+from padir_t5x import shared_data
 from padir_t5x import vocab as vocab_lib
 
 RESULT_KEYS = (
@@ -67,23 +71,6 @@ RESULT_KEYS = (
     "mean_output_tokens",
 )
 LATENCY_KEYS = ("median", "p90", "p99", "mean")
-
-
-def latency_summary(seconds: Sequence[float]) -> dict:
-  """Median, p90, p99 and mean, in milliseconds, of per-call wall times given in seconds.
-
-  Percentiles use linear interpolation between order statistics (numpy's default), so for
-  1..100 ms the p90 is 90.1 ms.
-  """
-  ms = np.asarray(seconds, np.float64) * 1e3
-  if ms.size == 0:
-    raise ValueError("no latencies to summarise")
-  return {
-      "median": float(np.percentile(ms, 50)),
-      "p90": float(np.percentile(ms, 90)),
-      "p99": float(np.percentile(ms, 99)),
-      "mean": float(ms.mean()),
-  }
 
 
 def output_length(row: np.ndarray) -> int:
@@ -144,13 +131,13 @@ def padir_system(
     length_beam: int,
     max_decode_length: int,
     vocab_high: int,
-    length_buckets: Sequence[int] = (),
+    length_buckets: Sequence[int] = decoding.DecodingConfig.length_buckets,
     seed: int = 0,
     word_starts: np.ndarray | None = None,
 ) -> System:
-  """PaDIR through decoding.decode_with_network; with `length_buckets`, the passes refine only
-  the smallest bucket that holds the length beam (chosen inside jit; same hypotheses), else the
-  whole table. `word_starts`: the vocabulary's word-start table (DecodingConfig.word_starts,
+  """PaDIR through decoding.decode_with_network; the passes refine only the smallest of
+  `length_buckets` that holds the length beam (chosen inside jit; same hypotheses), or the whole
+  table when it is empty. `word_starts`: the vocabulary's word-start table (DecodingConfig.word_starts,
   for the default word-level stutter)."""
   config = decoding.DecodingConfig(
       length_beam=length_beam,
@@ -168,12 +155,14 @@ def padir_system(
     jax.block_until_ready(out)
     return np.asarray(out.sequences[:, -1, :]), np.asarray(out.passes)
 
-  setting = {"max_passes": passes, "length_beam": length_beam}
-  if length_buckets:
-    setting["length_buckets"] = list(length_buckets)
+  setting = {
+      "max_passes": passes,
+      "length_beam": length_beam,
+      "length_buckets": list(length_buckets),
+  }
   return System(
       "padir",
-      f"T={passes},l={length_beam}" + (",bucketed" if length_buckets else ""),
+      f"T={passes},l={length_beam}" + ("" if length_buckets else ",full table"),
       setting,
       decode,
   )
@@ -299,8 +288,8 @@ def run_benchmark(
     length_beams: Sequence[int] = (1, 3, 5),
     throughput_batch: int = 64,
     max_throughput_batch: int = 512,
-    bucketed: Sequence[tuple[int, int]] = (),
-    length_buckets: Sequence[int] = (16, 24, 32, 48, 64),
+    full_table: Sequence[tuple[int, int]] = (),
+    length_buckets: Sequence[int] = decoding.DecodingConfig.length_buckets,
     log=print,
     split: str = "dev",
 ) -> dict:
@@ -350,13 +339,13 @@ def run_benchmark(
     module, params, _ = loaded["padir"]
     words = {"word_starts": vocab_lib.word_start_table(processor)}
     systems += [
-        padir_system(module, params, t, l, max_length, vocab_high, **words)
+        padir_system(module, params, t, l, max_length, vocab_high, length_buckets, **words)
         for t in passes
         for l in length_beams
     ]
     systems += [
-        padir_system(module, params, t, l, max_length, vocab_high, length_buckets, **words)
-        for t, l in bucketed
+        padir_system(module, params, t, l, max_length, vocab_high, (), **words)
+        for t, l in full_table
     ]
 
   results = []
@@ -423,16 +412,6 @@ def run_benchmark(
     f.write(markdown_table(results) + "\n")
   plot_pareto(results, os.path.join(out_dir, "pareto.png"))
   return report
-
-
-def environment() -> dict:
-  return {
-      "platform": platform.platform(),
-      "processor": platform.processor(),
-      "cpu_count": os.cpu_count(),
-      "jax": jax.__version__,
-      "devices": [str(d) for d in jax.devices()],
-  }
 
 
 def markdown_table(results: Sequence[dict]) -> str:
@@ -515,15 +494,22 @@ def main(argv=None):
   )
   parser.add_argument("--max_throughput_batch", type=int, default=512)
   parser.add_argument(
-      "--bucketed",
-      default="4:3",
-      help="PaDIR T:l settings also run with length-bucketed decoding, "
-      "comma-separated ('' for none)",
+      "--full_table",
+      default="",
+      help="PaDIR T:l settings also run over the whole position table (no length buckets), "
+      "comma-separated",
   )
-  parser.add_argument("--length_buckets", type=_ints, default=[16, 24, 32, 48, 64])
+  parser.add_argument(
+      "--length_buckets",
+      type=_ints,
+      default=list(decoding.DecodingConfig.length_buckets),
+      help="PaDIR's length buckets, comma-separated ('' refines the whole table)",
+  )
   args = parser.parse_args(argv)
-  bucketed = [tuple(int(v) for v in item.split(":")) for item in args.bucketed.split(",") if item]
-  data_dir = args.data_dir or common.find_data_dir()
+  full_table = [
+      tuple(int(v) for v in item.split(":")) for item in args.full_table.split(",") if item
+  ]
+  data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
   report = run_benchmark(
@@ -538,7 +524,7 @@ def main(argv=None):
       args.length_beams,
       args.throughput_batch,
       args.max_throughput_batch,
-      bucketed,
+      full_table,
       args.length_buckets,
       split=args.split,
   )

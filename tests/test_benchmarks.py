@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import accelerator
 from benchmarks import common
 from benchmarks import latency
 from benchmarks import train_budget
@@ -90,6 +91,49 @@ def test_wide_beam_finds_the_brute_force_best(alpha):
     assert float(out.scores[row, -1]) == pytest.approx(scores[best], rel=1e-4, abs=1e-4)
     # Scores increase along the beam (best last, the t5x convention).
     assert np.all(np.diff(np.asarray(out.scores[row])) >= 0)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_beam_search_without_early_stopping_runs_every_step_to_the_same_result(beam):
+  module, params, enc = _ar_net(vocab_size=128)
+  kwargs = dict(beam_size=beam, max_decode_length=8, vocab_high=100)
+  stopping = ar_decoding.jit_beam_search(module, params, enc, **kwargs)
+  fixed = ar_decoding.jit_beam_search(module, params, enc, early_stopping=False, **kwargs)
+  assert int(fixed.steps) == 8
+  np.testing.assert_array_equal(np.asarray(fixed.sequences), np.asarray(stopping.sequences))
+  np.testing.assert_allclose(np.asarray(fixed.scores), np.asarray(stopping.scores), rtol=1e-6)
+
+
+def test_accelerator_benchmark_runs_fixed_work_on_the_core_alone(tmp_path, capsys):
+  out = tmp_path / "accelerator.json"
+  argv = ["--size", "tiny", "--batch_sizes", "1,2", "--reps", "1", "--dtypes", "float32"]
+  argv += ["--source_length", "6", "--target_length", "6", "--out", str(out)]
+  accelerator.main(argv)
+  report = json.loads(out.read_text())
+  rows = {(r["system"], r["batch"]): r for r in report["results"]}
+  assert sorted(rows) == [("ar", 1), ("ar", 2), ("padir", 1), ("padir", 2)]
+  for (system, _), row in rows.items():
+    # Fixed work: every PaDIR example runs all 4 passes, AR beam search all 6 steps.
+    assert row["decoder_passes_per_sentence"] == (4 if system == "padir" else 6)
+    assert row["latency_ms"]["median"] > 0 and row["throughput_sent_per_s"] > 0
+  assert "| float32 | 2 |" in capsys.readouterr().out
+  assert report["environment"]["devices"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch_sizes", "0"], "--batch_sizes: expected positive integers"),
+        (["--dtypes", "float16"], "--dtypes: expected float32 and/or bfloat16"),
+        (["--reps", "-1"], "--reps: expected a positive integer"),
+        (["--out", "/no/such/dir/a.json"], "--out: directory of /no/such/dir/a.json"),
+    ],
+)
+def test_accelerator_benchmark_rejects_bad_flags_before_any_work(argv, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    accelerator.main(argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
 
 
 def test_beam_search_rejects_padir_network():
