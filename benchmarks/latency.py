@@ -31,7 +31,6 @@ the Pareto front joined) under --out_dir.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -46,6 +45,7 @@ import sacrebleu
 
 from benchmarks import common
 from padir_t5x import checkpoints
+from padir_t5x import cli
 from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import decoding
@@ -493,8 +493,9 @@ def _ints(text: str) -> list[int]:
   return [int(x) for x in text.split(",") if x]
 
 
+@cli.entry_point
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--ar_checkpoint")
   parser.add_argument("--padir_checkpoint")
   parser.add_argument("--data_dir", default=None)
@@ -505,22 +506,25 @@ def main(argv=None):
       help="de-en/{split}.{de,en} of the data dir: dev (newstest2013) or "
       "dev-multi30k (Multi30k validation)",
   )
-  parser.add_argument("--num_sentences", type=int, default=500)
-  parser.add_argument("--warmup", type=int, default=10)
-  parser.add_argument("--ar_beams", type=_ints, default=[1, 5])
-  parser.add_argument("--passes", type=_ints, default=[1, 2, 4, 10])
-  parser.add_argument("--length_beams", type=_ints, default=[1, 3, 5])
+  parser.add_argument("--num_sentences", type=cli.positive_int, default=500)
+  parser.add_argument("--warmup", type=cli.non_negative_int, default=10)
+  parser.add_argument("--ar_beams", type=cli.int_list(1), default=[1, 5])
+  parser.add_argument("--passes", type=cli.int_list(1), default=[1, 2, 4, 10])
+  parser.add_argument("--length_beams", type=cli.int_list(1), default=[1, 3, 5])
   parser.add_argument(
-      "--throughput_batch", type=int, default=64, help="first batch size of the throughput search"
+      "--throughput_batch",
+      type=cli.positive_int,
+      default=64,
+      help="first batch size of the throughput search",
   )
-  parser.add_argument("--max_throughput_batch", type=int, default=512)
+  parser.add_argument("--max_throughput_batch", type=cli.positive_int, default=512)
   parser.add_argument(
       "--bucketed",
       default="4:3",
       help="PaDIR T:l settings also run with length-bucketed decoding, "
       "comma-separated ('' for none)",
   )
-  parser.add_argument("--length_buckets", type=_ints, default=[16, 24, 32, 48, 64])
+  parser.add_argument("--length_buckets", type=cli.int_list(1), default=[16, 24, 32, 48, 64])
   args = parser.parse_args(argv)
   bucketed = [tuple(int(v) for v in item.split(":")) for item in args.bucketed.split(",") if item]
   data_dir = args.data_dir or common.find_data_dir()

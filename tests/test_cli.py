@@ -204,3 +204,64 @@ def test_quickstart_flags_exit_2_before_any_work(argv, message, capsys, monkeypa
   assert exit_info.value.code == 2
   last = capsys.readouterr().err.strip().splitlines()[-1]
   assert last.startswith("python -m padir_t5x.quickstart: error: ") and message in last
+
+
+def _main_of(module_name):
+  import importlib
+
+  return importlib.import_module(module_name).main
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("padir_t5x.corpus", ["--output_dir", "{tmp}", "--num_train", "0"], "--num_train: must be"),
+        ("padir_t5x.translate", ["--checkpoint", "{tmp}", "--batch_size", "0"], "--batch_size: must"),
+        ("padir_t5x.translate", ["--checkpoint", "{tmp}", "--seed", "-1"], "--seed: must be an"),
+        ("padir_t5x.ising.__main__", ["--output_dir", "{tmp}/file"], "--output_dir: not a directory"),
+        ("benchmarks.attention_analysis", ["--padir_checkpoint", "{tmp}", "--max_passes", "0"], "--max_passes: must be"),
+        ("benchmarks.decoding_profile", ["--batch_sizes", "1,0"], "--batch_sizes: each item must be an integer >= 1"),
+        ("benchmarks.distill_budget", ["--teacher", "{tmp}", "--out", "{tmp}/o", "--beam_size", "0"], "--beam_size: must be"),
+        ("benchmarks.draft_verify", ["--ar_checkpoint", "{tmp}", "--padir_checkpoint", "{tmp}", "--tolerant", "3:x"], "--tolerant: '3:x'"),
+        ("benchmarks.latency", ["--ar_beams", "0"], "--ar_beams: each item must be an integer >= 1, got 0"),
+        ("benchmarks.quality", ["--padir", "{tmp}", "--batch_size", "0"], "--batch_size: must be"),
+        ("benchmarks.train_budget", ["--out", "{tmp}/o", "--num_heads", "0"], "--num_heads: must be"),
+        ("benchmarks.train_budget", ["--out", "{tmp}/o", "--dropout_rate", "1"], "--dropout_rate: must be a number in [0, 1)"),
+    ],
+)  # fmt: skip
+def test_every_command_rejects_a_bad_flag_with_status_2(module, argv, message, tmp_path, capsys):
+  (tmp_path / "file").write_text("")
+  main = _main_of(module)
+  with pytest.raises(SystemExit) as exit_info:
+    main([arg.replace("{tmp}", str(tmp_path)) for arg in argv])
+  assert exit_info.value.code == 2
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  command = "python -m " + module.removesuffix(".__main__")
+  assert last.startswith(f"{command}: error: argument ") and message in last
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
+
+
+def test_every_command_has_verbose_and_one_line_errors():
+  """Each entry point is wrapped by cli.entry_point and its parser has --verbose."""
+  import inspect
+
+  for module in (
+      "padir_t5x.corpus",
+      "padir_t5x.distill",
+      "padir_t5x.em",
+      "padir_t5x.quickstart",
+      "padir_t5x.translate",
+      "padir_t5x.vocab",
+      "padir_t5x.ising.__main__",
+      "benchmarks.attention_analysis",
+      "benchmarks.decoding_profile",
+      "benchmarks.distill_budget",
+      "benchmarks.draft_verify",
+      "benchmarks.latency",
+      "benchmarks.quality",
+      "benchmarks.train_budget",
+  ):
+    main = _main_of(module)
+    assert hasattr(main, "__wrapped__"), f"{module}.main is not a cli.entry_point"
+    source = inspect.getsource(inspect.getmodule(main))
+    assert "argparse.ArgumentParser(" not in source, f"{module}: use cli.ArgumentParser"
