@@ -351,3 +351,17 @@ def test_overlong_example_is_counted_per_split(tmp_path, tiny_vocab_path, capfd)
     assert "padir_test_overlong validation: 1 of 3 examples truncated to 16 target tokens" in err
   finally:
     seqio.TaskRegistry.remove(name)
+
+
+def test_the_suite_uses_a_temporary_cache(isolated_cache_dir):
+  """Issue 15: no test reads or writes the user's ~/.cache (tests/conftest.py)."""
+  home_cache = os.path.join(os.path.expanduser("~"), ".cache")
+  for directory in (
+      common.padir_cache_dir(),
+      common.padir_vocab_dir(),
+      quickstart.quickstart_dir(),
+      os.environ["XDG_CACHE_HOME"],
+  ):
+    assert directory.startswith(isolated_cache_dir) and not directory.startswith(home_cache)
+  data_dir, vocab_path = tasks.ensure_quickstart_data()
+  assert data_dir.startswith(isolated_cache_dir) and vocab_path.startswith(isolated_cache_dir)
