@@ -15,7 +15,6 @@ non-stuttering positions, and TV / cosine distance between their cross-attention
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 
 from benchmarks import common
 from padir_t5x import checkpoints
+from padir_t5x import cli
 from padir_t5x import analysis
 from padir_t5x import decoding
 from padir_t5x import shared_data
@@ -77,14 +77,15 @@ def analyse(
   return tables
 
 
+@cli.entry_point
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--padir_checkpoint", required=True)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--split", default="dev", help="dev (newstest2013) or dev-multi30k")
-  parser.add_argument("--num_sentences", type=int, default=500)
-  parser.add_argument("--max_passes", type=int, default=4)
-  parser.add_argument("--length_beam", type=int, default=3)
+  parser.add_argument("--num_sentences", type=cli.positive_int, default=500)
+  parser.add_argument("--max_passes", type=cli.positive_int, default=4)
+  parser.add_argument("--length_beam", type=cli.positive_int, default=3)
   parser.add_argument("--remask_stutter", action="store_true")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)

@@ -20,7 +20,6 @@ Checks, each reported as measured figures (not asserted):
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from benchmarks import common
 from padir_t5x import checkpoints
+from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import network
 from padir_t5x import shared_data
@@ -219,16 +219,17 @@ def profile(
   return report
 
 
+@cli.entry_point
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--padir_checkpoint", default=None)
   parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--max_passes", type=int, default=4)
-  parser.add_argument("--length_beam", type=int, default=3)
-  parser.add_argument("--batch_sizes", default="1,8,32")
+  parser.add_argument("--max_passes", type=cli.positive_int, default=4)
+  parser.add_argument("--length_beam", type=cli.positive_int, default=3)
+  parser.add_argument("--batch_sizes", type=cli.int_list(1), default=[1, 8, 32])
   parser.add_argument("--out", default=None, help="JSON file to write")
   args = parser.parse_args(argv)
-  batch_sizes = tuple(int(x) for x in args.batch_sizes.split(","))
+  batch_sizes = tuple(args.batch_sizes)
   if args.padir_checkpoint:
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 

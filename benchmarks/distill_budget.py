@@ -19,12 +19,13 @@ an empty target cannot be trained on, and the data readers refuse blank lines.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
+from padir_t5x import cli
+from padir_t5x import progress
 from padir_t5x import shared_data
 from padir_t5x import textio
 
@@ -43,10 +44,11 @@ def distil(
     done, report = translator.translate_with_report(sources[begin : begin + chunk])
     translations.extend(t.text for t in done)
     truncated += len(report.truncated_lines)
-    elapsed = time.perf_counter() - start
     finished = begin + len(done)
-    eta = elapsed * (len(sources) - finished) / max(finished, 1)
-    log(f"distilled {finished}/{len(sources)} lines  {elapsed:.0f}s  ETA {eta:.0f}s")
+    log(
+        "distilled "
+        + progress.progress_text(finished, len(sources), time.perf_counter() - start, "line")
+    )
   kept = [(s, t) for s, t in zip(sources, translations) if t.strip()]
   counts = {
       "source_lines": len(sources),
@@ -58,20 +60,18 @@ def distil(
   return [s for s, _ in kept], [t for _, t in kept], counts
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--teacher", required=True, help="AR core checkpoint directory")
   parser.add_argument("--out", required=True, help="data directory to write (de-en/train.*)")
   parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
-  parser.add_argument("--beam_size", type=int, default=1)
-  parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--max_lines", type=int, default=0, help="> 0: only the first N (tests)")
+  parser.add_argument("--beam_size", type=cli.positive_int, default=1)
+  parser.add_argument("--batch_size", type=cli.positive_int, default=64)
+  parser.add_argument(
+      "--max_lines", type=cli.non_negative_int, default=0, help="> 0: only the first N (tests)"
+  )
   args = parser.parse_args(argv)
-  for flag in ("beam_size", "batch_size"):
-    if getattr(args, flag) < 1:
-      parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-  if args.max_lines < 0:
-    parser.error(f"--max_lines must be >= 0, got {args.max_lines}")
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")

@@ -42,6 +42,7 @@ from benchmarks import common
 from benchmarks import latency
 from padir_t5x import ar_decoding
 from padir_t5x import checkpoints
+from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import draft_verify
 from padir_t5x import metrics as metrics_lib
@@ -332,25 +333,43 @@ def markdown_table(results) -> str:
   return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",") if x]
+def _tolerant_settings(text: str) -> list[str]:
+  """--tolerant: 'TOP_K:MARGIN' items, comma-separated, each checked (TOP_K >= 1, MARGIN >= 0)."""
+  specs = [x for x in text.split(",") if x]
+  for spec in specs:
+    top_k, colon, margin = spec.partition(":")
+    if not colon:
+      raise argparse.ArgumentTypeError(f"{spec!r} is not TOP_K:MARGIN")
+    try:
+      cli.positive_int(top_k)
+      cli.non_negative_float(margin)
+    except argparse.ArgumentTypeError as error:
+      raise argparse.ArgumentTypeError(f"{spec!r}: TOP_K and MARGIN {error}") from None
+  return specs
 
 
+@cli.entry_point
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--ar_checkpoint", required=True)
   parser.add_argument("--padir_checkpoint", required=True)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--split", default="dev-multi30k")
-  parser.add_argument("--num_sentences", type=int, default=1014, help="for quality")
-  parser.add_argument("--latency_sentences", type=int, default=300, help="batch-1 latency")
-  parser.add_argument("--warmup", type=int, default=10)
-  parser.add_argument("--batch_size", type=int, default=64, help="quality pass batch")
-  parser.add_argument("--length_beam", type=int, default=1, help="drafter length beam")
-  parser.add_argument("--max_passes", type=int, default=2, help="first draft's passes")
-  parser.add_argument("--redraft_passes", type=int, default=1, help="later drafts' passes")
-  parser.add_argument("--length_buckets", type=_ints, default=[16, 24, 32, 48, 64])
-  parser.add_argument("--init", default="mask", help="drafter's first input: mask or random")
+  parser.add_argument("--num_sentences", type=cli.positive_int, default=1014, help="for quality")
+  parser.add_argument(
+      "--latency_sentences", type=cli.positive_int, default=300, help="batch-1 latency"
+  )
+  parser.add_argument("--warmup", type=cli.non_negative_int, default=10)
+  parser.add_argument("--batch_size", type=cli.positive_int, default=64, help="quality pass batch")
+  parser.add_argument("--length_beam", type=cli.positive_int, default=1, help="drafter length beam")
+  parser.add_argument("--max_passes", type=cli.positive_int, default=2, help="first draft's passes")
+  parser.add_argument(
+      "--redraft_passes", type=cli.positive_int, default=1, help="later drafts' passes"
+  )
+  parser.add_argument("--length_buckets", type=cli.int_list(1), default=[16, 24, 32, 48, 64])
+  parser.add_argument(
+      "--init", default="mask", choices=("mask", "random"), help="drafter's first input"
+  )
   parser.add_argument(
       "--reuse_drafts",
       action=argparse.BooleanOptionalAction,
@@ -366,10 +385,10 @@ def main(argv=None):
   parser.add_argument(
       "--tolerant",
       default="3:1.0",
-      type=lambda s: [x for x in s.split(",") if x],
+      type=_tolerant_settings,
       help="tolerant settings TOP_K:MARGIN, comma-separated ('' for none)",
   )
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=cli.seed_int, default=0)
   parser.add_argument("--out", default="runs/draft_verify/results.json")
   args = parser.parse_args(argv)
   args.command = "python -m benchmarks.draft_verify " + " ".join(

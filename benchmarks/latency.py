@@ -49,6 +49,7 @@ from benchmarks import common
 from benchmarks.timing import environment
 from benchmarks.timing import latency_summary
 from padir_t5x import checkpoints
+from padir_t5x import cli
 from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import decoding
@@ -468,12 +469,26 @@ def plot_pareto(results: Sequence[dict], path: str) -> None:
   plt.close(fig)
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",") if x]
+def _passes_and_beams(text: str) -> list[tuple[int, int]]:
+  """'4:5,10:3' -> [(4, 5), (10, 3)]: PaDIR settings T:l, each a positive integer."""
+  settings = []
+  for item in (part.strip() for part in text.split(",")):
+    if not item:
+      continue
+    passes, _, beam = item.partition(":")
+    try:
+      setting = (int(passes), int(beam))
+    except ValueError:
+      setting = (0, 0)
+    if min(setting) < 1:
+      raise argparse.ArgumentTypeError(f"expected T:l pairs of positive integers, got {item!r}")
+    settings.append(setting)
+  return settings
 
 
+@cli.entry_point
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--ar_checkpoint")
   parser.add_argument("--padir_checkpoint")
   parser.add_argument("--data_dir", default=None)
@@ -484,31 +499,33 @@ def main(argv=None):
       help="de-en/{split}.{de,en} of the data dir: dev (newstest2013) or "
       "dev-multi30k (Multi30k validation)",
   )
-  parser.add_argument("--num_sentences", type=int, default=500)
-  parser.add_argument("--warmup", type=int, default=10)
-  parser.add_argument("--ar_beams", type=_ints, default=[1, 5])
-  parser.add_argument("--passes", type=_ints, default=[1, 2, 4, 10])
-  parser.add_argument("--length_beams", type=_ints, default=[1, 3, 5])
+  parser.add_argument("--num_sentences", type=cli.positive_int, default=500)
+  parser.add_argument("--warmup", type=cli.non_negative_int, default=10)
+  parser.add_argument("--ar_beams", type=cli.int_list(1), default=[1, 5])
+  parser.add_argument("--passes", type=cli.int_list(1), default=[1, 2, 4, 10])
+  parser.add_argument("--length_beams", type=cli.int_list(1), default=[1, 3, 5])
   parser.add_argument(
-      "--throughput_batch", type=int, default=64, help="first batch size of the throughput search"
+      "--throughput_batch",
+      type=cli.positive_int,
+      default=64,
+      help="first batch size of the throughput search",
   )
-  parser.add_argument("--max_throughput_batch", type=int, default=512)
+  parser.add_argument("--max_throughput_batch", type=cli.positive_int, default=512)
   parser.add_argument(
       "--full_table",
-      default="",
+      type=_passes_and_beams,
+      default=[],
       help="PaDIR T:l settings also run over the whole position table (no length buckets), "
       "comma-separated",
   )
   parser.add_argument(
       "--length_buckets",
-      type=_ints,
+      type=cli.int_list(1, allow_empty=True),
       default=list(decoding.DecodingConfig.length_buckets),
       help="PaDIR's length buckets, comma-separated ('' refines the whole table)",
   )
   args = parser.parse_args(argv)
-  full_table = [
-      tuple(int(v) for v in item.split(":")) for item in args.full_table.split(",") if item
-  ]
+  full_table = args.full_table
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")

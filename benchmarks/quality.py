@@ -26,7 +26,6 @@ The JSON schema: {"split", "num_sentences", "machine", "results": [{"system", "s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -118,11 +117,14 @@ def evaluate(translator, sources, references) -> dict:
   }
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--ar", action="append", default=[], metavar="[NAME=]DIR")
   parser.add_argument("--padir", action="append", default=[], metavar="[NAME=]DIR")
-  parser.add_argument("--ar_beams", default="1,5", help="comma-separated beam sizes")
+  parser.add_argument(
+      "--ar_beams", type=cli.int_list(1), default=[1, 5], help="comma-separated beam sizes"
+  )
   parser.add_argument(
       "--setting",
       action="append",
@@ -138,8 +140,10 @@ def main(argv=None) -> int:
       help="a source file to translate instead of --data_dir/de-en/SPLIT.de (with --reference)",
   )
   parser.add_argument("--reference", default=None, help="its line-aligned reference file")
-  parser.add_argument("--max_sentences", type=int, default=0, help="> 0: the first N (tests)")
-  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument(
+      "--max_sentences", type=cli.non_negative_int, default=0, help="> 0: the first N (tests)"
+  )
+  parser.add_argument("--batch_size", type=cli.positive_int, default=64)
   parser.add_argument("--out", default="benchmarks/results/quality.json")
   args = parser.parse_args(argv)
 
@@ -147,12 +151,7 @@ def main(argv=None) -> int:
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
 
   # Every flag is checked before a checkpoint is loaded or a sentence decoded.
-  try:
-    ar_beams = [int(b) for b in args.ar_beams.split(",") if b.strip()]
-  except ValueError:
-    parser.error(f"--ar_beams: expected comma-separated integers, got {args.ar_beams!r}")
-  if any(b < 1 for b in ar_beams):
-    parser.error(f"--ar_beams: beam sizes must be >= 1, got {args.ar_beams!r}")
+  ar_beams = args.ar_beams
   settings = []
   for spec in args.setting or ["T=4,l=5:max_passes=4;length_beam=5"]:
     try:

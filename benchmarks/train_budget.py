@@ -34,7 +34,6 @@ are normalised per real target token, with the same z-loss.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -51,6 +50,7 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import progress
 from padir_t5x import shared_data
 from padir_t5x import textio
 from padir_t5x import training
@@ -271,15 +271,17 @@ def compile_per_bucket(train_step, params, opt_state, rng, buckets=DEFAULT_BUCKE
 
 
 def _log_line(config: BudgetConfig, step: int, start: float, lr, recent: list[dict]) -> str:
-  """One progress line: the loss and accuracies averaged over the steps since the last line."""
+  """One progress line (`progress_line`), then the learning rate, and the loss per real target
+  token (both losses are normalised so) and the accuracies, averaged over the steps since the
+  last line."""
   shown = {
-      k: float(np.mean([float(m[k]) for m in recent]))
+      "loss/token" if k == "loss" else k: float(np.mean([float(m[k]) for m in recent]))
       for k in recent[-1]
       if k == "loss" or k.endswith("accuracy")
   }
   return (
-      f"[{config.model}] step {step}  {time.perf_counter() - start:.0f}s  lr={float(lr):.2e}  "
-      + "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items()))
+      f"[{config.model}] {progress_line(config, step, time.perf_counter() - start)}  "
+      f"lr={float(lr):.2e}  " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items()))
   )
 
 
@@ -323,7 +325,7 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
     tokens_seen += int((batch["decoder_target_tokens"] > 0).sum())
     recent.append(metrics)
     if time.perf_counter() - start >= next_log:
-      log(_log_line(config, step, start, lr, recent) + progress_suffix(fraction, start))
+      log(_log_line(config, step, start, lr, recent))
       recent, next_log = [], next_log + 60.0
     batch = next(batches)
   jax.block_until_ready(params)
@@ -344,11 +346,18 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
   return module, params, record
 
 
-def progress_suffix(fraction: float, start: float) -> str:
-  """'  37% of the budget, ETA 412s': the budget's spent fraction and the time left at this rate."""
-  elapsed = time.perf_counter() - start
-  remaining = elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.inf
-  return f"  {100 * fraction:.0f}% of the budget, ETA {remaining:.0f}s"
+def progress_line(config: BudgetConfig, step: int, elapsed: float) -> str:
+  """Steps done, rate and ETA (padir_t5x.progress): 'step 300/1200  25% [01:02<03:06, 4.80
+  step/s]' with a step budget; 'step 300 [01:02, 4.80 step/s]  10% of 10 min, ETA 09:18' with
+  a wall-clock budget, whose end is a time, not a step."""
+  if config.budget_kind == "steps":
+    return progress.progress_text(step, config.max_steps, elapsed)
+  fraction = budget_fraction(config, step, elapsed)
+  remaining = config.minutes * 60.0 - elapsed
+  return (
+      progress.progress_text(step, None, elapsed)
+      + f"  {100 * fraction:.0f}% of {config.minutes:g} min, ETA {progress.clock(remaining)}"
+  )
 
 
 def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "de-en"):
@@ -364,14 +373,41 @@ def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "
   return [x for x, _ in kept], [y for _, y in kept], len(xs)
 
 
+# The flat flags' types: each rejects a value outside its range before any work (padir_t5x/cli.py).
+FLAG_TYPES = {
+    "minutes": cli.non_negative_float,
+    "vocab_size": cli.int_range(5),  # the 4 special pieces and at least one more
+    "max_length": cli.positive_int,
+    "emb_dim": cli.positive_int,
+    "num_heads": cli.positive_int,
+    "mlp_dim": cli.positive_int,
+    "num_layers": cli.positive_int,
+    "dropout_rate": cli.float_range(0.0, 1.0, high_open=True),
+    "peak_learning_rate": cli.positive_float,
+    "warmup_fraction": cli.float_range(0.0, 1.0, high_open=True),  # time_schedule divides by 1-w
+    "final_learning_rate_fraction": cli.probability,
+    "num_stages": cli.positive_int,
+    "unmasking_rate": cli.probability,
+    "z_loss": cli.non_negative_float,
+    "seed": cli.seed_int,
+    "max_steps": cli.non_negative_int,
+}
+
+
+@cli.entry_point
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   for field in dataclasses.fields(BudgetConfig):
     if field.name in ("loss", "network"):
       config_class = losses.PadirLossConfig if field.name == "loss" else network.TransformerConfig
       cli.add_override_flag(parser, f"--{field.name}", config_class)
     else:
-      parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+      parser.add_argument(
+          f"--{field.name}",
+          type=FLAG_TYPES.get(field.name, type(field.default)),
+          choices=checkpoints.KINDS if field.name == "model" else None,
+          default=field.default,
+      )
   parser.add_argument("--out", required=True, help="checkpoint directory to write")
   parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
   parser.add_argument(
@@ -381,6 +417,7 @@ def main(argv=None):
   )
   parser.add_argument("--vocab_dir", default="runs/budget/vocab")
   args = parser.parse_args(argv)
+  cli.check_at_most(parser, args, "num_heads", "emb_dim")
   fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(BudgetConfig)}
   # Every flag is checked before the vocabulary, the data or the network is touched.
   try:

@@ -1,4 +1,14 @@
-"""Command-line overrides of the core configs: `--loss FIELD=VALUE`, `--decoding FIELD=VALUE`, ...
+"""What every command line of the package shares: flag types, one-line errors, config overrides.
+
+* Flag types (`positive_int`, `non_negative_int`, `probability`, `int_range(lo, hi)`, ...): argparse
+  `type=` callables whose error names the allowed range, so a bad value ends the command with
+  status 2 and one line, "PROG: error: argument --batch_size: must be an integer >= 1, got -1",
+  before any work starts.
+* `entry_point` wraps every `main(argv=None)`, and `ArgumentParser` adds `--verbose` to its
+  parser: an error while working ends the command with one line, 'PROG: error: MESSAGE', last on
+  stderr (the traceback before it with --verbose), status 1; `UsageError` (a bad flag found after
+  parsing) gives status 2, as argparse's own errors; Ctrl-C gives 130.
+* Overrides of the core configs: `--loss FIELD=VALUE`, `--decoding FIELD=VALUE`, ...
 
 The quickstart and the budget trainer expose every field of `losses.PadirLossConfig`,
 `decoding.DecodingConfig` and `network.TransformerConfig` through one repeatable flag per config,
@@ -14,12 +24,20 @@ error to argparse's `parser.error`).
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import enum
+import functools
+import math
+import os
+import sys
+import traceback
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from padir_t5x.stages import StageError
 
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
@@ -101,3 +119,226 @@ def add_override_flag(parser: argparse.ArgumentParser, flag: str, config_class: 
       metavar="FIELD=VALUE",
       help=f"set a field of {config_class.__module__}.{config_class.__name__} (repeatable)",
   )
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag types: argparse `type=` callables whose message names the allowed range. argparse prints
+# "PROG: error: argument --batch_size: must be an integer >= 1, got -1" and exits 2.
+def int_range(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+  """A `type=` for integers in [low, high] (either bound may be None: unbounded)."""
+  if low is not None and high is not None:
+    allowed = f"an integer in [{low}, {high}]"
+  elif low is not None:
+    allowed = f"an integer >= {low}"
+  elif high is not None:
+    allowed = f"an integer <= {high}"
+  else:
+    allowed = "an integer"
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+      raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+    return value
+
+  parse.__name__ = "int"  # what argparse's usage errors call the type
+  return parse
+
+
+def float_range(
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
+  """A `type=` for finite numbers in [low, high] (an open end with `low_open` / `high_open`)."""
+  if low is not None and high is not None:
+    allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+  elif low is not None:
+    allowed = f"a number {'>' if low_open else '>='} {low:g}"
+  elif high is not None:
+    allowed = f"a number {'<' if high_open else '<='} {high:g}"
+  else:
+    allowed = "a finite number"
+
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or too_low or too_high:
+      raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+    return value
+
+  parse.__name__ = "float"
+  return parse
+
+
+def int_list(
+    low: int | None = None, high: int | None = None, allow_empty: bool = False
+) -> Callable[[str], list[int]]:
+  """A `type=` for a comma-separated list of integers, each in [low, high]; non-empty unless
+  `allow_empty` (then '' is [])."""
+  item = int_range(low, high)
+
+  def parse(text: str) -> list[int]:
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items and not allow_empty:
+      raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    try:
+      return [item(part) for part in items]
+    except argparse.ArgumentTypeError as error:
+      raise argparse.ArgumentTypeError(f"each item {error}") from None
+
+  parse.__name__ = "int list"
+  return parse
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+# Seeds: numpy and jax take any integer in [0, 2**32).
+seed_int = int_range(0, 2**32 - 1)
+positive_float = float_range(0.0, low_open=True)
+non_negative_float = float_range(0.0)
+probability = float_range(0.0, 1.0)
+
+
+def check_at_most(parser: argparse.ArgumentParser, args, name: str, bound_name: str) -> None:
+  """Exits 2 (parser.error) unless args.<name> <= args.<bound_name>, naming both flags."""
+  value, bound = getattr(args, name), getattr(args, bound_name)
+  if value > bound:
+    parser.error(f"argument --{name}: must be <= --{bound_name} ({bound}), got {value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points: one-line errors, exit statuses, --verbose.
+class UsageError(ValueError):
+  """A bad flag or input found after parsing (a missing directory, a module that won't import).
+
+  Under `entry_point` it ends the command like an argparse error: status 2, one line.
+  """
+
+
+# Errors that come from the user's flags, files or data: their message is the whole story, so it
+# is printed alone. Any other exception is a bug or an environment problem: its type is printed
+# too, and its traceback with --verbose.
+EXPECTED_ERRORS = (ValueError, OSError, StageError)
+VERBOSE_FLAG = "--verbose"
+_PROG: contextvars.ContextVar[str | None] = contextvars.ContextVar("padir_prog", default=None)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse.ArgumentParser with `--verbose` (the traceback of an error, see `entry_point`).
+
+  Its default `prog` is the running command's name ("python -m padir_t5x.vocab") when it is
+  built inside an `entry_point`, so flag errors and run-time errors name the same command.
+  """
+
+  def __init__(self, *args, **kwargs):
+    if not args and "prog" not in kwargs and _PROG.get() is not None:
+      kwargs["prog"] = _PROG.get()
+    super().__init__(*args, **kwargs)
+    self.add_argument(
+        VERBOSE_FLAG, action="store_true", help="on an error, print its traceback before it"
+    )
+
+
+def command_name(function: Callable) -> str:
+  """'python -m MODULE' for the module that defines `function` (the running one for __main__)."""
+  module = function.__module__
+  if module == "__main__":
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None:
+      return os.path.basename(sys.argv[0])
+    module = spec.name
+  return "python -m " + module.removesuffix(".__main__")
+
+
+def error_line(prog: str, error: BaseException, verbose: bool) -> str:
+  """The last line a command prints for `error`: 'PROG: error: MESSAGE'."""
+  if isinstance(error, EXPECTED_ERRORS):
+    message = str(error) or type(error).__name__
+  else:
+    message = f"{type(error).__name__}: {error}"
+    if not verbose:
+      message += f" (rerun with {VERBOSE_FLAG} for the traceback)"
+  return f"{prog}: error: {message}"
+
+
+def entry_point(main: Callable) -> Callable:
+  """Wraps a command's `main(argv=None)`: every error ends it with one line, last, on stderr.
+
+  Exit statuses: 2 for a bad flag (argparse's own errors, `parser.error`, `UsageError`), 1 for
+  an error while working (bad data, a failed stage, a bug), 130 for Ctrl-C; otherwise what
+  `main` returns. The last line is 'PROG: error: MESSAGE'; with --verbose the traceback comes
+  before it. A partial run's files are whatever `main` leaves (the commands write atomically).
+  """
+
+  @functools.wraps(main)
+  def wrapper(argv: Sequence[str] | None = None):
+    verbose = VERBOSE_FLAG in (sys.argv[1:] if argv is None else list(argv))
+    prog = command_name(main)
+    token = _PROG.set(prog)
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      print(f"{prog}: interrupted", file=sys.stderr)
+      raise SystemExit(130) from None
+    except Exception as error:  # pylint: disable=broad-except
+      if verbose:
+        traceback.print_exc()
+      sys.stdout.flush()
+      print(error_line(prog, error, verbose), file=sys.stderr)
+      raise SystemExit(2 if isinstance(error, UsageError) else 1) from None
+    finally:
+      _PROG.reset(token)
+
+  return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's own seqio tasks.
+def add_module_flag(parser: argparse.ArgumentParser) -> None:
+  """A repeatable `--module NAME`: a module of yours imported before --task is looked up."""
+  parser.add_argument(
+      "--module",
+      action="append",
+      default=[],
+      metavar="MODULE",
+      help="import this module first, e.g. the one that registers your --task with "
+      "tasks.own_corpus.register_parallel_corpus_task (repeatable; dotted name, found on "
+      "sys.path, which holds the current directory)",
+  )
+
+
+def import_modules(names: Sequence[str]) -> None:
+  """Imports each module of `names`, in order (what `--module` asks for).
+
+  Raises UsageError naming the flag and the module when one cannot be imported (not found, or
+  an error inside it; the cause stays chained for --verbose).
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except Exception as error:  # pylint: disable=broad-except
+      raise UsageError(
+          f"argument --module: cannot import {name!r} ({type(error).__name__}: {error})"
+      ) from error
+
+
+def check_registered_task(name: str) -> None:
+  """Raises UsageError unless `name` is a registered seqio task or mixture (for --task)."""
+  import seqio  # pylint: disable=g-import-not-at-top  # TensorFlow: only commands with --task
+
+  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    raise UsageError(
+        f"argument --task: no seqio task or mixture {name!r} is registered; register it in a "
+        "module of yours and pass --module MODULE (see tasks/own_corpus.py)"
+    )

@@ -20,9 +20,10 @@ Command line: `python -m padir_t5x.corpus --output_dir DIR [--num_train N] [--se
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
+
+from padir_t5x import cli
 
 # ---------------------------------------------------------------------------------------------
 # Number words 2..999.
@@ -296,13 +297,15 @@ def write_corpus(
   return paths
 
 
+@cli.entry_point
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output_dir", required=True)
-  parser.add_argument("--num_train", type=int, default=20000)
-  parser.add_argument("--num_validation", type=int, default=500)
-  parser.add_argument("--num_test", type=int, default=500)
-  parser.add_argument("--seed", type=int, default=0)
+  # Every split non-empty: the corpus readers reject empty files.
+  parser.add_argument("--num_train", type=cli.positive_int, default=20000)
+  parser.add_argument("--num_validation", type=cli.positive_int, default=500)
+  parser.add_argument("--num_test", type=cli.positive_int, default=500)
+  parser.add_argument("--seed", type=cli.seed_int, default=0)
   args = parser.parse_args(argv)
   paths = write_corpus(
       args.output_dir, args.num_train, args.num_validation, args.num_test, args.seed

@@ -30,7 +30,7 @@ import sys
 from typing import Any
 from collections.abc import Sequence
 
-from padir_t5x import em, stages, t5x_jobs, textio
+from padir_t5x import cli, em, stages, t5x_jobs, textio
 
 DISTILL_STAGES = [
     stages.Stage("prepare", "write", "prepare", (), ("data",)),
@@ -162,7 +162,7 @@ def distill(
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m padir_t5x.distill", description=__doc__.split("\n\n")[0]
   )
   parser.add_argument("--checkpoint", required=True, help="the AR teacher's t5x checkpoint")
@@ -176,17 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--train_files", nargs=2, metavar=("SOURCE", "TARGET"))
   parser.add_argument("--task", help="seqio task whose split is decoded")
+  cli.add_module_flag(parser)
   parser.add_argument("--split", default="train")
-  parser.add_argument("--limit", type=int)
+  parser.add_argument("--limit", type=cli.positive_int)
   parser.add_argument(
       "--teacher_gin",
       action="append",
       help="t5x.infer gin files of the teacher (repeat; default: the " "quickstart AR twin)",
   )
   parser.add_argument("--teacher_binding", action="append", default=[])
-  parser.add_argument("--beam_size", type=int, default=4)
-  parser.add_argument("--batch_size", type=int)
-  parser.add_argument("--num_shards", type=int, default=4)
+  parser.add_argument("--beam_size", type=cli.positive_int, default=4)
+  parser.add_argument("--batch_size", type=cli.positive_int)
+  parser.add_argument("--num_shards", type=cli.positive_int, default=4)
   parser.add_argument("--target_language", default="en")
   parser.add_argument("--work_dir", help="default: {output_dir}/{corpus}.work")
   parser.add_argument("--python", default="", help="interpreter with t5x (default: this one)")
@@ -194,11 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if not os.path.isdir(args.checkpoint):
+    parser.error(f"argument --checkpoint: directory not found: {args.checkpoint}")
+  if args.module and not args.task:
+    parser.error("argument --module: goes with --task")
   if args.task:
-    # The entry point registers the padir_* tasks; the library functions never import `tasks`.
+    # The entry point registers the padir_* tasks (and the user's, --module); the library
+    # functions never import `tasks`.
     import tasks  # noqa: F401
+
+    cli.import_modules(args.module)
+    cli.check_registered_task(args.task)
 
   defaults = em.EmConfig()
   config = em.EmConfig(
@@ -218,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       python=args.python,
       cwd=args.cwd,
   )
+  try:
+    config.validate()
+  except stages.StageError as error:
+    parser.error(str(error))
+  # Missing files or t5x: status 2 now, not after the first stage.
+  em.preflight(config, gin_fields=("teacher_infer_gin",))
   counts = distill(config, args.checkpoint, os.path.join(args.output_dir, args.corpus))
   print(
       f"[distill] {counts['examples']} pairs in {counts['shards']} shards under "

@@ -47,7 +47,8 @@ from typing import Any
 
 import gin
 
-from padir_t5x import em_report, textio
+from padir_t5x import cli, em_report, t5x_jobs, textio
+from padir_t5x.cli import UsageError
 from padir_t5x.em_config import GIN_LIST_FIELDS
 from padir_t5x.em_config import EmConfig
 from padir_t5x.stages import (
@@ -495,22 +496,79 @@ def report(config: EmConfig, metric_names: Sequence[str] = DEFAULT_METRICS) -> s
 
 
 # ---------------------------------------------------------------------------------------------
+# Checks before the first stage.
+# The EmConfig fields that name gin files (the others of GIN_LIST_FIELDS are gin lines).
+GIN_FILE_FIELDS = (
+    "teacher_train_gin",
+    "teacher_infer_gin",
+    "student_train_gin",
+    "student_score_gin",
+    "teacher_eval_gin",
+    "student_eval_gin",
+)
+
+
+def _gin_file_found(path: str, cwd: str) -> bool:
+  """Whether t5x would find gin file `path`: absolute, or under the directory t5x runs in.
+
+  t5x also searches the directory that holds its own package ('t5x/examples/...' files): those
+  are left to t5x, since it may live in another interpreter.
+  """
+  if path.startswith("t5x/"):
+    return True
+  return os.path.isfile(path if os.path.isabs(path) else os.path.join(cwd, path))
+
+
+def preflight(config: EmConfig, gin_fields: Sequence[str] = GIN_FILE_FIELDS) -> None:
+  """Checks, before any stage, what would otherwise fail only once a stage reaches it.
+
+  The training files exist; the gin files of `gin_fields` exist (relative paths: under
+  config.cwd, default the repository root, where t5x runs); t5x is importable by the
+  interpreter the stages use (config.python). Finished stages are not rerun, so a run whose t5x
+  stages are all done needs no t5x (e.g. `--report` after the fact).
+
+  Raises cli.UsageError naming the setting, the file or the package (and how to install it).
+  """
+  if config.train_files is not None:
+    for name, path in zip(("source", "target"), config.train_files):
+      if not os.path.isfile(path):
+        raise UsageError(f"EmConfig.train_files: {name} file not found: {path}")
+  cwd = config.cwd or REPO_ROOT
+  for field in gin_fields:
+    for path in getattr(config, field):
+      if not _gin_file_found(path, cwd):
+        raise UsageError(f"EmConfig.{field}: gin file not found: {path} (relative to {cwd})")
+  pending = [
+      stage
+      for stage in plan(config)
+      if stage.kind in RESUMABLE_KINDS + ("eval",) and read_done(config.run_dir, stage.name) is None
+  ]
+  if pending and not t5x_jobs.t5x_importable(config.python, cwd, dict(config.env)):
+    interpreter = config.python or sys.executable
+    raise UsageError(
+        f"t5x is not importable by {interpreter} (needed from stage {pending[0].name} on): "
+        f"install it with {t5x_jobs.T5X_INSTALL_HINT}, or pass --python with an interpreter "
+        "that has it"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line.
 _FLAG_TYPES = {
-    "rounds": int,
-    "num_candidates": int,
-    "beam_size": int,
-    "ar_steps": int,
-    "nar_steps": int,
-    "limit": int,
-    "checkpoint_period": int,
-    "infer_batch_size": int,
-    "num_shards": int,
+    "rounds": cli.non_negative_int,
+    "num_candidates": cli.positive_int,
+    "beam_size": cli.positive_int,
+    "ar_steps": cli.positive_int,
+    "nar_steps": cli.positive_int,
+    "limit": cli.positive_int,
+    "checkpoint_period": cli.positive_int,
+    "infer_batch_size": cli.positive_int,
+    "num_shards": cli.positive_int,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m padir_t5x.em",
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -531,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--run_dir", help="run directory (resumes if it exists)")
   parser.add_argument("--train_files", nargs=2, metavar=("SOURCE", "TARGET"))
   parser.add_argument("--task", help="seqio task whose split is the training data")
+  cli.add_module_flag(parser)
   parser.add_argument("--split")
   for name, kind in _FLAG_TYPES.items():
     parser.add_argument(f"--{name}", type=kind)
@@ -573,10 +632,18 @@ def config_from_args(args: argparse.Namespace) -> EmConfig:
   return dataclasses.replace(config, **overrides)
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  for path in args.gin_file:
+    if not os.path.isfile(path) and not os.path.isfile(os.path.join(REPO_ROOT, path)):
+      parser.error(f"argument --gin_file: file not found: {path}")
   config = config_from_args(args)
-  config.validate()
+  try:
+    config.validate()
+  except EmError as error:
+    parser.error(str(error))
   stages = plan(config)
   if args.dry_run:
     for stage in stages:
@@ -587,12 +654,20 @@ def main(argv: Sequence[str] | None = None) -> int:
       )
     return 0
   if args.report:
+    if not os.path.isdir(config.run_dir):
+      parser.error(f"argument --run_dir: run directory not found: {config.run_dir}")
     print(report(config))
     return 0
   if config.task:
-    # The entry point registers the padir_* tasks; the library functions never import `tasks`.
+    # The entry point registers the padir_* tasks (and the user's, --module); the library
+    # functions never import `tasks`.
     import tasks  # noqa: F401
 
+    cli.import_modules(args.module)
+    cli.check_registered_task(config.task)
+  elif args.module:
+    parser.error("argument --module: goes with --task")
+  preflight(config)  # a UsageError: status 2, one line (cli.entry_point)
   runner = T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
   run(config, runner)
   for name, path in result_paths(config).items():

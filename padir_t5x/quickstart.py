@@ -261,8 +261,31 @@ def translate_command(checkpoint_dir: str, example: str) -> str:
   )
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# The flat flags' types: each rejects a value outside its range before any work (cli.py).
+FLAG_TYPES = {
+    "num_steps": cli.positive_int,
+    "batch_size": cli.positive_int,
+    "max_input_length": cli.positive_int,
+    "max_target_length": cli.positive_int,
+    "emb_dim": cli.positive_int,
+    "num_heads": cli.positive_int,
+    "mlp_dim": cli.positive_int,
+    "num_layers": cli.positive_int,
+    "num_stages": cli.positive_int,
+    "unmasking_rate": cli.probability,
+    "length_loss_weight": cli.non_negative_float,
+    "max_passes": cli.positive_int,
+    "length_beam": cli.positive_int,
+    "max_eval": cli.positive_int,
+    "dropout_rate": cli.probability,
+    "peak_learning_rate": cli.positive_float,
+    "seed": cli.seed_int,
+}
+FLAG_CHOICES = {"eval_split": ("validation", "test")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   helps = {"output_dir": "where the trained model is saved, for python -m padir_t5x.translate"}
   for field in dataclasses.fields(QuickstartConfig):
     if field.name in OVERRIDES:
@@ -270,16 +293,47 @@ def main(argv=None):
       continue
     parser.add_argument(
         f"--{field.name}",
-        type=type(field.default),
+        type=FLAG_TYPES.get(field.name, type(field.default)),
+        choices=FLAG_CHOICES.get(field.name),
         default=field.default,
         help=helps.get(field.name),
     )
-  args = vars(parser.parse_args(argv))
-  config = QuickstartConfig(**{k: tuple(v) if k in OVERRIDES else v for k, v in args.items()})
-  try:  # every override is checked before the corpus is built or a step is trained
-    build_configs(config, real_vocab=vocab.padded_vocab_size(1))
+  return parser
+
+
+def check_decodable(
+    net_config: network.TransformerConfig, decoding_config: decoding.DecodingConfig
+) -> None:
+  """Raises ValueError unless the network can decode `decoding_config`'s number of lengths.
+
+  decoding.select_lengths checks the same at decode time, which is after the whole training.
+  """
+  # Transformer.predict_length gives logits over max_target_length lengths (offsets included).
+  num_allowed = net_config.max_target_length - (decoding_config.min_length - 1)
+  if decoding_config.num_lengths > num_allowed:
+    raise ValueError(
+        f"{decoding_config.num_lengths} target lengths (length_beam x (2 length_offsets + 1)) "
+        f"exceed the {num_allowed} that max_target_length {net_config.max_target_length} allows"
+    )
+
+
+@cli.entry_point
+def main(argv=None):
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  cli.check_at_most(parser, args, "num_heads", "emb_dim")
+  values = {field.name: getattr(args, field.name) for field in dataclasses.fields(QuickstartConfig)}
+  config = QuickstartConfig(**{**values, **{name: tuple(values[name]) for name in OVERRIDES}})
+  # Every flag and override is checked before the corpus is built or a step is trained, the
+  # decoding settings too (they are used only after the training).
+  try:
+    net_config, _, decoding_config = build_configs(config, real_vocab=vocab.padded_vocab_size(1))
   except ValueError as error:
     parser.error(str(error))
+  try:
+    check_decodable(net_config, decoding_config)
+  except ValueError as error:
+    parser.error(f"argument {'--decoding' if config.decoding else '--length_beam'}: {error}")
   run(config)
 
 

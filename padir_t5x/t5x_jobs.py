@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from padir_t5x import textio
+from padir_t5x import progress, textio
 from padir_t5x.stages import DONE_FILE, StageContext, StageError, read_done, stage_dir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,16 +198,71 @@ def read_eval_metrics(output_dir: str) -> dict[str, dict[str, float]]:
   return metrics
 
 
+# What `pip install` gives t5x with this package (setup.cfg's extra; t5x is not on PyPI).
+T5X_INSTALL_HINT = "pip install 'padir-t5x[t5x]' (setup.cfg's t5x extra)"
+# t5x.train's metric writer (clu's LoggingWriter) logs "[STEP] collection=train loss=..., ..."
+# every stats period; the last such step in t5x.log is the run's progress.
+_TRAIN_STEP = re.compile(r"\[(\d+)\] collection=train\b")
+
+
+def t5x_importable(python: str = "", cwd: str = "", env: Mapping[str, str] | None = None) -> bool:
+  """Whether `python -m t5x.train` would find t5x: `python` (default: this interpreter) looks for
+  it from `cwd` (default: the repository root) with `env` added, as T5xRunner runs it.
+
+  Only the package is looked up (importlib.util.find_spec, a fraction of a second), not imported.
+  """
+  command = [
+      python or sys.executable,
+      "-c",
+      "import importlib.util, sys; sys.exit(importlib.util.find_spec('t5x') is None)",
+  ]
+  try:
+    result = subprocess.run(
+        command,
+        cwd=cwd or REPO_ROOT,
+        env=dict(os.environ, **dict(env or {})),
+        capture_output=True,
+        check=False,
+    )
+  except OSError:  # the interpreter itself is missing
+    return False
+  return result.returncode == 0
+
+
+def last_train_step(log_path: str, tail_bytes: int = 1 << 16) -> int | None:
+  """The last step t5x.train logged in `log_path` (its last `tail_bytes`), None if none yet."""
+  try:
+    with open(log_path, "rb") as f:
+      f.seek(max(os.path.getsize(log_path) - tail_bytes, 0))
+      text = f.read().decode("utf-8", errors="replace")
+  except OSError:
+    return None
+  steps = _TRAIN_STEP.findall(text)
+  return int(steps[-1]) if steps else None
+
+
 @dataclasses.dataclass
 class T5xRunner:
-  """Runs `python -m t5x.train|t5x.infer` as subprocesses; output goes to `t5x.log`."""
+  """Runs `python -m t5x.train|t5x.infer|t5x.eval` as subprocesses; output goes to `t5x.log`.
+
+  Every `progress_every` seconds it logs a progress line: for t5x.train the last step t5x
+  logged, of the job's total, with rate and ETA (padir_t5x.progress); else the time so far.
+  """
 
   python: str = ""
   cwd: str = ""
   env: tuple[tuple[str, str], ...] = ()
   log: Callable[[str], None] = print
+  progress_every: float = 60.0
 
-  def _run(self, module: str, gin_files: Sequence[str], stage_gin: str, work_dir: str) -> None:
+  def _run(
+      self,
+      module: str,
+      gin_files: Sequence[str],
+      stage_gin: str,
+      work_dir: str,
+      total_steps: int | None = None,
+  ) -> None:
     os.makedirs(work_dir, exist_ok=True)
     gin_path = os.path.join(work_dir, f"{module.split('.')[-1]}_stage.gin")
     with open(gin_path, "w", encoding="utf-8") as f:
@@ -223,19 +281,56 @@ class T5xRunner:
     self.log(f"  $ (cd {cwd} && {' '.join(command)}) >> {log_path}")
     env = dict(os.environ, **dict(self.env))
     with open(log_path, "a", encoding="utf-8") as log_file:
-      result = subprocess.run(
-          command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False
+      process = subprocess.Popen(
+          command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
       )
-    if result.returncode != 0:
+      try:
+        returncode = self._wait(process, module, log_path, total_steps)
+      except BaseException:  # Ctrl-C, or a failure while logging: do not leave t5x running
+        process.kill()
+        process.wait()
+        raise
+    if returncode != 0:
       with open(log_path, encoding="utf-8", errors="replace") as f:
         tail = f.read()[-3000:]
-      raise StageError(
-          f"{module} exited with status {result.returncode}; log: {log_path}\n" f"...{tail}"
-      )
+      raise StageError(f"{module} exited with status {returncode}; log: {log_path}\n...{tail}")
+
+  def _wait(self, process, module: str, log_path: str, total_steps: int | None) -> int:
+    """Waits for `process`, logging a progress line every `progress_every` seconds.
+
+    The rate (and ETA) counts from the first step seen in the log, so that neither t5x's
+    compilation nor the steps of an earlier, resumed run (the log is appended to) distort it.
+    """
+    start = time.perf_counter()
+    first_seen = None  # (time, step) of the first step this run logged
+    next_report = start + self.progress_every
+    resumed_at = last_train_step(log_path) if total_steps else None
+    while True:
+      try:
+        return process.wait(timeout=max(0.05, min(5.0, next_report - time.perf_counter())))
+      except subprocess.TimeoutExpired:
+        pass
+      now = time.perf_counter()
+      if now < next_report:
+        continue
+      next_report = now + self.progress_every
+      step = last_train_step(log_path) if total_steps else None
+      if step is None or (first_seen is None and step == resumed_at):
+        self.log(f"  {module}: running for {progress.clock(now - start)} (log: {log_path})")
+        continue
+      if first_seen is None:
+        first_seen = (now, step)
+      seen_for = now - first_seen[0]
+      rate = (step - first_seen[1]) / seen_for if seen_for > 0 else math.nan
+      self.log(f"  {module}: {progress.progress_text(step, total_steps, now - start, rate=rate)}")
 
   def train(self, job: TrainJob) -> None:
     self._run(
-        "t5x.train", job.gin_files, train_stage_gin(job), os.path.dirname(job.model_dir.rstrip("/"))
+        "t5x.train",
+        job.gin_files,
+        train_stage_gin(job),
+        os.path.dirname(job.model_dir.rstrip("/")),
+        total_steps=job.steps,
     )
 
   def infer(self, job: InferJob) -> None:

@@ -20,6 +20,7 @@ import optax
 
 from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import progress
 
 Batch = Mapping[str, np.ndarray]
 # (params, batch, rng) -> (scalar loss, metrics): what `make_train_step` differentiates.
@@ -182,20 +183,38 @@ def device_batch(batch: Batch) -> dict[str, jax.Array]:
 
 # ------------------------------------------------------------------------------------------------
 # The step-count loop.
-def _log_line(step: int, metrics: Mapping[str, jax.Array], start: float) -> str:
-  """'step     N  loss=...  <name>_accuracy=...  (Ss)': the loss, every accuracy, time since start.
+def _log_line(
+    step: int,
+    num_steps: int,
+    metrics: Mapping[str, jax.Array],
+    start: float,
+    summed: bool,
+    first_step_end: float | None = None,
+) -> str:
+  """'step N/M  P% [elapsed<ETA, rate]  loss=...  <name>_accuracy=...': progress, loss, accuracies.
 
-  The clock is read after the metrics are fetched, so that the time includes the step itself.
+  `summed`: the loss is a sum over the batch's target tokens (loss_normalizing_factor None, the
+  t5x default), so it grows with the batch; the line then says so and adds the loss per target
+  token (`num_tokens` of the metrics). The rate (and ETA) count from `first_step_end` when given,
+  so that the first step's compilation does not inflate the ETA. The clock is read after the
+  metrics are fetched, so that the time includes the step itself.
   """
-  shown = {
-      k: float(v)
-      for k, v in metrics.items()
-      if k in ("loss", "length_accuracy") or k.endswith("_accuracy")
-  }
+  shown = {k: float(v) for k, v in metrics.items() if k.endswith("_accuracy")}
+  loss = f"loss={float(metrics['loss']):.4f}"
+  if summed and "num_tokens" in metrics:
+    tokens = float(metrics["num_tokens"])
+    loss = (
+        f"loss/token={float(metrics['loss']) / max(tokens, 1.0):.4f} "
+        f"(loss={float(metrics['loss']):.1f} summed over {tokens:.0f} target tokens)"
+    )
+  now = time.perf_counter()
+  rate = None
+  if first_step_end is not None and step > 1 and now > first_step_end:
+    rate = (step - 1) / (now - first_step_end)
   return (
-      f"step {step:5d}  "
+      progress.progress_text(step, num_steps, now - start, rate=rate)
+      + f"  {loss}  "
       + "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
-      + f"  ({time.perf_counter() - start:.0f}s)"
   )
 
 
@@ -208,19 +227,25 @@ def train(
 ):
   """Trains PaDIR from scratch for train_config.num_steps steps on `batches`.
 
+  Logs a progress line (`_log_line`) every train_config.log_every steps and after the last.
+
   Returns (params, last metrics as floats, seconds spent in the loop).
   """
   batch = next(batches)
   optimizer = make_optimizer(train_config)
   params, opt_state, rng = init_train_state(module, batch, train_config.seed, optimizer)
   train_step = jax.jit(make_train_step(padir_loss_fn(module, loss_config), optimizer))
-  start = time.perf_counter()
+  summed = loss_config.loss_normalizing_factor is None
+  start = first_step_end = time.perf_counter()
   metrics = {}
   for step in range(1, train_config.num_steps + 1):
     rng, step_rng = jax.random.split(rng)
     params, opt_state, metrics = train_step(params, opt_state, device_batch(batch), step_rng)
+    if step == 1 and log:
+      jax.block_until_ready(metrics)
+      first_step_end = time.perf_counter()
     if log and (step % train_config.log_every == 0 or step == train_config.num_steps):
-      log(_log_line(step, metrics, start))
+      log(_log_line(step, train_config.num_steps, metrics, start, summed, first_step_end))
     if step < train_config.num_steps:
       batch = next(batches)  # no batch drawn after the last step
   return params, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - start

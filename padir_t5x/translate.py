@@ -63,6 +63,8 @@ import numpy as np
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
 from padir_t5x import checkpoints
+from padir_t5x import cli
+from padir_t5x import progress
 from padir_t5x import textio
 from padir_t5x.checkpoints import CheckpointError
 from padir_t5x.modes import DedupMode
@@ -588,38 +590,8 @@ class Translator:
 
 # -------------------------------------------------------------------------------------------------
 # The command.
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-  return value
-
-
-def _non_negative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-  return value
-
-
-def _non_negative_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-  if not value >= 0:
-    raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-  return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m padir_t5x.translate",
       description="Translate text with a PaDIR or AR core checkpoint, one line per sentence.",
   )
@@ -639,8 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
       "--kind", choices=checkpoints.KINDS, help="fail unless the checkpoint is of this kind"
   )
   padir = parser.add_argument_group("PaDIR decoding (default: the checkpoint's setting)")
-  padir.add_argument("--length_beam", type=_positive_int, help="target lengths decoded (l)")
-  padir.add_argument("--max_passes", type=_positive_int, help="refinement passes at most (T)")
+  padir.add_argument("--length_beam", type=cli.positive_int, help="target lengths decoded (l)")
+  padir.add_argument("--max_passes", type=cli.positive_int, help="refinement passes at most (T)")
   padir.add_argument("--init", choices=[m.value for m in FillMode], help="first decoder input")
   padir.add_argument("--remask", choices=[m.value for m in RemaskMode], help="between passes")
   padir.add_argument("--dedup", choices=[m.value for m in DedupMode], help="final de-duplication")
@@ -650,10 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="what --remask stutter and --dedup consecutive remove: repeated words or pieces",
   )
   padir.add_argument(
-      "--inits_per_length", type=_positive_int, help="random initialisations per length"
+      "--inits_per_length", type=cli.positive_int, help="random initialisations per length"
   )
   padir.add_argument(
-      "--length_offsets", type=_non_negative_int, help="also decode lengths L-r..L+r (r)"
+      "--length_offsets", type=cli.non_negative_int, help="also decode lengths L-r..L+r (r)"
   )
   padir.add_argument(
       "--prediction",
@@ -661,8 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="argmax of the last pass's log-probs or of their sum over passes",
   )
   ar = parser.add_argument_group("AR decoding")
-  ar.add_argument("--beam_size", type=_positive_int, help="beam size (default 4)")
-  ar.add_argument("--alpha", type=_non_negative_float, help="length penalty (default 0.6)")
+  ar.add_argument("--beam_size", type=cli.positive_int, help="beam size (default 4)")
+  ar.add_argument("--alpha", type=cli.non_negative_float, help="length penalty (default 0.6)")
   dv = parser.add_argument_group(
       "draft and verify (AR greedy with PaDIR drafts; the PaDIR flags set the drafter's decoding)"
   )
@@ -677,15 +649,15 @@ def build_parser() -> argparse.ArgumentParser:
       help="strict: AR greedy exactly (default); tolerant: also near-best draft tokens",
   )
   dv.add_argument(
-      "--verify_top_k", type=_positive_int, help="tolerant: draft token in the AR top-k"
+      "--verify_top_k", type=cli.positive_int, help="tolerant: draft token in the AR top-k"
   )
   dv.add_argument(
       "--verify_margin",
-      type=_non_negative_float,
+      type=cli.non_negative_float,
       help="tolerant: ... and within this many nats of the AR best",
   )
   dv.add_argument(
-      "--redraft_passes", type=_positive_int, help="passes of the drafts after the first"
+      "--redraft_passes", type=cli.positive_int, help="passes of the drafts after the first"
   )
   dv.add_argument(
       "--reuse_drafts",
@@ -700,8 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
       default=None,
       help="with --reuse_drafts: also verify it shifted by one either way (one call, 3x rows)",
   )
-  parser.add_argument("--batch_size", type=_positive_int, default=32)
-  parser.add_argument("--seed", type=int, default=0, help="random initial tokens, re-masking")
+  parser.add_argument("--batch_size", type=cli.positive_int, default=32)
+  parser.add_argument(
+      "--seed", type=cli.seed_int, default=0, help="random initial tokens, re-masking"
+  )
   parser.add_argument(
       "--strict", action="store_true", help="a line longer than the model's input is an error"
   )
@@ -723,10 +697,8 @@ def _progress_bar(total: int):
 
   def update(k: int) -> None:
     done[0] += k
-    elapsed = time.perf_counter() - start
-    rate = done[0] / elapsed if elapsed > 0 else 0.0
-    eta = (total - done[0]) / rate if rate > 0 else float("nan")
-    sys.stderr.write(f"\rtranslate {done[0]}/{total}  {rate:.1f} sent/s  ETA {eta:.0f}s")
+    line = progress.progress_text(done[0], total, time.perf_counter() - start, unit="sent")
+    sys.stderr.write(f"\rtranslate {line}")
     sys.stderr.flush()
 
   def close() -> None:
@@ -741,6 +713,7 @@ def _described_file(checkpoint: str) -> str:
   return config if os.path.isfile(config) else checkpoint
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)

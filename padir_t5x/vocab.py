@@ -7,6 +7,10 @@ Build (the text is sampled deterministically for --seed when --max_sentences is 
 
     python -m padir_t5x.vocab --files train.de,train.en --output_prefix /vocab/de_en.32k
     python -m padir_t5x.vocab --task padir_wmt14_de_en --output_prefix /vocab/de_en.32k
+    python -m padir_t5x.vocab --module my_tasks --task my_de_en --output_prefix vocab/my_de_en
+
+(`--module` imports your module that registers `my_de_en`, e.g. with
+tasks.own_corpus.register_parallel_corpus_task, before the task is looked up.)
 
 writes `{output_prefix}.model` and `{output_prefix}.vocab`. The same input, options and seed give
 byte-identical `.model` files: sampling uses our own seeded RNG, and the text is streamed to the
@@ -16,7 +20,6 @@ inside the model proto.
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import os
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from padir_t5x import EOS_ID, MASK_ID, PAD_ID, UNK_ID, textio
+from padir_t5x import EOS_ID, MASK_ID, PAD_ID, UNK_ID, cli, textio
 
 MASK_PIECE = "<mask>"
 DEFAULT_VOCAB_SIZE = 32000
@@ -149,16 +152,30 @@ def read_lines(paths: Sequence[str]) -> list[str]:
   return lines
 
 
+def drop_long_sentences(sentences: Sequence[str]) -> tuple[list[str], int]:
+  """(the sentences of at most MAX_SENTENCE_BYTES UTF-8 bytes, how many longer ones were left out).
+
+  sentencepiece would skip the longer ones itself, silently; `train_sentencepiece` logs the count.
+  """
+  kept = [s for s in sentences if len(s.encode("utf-8")) <= MAX_SENTENCE_BYTES]
+  return kept, len(sentences) - len(kept)
+
+
 def sample_sentences(sentences: Sequence[str], max_sentences: int | None, seed: int) -> list[str]:
-  """Keeps at most `max_sentences` sentences, chosen by a seeded RNG, in their original order."""
-  sentences = [s for s in sentences if len(s.encode("utf-8")) <= MAX_SENTENCE_BYTES]
-  if not max_sentences or len(sentences) <= max_sentences:
+  """Keeps at most `max_sentences` sentences, chosen by a seeded RNG, in their original order.
+
+  `max_sentences` None keeps them all; 0 or less is a ValueError (it used to mean "all").
+  """
+  if max_sentences is not None and max_sentences < 1:
+    raise ValueError(f"max_sentences must be >= 1 (or None for all), got {max_sentences}")
+  if max_sentences is None or len(sentences) <= max_sentences:
     return list(sentences)
   keep = sorted(random.Random(seed).sample(range(len(sentences)), max_sentences))
   return [sentences[i] for i in keep]
 
 
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
 
 def train_sentencepiece(
@@ -181,6 +198,7 @@ def train_sentencepiece(
     vocab_size: number of pieces including the 4 specials.
     seed: seeds the sentence sampling and sentencepiece's own RNG.
     max_sentences: sample this many sentences (deterministically for `seed`); None = all.
+      Sentences longer than MAX_SENTENCE_BYTES are left out first, and their number logged.
     character_coverage: 0.9995 suits alphabetic languages; use 0.9995-1.0 for Chinese
       (1.0 keeps every character, rarer ones otherwise map to unk).
     user_defined_symbols: extra always-whole pieces placed after '<mask>' (ids 4, 5, ...),
@@ -190,7 +208,15 @@ def train_sentencepiece(
   Returns:
     Path of the written `.model` file.
   """
-  data = sample_sentences(list(sentences), max_sentences, seed)
+  data, dropped = drop_long_sentences(list(sentences))
+  if dropped:
+    logging.warning(
+        "%d of %d sentences are longer than sentencepiece's limit of %d bytes and are left out",
+        dropped,
+        len(data) + dropped,
+        MAX_SENTENCE_BYTES,
+    )
+  data = sample_sentences(data, max_sentences, seed)
   if not data:
     raise ValueError("no training sentences for the vocabulary (all inputs empty?)")
   symbols = [MASK_PIECE] + [s for s in user_defined_symbols if s != MASK_PIECE]
@@ -215,6 +241,13 @@ def train_sentencepiece(
   try:
     spm.SentencePieceTrainer.train(sentence_iterator=iter(data), model_writer=buffer, **kwargs)
   except RuntimeError as e:
+    too_low = _TOO_LOW.search(str(e))
+    if too_low:
+      raise ValueError(
+          f"vocab_size {vocab_size} is below the {too_low.group(2)} pieces this text needs (its "
+          "characters and the special pieces): pass a larger --vocab_size or a lower "
+          "--character_coverage"
+      ) from None
     match = _TOO_HIGH.search(str(e))
     if not match:
       raise
@@ -300,23 +333,26 @@ def task_sentences(task_name: str, split: str = "train") -> Iterator[str]:
         yield example[key].decode("utf-8")
 
 
+@cli.entry_point
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description="Build a bilingual SentencePiece vocabulary.")
+  parser = cli.ArgumentParser(description="Build a bilingual SentencePiece vocabulary.")
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--task", help="registered seqio task or mixture; its train text is used")
   source.add_argument("--files", help="comma-separated UTF-8 text files, one sentence a line")
+  cli.add_module_flag(parser)
   parser.add_argument("--output_prefix", required=True)
-  parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE)
-  parser.add_argument("--seed", type=int, default=0)
+  # The 4 special pieces and at least one more.
+  parser.add_argument("--vocab_size", type=cli.int_range(5), default=DEFAULT_VOCAB_SIZE)
+  parser.add_argument("--seed", type=cli.seed_int, default=0)
   parser.add_argument(
       "--max_sentences",
-      type=int,
+      type=cli.positive_int,
       default=None,
-      help="sample this many sentences (deterministic for --seed)",
+      help="sample this many sentences (deterministic for --seed; default: all)",
   )
   parser.add_argument(
       "--character_coverage",
-      type=float,
+      type=cli.float_range(0.98, 1.0),  # sentencepiece's own range
       default=DEFAULT_CHARACTER_COVERAGE,
       help="0.9995 for alphabetic scripts; up to 1.0 when Chinese is included",
   )
@@ -331,16 +367,24 @@ def main(argv=None) -> None:
       action="store_true",
       help="shrink vocab_size with a warning if the text is too small",
   )
-  parser.add_argument("--num_threads", type=int, default=2)
+  parser.add_argument("--num_threads", type=cli.int_range(1, 1024), default=2)
   args = parser.parse_args(argv)
+  if args.module and not args.task:
+    parser.error("argument --module: goes with --task")
   logging.basicConfig(level=logging.INFO)
   if args.files:
-    sentences = read_lines([p for p in args.files.split(",") if p])
+    paths = [p for p in args.files.split(",") if p]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+      parser.error(f"argument --files: file not found: {missing[0]}")
+    sentences = read_lines(paths)
   else:
     # The CLI is the one place that registers the padir_* tasks; `tasks` imports this module, so
-    # importing it at module level would be a cycle.
+    # importing it at module level would be a cycle. Then the user's own task modules.
     import tasks  # noqa: F401
 
+    cli.import_modules(args.module)
+    cli.check_registered_task(args.task)
     sentences = list(task_sentences(args.task))
   path = train_sentencepiece(
       sentences,

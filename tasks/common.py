@@ -108,6 +108,18 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   }
 
 
+class TranslationTask(seqio.Task):
+  """A seqio.Task whose datasets are named 'TASK SPLIT' in the truncation log lines.
+
+  pipelines.count_truncated (one of make_task's preprocessors) reads the name while get_dataset
+  builds the dataset; everything else is seqio.Task's.
+  """
+
+  def get_dataset(self, sequence_length=None, split="train", *args, **kwargs):
+    with pipelines.dataset_label(f"{self.name} {split}"):
+      return super().get_dataset(sequence_length, split, *args, **kwargs)
+
+
 def make_task(
     name: str,
     source: seqio.DataSource,
@@ -117,9 +129,11 @@ def make_task(
 ) -> seqio.Task:
   """A translation task: text preprocessors, tokenization, EOS, standard MT metrics.
 
-  The source (after `text_preprocessors`) must yield {'inputs', 'targets'} strings.
+  The source (after `text_preprocessors`) must yield {'inputs', 'targets'} strings. Examples
+  longer than the feature lengths are counted and logged per split (pipelines.count_truncated)
+  before seqio cuts them to those lengths.
   """
-  return seqio.Task(
+  return TranslationTask(
       name=name,
       source=source,
       output_features=output_features(vocabulary),
@@ -127,6 +141,7 @@ def make_task(
           *text_preprocessors,
           seqio.preprocessors.tokenize,
           seqio.CacheDatasetPlaceholder(),
+          pipelines.count_truncated,
           seqio.preprocessors.append_eos_after_trim,
       ],
       metric_fns=metrics.translation_metric_fns(target_language),

@@ -18,8 +18,13 @@ gin (the call returns the task name, so it can feed MIXTURE_OR_TASK_NAME directl
 
 The files are validated at once (missing or empty file, invalid UTF-8, empty line, differing line
 counts -> textio.CorpusFileError naming the file and line). The vocabulary file is not needed
-until data are tokenized, so you can register first and then build it with
-`python -m padir_t5x.vocab --task my_de_en --output_prefix vocab/my_de_en`.
+until data are tokenized, so you can register first and then build it: put the Python call above
+in a module of yours, say `my_tasks.py` in the current directory, and pass it with `--module`,
+which imports it before the task is looked up:
+
+    python -m padir_t5x.vocab --module my_tasks --task my_de_en --output_prefix vocab/my_de_en
+
+(`python -m padir_t5x.em` and `python -m padir_t5x.distill` take `--module` with `--task` too.)
 """
 
 from __future__ import annotations

@@ -1,8 +1,27 @@
-"""Shared pytest fixtures: the real-data directory and a tiny SentencePiece vocabulary."""
+"""Shared pytest fixtures: a private cache, the real-data directory, tiny vocabularies."""
 
 import pytest
 
 from padir_t5x.shared_data import find_data_dir
+
+# The environment variables of the caches the package (and the libraries it uses) write.
+CACHE_VARIABLES = ("PADIR_CACHE_DIR", "PADIR_VOCAB_DIR", "XDG_CACHE_HOME")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache_dir(tmp_path_factory):
+  """Every cache of the test session (and of the commands it runs) under one temporary directory.
+
+  $PADIR_CACHE_DIR (the quickstart corpus, the shared vocabulary), $PADIR_VOCAB_DIR and
+  $XDG_CACHE_HOME point into it, so that the suite neither reads nor writes the user's ~/.cache;
+  a test may still point one elsewhere with monkeypatch. Subprocesses inherit them.
+  """
+  root = tmp_path_factory.mktemp("cache")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("PADIR_CACHE_DIR", str(root / "padir_t5x"))
+    patch.setenv("PADIR_VOCAB_DIR", str(root / "padir_t5x" / "vocab"))
+    patch.setenv("XDG_CACHE_HOME", str(root))
+    yield str(root)
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +49,8 @@ def tiny_vocab_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quickstart_vocab_path(tmp_path_factory):
-  """The quickstart's SentencePiece model (256 pieces), built in a temporary cache.
-
-  tasks.ensure_quickstart_data with an explicit cache_dir, so the user's ~/.cache (or
-  $PADIR_CACHE_DIR) is neither read nor written.
-  """
+def quickstart_vocab_path(isolated_cache_dir):
+  """The quickstart's SentencePiece model (256 pieces), built once in the session's cache."""
   from tasks import quickstart
 
-  cache_dir = tmp_path_factory.mktemp("padir_cache")
-  return quickstart.ensure_quickstart_data(str(cache_dir))[1]
+  return quickstart.ensure_quickstart_data()[1]

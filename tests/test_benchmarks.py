@@ -355,7 +355,10 @@ def test_step_budget_schedule_follows_steps_not_time():
         (["--model", "padir", "--loss", "unmasking_rat=0.5"], "--loss: unknown field"),
         (["--model", "padir", "--loss", "unmasking_rate=2"], "unmasking_rate must lie in [0, 1]"),
         (["--model", "padir", "--network", "decoder_mode=x"], "--network: decoder_mode"),
-        (["--model", "padir", "--max_steps", "-1"], "--max_steps must be >= 0"),
+        (
+            ["--model", "padir", "--max_steps", "-1"],
+            "argument --max_steps: must be an integer >= 0",
+        ),
     ],
 )
 def test_train_budget_rejects_bad_flags_before_any_work(argv, message, capsys, tmp_path):

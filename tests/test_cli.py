@@ -1,6 +1,8 @@
 """Tests of padir_t5x/cli.py: FIELD=VALUE overrides of the core configs, and the commands that use
 them rejecting bad values before any work."""
 
+import argparse
+
 import pytest
 
 from padir_t5x import cli
@@ -83,3 +85,183 @@ def test_quickstart_overrides_reach_every_config():
   assert loss_config.unmasking_rate == 0.5 and loss_config.vocab_high == 200
   assert decoding_config.remask.value == "none" and decoding_config.max_passes == 7
   assert decoding_config.length_beam == config.length_beam
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag types and entry points (issue 15): a bad value is one line naming the flag and the range.
+@pytest.mark.parametrize(
+    "flag_type, text, message",
+    [
+        (cli.positive_int, "0", "must be an integer >= 1, got 0"),
+        (cli.positive_int, "x", "must be an integer >= 1, got 'x'"),
+        (cli.non_negative_int, "-3", "must be an integer >= 0, got -3"),
+        (cli.seed_int, "-1", "must be an integer in [0, 4294967295], got -1"),
+        (cli.probability, "1.5", "must be a number in [0, 1], got 1.5"),
+        (cli.positive_float, "0", "must be a number > 0, got 0"),
+        (cli.non_negative_float, "nan", "must be a number >= 0, got nan"),
+        (cli.float_range(0.0, 1.0, high_open=True), "1", "must be a number in [0, 1), got 1"),
+        (cli.int_list(1), "1,0", "each item must be an integer >= 1, got 0"),
+        (cli.int_list(1), ",", "expected comma-separated integers, got ','"),
+    ],
+)
+def test_flag_types_name_the_allowed_range(flag_type, text, message):
+  with pytest.raises(argparse.ArgumentTypeError) as raised:
+    flag_type(text)
+  assert str(raised.value) == message
+
+
+def test_flag_types_accept_their_range():
+  assert cli.positive_int("3") == 3 and cli.non_negative_int("0") == 0
+  assert cli.probability("1") == 1.0 and cli.int_list(1)("1, 5,") == [1, 5]
+
+
+def _failing_main(error):
+  @cli.entry_point
+  def main(argv=None):
+    parser = cli.ArgumentParser()
+    parser.parse_args(argv)
+    raise error
+
+  return main
+
+
+@pytest.mark.parametrize(
+    "error, status, last_line",
+    [
+        (ValueError("train.de: line 3 is empty"), 1, "error: train.de: line 3 is empty"),
+        (FileNotFoundError("no such file: x.de"), 1, "error: no such file: x.de"),
+        (
+            cli.UsageError("argument --run_dir: not found: r"),
+            2,
+            "error: argument --run_dir: not found: r",
+        ),
+        (
+            ZeroDivisionError("division by zero"),
+            1,
+            "error: ZeroDivisionError: division by zero (rerun with --verbose for the traceback)",
+        ),
+    ],
+)
+def test_entry_point_ends_an_error_with_one_line(error, status, last_line, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _failing_main(error)([])
+  assert exit_info.value.code == status
+  err = capsys.readouterr().err
+  assert err.strip().splitlines()[-1].endswith(last_line) and "Traceback" not in err
+  assert err.startswith("python -m test_cli: error: ")  # the module that defines main()
+
+
+def test_entry_point_verbose_prints_the_traceback_then_the_message(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _failing_main(ZeroDivisionError("division by zero"))(["--verbose"])
+  assert exit_info.value.code == 1
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert lines[0].startswith("Traceback") and "raise error" in "\n".join(lines)
+  assert lines[-1].endswith(": error: ZeroDivisionError: division by zero")
+
+
+def test_entry_point_ctrl_c_is_one_line_and_status_130(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _failing_main(KeyboardInterrupt())([])
+  assert exit_info.value.code == 130
+  assert capsys.readouterr().err.strip().endswith(": interrupted")
+
+
+def test_entry_point_passes_the_return_value_and_argparse_exits():
+  @cli.entry_point
+  def main(argv=None):
+    cli.ArgumentParser().parse_args(argv)
+    return 0
+
+  assert main([]) == 0
+  with pytest.raises(SystemExit) as exit_info:
+    main(["--nope"])
+  assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_steps", "0"], "argument --num_steps: must be an integer >= 1, got 0"),
+        (["--num_steps", "-5"], "argument --num_steps: must be an integer >= 1, got -5"),
+        (["--batch_size", "-1"], "argument --batch_size: must be an integer >= 1, got -1"),
+        (["--batch_size", "0"], "argument --batch_size: must be an integer >= 1, got 0"),
+        (["--num_heads", "0"], "argument --num_heads: must be an integer >= 1, got 0"),
+        (["--num_heads", "65"], "argument --num_heads: must be <= --emb_dim (64), got 65"),
+        (["--seed", "-1"], "argument --seed: must be an integer in [0, 4294967295], got -1"),
+        # Used only after the training: checked before it.
+        (["--length_beam", "0"], "argument --length_beam: must be an integer >= 1, got 0"),
+        (["--length_beam", "40"], "argument --length_beam: 40 target lengths"),
+        (["--max_passes", "0"], "argument --max_passes: must be an integer >= 1, got 0"),
+        (["--max_eval", "0"], "argument --max_eval: must be an integer >= 1, got 0"),
+        (["--eval_split", "train"], "argument --eval_split: invalid choice: 'train'"),
+    ],
+)
+def test_quickstart_flags_exit_2_before_any_work(argv, message, capsys, monkeypatch):
+  monkeypatch.setattr(quickstart, "run", lambda config: pytest.fail("ran despite a bad flag"))
+  with pytest.raises(SystemExit) as exit_info:
+    quickstart.main(argv)
+  assert exit_info.value.code == 2
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("python -m padir_t5x.quickstart: error: ") and message in last
+
+
+def _main_of(module_name):
+  import importlib
+
+  return importlib.import_module(module_name).main
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("padir_t5x.corpus", ["--output_dir", "{tmp}", "--num_train", "0"], "--num_train: must be"),
+        ("padir_t5x.translate", ["--checkpoint", "{tmp}", "--batch_size", "0"], "--batch_size: must"),
+        ("padir_t5x.translate", ["--checkpoint", "{tmp}", "--seed", "-1"], "--seed: must be an"),
+        ("padir_t5x.ising.__main__", ["--output_dir", "{tmp}/file"], "--output_dir: not a directory"),
+        ("benchmarks.attention_analysis", ["--padir_checkpoint", "{tmp}", "--max_passes", "0"], "--max_passes: must be"),
+        ("benchmarks.decoding_profile", ["--batch_sizes", "1,0"], "--batch_sizes: each item must be an integer >= 1"),
+        ("benchmarks.distill_budget", ["--teacher", "{tmp}", "--out", "{tmp}/o", "--beam_size", "0"], "--beam_size: must be"),
+        ("benchmarks.draft_verify", ["--ar_checkpoint", "{tmp}", "--padir_checkpoint", "{tmp}", "--tolerant", "3:x"], "--tolerant: '3:x'"),
+        ("benchmarks.latency", ["--ar_beams", "0"], "--ar_beams: each item must be an integer >= 1, got 0"),
+        ("benchmarks.quality", ["--padir", "{tmp}", "--batch_size", "0"], "--batch_size: must be"),
+        ("benchmarks.train_budget", ["--out", "{tmp}/o", "--num_heads", "0"], "--num_heads: must be"),
+        ("benchmarks.train_budget", ["--out", "{tmp}/o", "--dropout_rate", "1"], "--dropout_rate: must be a number in [0, 1)"),
+    ],
+)  # fmt: skip
+def test_every_command_rejects_a_bad_flag_with_status_2(module, argv, message, tmp_path, capsys):
+  (tmp_path / "file").write_text("")
+  main = _main_of(module)
+  with pytest.raises(SystemExit) as exit_info:
+    main([arg.replace("{tmp}", str(tmp_path)) for arg in argv])
+  assert exit_info.value.code == 2
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  command = "python -m " + module.removesuffix(".__main__")
+  assert last.startswith(f"{command}: error: argument ") and message in last
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
+
+
+def test_every_command_has_verbose_and_one_line_errors():
+  """Each entry point is wrapped by cli.entry_point and its parser has --verbose."""
+  import inspect
+
+  for module in (
+      "padir_t5x.corpus",
+      "padir_t5x.distill",
+      "padir_t5x.em",
+      "padir_t5x.quickstart",
+      "padir_t5x.translate",
+      "padir_t5x.vocab",
+      "padir_t5x.ising.__main__",
+      "benchmarks.attention_analysis",
+      "benchmarks.decoding_profile",
+      "benchmarks.distill_budget",
+      "benchmarks.draft_verify",
+      "benchmarks.latency",
+      "benchmarks.quality",
+      "benchmarks.train_budget",
+  ):
+    main = _main_of(module)
+    assert hasattr(main, "__wrapped__"), f"{module}.main is not a cli.entry_point"
+    source = inspect.getsource(inspect.getmodule(main))
+    assert "argparse.ArgumentParser(" not in source, f"{module}: use cli.ArgumentParser"

@@ -722,3 +722,129 @@ def test_read_candidates_names_bad_meta_line(tmp_path):
       em.EmError, match=r"candidates.meta.jsonl: line 2: not a candidate " r"record \(KeyError"
   ):
     t5x_jobs.read_candidates(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: checks before the first stage, --report on a missing run, t5x progress lines.
+def _em_main(argv, capsys):
+  """(exit status, last stderr line) of em.main(argv)."""
+  gin.clear_config()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      em.main(argv)
+  finally:
+    gin.clear_config()
+  return exit_info.value.code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_report_on_a_missing_run_directory_exits_2(tmp_path, capsys):
+  missing = str(tmp_path / "no_run")
+  status, last = _em_main(["--run_dir", missing, "--train_files", "a", "b", "--report"], capsys)
+  assert status == 2
+  assert (
+      last
+      == f"python -m padir_t5x.em: error: argument --run_dir: run directory not found: {missing}"
+  )
+
+
+def test_em_without_t5x_fails_before_the_first_stage(tmp_path, capsys, monkeypatch):
+  config, _ = make_config(tmp_path, n=3)
+  monkeypatch.setattr(t5x_jobs, "t5x_importable", lambda *args: False)
+  argv = ["--run_dir", config.run_dir, "--train_files", *config.train_files, "--rounds", "1"]
+  status, last = _em_main(argv, capsys)
+  assert status == 2
+  assert "t5x is not importable by " in last and "(needed from stage r0_ar_train on)" in last
+  assert "pip install 'padir-t5x[t5x]'" in last
+  assert not os.path.exists(config.run_dir)  # not even the prepare stage ran
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--train_files", "missing.de", "x.en"], "EmConfig.train_files: source file not found"),
+        (["--teacher_train_gin", "nope.gin"], "EmConfig.teacher_train_gin: gin file not found"),
+        (["--beam_size", "0"], "argument --beam_size: must be an integer >= 1, got 0"),
+        (["--num_candidates", "5"], "num_candidates (5) must not exceed beam_size (4)"),
+        (["--gin_file", "nope.gin"], "argument --gin_file: file not found: nope.gin"),
+        (["--task", "no_such_task"], "argument --task: no seqio task or mixture 'no_such_task'"),
+    ],
+)
+def test_em_inputs_are_checked_before_the_first_stage(
+    flags, message, tmp_path, capsys, monkeypatch
+):
+  config, _ = make_config(tmp_path, n=3)
+  monkeypatch.setattr(t5x_jobs, "t5x_importable", lambda *args: True)
+  monkeypatch.setattr(em, "run", lambda *args, **kw: pytest.fail("ran despite a bad input"))
+  data = [] if "--task" in flags else ["--train_files", *config.train_files]
+  status, last = _em_main(["--run_dir", config.run_dir, *data, *flags], capsys)
+  assert status == 2 and message in last
+  assert not os.path.exists(config.run_dir)
+
+
+def test_em_checks_pass_then_it_runs(tmp_path, capsys, monkeypatch):
+  config, _ = make_config(tmp_path, n=3)
+  monkeypatch.setattr(t5x_jobs, "t5x_importable", lambda *args: True)
+  ran = []
+  monkeypatch.setattr(em, "run", lambda config, runner: ran.append(config.run_dir))
+  gin.clear_config()
+  try:
+    assert em.main(["--run_dir", config.run_dir, "--train_files", *config.train_files]) == 0
+  finally:
+    gin.clear_config()
+  assert ran == [config.run_dir]
+
+
+def test_distill_checks_its_inputs_first(tmp_path, capsys, monkeypatch):
+  config, _ = make_config(tmp_path, n=3)
+  argv = ["--output_dir", str(tmp_path / "out"), "--corpus", "c", "--train_files"]
+  argv += [*config.train_files]
+  for flags, status, message in (
+      (["--checkpoint", str(tmp_path / "nope")], 2, "argument --checkpoint: directory not found"),
+      (["--checkpoint", str(tmp_path), "--beam_size", "0"], 2, "argument --beam_size: must be"),
+      (["--checkpoint", str(tmp_path)], 2, "t5x is not importable by "),
+  ):
+    monkeypatch.setattr(t5x_jobs, "t5x_importable", lambda *args: False)
+    with pytest.raises(SystemExit) as exit_info:
+      distill.main([*argv, *flags])
+    assert exit_info.value.code == status
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+  assert not os.path.exists(tmp_path / "out")
+
+
+def _fake_t5x(directory, body):
+  """A package `t5x` whose `python -m t5x.train` runs `body` (T5xRunner runs it in `directory`)."""
+  package = directory / "t5x"
+  package.mkdir()
+  (package / "__init__.py").write_text("")
+  (package / "train.py").write_text("import sys, time\n" + body)
+
+
+def test_t5x_importable_looks_from_where_t5x_runs(tmp_path):
+  import importlib.util
+
+  _fake_t5x(tmp_path, "")
+  assert t5x_jobs.t5x_importable(cwd=str(tmp_path))
+  assert not t5x_jobs.t5x_importable(python=str(tmp_path / "no_python"))
+  if importlib.util.find_spec("t5x") is None:
+    (tmp_path / "empty").mkdir()
+    assert not t5x_jobs.t5x_importable(cwd=str(tmp_path / "empty"))
+
+
+def test_t5x_runner_logs_step_progress(tmp_path):
+  # clu's LoggingWriter lines, as t5x.train writes them to the log.
+  _fake_t5x(
+      tmp_path,
+      "for step in (10, 40, 70):\n"
+      "  print(f'I0101 00:00:00.0 1 logging_writer.py:48] [{step}] collection=train loss=1.5',"
+      " flush=True)\n"
+      "  time.sleep(0.4)\n"
+      "sys.exit(0)\n",
+  )
+  lines = []
+  runner = t5x_jobs.T5xRunner(cwd=str(tmp_path), log=lines.append, progress_every=0.15)
+  job = t5x_jobs.TrainJob((), (), "data", str(tmp_path / "stage" / "model"), 100, 100)
+  runner.train(job)
+  progress = [line for line in lines if "t5x.train: step " in line]
+  assert progress and all("/100 " in line and "step/s" in line for line in progress)
+  assert "t5x.train: step 70/100  70% [" in progress[-1]
+  assert t5x_jobs.last_train_step(str(tmp_path / "stage" / "t5x.log")) == 70

@@ -139,3 +139,44 @@ def test_distilled_bad_records(tmp_path, line, message):
   _write(path, json.dumps({"index": 0, "source": "s", "target": "t"}) + "\n" + line + "\n")
   with pytest.raises(ValueError, match=r"dev\.jsonl-00000-of-00001: " + message):
     textio.read_distilled_shards(str(tmp_path), "dev")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: over-long examples are counted and logged, not cut silently.
+class _Feature:
+  add_eos = True
+
+
+def _token_dataset(lengths):
+  return tf.data.Dataset.from_generator(
+      lambda: ({"targets": list(range(4, n + 4)), "targets_pretokenized": "x"} for n in lengths),
+      output_signature={
+          "targets": tf.TensorSpec([None], tf.int32),
+          "targets_pretokenized": tf.TensorSpec([], tf.string),
+      },
+  )
+
+
+def test_count_truncated_logs_the_count_and_keeps_the_examples(capfd):
+  # Feature length 5 with EOS: 4 tokens fit; the 9, 12 and 5-token examples are cut later.
+  lengths = [3, 9, 2, 12, 4, 5]
+  with pipelines.dataset_label("my_task validation"):
+    dataset = pipelines.count_truncated(
+        _token_dataset(lengths), {"targets": 5}, {"targets": _Feature()}
+    )
+  assert [len(x["targets"]) for x in dataset.as_numpy_iterator()] == lengths
+  err = capfd.readouterr().err
+  assert "my_task validation: 1 of 2 examples truncated to 5 target tokens" in err
+  # The end of a finite dataset: the final count.
+  assert "my_task validation: 3 of 6 examples truncated to 5 target tokens" in err
+
+
+def test_count_truncated_is_silent_when_everything_fits(capfd):
+  dataset = pipelines.count_truncated(
+      _token_dataset([1, 2, 3]), {"targets": 8}, {"targets": _Feature()}, label="fits"
+  )
+  assert len(list(dataset.as_numpy_iterator())) == 3
+  assert "truncated" not in capfd.readouterr().err
+  # No sequence length (no trimming): the dataset itself comes back.
+  plain = _token_dataset([1])
+  assert pipelines.count_truncated(plain, None, {"targets": _Feature()}) is plain

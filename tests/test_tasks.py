@@ -323,3 +323,45 @@ def test_shared_task_errors_name_the_problem(tmp_path, monkeypatch):
   monkeypatch.setattr(shared_corpus.shared_data, "find_data_dir", lambda: str(tmp_path / "data"))
   with pytest.raises(textio.CorpusFileError, match="dev-multi30k"):
     shared_corpus._dataset_fn("validation", shuffle_files=False)
+
+
+def test_overlong_example_is_counted_per_split(tmp_path, tiny_vocab_path, capfd):
+  """Issue 15: a 2,000-word line is cut to the feature length, and the log says so."""
+  sources = ["ein kurzer satz", " ".join(["wort"] * 2000), "noch einer"]
+  targets = ["a short sentence", "one", " ".join(["word"] * 2000)]
+  (tmp_path / "t.de").write_text("".join(s + "\n" for s in sources))
+  (tmp_path / "t.en").write_text("".join(t + "\n" for t in targets))
+  name = own_corpus.register_parallel_corpus_task(
+      "padir_test_overlong",
+      validation=(str(tmp_path / "t.de"), str(tmp_path / "t.en")),
+      vocabulary_path=tiny_vocab_path,
+      overwrite=True,
+  )
+  try:
+    task = seqio.get_mixture_or_task(name)
+    examples = list(
+        task.get_dataset(
+            {"inputs": 16, "targets": 16}, split="validation", shuffle=False
+        ).as_numpy_iterator()
+    )
+    assert [len(ex["targets"]) for ex in examples][2] == 16  # cut, with EOS last
+    err = capfd.readouterr().err
+    assert "padir_test_overlong validation: 1 of 2 examples truncated to 16 input tokens" in err
+    assert "padir_test_overlong validation: 1 of 3 examples truncated to 16 input tokens" in err
+    assert "padir_test_overlong validation: 1 of 3 examples truncated to 16 target tokens" in err
+  finally:
+    seqio.TaskRegistry.remove(name)
+
+
+def test_the_suite_uses_a_temporary_cache(isolated_cache_dir):
+  """Issue 15: no test reads or writes the user's ~/.cache (tests/conftest.py)."""
+  home_cache = os.path.join(os.path.expanduser("~"), ".cache")
+  for directory in (
+      common.padir_cache_dir(),
+      common.padir_vocab_dir(),
+      quickstart.quickstart_dir(),
+      os.environ["XDG_CACHE_HOME"],
+  ):
+    assert directory.startswith(isolated_cache_dir) and not directory.startswith(home_cache)
+  data_dir, vocab_path = tasks.ensure_quickstart_data()
+  assert data_dir.startswith(isolated_cache_dir) and vocab_path.startswith(isolated_cache_dir)

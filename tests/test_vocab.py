@@ -164,3 +164,76 @@ def test_ids_to_text_cuts_at_eos_and_pad():
 
   rows = [[5, 6, 1, 7, 0], [8, 0, 9, 0, 0], [1, 0, 0, 0, 0]]
   assert vocab.ids_to_text(Joiner(), rows) == ["5 6", "8", ""]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: flags checked before any work, long lines counted, --module for the user's task.
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--vocab_size", "0"], "argument --vocab_size: must be an integer >= 5, got 0"),
+        (["--vocab_size", "-5"], "argument --vocab_size: must be an integer >= 5, got -5"),
+        (["--num_threads", "0"], "argument --num_threads: must be an integer in [1, 1024], got 0"),
+        (["--max_sentences", "0"], "argument --max_sentences: must be an integer >= 1, got 0"),
+        (["--max_sentences", "-3"], "argument --max_sentences: must be an integer >= 1, got -3"),
+        (["--character_coverage", "0.5"], "argument --character_coverage: must be a number in"),
+        (["--seed", "-1"], "argument --seed: must be an integer in [0, 4294967295], got -1"),
+    ],
+)
+def test_cli_bad_flags_exit_2_naming_the_flag(flags, message, tmp_path, capsys):
+  text = tmp_path / "text.txt"
+  text.write_text("ein satz\n")
+  with pytest.raises(SystemExit) as exit_info:
+    vocab.main(["--files", str(text), "--output_prefix", str(tmp_path / "v"), *flags])
+  assert exit_info.value.code == 2
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("python -m padir_t5x.vocab: error: ") and message in last
+  assert not os.path.exists(tmp_path / "v.model")
+
+
+def test_cli_missing_file_exits_2(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    vocab.main(["--files", str(tmp_path / "nope.de"), "--output_prefix", str(tmp_path / "v")])
+  assert exit_info.value.code == 2
+  assert f"argument --files: file not found: {tmp_path / 'nope.de'}" in capsys.readouterr().err
+
+
+def test_library_rejects_max_sentences_zero_and_a_too_small_vocab(tmp_path):
+  with pytest.raises(ValueError, match=r"max_sentences must be >= 1 \(or None for all\), got 0"):
+    vocab.sample_sentences(["a", "b"], 0, seed=0)
+  with pytest.raises(ValueError, match=r"vocab_size 10 is below the \d+ pieces this text needs"):
+    vocab.train_sentencepiece(_synthetic_sentences(100), str(tmp_path / "v"), 10, num_threads=1)
+
+
+def test_lines_longer_than_sentencepiece_accepts_are_counted(tmp_path, caplog):
+  sentences = _synthetic_sentences(300) + ["x" * (vocab.MAX_SENTENCE_BYTES + 1)] * 2
+  caplog.set_level("WARNING")
+  vocab.train_sentencepiece(sentences, str(tmp_path / "v"), vocab_size=100, num_threads=1)
+  assert (
+      f"2 of {len(sentences)} sentences are longer than sentencepiece's limit of "
+      f"{vocab.MAX_SENTENCE_BYTES} bytes and are left out"
+  ) in caplog.text
+
+
+def test_cli_task_registered_by_the_users_module(tmp_path, monkeypatch, capsys):
+  paths = corpus.write_corpus(str(tmp_path / "data"), num_train=400, num_validation=1, num_test=1)
+  module = tmp_path / "my_vocab_tasks.py"
+  module.write_text(
+      "from tasks.own_corpus import register_parallel_corpus_task\n"
+      f"register_parallel_corpus_task('my_vocab_task_de_en', train={paths['train']!r}, "
+      f"vocabulary_path={str(tmp_path / 'v.model')!r})\n"
+  )
+  monkeypatch.syspath_prepend(str(tmp_path))
+  prefix = str(tmp_path / "v")
+  common = ["--task", "my_vocab_task_de_en", "--output_prefix", prefix, "--num_threads", "1"]
+  # Without the module the task is unknown: one line saying how to register it.
+  with pytest.raises(SystemExit) as exit_info:
+    vocab.main(common)
+  assert exit_info.value.code == 2
+  assert "pass --module MODULE" in capsys.readouterr().err.strip().splitlines()[-1]
+  with pytest.raises(SystemExit) as exit_info:
+    vocab.main(["--module", "no_such_module_here", *common])
+  assert exit_info.value.code == 2
+  assert "argument --module: cannot import 'no_such_module_here'" in capsys.readouterr().err
+  vocab.main(["--module", "my_vocab_tasks", *common, "--vocab_size", "100"])
+  assert vocab.model_vocab_size(prefix + ".model") == 100

@@ -3,15 +3,17 @@
 Writes experiment{1,2}.{csv,png} and prints a summary.
 """
 
-import argparse
 import dataclasses
+import os
 
+from padir_t5x import cli
 from padir_t5x.ising import estimation
 from padir_t5x.ising import experiments
 
 
+@cli.entry_point
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m padir_t5x.ising", description=__doc__)
+  parser = cli.ArgumentParser(prog="python -m padir_t5x.ising", description=__doc__)
   parser.add_argument(
       "--output_dir",
       required=True,
@@ -25,6 +27,8 @@ def main(argv=None) -> None:
       help="optimiser of the k-MPLE in experiment 1 (estimation.FitConfig.method)",
   )
   args = parser.parse_args(argv)
+  if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+    parser.error(f"argument --output_dir: not a directory: {args.output_dir}")
   if args.quick:
     config1, config2 = experiments.quick_configs()
   else:
