@@ -25,7 +25,6 @@ throughput_sent_per_s, decoder_passes_per_sentence) with the dtype, the batch an
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -37,6 +36,7 @@ import numpy as np
 from benchmarks import timing
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import ar_decoding
+from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import network
 
@@ -177,36 +177,17 @@ def markdown_table(rows) -> str:
   return "\n".join(lines)
 
 
-def _positive_ints(text: str) -> list[int]:
-  try:
-    values = [int(x) for x in text.split(",") if x.strip()]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-  if not values or min(values) < 1:
-    raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-  return values
-
-
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
-
-
+@cli.entry_point
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--size", choices=sorted(SIZES), default="base")
   parser.add_argument(
       "--dtypes", default="float32,bfloat16", help="activation dtypes, comma-separated"
   )
-  parser.add_argument("--batch_sizes", type=_positive_ints, default=[1, 8, 64])
-  parser.add_argument("--source_length", type=_positive_int, default=32)
-  parser.add_argument("--target_length", type=_positive_int, default=32)
-  parser.add_argument("--reps", type=_positive_int, default=20, help="timed calls per row")
+  parser.add_argument("--batch_sizes", type=cli.int_list(1), default=[1, 8, 64])
+  parser.add_argument("--source_length", type=cli.positive_int, default=32)
+  parser.add_argument("--target_length", type=cli.positive_int, default=32)
+  parser.add_argument("--reps", type=cli.positive_int, default=20, help="timed calls per row")
   parser.add_argument("--out", default=None, help="JSON file to write (rows and environment)")
   args = parser.parse_args(argv)
   dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]

@@ -249,7 +249,6 @@ def _draft_verify_decode(
 ) -> DraftVerifyResult:
   t = max_decode_length
   b = encoder_input_tokens.shape[0]
-  c = config.decoding.num_candidates
   positions = jnp.arange(t)[None, :]  # [1, t]
   padir_encoded, length_logits = network.encode_and_predict_length(
       padir_module, padir_params, encoder_input_tokens

@@ -1,0 +1,139 @@
+"""T5X's decode path against the core decoder: PadirModel.predict_batch at batch 1.
+
+    python -m benchmarks.t5x_predict --padir_checkpoint benchmarks/checkpoints/padir_raw \
+        --split dev-multi30k --num_sentences 200
+
+Needs t5x and seqio (the adapter, padir_t5x.models). One run times, sentence by sentence on the
+same dev sources padded to one shape:
+
+* core: `decoding.decode_with_network` (what translate and the latency benchmark call);
+* t5x: `PadirModel.predict_batch` jitted as t5x.infer runs it, with the same DecodingConfig and
+  rng; its outputs must equal the core's (checked, not assumed).
+
+and prints median and p99 ms of each and their ratio. Both use in-jit length bucketing
+(DecodingConfig.length_buckets), so T5X's path refines the smallest bucket that holds the
+candidates, not the whole table.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from benchmarks import timing
+from padir_t5x import checkpoints
+from padir_t5x import cli
+from padir_t5x import decoding
+from padir_t5x import shared_data
+from padir_t5x import vocab as vocab_lib
+
+
+def _require_t5x():
+  try:
+    from padir_t5x import models  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise cli.UsageError(
+        f"t5x_predict needs t5x and seqio ({e}): pip install 'padir-t5x[t5x]' (README, 'Train "
+        "with T5X')"
+    ) from None
+  return models
+
+
+def run(padir_checkpoint, data_dir, split, num_sentences, passes, length_beam, warmup, log=print):
+  models = _require_t5x()
+  import seqio  # pylint: disable=g-import-not-at-top
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  module, params, meta = checkpoints.load_checkpoint(padir_checkpoint)
+  params = jax.tree_util.tree_map(jnp.asarray, params)
+  processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
+  t = min(module.config.max_input_length, module.config.max_target_length)
+  _, _, source_ids, _ = common.load_dev_set(data_dir, processor, num_sentences, t, split)
+  config = decoding.DecodingConfig(
+      length_beam=length_beam,
+      max_passes=passes,
+      vocab_high=meta["vocab_high"],
+      word_starts=vocab_lib.word_start_table(processor),
+  )
+  vocabulary = seqio.SentencePieceVocabulary(meta["vocab_model"])
+  model = models.PadirModel(
+      module, vocabulary, vocabulary, optimizer_def=None, decoding_config=config
+  )
+  rng = jax.random.PRNGKey(0)
+  predict = jax.jit(lambda p, batch: model.predict_batch(p, batch, rng=rng))
+
+  def core(sources):
+    return decoding.decode_with_network(module, params, sources, rng, config, t).sequences[:, -1]
+
+  def t5x(sources):
+    batch = {
+        "encoder_input_tokens": sources,
+        "decoder_input_tokens": jnp.zeros((sources.shape[0], t), jnp.int32),
+    }
+    return predict(params, batch)
+
+  rows = [jnp.asarray(source_ids[i : i + 1]) for i in range(len(source_ids))]
+  report = {"environment": timing.environment(), "num_sentences": len(rows), "results": []}
+  seconds = {"core": [], "t5x": []}
+  for fn in (core, t5x):
+    for row in rows[:warmup]:
+      jax.block_until_ready(fn(row))
+  mismatches = 0
+  for row in rows:
+    # Alternate the two paths sentence by sentence, so that load changes hit both alike.
+    for name, fn in (("core", core), ("t5x", t5x)):
+      times, _ = timing.time_calls(lambda fn=fn: fn(row), reps=1, warmup=1)
+      seconds[name] += times
+    mismatches += int(not np.array_equal(np.asarray(core(row)), np.asarray(t5x(row))))
+  for name in ("core", "t5x"):
+    summary = timing.latency_summary(seconds[name])
+    report["results"].append(
+        {
+            "system": "padir",
+            "setting": f"T={passes},l={length_beam},{name}",
+            "latency_ms": {k: round(v, 3) for k, v in summary.items()},
+        }
+    )
+    log(f"{name:4s}  median {summary['median']:7.2f} ms  p99 {summary['p99']:7.2f} ms")
+  core_ms, t5x_ms = (r["latency_ms"]["median"] for r in report["results"])
+  report["t5x_over_core_median"] = round(t5x_ms / core_ms, 3)
+  report["outputs_differing"] = mismatches
+  log(f"t5x / core median {report['t5x_over_core_median']:.3f}; outputs differing: {mismatches}")
+  return report
+
+
+@cli.entry_point
+def main(argv=None):
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--padir_checkpoint", required=True)
+  parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
+  parser.add_argument("--split", default="dev-multi30k")
+  parser.add_argument("--num_sentences", type=cli.positive_int, default=200)
+  parser.add_argument("--max_passes", type=cli.positive_int, default=4)
+  parser.add_argument("--length_beam", type=cli.positive_int, default=5)
+  parser.add_argument("--warmup", type=cli.positive_int, default=10)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  data_dir = args.data_dir or shared_data.find_data_dir()
+  if data_dir is None:
+    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  report = run(
+      args.padir_checkpoint,
+      data_dir,
+      args.split,
+      args.num_sentences,
+      args.max_passes,
+      args.length_beam,
+      args.warmup,
+  )
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
