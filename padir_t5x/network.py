@@ -786,6 +786,17 @@ class Transformer(nn.Module):
     return (logits, length_logits) if return_length_logits else logits
 
 
+def with_activation_dtype(module: Transformer, dtype: str) -> Transformer:
+  """The same network computing its activations in `dtype` ('float32' or 'bfloat16').
+
+  The parameters are float32 whatever the dtype, so one checkpoint serves both: bfloat16
+  inference on an accelerator (attention logits, softmax and output logits stay float32).
+  """
+  if not isinstance(module, Transformer):
+    raise TypeError(f"with_activation_dtype needs a network.Transformer, got {type(module)}")
+  return Transformer(dataclasses.replace(module.config, dtype=dtype))
+
+
 def encode_and_predict_length(
     module: nn.Module,
     params,

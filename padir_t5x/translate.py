@@ -290,6 +290,7 @@ class Translator:
       vocab_path: str | None = None,
       kind: str | None = None,
       gin_file: str | None = None,
+      dtype: str | None = None,
       **options,
   ) -> Translator:
     """Loads a core checkpoint directory, or a T5X one (needs t5x).
@@ -301,6 +302,8 @@ class Translator:
         t5x.train wrote into the model directory).
       vocab_path: a SentencePiece model to use instead of the checkpoint's.
       kind: 'padir' or 'ar' to insist on one (CheckpointError naming config.json otherwise).
+      dtype: the activation dtype to decode in, 'float32' or 'bfloat16' (on an accelerator);
+        None keeps the checkpoint's. Parameters stay float32 either way.
       **options: length_beam, max_passes, init, remask, dedup, stutter_unit, inits_per_length,
         length_offsets, prediction (PaDIR; any other DecodingConfig field too), beam_size, alpha
         (AR), batch_size, seed, strict. PaDIR decoding defaults are the checkpoint's recorded
@@ -310,6 +313,12 @@ class Translator:
     from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
     from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
 
+    if dtype is not None:
+      from padir_t5x import network  # pylint: disable=g-import-not-at-top
+
+      translator = cls.from_checkpoint(path, vocab_path, kind, gin_file, **options)
+      translator.module = network.with_activation_dtype(translator.module, dtype)
+      return translator
     if gin_file is not None or (
         not os.path.isfile(os.path.join(path, checkpoints.CONFIG_FILE))
         and checkpoints.looks_like_t5x_checkpoint(path)
@@ -674,6 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--batch_size", type=cli.positive_int, default=32)
   parser.add_argument(
+      "--dtype",
+      choices=("float32", "bfloat16"),
+      default=None,
+      help="activation dtype to decode in (bfloat16 on an accelerator); default: the model's",
+  )
+  parser.add_argument(
       "--seed", type=cli.seed_int, default=0, help="random initial tokens, re-masking"
   )
   parser.add_argument(
@@ -780,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vocab_path=args.vocab,
         kind=args.kind,
         gin_file=args.gin_file,
+        dtype=args.dtype,
         batch_size=args.batch_size,
         seed=args.seed,
         strict=args.strict,

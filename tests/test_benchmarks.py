@@ -123,9 +123,9 @@ def test_accelerator_benchmark_runs_fixed_work_on_the_core_alone(tmp_path, capsy
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--batch_sizes", "0"], "--batch_sizes: expected positive integers"),
+        (["--batch_sizes", "0"], "--batch_sizes: each item must be an integer >= 1"),
         (["--dtypes", "float16"], "--dtypes: expected float32 and/or bfloat16"),
-        (["--reps", "-1"], "--reps: expected a positive integer"),
+        (["--reps", "-1"], "--reps: must be an integer >= 1, got -1"),
         (["--out", "/no/such/dir/a.json"], "--out: directory of /no/such/dir/a.json"),
     ],
 )

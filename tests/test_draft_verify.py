@@ -525,7 +525,7 @@ def test_command_draft_verify_end_to_end(ckpts):
         (["--SWAP"], "needs an AR --checkpoint"),
         (["--DRAFT_AR"], "needs a PaDIR checkpoint"),
         (["--DRAFT", "--verify", "lenient"], "invalid choice"),
-        (["--DRAFT", "--redraft_passes", "0"], "must be >= 1"),
+        (["--DRAFT", "--redraft_passes", "0"], "--redraft_passes: must be an integer >= 1"),
         (["--DRAFT", "--shift_variants"], "needs --reuse_drafts"),
         (["--reuse_drafts"], "needs --draft_checkpoint"),
     ],

@@ -165,6 +165,20 @@ def test_details_match_api(ckpts):
     assert 2 <= d.length <= MAX_LENGTH and 1 <= d.passes <= 3 and d.score < 0 and not d.truncated
 
 
+@pytest.mark.parametrize("kind", ["padir", "ar"])
+def test_bfloat16_decoding_from_a_float32_checkpoint(ckpts, kind):
+  float32 = Translator.from_checkpoint(ckpts[kind], batch_size=4)
+  bfloat16 = Translator.from_checkpoint(ckpts[kind], batch_size=4, dtype="bfloat16")
+  assert bfloat16.module.config.dtype == "bfloat16" and float32.module.config.dtype == "float32"
+  assert bfloat16.params is float32.params or jax.tree.all(
+      jax.tree.map(lambda a, b: a.dtype == b.dtype, bfloat16.params, float32.params)
+  )
+  out = bfloat16.translate(SHORT[:3])
+  assert len(out) == 3 and all(isinstance(line, str) for line in out)
+  result = _run("--checkpoint", ckpts[kind], "--dtype", "float16", stdin=b"a\n")
+  assert result.returncode == 2 and "--dtype: invalid choice" in result.stderr.decode()
+
+
 def test_ar_checkpoint_beam_search(ckpts):
   stdin = "".join(line + "\n" for line in SHORT[:2] + [""]).encode("utf-8")
   result = _run("--checkpoint", ckpts["ar"], "--beam_size", "2", "--details", stdin=stdin)
