@@ -32,7 +32,6 @@ from flax import core as flax_core
 import jax
 import jax.numpy as jnp
 import seqio
-from t5x import adafactor
 from t5x import losses as t5x_losses
 from t5x import metrics as metrics_lib
 from t5x import models as t5x_models
@@ -57,20 +56,6 @@ _Config = TypeVar("_Config", losses.PadirLossConfig, decoding.DecodingConfig)
 # Logical axis names of padir_t5x.network that t5x's standard rules do not know, and how to treat
 # them. Partitioning: the length classifier's output axis is small, replicate it.
 ADDITIONAL_LOGICAL_AXIS_RULES = (("length_classes", None),)
-
-
-def padir_logical_factor_rules():
-  """Adafactor factoring rules: t5x's standard ones plus PaDIR's extra parameter axes.
-
-  'abspos_buckets' (learned position tables [positions, embed]) factor like the vocabulary
-  ([vocab, embed]); 'length_classes' (length classifier [mlp, classes] and its bias) is a column
-  axis, which leaves those small parameters unfactored (no row axis); the [LENGTH] token's
-  length-embedding table [classes, embed] factors like the token embedding.
-  """
-  rules = dict(adafactor.standard_logical_factor_rules())
-  rules.setdefault("abspos_buckets", adafactor.FactorDim.COLUMN)
-  rules.setdefault("length_classes", adafactor.FactorDim.COLUMN)
-  return flax_core.freeze(rules)
 
 
 def config_from_fields(cls: type[_Config], value: _Config | Mapping[str, Any] | None) -> _Config:
@@ -677,10 +662,4 @@ def load_for_inference(
   return model, train_state.params
 
 
-__all__ = [
-    "PadirModel",
-    "model_from_gin",
-    "load_for_inference",
-    "padir_logical_factor_rules",
-    "ADDITIONAL_LOGICAL_AXIS_RULES",
-]
+__all__ = ["PadirModel", "model_from_gin", "load_for_inference", "ADDITIONAL_LOGICAL_AXIS_RULES"]

@@ -14,6 +14,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
+from flax import traverse_util as flax_traverse_util  # noqa: E402
 from t5x import adafactor  # noqa: E402
 from t5x import decoding as t5x_decoding  # noqa: E402
 from t5x import models as t5x_models  # noqa: E402
@@ -462,24 +463,45 @@ def test_score_batch_ranks_the_trained_target_first():
   np.testing.assert_array_equal(tokens, batch["decoder_target_tokens"])
 
 
-def test_logical_factor_rules_cover_every_parameter_axis(model):
-  rules = models.padir_logical_factor_rules()
-  variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)}
+def test_adafactor_factors_every_large_matrix_without_fallback(caplog):
+  """The gin files' Adafactor (no logical rules) factors Base as intended, silently.
+
+  Every parameter of the network has rank <= 2, for which t5x ignores logical factor rules
+  (logging a fallback per parameter); its heuristic factors a matrix whose two dimensions are
+  both >= 128 and keeps a full second moment for anything smaller.
+  """
+  module = network.Transformer(network.base_config())
+  shapes = {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)}
+  model = models.PadirModel(
+      module,
+      seqio.PassThroughVocabulary(VOCAB),
+      seqio.PassThroughVocabulary(VOCAB),
+      adafactor.Adafactor(decay_rate=0.8, step_offset=0, logical_factor_rules=None),
   )
-  axes = {
-      name
-      for leaf in jax.tree_util.tree_leaves(
-          variables["params_axes"], is_leaf=lambda x: hasattr(x, "names")
-      )
-      for name in leaf.names
-  }
-  assert axes <= set(rules)
-  assert {"abspos_buckets", "length_classes"} <= axes
-  # The optimizer builds with them (t5x's Adafactor refuses unknown axis names).
-  optimizer = adafactor.Adafactor(logical_factor_rules=rules)
-  state = optimizer.init_state(variables["params"])
-  assert state is not None
+  variables = jax.eval_shape(lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
+  optimizer = model.optimizer_def
+  optimizer.set_param_axes(variables["params_axes"])  # as t5x's train state does
+  with caplog.at_level("WARNING"):
+    state = jax.eval_shape(optimizer.init_state, variables["params"])
+  assert "falls back to heuristics" not in caplog.text
+  params = flax_traverse_util.flatten_dict(variables["params"], sep="/")
+  states = flax_traverse_util.flatten_dict(
+      state.param_states,
+      sep="/",
+      is_leaf=lambda _, x: isinstance(x, adafactor._AdafactorParamState),
+  )
+  factored = 0
+  for path, param in params.items():
+    assert param.ndim <= 2, path
+    if param.ndim == 2 and min(param.shape) >= 128:
+      factored += 1
+      assert states[path].v.shape == (1,), path
+      assert states[path].v_row.size + states[path].v_col.size == sum(param.shape)
+    else:
+      assert states[path].v.shape == param.shape, path
+  # Token embedding, 2 position tables, 2 length-predictor kernels; per encoder layer 4
+  # attention + 2 MLP kernels, per decoder layer 3 x 4 attention (self, positional, cross) + 2.
+  assert factored == 1 + 2 + 2 + 6 * 6 + 6 * 14
 
 
 def test_ar_twin_with_t5x_encoder_decoder_model():
@@ -496,7 +518,7 @@ def test_ar_twin_with_t5x_encoder_decoder_model():
       module,
       seqio.PassThroughVocabulary(VOCAB),
       seqio.PassThroughVocabulary(VOCAB),
-      adafactor.Adafactor(logical_factor_rules=models.padir_logical_factor_rules()),
+      adafactor.Adafactor(),
       decode_fn=t5x_decoding.beam_search,
   )
   params = model.get_initial_variables(
