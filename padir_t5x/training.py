@@ -21,6 +21,7 @@ import optax
 from padir_t5x import losses
 from padir_t5x import network
 from padir_t5x import progress
+from padir_t5x import schedules
 
 Batch = Mapping[str, np.ndarray]
 # (params, batch, rng) -> (scalar loss, metrics): what `make_train_step` differentiates.
@@ -46,12 +47,15 @@ class TrainConfig:
 # Optimisers: gradient clipping then AdamW (b2 = 0.98), with the learning rate either a schedule
 # of the step count or a hyperparameter that the caller sets at every step.
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-  """Linear warm-up then cosine decay to a floor: the paper's schedule shape."""
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
+  """Linear warm-up then cosine decay to a floor: the paper's schedule shape.
+
+  The t5x recipe's schedule (padir_t5x.schedules), so a warm-up longer than the run is clamped
+  to it the same way.
+  """
+  return schedules.warmup_cosine_decay(
       peak_value=config.peak_learning_rate,
       warmup_steps=config.warmup_steps,
-      decay_steps=max(config.num_steps, config.warmup_steps + 1),
+      decay_steps=config.num_steps,
       end_value=config.peak_learning_rate * config.final_learning_rate_fraction,
   )
 
