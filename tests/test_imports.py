@@ -104,3 +104,17 @@ def test_package_does_not_import_tasks_at_module_level(path):
       m for m in _module_level_imports(path) if m == "tasks" or m.startswith("tasks.")
   )
   assert not offending, f"{path.relative_to(REPO)} imports {offending} at module level"
+
+
+def test_accelerator_benchmark_needs_only_jax_flax_numpy_and_the_core():
+  """The lent GPU machine has jax, flax and optax but no t5x, seqio, TensorFlow or package index:
+  benchmarks/accelerator.py must import and build its decoders with everything else blocked."""
+  blocked = ("t5x", "seqio", "tensorflow", "tensorflow_text", "sentencepiece", "sacrebleu", "gin")
+  code = "import sys\n"
+  code += "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+  code += "from benchmarks import accelerator\n"
+  code += "assert 'padir_t5x.network' in sys.modules and 'padir_t5x.ar_decoding' in sys.modules\n"
+  result = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert result.returncode == 0, result.stderr[-2000:]

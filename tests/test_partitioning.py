@@ -54,13 +54,13 @@ FALLBACK = "falls back to heuristics"
 OVERRIDES = """\
 from __gin__ import dynamic_registration
 import __main__ as train_script
-import optax
+from padir_t5x import schedules
 from t5x import utils
 QUICKSTART_STEPS = {steps}
 CHECKPOINT_PERIOD = {steps}
 WARMUP_STEPS = 2
 RANDOM_SEED = 0
-optax.warmup_cosine_decay_schedule.decay_steps = 100
+schedules.warmup_cosine_decay.decay_steps = 100
 train/utils.DatasetConfig.seed = 0
 utils.SaveCheckpointConfig.save_dataset = True
 train_script.train.stats_period = 1
