@@ -106,12 +106,12 @@ def test_beam_search_without_early_stopping_runs_every_step_to_the_same_result(b
 
 def test_accelerator_benchmark_runs_fixed_work_on_the_core_alone(tmp_path, capsys):
   out = tmp_path / "accelerator.json"
-  argv = ["--size", "tiny", "--batch_sizes", "1,2", "--reps", "1", "--dtypes", "float32"]
+  argv = ["--size", "tiny", "--batch_sizes", "2", "--reps", "1", "--dtypes", "float32"]
   argv += ["--source_length", "6", "--target_length", "6", "--out", str(out)]
   accelerator.main(argv)
   report = json.loads(out.read_text())
   rows = {(r["system"], r["batch"]): r for r in report["results"]}
-  assert sorted(rows) == [("ar", 1), ("ar", 2), ("padir", 1), ("padir", 2)]
+  assert sorted(rows) == [("ar", 2), ("padir", 2)]
   for (system, _), row in rows.items():
     # Fixed work: every PaDIR example runs all 4 passes, AR beam search all 6 steps.
     assert row["decoder_passes_per_sentence"] == (4 if system == "padir" else 6)
