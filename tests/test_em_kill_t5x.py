@@ -29,6 +29,7 @@ import pytest
 pytest.importorskip("t5x")
 
 from padir_t5x import em, textio  # noqa: E402
+import tiny_em  # noqa: E402  (tests/tiny_em.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT = 64
@@ -43,27 +44,7 @@ UNCOMPARED = ("DONE.json", "t5x.log", "config.gin", "model-info.txt")
 
 
 def em_command(run_dir, train_files):
-  bindings = [f"--{side}_bindings={b}" for side in ("teacher", "student") for b in SEEDED]
-  return [
-      sys.executable,
-      "-m",
-      "padir_t5x.em",
-      "--gin_file=gin/em/quickstart.gin",
-      f"--run_dir={run_dir}",
-      "--train_files",
-      *train_files,
-      f"--limit={LIMIT}",
-      "--rounds=1",
-      "--ar_steps=5",
-      "--nar_steps=5",
-      "--num_candidates=2",
-      "--beam_size=2",
-      "--infer_batch_size=32",
-      "--num_shards=2",
-      "--teacher_bindings=BATCH_SIZE = 16",
-      "--student_bindings=BATCH_SIZE = 16",
-      *bindings,
-  ]
+  return tiny_em.em_command(run_dir, train_files, LIMIT, SEEDED)
 
 
 class Attempt:

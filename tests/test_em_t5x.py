@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("t5x")
 
 from padir_t5x import em, textio  # noqa: E402
+import tiny_em  # noqa: E402  (tests/tiny_em.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT = 64
@@ -26,27 +27,7 @@ KILL_STAGE = "r1_ar_decode"
 
 
 def em_command(run_dir, train_files):
-  return [
-      sys.executable,
-      "-m",
-      "padir_t5x.em",
-      "--gin_file=gin/em/quickstart.gin",
-      f"--run_dir={run_dir}",
-      "--train_files",
-      *train_files,
-      f"--limit={LIMIT}",
-      "--rounds=1",
-      "--ar_steps=5",
-      "--nar_steps=5",
-      "--num_candidates=2",
-      "--beam_size=2",
-      "--infer_batch_size=32",
-      "--num_shards=2",
-      "--teacher_bindings=WARMUP_STEPS = 1",
-      "--teacher_bindings=BATCH_SIZE = 16",
-      "--student_bindings=WARMUP_STEPS = 1",
-      "--student_bindings=BATCH_SIZE = 16",
-  ]
+  return tiny_em.em_command(run_dir, train_files, LIMIT, ("WARMUP_STEPS = 1",))
 
 
 def environment():
