@@ -10,8 +10,6 @@ import math
 import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -29,6 +27,7 @@ from t5x import utils as t5x_utils  # noqa: E402
 
 import tasks  # noqa: E402,F401  (registers the padir_* tasks)
 from padir_t5x import models, network, shared_data  # noqa: E402
+import t5x_subprocess  # noqa: E402  (tests/t5x_subprocess.py)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIN = REPO / "gin"
@@ -359,18 +358,7 @@ def test_wmt_eval_and_infer_commands_parse(kind):
 def _run(args, log_path, timeout=900):
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
-  with open(log_path, "w") as log:
-    proc = subprocess.run(
-        [sys.executable, "-m"] + args,
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        timeout=timeout,
-    )
-  text = pathlib.Path(log_path).read_text()
-  assert proc.returncode == 0, text[-5000:]
-  return text
+  return t5x_subprocess.run_module(args, log_path, env, timeout)
 
 
 @pytest.mark.slow

@@ -21,8 +21,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -34,6 +32,7 @@ t5x = pytest.importorskip(
 from t5x import partitioning  # noqa: E402
 
 from padir_t5x import models, network  # noqa: E402
+import t5x_subprocess  # noqa: E402  (tests/t5x_subprocess.py)
 
 pytestmark = pytest.mark.slow
 
@@ -85,18 +84,7 @@ def environment(devices):
 
 def run_t5x(args, devices, log_path, timeout=900):
   """Runs `python -m t5x.<args>` from the repository root; returns its log, failing on error."""
-  with open(log_path, "w") as log:
-    proc = subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=REPO,
-        env=environment(devices),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        timeout=timeout,
-    )
-  text = pathlib.Path(log_path).read_text()
-  assert proc.returncode == 0, text[-5000:]
-  return text
+  return t5x_subprocess.run_module(args, log_path, environment(devices), timeout)
 
 
 def train(root, name, experiment, mesh, steps=STEPS, resume_from=None):
