@@ -44,13 +44,9 @@ def _capture_filter(module, method_name: str) -> bool:
   )
 
 
-def _softmax_weights(
-    query: jnp.ndarray, key: jnp.ndarray, mask: jnp.ndarray, head_dim: int
-) -> jnp.ndarray:
+def _softmax_weights(query: jnp.ndarray, key: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """q [n, tq, h, d], k [n, tk, h, d], mask bool [n, 1, tq, tk] -> float32 [n, h, tq, tk]."""
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
-  logits = logits / np.sqrt(head_dim).astype(np.float32)
-  logits = jnp.where(mask, logits, layers.MASK_BIAS)
+  logits = jnp.where(mask, layers.attention_logits(query, key), layers.MASK_BIAS)
   return jax.nn.softmax(logits, axis=-1)
 
 
@@ -103,7 +99,7 @@ def decoder_attention(
       node = captured[f"layers_{layer}"][sub]
       query = node["query"]["__call__"][0]
       key = node["key"]["__call__"][0]
-      out[sub].append(_softmax_weights(query, key, masks[sub], cfg.head_dim))
+      out[sub].append(_softmax_weights(query, key, masks[sub]))
   return {
       "logits": logits,
       "self": jnp.stack(out["self_attention"]),

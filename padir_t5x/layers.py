@@ -196,6 +196,13 @@ def project_heads(
   return dense.apply({"params": projection_params}, inputs)
 
 
+def attention_logits(query: Array, key: Array) -> Array:
+  """Scaled float32 query-key logits q.k / sqrt(kv), whatever the activation dtype (bfloat16
+  overflows): query [b, q, heads, kv], key [b, k, heads, kv] -> [b, heads, q, k]."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
+  return logits / np.sqrt(query.shape[-1]).astype(np.float32)
+
+
 def dot_product_attention(
     query: Array,
     key: Array,
@@ -220,19 +227,16 @@ def dot_product_attention(
   Returns:
     [batch, q_length, heads, kv] in `dtype`.
   """
-  head_dim = query.shape[-1]
   if dropout is None:
     out = jax.nn.dot_product_attention(
         query.astype(dtype),
         key.astype(dtype),
         value.astype(dtype),
         mask=None if mask is None else mask.astype(jnp.bool_),
-        scale=float(1.0 / np.sqrt(head_dim)),
+        scale=float(1.0 / np.sqrt(query.shape[-1])),
     )
     return out.astype(dtype)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
-  logits = logits / np.sqrt(head_dim).astype(np.float32)
-  return weighted_values(logits, value, mask, dtype, dropout)
+  return weighted_values(attention_logits(query, key), value, mask, dtype, dropout)
 
 
 def weighted_values(

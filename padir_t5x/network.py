@@ -54,7 +54,6 @@ from typing import NamedTuple
 
 from flax import linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from padir_t5x import layout
 from padir_t5x import masks
@@ -63,6 +62,7 @@ from padir_t5x.layers import LayerNorm
 from padir_t5x.layers import MultiHeadAttention
 from padir_t5x.layers import PositionEmbedder
 from padir_t5x.layers import TokenEmbed
+from padir_t5x.layers import attention_logits
 from padir_t5x.layers import param_with_axes
 from padir_t5x.layers import project_heads
 from padir_t5x.modes import DecoderMode
@@ -897,13 +897,9 @@ def decoder_invariants(
     layer = decoder[f"layers_{i}"]
     logits = None
     if positions is not None:
-      query = project(layer[POSITIONAL_ATTENTION]["query"], positions)[0]  # [t, h, kv]
-      key = project(layer[POSITIONAL_ATTENTION]["key"], positions)[0]  # [t, h, kv]
-      logits = jnp.einsum(
-          "qhd,khd->hqk", query.astype(jnp.float32), key.astype(jnp.float32)
-      ) / np.sqrt(cfg.head_dim).astype(
-          np.float32
-      )  # [h, t, t]
+      query = project(layer[POSITIONAL_ATTENTION]["query"], positions)  # [1, t, h, kv]
+      key = project(layer[POSITIONAL_ATTENTION]["key"], positions)  # [1, t, h, kv]
+      logits = attention_logits(query, key)[0]  # [h, t, t]
     cross = layer[CROSS_ATTENTION]
     layers.append(
         LayerInvariants(
