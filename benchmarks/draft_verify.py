@@ -170,7 +170,11 @@ def run(args, log=print) -> dict:
       length_buckets=tuple(args.length_buckets),
       init=args.init,
   )
-  reuse = {"reuse_drafts": args.reuse_drafts, "shift_variants": args.shift_variants}
+  reuse = {
+      "reuse_drafts": args.reuse_drafts,
+      "shift_variants": args.shift_variants,
+      "verify_candidates": args.verify_candidates,
+  }
   dv_configs = {"strict": draft_verify.DraftVerifyConfig(base, args.redraft_passes, **reuse)}
   for spec in args.tolerant:
     top_k, margin = spec.split(":")
@@ -227,6 +231,7 @@ def run(args, log=print) -> dict:
         "length_buckets": list(config.decoding.length_buckets),
         "reuse_drafts": config.reuse_drafts,
         "shift_variants": config.shift_variants,
+        "verify_candidates": config.verify_candidates,
     }
     if config.verify.value == "tolerant":
       params.update(top_k=config.top_k, margin=config.margin)
@@ -381,6 +386,12 @@ def main(argv=None):
       action=argparse.BooleanOptionalAction,
       default=True,
       help="with --reuse_drafts: also verify the reused draft shifted by one either way",
+  )
+  parser.add_argument(
+      "--verify_candidates",
+      action=argparse.BooleanOptionalAction,
+      default=True,
+      help="verify every drafter candidate (--length_beam of them), not only its best one",
   )
   parser.add_argument(
       "--tolerant",

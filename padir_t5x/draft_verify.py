@@ -90,6 +90,15 @@ class DraftVerifyConfig:
       a deletion (the rest of the draft in place, shifted right or shifted left by one), and the
       row keeps the variant that gained the most tokens. Strict mode stays exact: every kept
       token is verified.
+    verify_candidates: verify every one of the drafter's candidates (its
+      decoding.num_candidates: length beam x inits per length x length offsets, each a whole
+      draft holding the kept prefix), not only its best-scoring one, in the same AR call (c
+      times the rows), and keep the candidate that gained the most tokens: the drafter's score
+      picks a length with 11-16% accuracy on dev (benchmarks/README.md), the verifier can tell
+      which candidate it agrees with. With reuse_drafts every candidate is kept and reused
+      (each in its shift variants, and each stored in the variant that gained most for it), and
+      PaDIR re-drafts once the kept prefix has reached every candidate's EOS. One sequential
+      call per round whatever c is; more work per call.
   """
 
   decoding: decoding.DecodingConfig = dataclasses.field(default_factory=decoding.DecodingConfig)
@@ -99,6 +108,7 @@ class DraftVerifyConfig:
   margin: float = 1.0
   reuse_drafts: bool = False
   shift_variants: bool = False
+  verify_candidates: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "verify", VerifyMode.coerce(self.verify, "verify"))
@@ -231,7 +241,7 @@ class _State(flax.struct.PyTreeNode):
   rounds: Array  # [b] int32
   passes: Array  # [b] int32
   accepted: Array  # [b] int32
-  draft: Array  # [b, t] int32 the last draft verified (reuse_drafts)
+  drafts: Array  # [b, k, t] int32 the drafts kept for reuse (k = 1, or c with verify_candidates)
 
 
 @functools.partial(
@@ -283,13 +293,14 @@ def _draft_verify_decode(
           forced=forced,
           forced_tokens=prefix,
       )  # sequences [b, c, t'], best last
-      draft = jnp.where(forced, prefix, drafts.sequences[:, -1, :])  # [b, t']
-      return jnp.pad(draft, ((0, 0), (0, t - width))), drafts.passes  # [b, t], [b]
+      kept = drafts.sequences if config.verify_candidates else drafts.sequences[:, -1:, :]
+      kept = jnp.where(forced[:, None, :], prefix[:, None, :], kept)  # [b, k, t'] best last
+      return jnp.pad(kept, ((0, 0), (0, 0), (0, t - width))), drafts.passes  # [b, k, t], [b]
 
     return branch
 
   def padir_draft(state: _State, draft_config: decoding.DecodingConfig) -> tuple[Array, Array]:
-    """([b, t] drafts holding each active row's kept prefix, [b] passes)."""
+    """([b, k, t] drafts holding each active row's kept prefix, [b] passes)."""
     active = ~state.done  # [b]
     # Finished rows draft unconstrained (computed, then discarded): they never widen the bucket.
     prefix_lengths = jnp.where(active, state.lengths, 0)  # [b]
@@ -312,14 +323,15 @@ def _draft_verify_decode(
     index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
     return jax.lax.switch(index, [draft_at(w, draft_config) for w in buckets], operands)
 
-  num_variants = 3 if config.shift_variants else 1
+  num_shifts = 3 if config.shift_variants else 1
+  num_drafts = config.decoding.num_candidates if config.verify_candidates else 1  # k
   # The verifier's inputs for m drafts per example (flat_batch_beam_expand order).
   ar_inputs_for = {
       m: (
           beam_lib.flat_batch_beam_expand(ar_encoded, m),  # [b * m, s, d]
           beam_lib.flat_batch_beam_expand(encoder_input_tokens, m),  # [b * m, s]
       )
-      for m in {1, num_variants}
+      for m in {num_drafts, num_drafts * num_shifts}
   }
 
   def verify_at(width: int, m: int):
@@ -354,35 +366,43 @@ def _draft_verify_decode(
     count = active.astype(jnp.int32)  # [b]
     prefix_lengths = jnp.where(active, state.lengths, 0)  # [b] P
     after_prefix = positions >= prefix_lengths[:, None]  # [b, t]
+    k = num_drafts
     if reuse:
-      # A row drafts anew only once its kept prefix has reached the last draft's EOS.
-      need = active & (layout.sequence_lengths(state.draft) <= state.lengths)  # [b]
+      # A row drafts anew only once its kept prefix has reached every kept draft's EOS.
+      reaches = layout.sequence_lengths(state.drafts) > state.lengths[:, None]  # [b, k]
+      need = active & ~jnp.any(reaches, axis=1)  # [b]
       fresh, fresh_passes = jax.lax.cond(
           jnp.any(need),
           lambda s: padir_draft(s, draft_config),
-          lambda s: (s.draft, jnp.zeros((b,), jnp.int32)),
+          lambda s: (s.drafts, jnp.zeros((b,), jnp.int32)),
           state,
-      )  # [b, t], [b]
-      old = jnp.where(need[:, None], fresh, state.draft)  # [b, t]
+      )  # [b, k, t], [b]
+      old = jnp.where(need[:, None, None], fresh, state.drafts)  # [b, k, t]
       passes = jnp.where(need, fresh_passes, 0)  # [b]
-      # The last draft after its rejected token (P - 1), now the AR token: the drafter's error
-      # was a substitution (the rest follows as drafted), an insertion (the rejected token comes
-      # next) or a deletion (the token after it does).
-      variants = [jnp.where(after_prefix, old, state.tokens)]  # [b, t]
-      valid = [jnp.ones((b,), bool)]
+      # Each draft after its rejected token (P - 1), now the AR token: the drafter's error was a
+      # substitution (the rest follows as drafted), an insertion (the rejected token comes
+      # next) or a deletion (the token after it does). Per draft: shift variants, k drafts.
+      kept_prefix = state.tokens[:, None, :]  # [b, 1, t]
+      after = after_prefix[:, None, :]  # [b, 1, t]
+      variants = [jnp.where(after, old, kept_prefix)]  # [b, k, t]
+      # A draft that ended inside the kept prefix has nothing left to offer.
+      valid = [need[:, None] | (layout.sequence_lengths(old) > prefix_lengths[:, None])]  # [b, k]
       if config.shift_variants:
         for shifted in (
-            jnp.pad(old[:, :-1], ((0, 0), (1, 0))),  # [b, t] old[j - 1] at j
-            jnp.pad(old[:, 1:], ((0, 0), (0, 1))),  # [b, t] old[j + 1] at j
+            jnp.pad(old[..., :-1], ((0, 0), (0, 0), (1, 0))),  # [b, k, t] old[j - 1] at j
+            jnp.pad(old[..., 1:], ((0, 0), (0, 0), (0, 1))),  # [b, k, t] old[j + 1] at j
         ):
-          variant = jnp.where(after_prefix, shifted, state.tokens)  # [b, t]
+          variant = jnp.where(after, shifted, kept_prefix)  # [b, k, t]
           variants.append(variant)
-          valid.append(~need & (layout.sequence_lengths(variant) > prefix_lengths))  # [b]
+          valid.append(
+              ~need[:, None] & (layout.sequence_lengths(variant) > prefix_lengths[:, None])
+          )  # [b, k]
     else:
-      draft, passes = padir_draft(state, draft_config)  # [b, t], [b]
-      variants, valid = [draft], [jnp.ones((b,), bool)]
-    m = len(variants)
-    drafts = jnp.stack(variants, axis=1).reshape(b * m, t)  # [b * m, t]
+      fresh, passes = padir_draft(state, draft_config)  # [b, k, t], [b]
+      variants, valid = [fresh], [jnp.ones((b, k), bool)]
+    shifts = len(variants)
+    m = k * shifts  # rows verified per example, draft-major: (draft, shift)
+    drafts = jnp.stack(variants, axis=2).reshape(b * m, t)  # [b * m, t]
     flat_prefix = beam_lib.flat_batch_beam_expand(prefix_lengths, m)  # [b * m]
     flat_active = beam_lib.flat_batch_beam_expand(active, m)  # [b * m]
     draft_lengths = jnp.where(flat_active, layout.sequence_lengths(drafts), 1)  # [b * m]
@@ -393,12 +413,17 @@ def _draft_verify_decode(
       index = bucketing.bucket_index(jnp.max(draft_lengths), verify_buckets)  # []
       verified = jax.lax.switch(index, [verify_at(w, m) for w in verify_buckets], operands)
     verified = [beam_lib.unflatten_beam_dim(x, b, m) for x in (drafts, *verified)]
-    # Each row keeps the variant that gained the most (the first among equals).
-    gained = jnp.where(jnp.stack(valid, axis=1), verified[2], -1)  # [b, m]
+    # Each row keeps the variant that gained the most (the first among equals) ...
+    gained = jnp.where(jnp.stack(valid, axis=2).reshape(b, m), verified[2], -1)  # [b, m]
     choice = jnp.argmax(gained, axis=1)[:, None]  # [b, 1]
-    draft, kept, kept_lengths, ended, accepted = [
+    _, kept, kept_lengths, ended, accepted = [
         beam_lib.gather_beams(x, choice)[:, 0] for x in verified
     ]  # [b, t], [b, t], [b], [b], [b]
+    # ... and each draft is stored in its own best shift (they stay aligned with the output).
+    best_shift = jnp.argmax(gained.reshape(b, k, shifts), axis=2)  # [b, k]
+    by_draft = verified[0].reshape(b, k, shifts, t)  # [b, k, shifts, t]
+    stored = jnp.take_along_axis(by_draft, best_shift[:, :, None, None], axis=2)  # [b, k, 1, t]
+    stored = stored[:, :, 0]  # [b, k, t]
     return _State(
         step=state.step + 1,  # []
         tokens=jnp.where(active[:, None], kept, state.tokens),  # [b, t]
@@ -407,7 +432,7 @@ def _draft_verify_decode(
         rounds=state.rounds + count,  # [b]
         passes=state.passes + count * passes,  # [b]
         accepted=state.accepted + count * accepted,  # [b]
-        draft=jnp.where(active[:, None], draft, state.draft),  # [b, t]
+        drafts=jnp.where(active[:, None, None], stored, state.drafts),  # [b, k, t]
     )
 
   zeros = jnp.zeros((b,), jnp.int32)
@@ -419,7 +444,7 @@ def _draft_verify_decode(
       rounds=zeros,
       passes=zeros,
       accepted=zeros,
-      draft=jnp.zeros((b, t), jnp.int32),
+      drafts=jnp.zeros((b, num_drafts, t), jnp.int32),
   )
   # The first draft: decoding.max_passes passes.
   state = run_round(state, config.decoding, reuse=False)

@@ -20,8 +20,8 @@ Draft and verify (padir_t5x/draft_verify.py): with --draft_checkpoint PADIR, the
 drafter's decoding (--max_passes: the first draft's passes; --redraft_passes: the later ones'):
 
     python -m padir_t5x.translate --checkpoint runs/budget/ar_800 \\
-        --draft_checkpoint runs/budget/padir_distilled_800 --init mask --max_passes 1 \\
-        --redraft_passes 1 --reuse_drafts --shift_variants < in.de
+        --draft_checkpoint runs/budget/padir_distilled_800 --length_beam 5 --max_passes 1 \\
+        --redraft_passes 1 --reuse_drafts --shift_variants --verify_candidates < in.de
 
 An EM run's final models are T5X model directories (`python -m padir_t5x.em` prints them as
 ar_model and nar_model): --checkpoint AR_MODEL --draft_checkpoint NAR_MODEL (needs t5x; their
@@ -79,9 +79,9 @@ PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutte
 PADIR_OPTIONS += ("inits_per_length", "length_offsets", "prediction")  # candidates; summing
 AR_OPTIONS = ("beam_size", "alpha")
 # Draft-and-verify flags (with --draft_checkpoint): DraftVerifyConfig's verify, top_k, margin,
-# redraft_passes, reuse_drafts, shift_variants.
+# redraft_passes, reuse_drafts, shift_variants, verify_candidates.
 VERIFY_OPTIONS = ("verify", "verify_top_k", "verify_margin", "redraft_passes")
-VERIFY_OPTIONS += ("reuse_drafts", "shift_variants")
+VERIFY_OPTIONS += ("reuse_drafts", "shift_variants", "verify_candidates")
 TOLERANT_OPTIONS = ("verify_top_k", "verify_margin")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
 # compile per width used), capped at the model's input length.
@@ -383,6 +383,7 @@ class Translator:
       redraft_passes: int | None = None,
       reuse_drafts: bool = False,
       shift_variants: bool = False,
+      verify_candidates: bool = False,
       **options,
   ) -> Translator:
     """An AR checkpoint that decodes greedily with the PaDIR checkpoint's drafts (draft_verify).
@@ -400,6 +401,8 @@ class Translator:
       redraft_passes: passes of every draft after the first (default: the first's).
       reuse_drafts / shift_variants: DraftVerifyConfig's (re-verify the last draft with the AR
         token in place, also shifted by one either way, before re-drafting).
+      verify_candidates: DraftVerifyConfig's (verify every drafter candidate, not only its
+        best-scoring one, in the same AR call).
       **options: batch_size, seed, strict, and the drafter's PaDIR decoding options (as
         from_checkpoint's; max_passes is the first draft's).
     """
@@ -427,6 +430,7 @@ class Translator:
         verify=verify,
         reuse_drafts=reuse_drafts,
         shift_variants=shift_variants,
+        verify_candidates=verify_candidates,
         **{k: v for k, v in tolerant.items() if v is not None},
     )
     return cls(
@@ -680,6 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
       action="store_true",
       default=None,
       help="with --reuse_drafts: also verify it shifted by one either way (one call, 3x rows)",
+  )
+  dv.add_argument(
+      "--verify_candidates",
+      action="store_true",
+      default=None,
+      help="verify all of the drafter's candidates (--length_beam x ...) in each AR call and "
+      "keep the one it agrees with longest (one call, c x rows)",
   )
   parser.add_argument("--batch_size", type=cli.positive_int, default=32)
   parser.add_argument(

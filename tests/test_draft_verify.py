@@ -113,15 +113,27 @@ def _check_invariants(result, reference):
 # ------------------------------------------------------------------------------------------------
 # Random networks.
 @pytest.mark.parametrize(
-    "seed, reuse, shift", [(0, False, False), (1, True, False), (2, False, False), (3, True, True)]
+    "seed, reuse, shift, candidates",
+    [
+        (0, False, False, False),
+        (1, True, False, False),
+        (2, False, False, False),
+        (3, True, True, False),
+        (4, False, False, True),
+        (5, True, True, True),
+    ],
 )
-def test_strict_equals_greedy_reference_on_random_pairs(seed, reuse, shift):
+def test_strict_equals_greedy_reference_on_random_pairs(seed, reuse, shift, candidates):
   ar_params = _params(AR, seed, eos_scale=1.5 + 0.25 * seed)
   padir_params = _params(PADIR, 100 + seed)
   sources = _sources(seed)
   reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
   config = DraftVerifyConfig(
-      decoding=_decoding(), redraft_passes=1, reuse_drafts=reuse, shift_variants=shift
+      decoding=_decoding(),
+      redraft_passes=1,
+      reuse_drafts=reuse,
+      shift_variants=shift,
+      verify_candidates=candidates,
   )
   result = _decode(ar_params, PADIR, padir_params, sources, config, rng=seed)
   np.testing.assert_array_equal(result.sequences, reference)
@@ -152,12 +164,18 @@ def test_random_cases_cover_rows_of_different_lengths():
         dict(length_offsets=1, inits_per_length=2, length_buckets=()),
     ],
 )
-def test_strict_is_exact_whatever_the_drafter_settings(overrides):
+@pytest.mark.parametrize("candidates", [False, True])
+def test_strict_is_exact_whatever_the_drafter_settings(overrides, candidates):
   ar_params = _params(AR, 7, eos_scale=2.0)
   padir_params = _params(PADIR, 8)
   sources = _sources(7)
   reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
-  config = DraftVerifyConfig(decoding=_decoding(**overrides))
+  config = DraftVerifyConfig(
+      decoding=_decoding(**overrides),
+      reuse_drafts=candidates,
+      shift_variants=candidates,
+      verify_candidates=candidates,
+  )
   result = _decode(ar_params, PADIR, padir_params, sources, config)
   np.testing.assert_array_equal(result.sequences, reference)
   _check_invariants(result, reference)
@@ -201,6 +219,7 @@ class OracleDrafter:
 
   config: network.TransformerConfig
   useless: bool = False
+  shorter_first: bool = False
 
   def apply(self, variables, *args, method=None, **kwargs):
     targets = variables["params"]["targets"]  # [b, T]
@@ -209,7 +228,12 @@ class OracleDrafter:
       return jnp.arange(tokens.shape[0], dtype=jnp.float32)[:, None, None]  # [b, 1, 1]
     if method == "predict_length":
       lengths = jnp.sum(targets != 0, axis=-1)  # [b]
-      return 10.0 * jax.nn.one_hot(lengths - 1, self.config.max_target_length)  # [b, L]
+      classes = self.config.max_target_length
+      if self.shorter_first:  # the true length second, one token short first
+        return 4.0 * jax.nn.one_hot(lengths - 1, classes) + 5.0 * jax.nn.one_hot(
+            lengths - 2, classes
+        )
+      return 10.0 * jax.nn.one_hot(lengths - 1, classes)  # [b, L]
     assert method == "decode"
     encoded, _, decoder_input_tokens, _ = args
     # The decoder rows come grouped per example: n = b * c rows against b encoder rows.
@@ -222,6 +246,7 @@ class OracleDrafter:
 
 
 ORACLE = OracleDrafter(_config("padir"))
+SHORTER_FIRST = OracleDrafter(_config("padir"), shorter_first=True)
 USELESS = OracleDrafter(_config("padir"), useless=True)
 EXACT_DRAFTS = _decoding(init="mask", remask="none", dedup="none", length_beam=1, max_passes=1)
 
@@ -296,6 +321,39 @@ def test_shift_variants_recover_from_a_dropped_token():
   np.testing.assert_array_equal(shifted.rounds[dropped], 2)
   np.testing.assert_array_equal(shifted.passes[dropped], 1)
   assert np.all(plain.rounds[dropped] >= 2) and plain.rounds.sum() > shifted.rounds.sum()
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_verify_candidates_keeps_the_candidate_the_verifier_agrees_with(reuse):
+  """The drafter ranks a length one token short above the right one: its best draft ends too
+  early (a second round for the last token), while verifying both candidates keeps the
+  right-length one whole in one round."""
+  ar_params = _params(AR, 3, eos_scale=2.25)
+  sources = _sources(3, batch=12)
+  reference = ar_decoding.greedy_reference(AR, ar_params, sources, T, vocab_high=VOCAB_HIGH)
+  targets = {"targets": jnp.asarray(_as_drafts(reference))}
+  config = DraftVerifyConfig(
+      decoding=dataclasses.replace(EXACT_DRAFTS, length_beam=2),
+      reuse_drafts=reuse,
+      shift_variants=reuse,
+  )
+  best_only = _decode(ar_params, SHORTER_FIRST, targets, sources, config)
+  every = _decode(
+      ar_params,
+      SHORTER_FIRST,
+      targets,
+      sources,
+      dataclasses.replace(config, verify_candidates=True),
+  )
+  for result in (best_only, every):
+    np.testing.assert_array_equal(result.sequences, reference)
+    _check_invariants(result, reference)
+  # Rows with two or more content tokens and an EOS: the short draft's EOS is one too early.
+  long = (_steps(reference) >= 3) & (reference == EOS_ID).any(1)
+  assert long.sum() >= 3, reference
+  np.testing.assert_array_equal(best_only.rounds[long], 2)
+  np.testing.assert_array_equal(every.rounds, 1)
+  np.testing.assert_array_equal(every.passes, 1)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -493,6 +551,21 @@ def test_command_draft_verify_end_to_end(ckpts):
   assert proc.returncode == 0, proc.stderr.decode()
   assert proc.stdout.decode().split("\n")[:-1] == expected
   assert "mean sequential calls" in proc.stderr.decode()
+  # Strict with every candidate verified: the same translations (AR greedy's).
+  proc = _run(
+      "--checkpoint",
+      ckpts["ar"],
+      "--draft_checkpoint",
+      ckpts["padir"],
+      "--length_beam",
+      "3",
+      "--reuse_drafts",
+      "--shift_variants",
+      "--verify_candidates",
+      stdin="\n".join(LINES),
+  )
+  assert proc.returncode == 0, proc.stderr.decode()
+  assert proc.stdout.decode().split("\n")[:-1] == expected
   proc = _run(
       "--checkpoint",
       ckpts["ar"],
@@ -528,6 +601,7 @@ def test_command_draft_verify_end_to_end(ckpts):
         (["--DRAFT", "--redraft_passes", "0"], "--redraft_passes: must be an integer >= 1"),
         (["--DRAFT", "--shift_variants"], "needs --reuse_drafts"),
         (["--reuse_drafts"], "needs --draft_checkpoint"),
+        (["--verify_candidates"], "needs --draft_checkpoint"),
     ],
 )
 def test_command_bad_combinations_exit_2(ckpts, flags, message, tmp_path, capsys):
