@@ -1,7 +1,7 @@
 """Draft and verify against AR greedy: exactness, sequential calls, BLEU, batch-1 latency.
 
-    python -m benchmarks.draft_verify --ar_checkpoint runs/budget/ar_800 \
-        --padir_checkpoint runs/budget/padir_distilled_800 --split dev-multi30k \
+    python -m benchmarks.draft_verify --ar_checkpoint benchmarks/checkpoints/ar \
+        --padir_checkpoint benchmarks/checkpoints/padir_distilled --split dev-multi30k \
         --num_sentences 1014 --latency_sentences 300 --out runs/draft_verify/results.json
 
 On the dev pairs that fit both models' position tables (benchmarks.common.load_dev_set), it runs
@@ -167,6 +167,8 @@ def run(args, log=print) -> dict:
       processor,
       length_beam=args.length_beam,
       max_passes=args.max_passes,
+      length_offsets=args.length_offsets,
+      inits_per_length=args.inits_per_length,
       length_buckets=tuple(args.length_buckets),
       init=args.init,
   )
@@ -223,6 +225,8 @@ def run(args, log=print) -> dict:
     params = {
         "verify": str(config.verify),
         "length_beam": config.decoding.length_beam,
+        "length_offsets": config.decoding.length_offsets,
+        "inits_per_length": config.decoding.inits_per_length,
         "max_passes": config.decoding.max_passes,
         "redraft_passes": config.redraft_config.max_passes,
         "init": str(config.decoding.init),
@@ -366,14 +370,22 @@ def main(argv=None):
   )
   parser.add_argument("--warmup", type=cli.non_negative_int, default=10)
   parser.add_argument("--batch_size", type=cli.positive_int, default=64, help="quality pass batch")
-  parser.add_argument("--length_beam", type=cli.positive_int, default=1, help="drafter length beam")
-  parser.add_argument("--max_passes", type=cli.positive_int, default=2, help="first draft's passes")
+  # The defaults are the measured setting (README, "Draft and verify"): every one of the 15
+  # candidates (5 lengths x offsets -1..1) verified, one pass per draft from random tokens.
+  parser.add_argument("--length_beam", type=cli.positive_int, default=5, help="drafter length beam")
+  parser.add_argument(
+      "--length_offsets", type=cli.non_negative_int, default=1, help="drafter length offsets"
+  )
+  parser.add_argument(
+      "--inits_per_length", type=cli.positive_int, default=1, help="drafter inits per length"
+  )
+  parser.add_argument("--max_passes", type=cli.positive_int, default=1, help="first draft's passes")
   parser.add_argument(
       "--redraft_passes", type=cli.positive_int, default=1, help="later drafts' passes"
   )
   parser.add_argument("--length_buckets", type=cli.int_list(1), default=[16, 24, 32, 48, 64])
   parser.add_argument(
-      "--init", default="mask", choices=("mask", "random"), help="drafter's first input"
+      "--init", default="random", choices=("mask", "random"), help="drafter's first input"
   )
   parser.add_argument(
       "--reuse_drafts",
