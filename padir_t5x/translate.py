@@ -70,6 +70,7 @@ from padir_t5x.checkpoints import CheckpointError
 from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
 from padir_t5x.modes import PredictionMode
+from padir_t5x.modes import ScoreMode
 from padir_t5x.modes import RemaskMode
 from padir_t5x.modes import StutterUnit
 from padir_t5x.modes import VerifyMode
@@ -77,6 +78,7 @@ from padir_t5x.modes import VerifyMode
 # The PaDIR decoding fields the translator exposes (flags of the same names).
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")
 PADIR_OPTIONS += ("inits_per_length", "length_offsets", "prediction")  # candidates; summing
+PADIR_OPTIONS += ("score",)  # which candidate wins
 AR_OPTIONS = ("beam_size", "alpha")
 # Draft-and-verify flags (with --draft_checkpoint): DraftVerifyConfig's verify, top_k, margin,
 # redraft_passes, reuse_drafts, shift_variants, verify_candidates.
@@ -644,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
       "--prediction",
       choices=[m.value for m in PredictionMode],
       help="argmax of the last pass's log-probs or of their sum over passes",
+  )
+  padir.add_argument(
+      "--score",
+      choices=[m.value for m in ScoreMode],
+      help="candidate score: mean or sum of its token log-probs, or GNMT length penalty "
+      "('sum' was best for models trained on distilled targets: benchmarks/README.md)",
   )
   ar = parser.add_argument_group("AR decoding")
   ar.add_argument("--beam_size", type=cli.positive_int, help="beam size (default 4)")

@@ -279,7 +279,7 @@ def test_decoding_option_flags(ckpts, tmp_path, capsys):
   flags = ["--checkpoint", ckpts["padir"], "--input", source, "--output", str(output),
            "--no_progress", "--details", "--init", "random"]  # fmt: skip
   options = ["--remask", "low_confidence", "--prediction", "summed", "--inits_per_length", "2",
-             "--length_offsets", "1"]  # fmt: skip
+             "--length_offsets", "1", "--score", "sum"]  # fmt: skip
   assert translate.main(flags + options) == 0
   rows = [row.split("\t") for row in output.read_text().splitlines()]
   assert len(rows) == 2 and [row[3] for row in rows] == ["3", "3"]  # mask-predict: all T passes
@@ -288,10 +288,15 @@ def test_decoding_option_flags(ckpts, tmp_path, capsys):
     translate.main(["--checkpoint", ckpts["ar"], "--input", source, "--prediction", "summed"])
   assert exit_info.value.code == 2
   assert "argument --prediction: does not apply to an AR model" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    translate.main(["--checkpoint", ckpts["ar"], "--input", source, "--score", "sum"])
+  assert exit_info.value.code == 2
+  assert "argument --score: does not apply to an AR model" in capsys.readouterr().err
   # The options reach the decoding config; too many lengths for the model is an error.
   options = dict(inits_per_length=2, length_offsets=1, prediction="summed", init="random")
-  config = Translator.from_checkpoint(ckpts["padir"], **options).decoding_config
+  config = Translator.from_checkpoint(ckpts["padir"], score="sum", **options).decoding_config
   assert (config.num_lengths, config.num_candidates, config.prediction) == (6, 12, "summed")
+  assert config.score == "sum"
   with pytest.raises(ValueError, match="length_offsets 3 .14 lengths. exceeds the 11"):
     Translator.from_checkpoint(ckpts["padir"], length_offsets=3)
 
