@@ -70,8 +70,8 @@ from padir_t5x.checkpoints import CheckpointError
 from padir_t5x.modes import DedupMode
 from padir_t5x.modes import FillMode
 from padir_t5x.modes import PredictionMode
-from padir_t5x.modes import ScoreMode
 from padir_t5x.modes import RemaskMode
+from padir_t5x.modes import ScoreMode
 from padir_t5x.modes import StutterUnit
 from padir_t5x.modes import VerifyMode
 
