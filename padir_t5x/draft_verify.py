@@ -402,7 +402,8 @@ def _draft_verify_decode(
       variants, valid = [fresh], [jnp.ones((b, k), bool)]
     shifts = len(variants)
     m = k * shifts  # rows verified per example, draft-major: (draft, shift)
-    drafts = jnp.stack(variants, axis=2).reshape(b * m, t)  # [b * m, t]
+    by_draft = jnp.stack(variants, axis=2)  # [b, k, shifts, t]
+    drafts = by_draft.reshape(b * m, t)  # [b * m, t]
     flat_prefix = beam_lib.flat_batch_beam_expand(prefix_lengths, m)  # [b * m]
     flat_active = beam_lib.flat_batch_beam_expand(active, m)  # [b * m]
     draft_lengths = jnp.where(flat_active, layout.sequence_lengths(drafts), 1)  # [b * m]
@@ -412,16 +413,15 @@ def _draft_verify_decode(
     else:
       index = bucketing.bucket_index(jnp.max(draft_lengths), verify_buckets)  # []
       verified = jax.lax.switch(index, [verify_at(w, m) for w in verify_buckets], operands)
-    verified = [beam_lib.unflatten_beam_dim(x, b, m) for x in (drafts, *verified)]
+    verified = [beam_lib.unflatten_beam_dim(x, b, m) for x in verified]
     # Each row keeps the variant that gained the most (the first among equals) ...
-    gained = jnp.where(jnp.stack(valid, axis=2).reshape(b, m), verified[2], -1)  # [b, m]
+    gained = jnp.where(jnp.stack(valid, axis=2).reshape(b, m), verified[1], -1)  # [b, m]
     choice = jnp.argmax(gained, axis=1)[:, None]  # [b, 1]
-    _, kept, kept_lengths, ended, accepted = [
+    kept, kept_lengths, ended, accepted = [
         beam_lib.gather_beams(x, choice)[:, 0] for x in verified
-    ]  # [b, t], [b, t], [b], [b], [b]
+    ]  # [b, t], [b], [b], [b]
     # ... and each draft is stored in its own best shift (they stay aligned with the output).
     best_shift = jnp.argmax(gained.reshape(b, k, shifts), axis=2)  # [b, k]
-    by_draft = verified[0].reshape(b, k, shifts, t)  # [b, k, shifts, t]
     stored = jnp.take_along_axis(by_draft, best_shift[:, :, None, None], axis=2)  # [b, k, 1, t]
     stored = stored[:, :, 0]  # [b, k, t]
     return _State(
