@@ -58,11 +58,16 @@ def _parse_value(text: str, annotation: Any) -> Any:
         errors.append(str(error))
     raise ValueError("; ".join(errors))
   if origin is tuple:
-    element, *rest = typing.get_args(annotation) or (str,)
-    if rest and rest != [Ellipsis]:
-      raise ValueError(f"fixed-size tuple annotations are not supported: {annotation}")
-    items = [item for item in text.split(",") if item.strip()]
-    return tuple(_parse_value(item.strip(), element) for item in items)
+    elements = typing.get_args(annotation) or (str, Ellipsis)
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if len(elements) == 2 and elements[1] is Ellipsis:
+      return tuple(_parse_value(item, elements[0]) for item in items)
+    # A fixed-size tuple (corruption_mix's (keep, random, mask)): one comma-separated item each.
+    if len(items) != len(elements):
+      raise ValueError(
+          f"expected {len(elements)} comma-separated values, got {len(items)}: {text!r}"
+      )
+    return tuple(_parse_value(item, element) for item, element in zip(items, elements))
   if annotation is bool:
     if text.lower() in _TRUE:
       return True

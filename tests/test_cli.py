@@ -39,6 +39,10 @@ def test_values_parse_by_the_field_type():
   assert cli.parse_overrides(losses.PadirLossConfig, ["loss_normalizing_factor=none"]) == {
       "loss_normalizing_factor": None
   }
+  # Fixed-size tuples (corruption_mix is (keep, random, mask)) and variable ones side by side.
+  assert cli.parse_overrides(
+      losses.PadirLossConfig, ["corruption_mix=0.1,0.1,0.8", "unmasking_rate_range=0,1"]
+  ) == {"corruption_mix": (0.1, 0.1, 0.8), "unmasking_rate_range": (0.0, 1.0)}
   assert cli.parse_overrides(network.TransformerConfig, ["dtype=bfloat16"]) == {"dtype": "bfloat16"}
 
 
@@ -55,6 +59,11 @@ def test_values_parse_by_the_field_type():
 def test_bad_items_name_the_field(item, message):
   with pytest.raises(ValueError, match=message):
     cli.parse_overrides(decoding.DecodingConfig, [item])
+
+
+def test_a_fixed_size_tuple_needs_every_value():
+  with pytest.raises(ValueError, match="corruption_mix: expected 3 comma-separated values, got 2"):
+    cli.parse_overrides(losses.PadirLossConfig, ["corruption_mix=0.5,0.5"])
 
 
 @pytest.mark.parametrize(
