@@ -452,3 +452,58 @@ def test_quality_rejects_bad_settings_before_loading(tmp_path, capsys):
       quality.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_length_oracle_decodes_the_given_lengths(tmp_path, tiny_vocab_path):
+  import sentencepiece as spm
+  from benchmarks import length_oracle
+  from padir_t5x import corpus
+  from padir_t5x import translate
+
+  np.testing.assert_array_equal(
+      length_oracle.length_windows(np.array([3, 39]), 2, 40),
+      [[2, 2, 3, 4, 5], [37, 38, 39, 40, 40]],
+  )
+  processor = spm.SentencePieceProcessor(model_file=tiny_vocab_path)
+  save_tiny_checkpoints(tmp_path, tiny_vocab_path, processor.get_piece_size())
+  pairs = corpus.generate_pairs(5, seed=3)
+  translator = translate.Translator.from_checkpoint(str(tmp_path / "padir"), batch_size=4)
+  encoded, _ = translator.encode([s for s, _ in pairs])
+  wanted = np.array([[3], [9], [5], [12], [7]], np.int32)
+  _, chosen = length_oracle.decode_rows(translator, encoded, wanted)  # two batches of 4
+  np.testing.assert_array_equal(chosen, wanted[:, 0])
+  _, chosen = length_oracle.decode_rows(translator, encoded, length_oracle.length_windows(
+      wanted[:, 0], 1, 40))  # fmt: skip
+  assert all(abs(c - w) <= 1 for c, w in zip(chosen, wanted[:, 0]))
+
+  data_dir = tmp_path / "data"
+  (data_dir / "de-en").mkdir(parents=True)
+  (data_dir / "de-en" / "dev-multi30k.de").write_text("".join(p[0] + "\n" for p in pairs))
+  (data_dir / "de-en" / "dev-multi30k.en").write_text("".join(p[1] + "\n" for p in pairs))
+  out = tmp_path / "oracle.json"
+  argv = ["--padir", str(tmp_path / "padir"), "--teacher", str(tmp_path / "ar"),
+          "--radius", "1", "--data_dir", str(data_dir), "--out", str(out)]  # fmt: skip
+  assert length_oracle.main(argv) == 0
+  saved = json.loads(out.read_text())
+  assert [r["lengths"] for r in saved["results"]] == [
+      "predicted", "gold", "gold+-1", "teacher", "teacher+-1"
+  ]  # fmt: skip
+  gold_row = saved["results"][1]
+  assert gold_row["chosen_length_is_gold"] == 1.0  # one length given: the reference's
+  assert saved["num_sentences"] == 5
+
+
+def test_length_oracle_rejects_bad_checkpoints_before_loading(tmp_path, tiny_vocab_path, capsys):
+  from benchmarks import length_oracle
+
+  save_tiny_checkpoints(tmp_path, tiny_vocab_path, 256)
+  for argv, message in (
+      (["--padir", str(tmp_path / "none")], "--padir: no core checkpoint"),
+      (["--padir", str(tmp_path / "ar")], "of kind 'ar' (config.json), not 'padir'"),
+      (["--padir", str(tmp_path / "padir"), "--teacher", str(tmp_path / "padir")], "--teacher"),
+      (["--padir", str(tmp_path / "padir"), "--radius", "-1"], "--radius"),
+  ):
+    with pytest.raises(SystemExit) as exit_info:
+      length_oracle.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
