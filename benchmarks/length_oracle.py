@@ -23,12 +23,12 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import sys
 
 import jax
 import numpy as np
 
+from benchmarks import timing
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import EOS_ID
@@ -194,12 +194,7 @@ def main(argv=None) -> int:
           for f in dataclasses.fields(translator.decoding_config)
           if f.name != "word_starts"  # a table over the vocabulary
       },
-      "machine": {
-          "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(),
-          "jax": jax.__version__,
-          "load_average": list(os.getloadavg()),
-      },
+      "machine": timing.environment(),
       "results": results,
   }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

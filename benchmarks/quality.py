@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 
-import jax
 import numpy as np
 
+from benchmarks import timing
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import layout
@@ -223,12 +222,7 @@ def main(argv=None) -> int:
   out = {
       "split": args.split if args.source is None else os.path.abspath(args.source),
       "num_sentences": len(sources),
-      "machine": {
-          "processor": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(),
-          "jax": jax.__version__,
-          "load_average": list(os.getloadavg()),
-      },
+      "machine": timing.environment(),
       "results": results,
   }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
