@@ -28,12 +28,12 @@ import sys
 import jax
 import numpy as np
 
+from benchmarks import quality
 from benchmarks import timing
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import EOS_ID
 from padir_t5x import metrics
-from padir_t5x import shared_data
 from padir_t5x import textio
 
 
@@ -132,18 +132,7 @@ def main(argv=None) -> int:
     found = checkpoints.read_config(path)["kind"]
     if found != kind:
       parser.error(f"{flag}: {path} holds a model of kind {found!r} (config.json), not {kind!r}")
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-  paths = [os.path.join(data_dir, "de-en", f"{args.split}.{lang}") for lang in ("de", "en")]
-  try:
-    pairs = textio.read_parallel_files(*paths)
-  except textio.CorpusFileError as error:
-    parser.error(str(error))
-  if args.max_sentences:
-    pairs = pairs[: args.max_sentences]
-  sources = [s for s, _ in pairs]
-  references = [r for _, r in pairs]
+  sources, references = quality.read_dev_pairs(parser, args)
 
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
 

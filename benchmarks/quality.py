@@ -63,6 +63,24 @@ def train_record(checkpoint_dir: str) -> dict:
   }
 
 
+def read_dev_pairs(parser, args, paths=None) -> tuple[list[str], list[str]]:
+  """(sources, references) of `paths` (source file, reference file), default
+  args.data_dir (or the shared data)/de-en/args.split.{de,en}; the first args.max_sentences
+  when > 0. A missing data directory or a bad file ends the command with parser.error."""
+  if paths is None:
+    data_dir = args.data_dir or shared_data.find_data_dir()
+    if data_dir is None:
+      parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+    paths = [os.path.join(data_dir, "de-en", f"{args.split}.{lang}") for lang in ("de", "en")]
+  try:
+    pairs = textio.read_parallel_files(*paths)
+  except textio.CorpusFileError as error:
+    parser.error(str(error))
+  if args.max_sentences:
+    pairs = pairs[: args.max_sentences]
+  return [s for s, _ in pairs], [r for _, r in pairs]
+
+
 def length_accuracy(translator, sources: list[str], references: list[str]) -> dict[str, float]:
   """The length predictor's dev accuracy: argmax length == reference length (EOS included), and
   within +-1. Sources are encoded (and truncated) as translate encodes them."""
@@ -169,21 +187,8 @@ def main(argv=None) -> int:
     parser.error("give at least one --ar or --padir checkpoint")
   if (args.source is None) != (args.reference is None):
     parser.error("--source and --reference go together")
-  if args.source is not None:
-    paths = [args.source, args.reference]
-  else:
-    data_dir = args.data_dir or shared_data.find_data_dir()
-    if data_dir is None:
-      parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-    paths = [os.path.join(data_dir, "de-en", f"{args.split}.{lang}") for lang in ("de", "en")]
-  try:
-    pairs = textio.read_parallel_files(*paths)
-  except textio.CorpusFileError as error:
-    parser.error(str(error))
-  if args.max_sentences:
-    pairs = pairs[: args.max_sentences]
-  sources = [s for s, _ in pairs]
-  references = [r for _, r in pairs]
+  paths = None if args.source is None else (args.source, args.reference)
+  sources, references = read_dev_pairs(parser, args, paths)
 
   results = []
   for name, kind, path in systems:
