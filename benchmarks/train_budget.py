@@ -27,6 +27,13 @@ benchmarks/distill_budget.py) while the vocabulary stays the one built from --da
 text, so every model shares it. --loss and --network (FIELD=VALUE, repeatable; padir_t5x/cli.py)
 set any field of losses.PadirLossConfig and network.TransformerConfig.
 
+--init_from DIR warm-starts the run from a core checkpoint: an AR checkpoint of the same sizes
+shares every parameter with a PaDIR network but the positional attention and the length
+predictor, which start fresh (padir_t5x.checkpoints.warm_start); the optimiser state and the
+schedule start from zero as in any run. A student warm-started from its teacher carries the
+teacher's steps in its weights: its record says so ("warm_start"), and benchmarks/README.md
+counts those steps beside its own.
+
 Losses: PaDIR uses the core multi-stage loss (padir_t5x.losses.multi_stage_loss); AR uses the
 teacher-forced cross-entropy of the targets shifted right (BOS = PAD = 0), `ar_loss` below. Both
 are normalised per real target token, with the same z-loss.
@@ -85,6 +92,9 @@ class BudgetConfig:
   # FIELD=VALUE overrides (padir_t5x/cli.py) of the PaDIR loss config and of the network config.
   loss: tuple[str, ...] = ()
   network: tuple[str, ...] = ()
+  # A core checkpoint (typically the AR teacher) whose parameters start every leaf they share
+  # with this network (checkpoints.warm_start); '' trains from scratch.
+  init_from: str = ""
 
   @property
   def budget_kind(self) -> str:
@@ -285,25 +295,43 @@ def _log_line(config: BudgetConfig, step: int, start: float, lr, recent: list[di
   )
 
 
-def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
+def train(
+    config: BudgetConfig,
+    inputs,
+    targets,
+    vocab_high: int,
+    log=print,
+    init_params=None,
+    buckets=DEFAULT_BUCKETS,
+):
   """Trains for config.max_steps steps or config.minutes of wall-clock; returns
   (module, params, record dict).
 
   The learning rate follows the spent fraction of the binding budget (`budget_fraction`,
   `time_schedule`); with a step budget, a positive config.minutes still stops the run early.
+  `init_params` (the params of config.init_from) warm-start every leaf they share with the
+  network (checkpoints.warm_start); the optimiser state starts fresh either way.
   """
   module = network.Transformer(transformer_config(config, vocab_high))
-  batches = bucket_batches(inputs, targets, buckets=DEFAULT_BUCKETS, seed=config.seed)
+  batches = bucket_batches(inputs, targets, buckets=buckets, seed=config.seed)
   first = next(batches)
   # Clipping and weight decay as training.TrainConfig's defaults.
   optimizer = training.make_injected_optimizer(gradient_clip_norm=1.0, weight_decay=0.0)
   params, opt_state, rng = training.init_train_state(module, first, config.seed, optimizer)
+  warm = None
+  if init_params is not None:
+    warm = checkpoints.warm_start(params, init_params, config.init_from)
+    params, opt_state = warm.params, optimizer.init(warm.params)
+    log(
+        f"[{config.model}] warm start from {config.init_from}: {len(warm.copied)} leaves copied, "
+        f"{len(warm.fresh)} fresh ({', '.join(warm.fresh[:4])}{' ...' if len(warm.fresh) > 4 else ''})"
+    )
   train_step = training.with_learning_rate(
       training.make_train_step(loss_function(config, module, vocab_high), optimizer)
   )
 
   compile_start = time.perf_counter()
-  compiled = compile_per_bucket(train_step, params, opt_state, rng)
+  compiled = compile_per_bucket(train_step, params, opt_state, rng, buckets)
   compile_seconds = time.perf_counter() - compile_start
   log(f"[{config.model}] compiled {len(compiled)} shapes in {compile_seconds:.0f}s")
 
@@ -342,6 +370,12 @@ def train(config: BudgetConfig, inputs, targets, vocab_high: int, log=print):
       "last_metrics": last,
       "budget_config": dataclasses.asdict(config),
   }
+  if warm is not None:
+    record["warm_start"] = {
+        "checkpoint": os.path.abspath(config.init_from),
+        "copied_leaves": len(warm.copied),
+        "fresh": list(warm.fresh),
+    }
   log(f"[{config.model}] done: {step} steps in {seconds:.0f}s, {num_params:,} parameters")
   return module, params, record
 
@@ -373,6 +407,27 @@ def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "
   return [x for x, _ in kept], [y for _, y in kept], len(xs)
 
 
+def check_warm_start(
+    config: BudgetConfig, init_params, init_meta: dict, vocab_model: str, vocab_high: int
+) -> None:
+  """Raises CheckpointError (naming config.init_from) unless its params can start this network:
+  the same vocabulary file (byte for byte) and the same shape at every shared path."""
+  theirs = init_meta.get("vocab_model")
+  if theirs is None or not os.path.isfile(theirs):
+    raise checkpoints.CheckpointError(f"{config.init_from} records no readable vocabulary")
+  with open(theirs, "rb") as a, open(vocab_model, "rb") as b:
+    if a.read() != b.read():
+      raise checkpoints.CheckpointError(
+          f"{config.init_from}: its vocabulary {theirs} is not this run's {vocab_model}"
+      )
+  module = network.Transformer(transformer_config(config, vocab_high))
+  x = jnp.ones((1, 2), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
+  )
+  checkpoints.warm_start(shapes, init_params, config.init_from)
+
+
 # The flat flags' types: each rejects a value outside its range before any work (padir_t5x/cli.py).
 FLAG_TYPES = {
     "minutes": cli.non_negative_float,
@@ -394,6 +449,12 @@ FLAG_TYPES = {
 }
 
 
+FLAG_HELP = {
+    "init_from": "a core checkpoint (the AR teacher) whose parameters start every leaf this "
+    "network shares with it (same vocabulary and sizes; checked before the data is read)"
+}
+
+
 @cli.entry_point
 def main(argv=None):
   parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -407,6 +468,7 @@ def main(argv=None):
           type=FLAG_TYPES.get(field.name, type(field.default)),
           choices=checkpoints.KINDS if field.name == "model" else None,
           default=field.default,
+          help=FLAG_HELP.get(field.name),
       )
   parser.add_argument("--out", required=True, help="checkpoint directory to write")
   parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
@@ -432,6 +494,12 @@ def main(argv=None):
       check()
     except (TypeError, ValueError) as error:
       parser.error(f"{flag}: {error}")
+  init_params, init_meta = None, None
+  if config.init_from:
+    try:
+      _, init_params, init_meta = checkpoints.load_checkpoint(config.init_from)
+    except checkpoints.CheckpointError as error:
+      parser.error(f"--init_from: {error}")
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
@@ -446,12 +514,20 @@ def main(argv=None):
       data_dir, "de-en", config.vocab_size, args.vocab_dir
   )
   processor = spm.SentencePieceProcessor(model_file=vocab_model)
+  if init_params is not None:
+    # Before the data is read: another vocabulary or other sizes make the warm start meaningless.
+    try:
+      check_warm_start(config, init_params, init_meta, vocab_model, processor.get_piece_size())
+    except checkpoints.CheckpointError as error:
+      parser.error(f"--init_from: {error}")
   inputs, targets, total = load_training_pairs(train_data_dir, processor, config.max_length)
   print(
       f"{len(inputs)} of {total} training pairs (from {train_data_dir}) fit in "
       f"{config.max_length} ids; vocab {processor.get_piece_size()}; devices {jax.devices()}"
   )
-  module, params, record = train(config, inputs, targets, processor.get_piece_size())
+  module, params, record = train(
+      config, inputs, targets, processor.get_piece_size(), init_params=init_params
+  )
   record["train_pairs"] = len(inputs)
   record["train_data_dir"] = os.path.abspath(train_data_dir)
   checkpoints.save_checkpoint(

@@ -264,3 +264,50 @@ def load_vocabulary(path: str, meta: dict, embedding_rows: int):
         "(build vocabularies with `python -m padir_t5x.vocab`)"
     )
   return processor
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+  """What `warm_start` did: the new params and the '/'-joined paths (sorted) of each kind of leaf."""
+
+  params: dict
+  copied: tuple[str, ...]  # taken from the checkpoint (same path, same shape)
+  fresh: tuple[str, ...]  # kept from the new initialisation (not in the checkpoint)
+  unused: tuple[str, ...]  # in the checkpoint, not in the new network
+
+
+def warm_start(params: Any, checkpoint_params: Any, checkpoint: str) -> WarmStart:
+  """`params` with every leaf that `checkpoint_params` holds at the same path replaced by it.
+
+  An AR checkpoint and a PaDIR network of the same sizes share every AR parameter (embeddings,
+  encoder, decoder self- and cross-attention, MLPs, norms); the PaDIR-only ones (positional
+  attention, the length predictor) keep their fresh initialisation. This is the NAT recipe of
+  starting from the AR teacher (Guo et al. 2020, "Fine-Tuning by Curriculum Learning for
+  Non-Autoregressive Neural Machine Translation"). The leaves of `params` may be arrays or
+  jax.ShapeDtypeStructs (to check a warm start before anything is initialised).
+
+  Raises CheckpointError naming `checkpoint` when a shared path has another shape (other sizes:
+  the warm start would be meaningless) or when no path is shared at all.
+  """
+  new = _flatten(params, leaf=lambda v: v)
+  old = _flatten(checkpoint_params, leaf=lambda v: v)
+  wrong = [k for k in new if k in old and tuple(np.shape(old[k])) != tuple(new[k].shape)]
+  if wrong:
+    raise CheckpointError(
+        f"{checkpoint} cannot warm-start this network: "
+        + ", ".join(
+            f"{k} has shape {tuple(np.shape(old[k]))}, the network needs {tuple(new[k].shape)}"
+            for k in wrong[:3]
+        )
+        + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else "")
+    )
+  copied = tuple(sorted(k for k in new if k in old))
+  if not copied:
+    raise CheckpointError(f"{checkpoint} shares no parameter with this network")
+  merged = {k: (np.asarray(old[k], dtype=new[k].dtype) if k in old else v) for k, v in new.items()}
+  return WarmStart(
+      params=_unflatten(merged),
+      copied=copied,
+      fresh=tuple(sorted(k for k in new if k not in old)),
+      unused=tuple(sorted(k for k in old if k not in new)),
+  )

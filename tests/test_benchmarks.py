@@ -1,5 +1,6 @@
 """Tests of benchmarks/: AR beam search, checkpoints, the latency harness, budget training."""
 
+import dataclasses
 import itertools
 import json
 
@@ -359,6 +360,10 @@ def test_step_budget_schedule_follows_steps_not_time():
             ["--model", "padir", "--max_steps", "-1"],
             "argument --max_steps: must be an integer >= 0",
         ),
+        (
+            ["--model", "padir", "--init_from", "no/such/teacher"],
+            "--init_from: checkpoint directory not found: no/such/teacher",
+        ),
     ],
 )
 def test_train_budget_rejects_bad_flags_before_any_work(argv, message, capsys, tmp_path):
@@ -376,6 +381,45 @@ def test_train_budget_loss_and_network_overrides_reach_the_configs():
   loss_config = train_budget.padir_loss_config(config, vocab_high=100)
   assert (loss_config.unmasking_rate, loss_config.corruption.value) == (0.5, "mask")
   assert train_budget.transformer_config(config, vocab_high=100).num_heads == 2
+
+
+def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_path):
+  """--init_from: the AR leaves start the PaDIR run (checked before the data is read)."""
+  save_tiny_checkpoints(tmp_path, tiny_vocab_path, vocab_high=200)
+  _, ar_params, ar_meta = checkpoints.load_checkpoint(str(tmp_path / "ar"))
+  sizes = dict(emb_dim=32, num_heads=2, mlp_dim=64, num_layers=1, max_length=40, dropout_rate=0)
+  config = train_budget.BudgetConfig(
+      model="padir", max_steps=1, minutes=0, init_from=str(tmp_path / "ar"), **sizes
+  )
+  # vocab_high 200 pads to the checkpoint's 256 embedding rows.
+  train_budget.check_warm_start(config, ar_params, ar_meta, tiny_vocab_path, vocab_high=200)
+  other_vocab = tmp_path / "other.model"
+  other_vocab.write_bytes(b"not the same vocabulary")
+  with pytest.raises(checkpoints.CheckpointError, match="is not this run's"):
+    train_budget.check_warm_start(config, ar_params, ar_meta, str(other_vocab), vocab_high=200)
+  wider = dataclasses.replace(config, mlp_dim=128)
+  with pytest.raises(checkpoints.CheckpointError, match="cannot warm-start"):
+    train_budget.check_warm_start(wider, ar_params, ar_meta, tiny_vocab_path, vocab_high=200)
+
+  rng = np.random.default_rng(0)
+  inputs = [list(rng.integers(4, 200, 6)) + [EOS_ID] for _ in range(20)]
+  targets = [list(rng.integers(4, 200, 5)) + [EOS_ID] for _ in range(20)]
+  _, params, record = train_budget.train(
+      config,
+      inputs,
+      targets,
+      vocab_high=200,
+      log=lambda *_: None,
+      init_params=ar_params,
+      buckets=((8, 16),),
+  )
+  # One step at the warm-up's learning rate of 0 leaves every copied leaf as the checkpoint's.
+  flat_ar, flat = checkpoints._flatten(ar_params), checkpoints._flatten(params)
+  assert record["warm_start"]["copied_leaves"] == len(flat_ar)
+  for key, value in flat_ar.items():
+    np.testing.assert_array_equal(flat[key], value)
+  assert record["warm_start"]["fresh"] == sorted(k for k in flat if k not in flat_ar)
+  assert record["budget_config"]["init_from"] == str(tmp_path / "ar")
 
 
 def test_distil_then_quality_on_tiny_checkpoints(tmp_path, tiny_vocab_path):

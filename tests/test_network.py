@@ -567,6 +567,34 @@ def test_core_checkpoint_carries_the_length_fields(tmp_path, variant_vars):
   assert module.config.length_pooling is network.LengthPooling.MEAN
 
 
+def test_warm_start_copies_every_ar_leaf_and_keeps_padir_only_ones_fresh():
+  from padir_t5x import checkpoints  # pylint: disable=g-import-not-at-top
+
+  ar = _flat(_init(AR_TINY, dec=AR_IN)["params"])
+  fresh = _init(dataclasses.replace(TINY, dropout_rate=0.0))["params"]
+  shapes = jax.eval_shape(lambda: fresh)
+  warm = checkpoints.warm_start(fresh, traverse_util.unflatten_dict(ar), "teacher")
+  # Every AR leaf is shared (the AR network is the PaDIR one less two parts) ...
+  assert set(warm.copied) == {"/".join(k) for k in ar} and not warm.unused
+  # ... and the PaDIR-only leaves are exactly the positional attention and the length predictor.
+  assert warm.fresh and all(
+      "positional_attention" in k or k.startswith("length_predictor") for k in warm.fresh
+  )
+  merged, before = _flat(warm.params), _flat(fresh)
+  for key in merged:
+    expected = ar[key] if "/".join(key) in warm.copied else before[key]
+    np.testing.assert_array_equal(merged[key], expected)
+  # A shape check on abstract leaves (what train_budget does before any data is read).
+  abstract = checkpoints.warm_start(shapes, traverse_util.unflatten_dict(ar), "t")
+  assert abstract.copied == warm.copied
+
+  wider = _init(dataclasses.replace(AR_TINY, mlp_dim=2 * AR_TINY.mlp_dim), dec=AR_IN)["params"]
+  with pytest.raises(checkpoints.CheckpointError, match=r"wider_ckpt cannot warm-start.*mlp/wi"):
+    checkpoints.warm_start(fresh, wider, "wider_ckpt")
+  with pytest.raises(checkpoints.CheckpointError, match="shares no parameter"):
+    checkpoints.warm_start(fresh, {"other": {"kernel": np.zeros(3)}}, "odd")
+
+
 # ------------------------------------------------------------------------------------------------
 # Work done once per decode (network.decoder_invariants), rows grouped per source, fused attention.
 def _decode(config, variables, encoded, enc, dec_in, tgt, **kwargs):
