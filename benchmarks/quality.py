@@ -51,9 +51,10 @@ def parse_setting(spec: str) -> tuple[str, list[str]]:
 
 
 def train_record(checkpoint_dir: str) -> dict:
-  """The budget a checkpoint was trained with, from its config.json's train record."""
+  """The budget a checkpoint was trained with, from its config.json's train record (and the
+  checkpoint it was warm-started from, `train_budget --init_from`, if any)."""
   record = checkpoints.read_config(checkpoint_dir).get("train") or {}
-  return {
+  summary = {
       "steps": record.get("steps"),
       "minutes": round(record["seconds"] / 60.0, 1) if "seconds" in record else None,
       "target_tokens": record.get("target_tokens_seen"),
@@ -61,6 +62,10 @@ def train_record(checkpoint_dir: str) -> dict:
       "budget": record.get("budget", "wall_clock"),
       "train_data_dir": record.get("train_data_dir"),
   }
+  if "warm_start" in record:
+    # The checkpoint's own steps above; those of the checkpoint it started from are not in them.
+    summary["warm_start_from"] = record["warm_start"]["checkpoint"]
+  return summary
 
 
 def read_dev_pairs(parser, args, paths=None) -> tuple[list[str], list[str]]:

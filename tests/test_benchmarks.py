@@ -420,6 +420,18 @@ def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_pat
     np.testing.assert_array_equal(flat[key], value)
   assert record["warm_start"]["fresh"] == sorted(k for k in flat if k not in flat_ar)
   assert record["budget_config"]["init_from"] == str(tmp_path / "ar")
+  # The quality table names the checkpoint a row was warm-started from.
+  from benchmarks import quality
+
+  checkpoints.save_checkpoint(
+      str(tmp_path / "warm"),
+      params,
+      train_budget.transformer_config(config, 200),
+      "padir",
+      train_record=record,
+  )
+  assert quality.train_record(str(tmp_path / "warm"))["warm_start_from"] == str(tmp_path / "ar")
+  assert "warm_start_from" not in quality.train_record(str(tmp_path / "ar"))
 
 
 def test_distil_then_quality_on_tiny_checkpoints(tmp_path, tiny_vocab_path):
