@@ -421,11 +421,7 @@ def check_warm_start(
           f"{config.init_from}: its vocabulary {theirs} is not this run's {vocab_model}"
       )
   module = network.Transformer(transformer_config(config, vocab_high))
-  x = jnp.ones((1, 2), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
-  )
-  checkpoints.warm_start(shapes, init_params, config.init_from)
+  checkpoints.warm_start(checkpoints.abstract_params(module), init_params, config.init_from)
 
 
 # The flat flags' types: each rejects a value outside its range before any work (padir_t5x/cli.py).

@@ -209,15 +209,19 @@ def load_checkpoint(directory: str) -> tuple[Any, dict, dict]:
   return module, params, meta
 
 
-def _check_params(module, params: dict, path: str) -> None:
+def abstract_params(module) -> dict:
+  """`module`'s parameter tree as jax.ShapeDtypeStructs (jax.eval_shape: nothing is run)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   x = jnp.ones((1, 2), jnp.int32)
-  expected = jax.eval_shape(
+  return jax.eval_shape(
       lambda: module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
   )
-  want = _flatten(expected, leaf=lambda v: tuple(v.shape))
+
+
+def _check_params(module, params: dict, path: str) -> None:
+  want = _flatten(abstract_params(module), leaf=lambda v: tuple(v.shape))
   got = _flatten(params, leaf=lambda v: tuple(np.shape(v)))
   if want != got:
     missing = sorted(set(want) - set(got))

@@ -572,7 +572,9 @@ def test_warm_start_copies_every_ar_leaf_and_keeps_padir_only_ones_fresh():
 
   ar = _flat(_init(AR_TINY, dec=AR_IN)["params"])
   fresh = _init(dataclasses.replace(TINY, dropout_rate=0.0))["params"]
-  shapes = jax.eval_shape(lambda: fresh)
+  shapes = checkpoints.abstract_params(
+      network.Transformer(dataclasses.replace(TINY, dropout_rate=0.0))
+  )
   warm = checkpoints.warm_start(fresh, traverse_util.unflatten_dict(ar), "teacher")
   # Every AR leaf is shared (the AR network is the PaDIR one less two parts) ...
   assert set(warm.copied) == {"/".join(k) for k in ar} and not warm.unused
