@@ -407,20 +407,19 @@ def load_training_pairs(data_dir: str, processor, max_length: int, pair: str = "
   return [x for x, _ in kept], [y for _, y in kept], len(xs)
 
 
-def check_warm_start(
-    config: BudgetConfig, init_params, init_meta: dict, vocab_model: str, vocab_high: int
-) -> None:
+def check_warm_start(config: BudgetConfig, init_params, init_meta: dict, processor) -> None:
   """Raises CheckpointError (naming config.init_from) unless its params can start this network:
-  the same vocabulary file (byte for byte) and the same shape at every shared path."""
-  theirs = init_meta.get("vocab_model")
-  if theirs is None or not os.path.isfile(theirs):
-    raise checkpoints.CheckpointError(f"{config.init_from} records no readable vocabulary")
-  with open(theirs, "rb") as a, open(vocab_model, "rb") as b:
-    if a.read() != b.read():
-      raise checkpoints.CheckpointError(
-          f"{config.init_from}: its vocabulary {theirs} is not this run's {vocab_model}"
-      )
-  module = network.Transformer(transformer_config(config, vocab_high))
+  the same SentencePiece model as `processor` (the run's) and the same shape at every shared
+  path."""
+  theirs = checkpoints.load_vocabulary(
+      init_meta.get("vocab_model"), init_meta, init_meta["transformer"]["vocab_size"]
+  )
+  # The comparison translate.Translator.draft_and_verify makes between verifier and drafter.
+  if theirs.serialized_model_proto() != processor.serialized_model_proto():
+    raise checkpoints.CheckpointError(
+        f"{config.init_from}: its vocabulary {init_meta['vocab_model']} is not this run's"
+    )
+  module = network.Transformer(transformer_config(config, processor.get_piece_size()))
   checkpoints.warm_start(checkpoints.abstract_params(module), init_params, config.init_from)
 
 
@@ -513,7 +512,7 @@ def main(argv=None):
   if init_params is not None:
     # Before the data is read: another vocabulary or other sizes make the warm start meaningless.
     try:
-      check_warm_start(config, init_params, init_meta, vocab_model, processor.get_piece_size())
+      check_warm_start(config, init_params, init_meta, processor)
     except checkpoints.CheckpointError as error:
       parser.error(f"--init_from: {error}")
   inputs, targets, total = load_training_pairs(train_data_dir, processor, config.max_length)

@@ -391,15 +391,29 @@ def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_pat
   config = train_budget.BudgetConfig(
       model="padir", max_steps=1, minutes=0, init_from=str(tmp_path / "ar"), **sizes
   )
-  # vocab_high 200 pads to the checkpoint's 256 embedding rows.
-  train_budget.check_warm_start(config, ar_params, ar_meta, tiny_vocab_path, vocab_high=200)
-  other_vocab = tmp_path / "other.model"
-  other_vocab.write_bytes(b"not the same vocabulary")
+  import sentencepiece as spm
+  from padir_t5x import corpus
+  from padir_t5x import vocab
+
+  # The run's vocabulary (200 pieces, padded to the checkpoint's 256 embedding rows).
+  processor = spm.SentencePieceProcessor(model_file=tiny_vocab_path)
+  train_budget.check_warm_start(config, ar_params, ar_meta, processor)
+  other_path = vocab.train_sentencepiece(
+      [s for pair in corpus.generate_pairs(500, seed=2) for s in pair],
+      str(tmp_path / "other"),
+      vocab_size=150,
+      seed=0,
+      num_threads=1,
+  )
+  other = spm.SentencePieceProcessor(model_file=other_path)
   with pytest.raises(checkpoints.CheckpointError, match="is not this run's"):
-    train_budget.check_warm_start(config, ar_params, ar_meta, str(other_vocab), vocab_high=200)
+    train_budget.check_warm_start(config, ar_params, ar_meta, other)
   wider = dataclasses.replace(config, mlp_dim=128)
   with pytest.raises(checkpoints.CheckpointError, match="cannot warm-start"):
-    train_budget.check_warm_start(wider, ar_params, ar_meta, tiny_vocab_path, vocab_high=200)
+    train_budget.check_warm_start(wider, ar_params, ar_meta, processor)
+  no_vocab = {**ar_meta, "vocab_model": str(tmp_path / "gone.model")}
+  with pytest.raises(checkpoints.CheckpointError, match="vocabulary not found"):
+    train_budget.check_warm_start(config, ar_params, no_vocab, processor)
 
   rng = np.random.default_rng(0)
   inputs = [list(rng.integers(4, 200, 6)) + [EOS_ID] for _ in range(20)]
