@@ -323,33 +323,28 @@ def _draft_verify_decode(
     index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
     return jax.lax.switch(index, [draft_at(w, draft_config) for w in buckets], operands)
 
-  num_shifts = 3 if config.shift_variants else 1
   num_drafts = config.decoding.num_candidates if config.verify_candidates else 1  # k
-  # The verifier's inputs for m drafts per example (flat_batch_beam_expand order).
-  ar_inputs_for = {
-      m: (
-          beam_lib.flat_batch_beam_expand(ar_encoded, m),  # [b * m, s, d]
-          beam_lib.flat_batch_beam_expand(encoder_input_tokens, m),  # [b * m, s]
-      )
-      for m in {num_drafts, num_drafts * num_shifts}
-  }
+  # The verifier reads each example's encoder output once for its m drafts (rows grouped per
+  # example, as beam search's beams), with the cross-attention keys and values projected once
+  # for the whole decode, not at every verify call.
+  ar_invariants = network.decoder_invariants(ar_module.config, ar_params, ar_encoded)
 
-  def verify_at(width: int, m: int):
+  def verify_at(width: int):
     """The AR model's teacher-forced pass over the first `width` positions of b * m drafts, and
     `accept` (one lax.switch branch)."""
 
     def branch(operands):
       draft, prefix_lengths = operands  # [b * m, t], [b * m]
       draft = draft[:, :width]  # [b * m, t']
-      encoded, sources = ar_inputs_for[m]  # [b * m, s, d], [b * m, s]
       ar_inputs = jnp.pad(draft[:, :-1], ((0, 0), (1, 0)))  # [b * m, t'] shifted right, BOS = 0
       logits = ar_module.apply(
           {"params": ar_params},
-          encoded,
-          sources,
+          ar_encoded,  # [b, s, d]: the m rows of each example grouped over it
+          encoder_input_tokens,  # [b, s]
           ar_inputs,
           jnp.ones_like(draft),
           enable_dropout=False,
+          invariants=ar_invariants,
           method="decode",
       )  # [b * m, t', V] one teacher-forced pass
       logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)  # [b * m, t', V]
@@ -409,10 +404,10 @@ def _draft_verify_decode(
     draft_lengths = jnp.where(flat_active, layout.sequence_lengths(drafts), 1)  # [b * m]
     operands = (drafts, flat_prefix)
     if len(verify_buckets) == 1:
-      verified = verify_at(t, m)(operands)
+      verified = verify_at(t)(operands)
     else:
       index = bucketing.bucket_index(jnp.max(draft_lengths), verify_buckets)  # []
-      verified = jax.lax.switch(index, [verify_at(w, m) for w in verify_buckets], operands)
+      verified = jax.lax.switch(index, [verify_at(w) for w in verify_buckets], operands)
     verified = [beam_lib.unflatten_beam_dim(x, b, m) for x in verified]
     # Each row keeps the variant that gained the most (the first among equals) ...
     gained = jnp.where(jnp.stack(valid, axis=2).reshape(b, m), verified[1], -1)  # [b, m]

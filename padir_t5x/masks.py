@@ -65,7 +65,8 @@ def autoregressive_decoder_masks(
   """(causal + padding (+ segment) self mask, cross mask), as t5x's Transformer.decode.
 
   With `decode` (one cached step) the self mask is None: the cache enforces causality, and
-  every decoded position is a query of the cross mask.
+  every decoded position is a query of the cross mask. Without segment ids the decoder rows may
+  be grouped per source (`cross_attention_mask`).
   """
   if decode:
     if encoder_segment_ids is not None:
@@ -81,10 +82,11 @@ def autoregressive_decoder_masks(
       if decoder_segment_ids is None
       else same_segment_mask(decoder_segment_ids, decoder_segment_ids),
   )
+  if encoder_segment_ids is None:
+    # Rows may be grouped per source here too (draft-and-verify's teacher-forced verify pass).
+    return self_mask, cross_attention_mask(valid_target, encoder_input_tokens)
   cross_mask = combine_masks(
       make_attention_mask(valid_target, encoder_input_tokens > 0),
-      None
-      if encoder_segment_ids is None
-      else same_segment_mask(decoder_segment_ids, encoder_segment_ids),
+      same_segment_mask(decoder_segment_ids, encoder_segment_ids),
   )
   return self_mask, cross_mask
