@@ -107,6 +107,9 @@ class Translation:
     passes: PaDIR refinement passes for this sentence; AR: decoder steps its batch ran;
       draft-and-verify: sequential calls (verify calls + PaDIR passes); 0 for an empty line.
     truncated: the source was cut to the model's input length.
+    candidates: every hypothesis the decode kept, best first, as (text, score), when the
+      Translator keeps them (`keep_candidates`): AR, the beam's hypotheses that ended (the alive
+      ones where none ended); PaDIR, every length and initialisation candidate. () otherwise.
   """
 
   text: str
@@ -114,6 +117,7 @@ class Translation:
   length: int
   passes: int
   truncated: bool = False
+  candidates: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass
@@ -202,9 +206,12 @@ def checkpoint_kind(directory: str, gin_file: str | None = None) -> str:
 
 
 def _split_options(options: dict, kind: str, where: str) -> dict:
-  """Pops the Translator's own options (batch_size, seed, strict) out of `options` and returns
-  them; the rest must be decoding options of a `kind` model (ValueError naming `where`)."""
-  own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
+  """Pops the Translator's own options (batch_size, seed, strict, keep_candidates) out of
+  `options` and returns them; the rest must be decoding options of a `kind` model (ValueError
+  naming `where`)."""
+  own = {
+      k: options.pop(k) for k in ("batch_size", "seed", "strict", "keep_candidates") if k in options
+  }
   if kind == "padir":
     wrong = sorted(set(options) & set(AR_OPTIONS))
   else:
@@ -246,11 +253,14 @@ class Translator:
       seed: int = 0,
       strict: bool = False,
       drafter: Drafter | None = None,
+      keep_candidates: bool = False,
   ):
     if kind not in checkpoints.KINDS:
       raise ValueError(f"kind must be one of {checkpoints.KINDS}, got {kind!r}")
     if drafter is not None and kind != "ar":
       raise ValueError("a drafter (draft-and-verify) needs an AR model to verify its drafts")
+    if drafter is not None and keep_candidates:
+      raise ValueError("draft-and-verify keeps one hypothesis per sentence: no candidates to keep")
     for name, value in (("batch_size", batch_size), ("beam_size", beam_size)):
       if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
@@ -266,6 +276,7 @@ class Translator:
     self.seed = seed
     self.strict = strict
     self.drafter = drafter
+    self.keep_candidates = keep_candidates
     self.max_input_length = module.config.max_input_length
     self.max_decode_length = module.config.max_target_length
     if drafter is not None:
@@ -308,7 +319,7 @@ class Translator:
         None keeps the checkpoint's. Parameters stay float32 either way.
       **options: length_beam, max_passes, init, remask, dedup, stutter_unit, inits_per_length,
         length_offsets, prediction (PaDIR; any other DecodingConfig field too), beam_size, alpha
-        (AR), batch_size, seed, strict. PaDIR decoding defaults are the checkpoint's recorded
+        (AR), batch_size, seed, strict, keep_candidates. PaDIR decoding defaults are the checkpoint's recorded
         "decoding" fields, then DecodingConfig's; vocab_high and word_starts come from the
         vocabulary.
     """
@@ -519,12 +530,17 @@ class Translator:
     truncated_set = set(truncated)
     for batch_index, begin in enumerate(range(0, len(order), self.batch_size)):
       rows = order[begin : begin + self.batch_size]
-      texts, scores, lengths, passes, counts = self._decode_batch(
+      texts, scores, lengths, passes, counts, candidates = self._decode_batch(
           [encoded[i] for i in rows], batch_index
       )
       for row, i in enumerate(rows):
         results[i] = Translation(
-            texts[row], scores[row], lengths[row], passes[row], (i + 1) in truncated_set
+            texts[row],
+            scores[row],
+            lengths[row],
+            passes[row],
+            (i + 1) in truncated_set,
+            candidates[row],
         )
         report.source_tokens += len(encoded[i])
         report.target_tokens += counts[row]
@@ -534,7 +550,10 @@ class Translator:
     return results, report
 
   def _decode_batch(self, sequences: list[list[int]], batch_index: int):
-    """Decodes one batch: per-row (texts, scores, lengths, passes, output token counts)."""
+    """Decodes one batch: per row (texts, scores, lengths, passes, output token counts, candidates).
+
+    candidates: per row, () or (with keep_candidates) every kept hypothesis, best first.
+    """
     import jax  # pylint: disable=g-import-not-at-top
 
     from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
@@ -569,6 +588,7 @@ class Translator:
       is_eos = best == EOS_ID
       lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, best.shape[1]).tolist()
       passes = np.asarray(result.sequential_calls)[:n].tolist()
+      candidates = [()] * n
     elif self.kind == "padir":
       from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
 
@@ -581,6 +601,7 @@ class Translator:
       scores = np.asarray(result.scores)[:n, -1].tolist()
       lengths = np.asarray(result.lengths)[:n, -1].tolist()
       passes = np.asarray(result.passes)[:n].tolist()
+      candidates = self._candidates(result.sequences, result.scores, n)
     else:
       from padir_t5x import ar_decoding  # pylint: disable=g-import-not-at-top
 
@@ -598,9 +619,36 @@ class Translator:
       is_eos = best == EOS_ID
       lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, best.shape[1]).tolist()
       passes = [int(result.steps)] * n
+      candidates = self._candidates(result.sequences, result.scores, n)
     ended = np.cumsum((best == EOS_ID) | (best == PAD_ID), axis=1) > 0
     counts = (~ended).sum(axis=1).tolist()  # tokens before the first EOS (or PAD)
-    return vocab.ids_to_text(self.processor, best), scores, lengths, passes, counts
+    texts = vocab.ids_to_text(self.processor, best)
+    return texts, scores, lengths, passes, counts, candidates
+
+  def _candidates(self, sequences, scores, n: int) -> list[tuple[tuple[str, float], ...]]:
+    """Per row of the first n, its hypotheses as (text, score), best first; () unless kept.
+
+    sequences: [rows, c, t] int ids, scores: [rows, c], both increasing along c (t5x's order, as
+    both decoders return them). A score at or below NEG_INF / 2 marks an AR beam slot that no
+    hypothesis reached; it is left out.
+    """
+    if not self.keep_candidates:
+      return [()] * n
+    from padir_t5x import ar_decoding  # pylint: disable=g-import-not-at-top
+    from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
+
+    sequences = np.asarray(sequences)[:n, ::-1, :]  # [n, c, t], best first
+    scores = np.asarray(scores)[:n, ::-1].astype(float)  # [n, c]
+    c = sequences.shape[1]
+    texts = vocab.ids_to_text(self.processor, sequences.reshape(n * c, -1))
+    return [
+        tuple(
+            (texts[row * c + j], float(scores[row, j]))
+            for j in range(c)
+            if scores[row, j] > ar_decoding.NEG_INF / 2
+        )
+        for row in range(n)
+    ]
 
 
 # -------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from padir_t5x import checkpoints
 from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import network
+from padir_t5x import translate
 
 
 def _ar_net(vocab_size, seed=0, max_length=8):
@@ -448,7 +449,27 @@ def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_pat
   assert "warm_start_from" not in quality.train_record(str(tmp_path / "ar"))
 
 
-def test_distil_then_quality_on_tiny_checkpoints(tmp_path, tiny_vocab_path):
+def test_closest_to_reference_picks_by_sentence_bleu():
+  from benchmarks import distill_budget
+
+  candidates = ["a man rides a horse .", "a man is riding a horse .", "a dog ."]
+  assert distill_budget.closest_to_reference(candidates, "a man is riding a horse .") == 1
+  assert distill_budget.closest_to_reference(candidates, "a dog runs .") == 2
+  assert distill_budget.closest_to_reference(["x y", "x y"], "z") == 0  # ties: the teacher's best
+  with pytest.raises(ValueError, match="no candidates"):
+    distill_budget.closest_to_reference([], "z")
+  done = [translate.Translation(c[0], -1.0, 3, 3, candidates=tuple((t, -1.0) for t in c)) for c in
+          [candidates, candidates[::-1]]]  # fmt: skip
+  teacher = distill_budget.select_targets(done, None, distill_budget.Selection.TEACHER)
+  assert teacher == ([candidates[0], candidates[2]], 0)
+  references = ["a dog .", "a dog ."]
+  chosen = distill_budget.select_targets(done, references, distill_budget.Selection.REFERENCE)
+  assert chosen == (["a dog .", "a dog ."], 1)
+  with pytest.raises(ValueError, match="one reference per translation"):
+    distill_budget.select_targets(done, references[:1], distill_budget.Selection.REFERENCE)
+
+
+def test_distil_then_quality_on_tiny_checkpoints(tmp_path, tiny_vocab_path, capsys):
   import sentencepiece as spm
   from benchmarks import distill_budget
   from benchmarks import quality
@@ -477,6 +498,38 @@ def test_distil_then_quality_on_tiny_checkpoints(tmp_path, tiny_vocab_path):
   assert record["kept_pairs"] + record["empty_translations_dropped"] == 12
   assert all(t.strip() for t in targets)  # empty translations are left out, with their source
   assert set(sources) <= {p[0] for p in pairs}
+
+  assert record["selection"] == "teacher" and record["not_the_teachers_best"] == 0
+
+  # --select reference: each target is one of the teacher's beam hypotheses, the closest to the
+  # training reference by sentence BLEU.
+  selected = tmp_path / "selected"
+  argv = ["--teacher", str(tmp_path / "ar"), "--data_dir", str(data_dir), "--beam_size", "3"]
+  assert distill_budget.main(argv + ["--out", str(selected), "--select", "reference"]) == 0
+  record = json.loads((selected / "distill.json").read_text())
+  assert record["selection"] == "reference" and record["beam_size"] == 3
+  teacher = translate.Translator.from_checkpoint(
+      str(tmp_path / "ar"), beam_size=3, batch_size=64, keep_candidates=True
+  )
+  by_source = dict(zip([p[0] for p in pairs], teacher.translate([p[0] for p in pairs], True)))
+  reference_of = dict(pairs)
+  chosen = (selected / "de-en" / "train.en").read_text().splitlines()
+  changed = 0
+  for source, target in zip((selected / "de-en" / "train.de").read_text().splitlines(), chosen):
+    texts = [text for text, _ in by_source[source].candidates]
+    assert target == texts[distill_budget.closest_to_reference(texts, reference_of[source])]
+    changed += target != texts[0]
+  assert record["not_the_teachers_best"] == changed
+  greedy = argv[:-1] + ["1", "--out", str(tmp_path / "x"), "--select", "reference"]
+  with pytest.raises(SystemExit):
+    distill_budget.main(greedy)
+  assert "needs --beam_size 2 or more" in capsys.readouterr().err
+  (data_dir / "de-en" / "train.en").write_text("one line\n")
+  with pytest.raises(SystemExit):
+    distill_budget.main(argv + ["--out", str(tmp_path / "x"), "--select", "reference"])
+  assert f"{data_dir / 'de-en' / 'train.en'} has 1 lines" in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()
+  (data_dir / "de-en" / "train.en").write_text("".join(p[1] + "\n" for p in pairs))
 
   out = tmp_path / "quality.json"
   argv = [

@@ -165,6 +165,33 @@ def test_details_match_api(ckpts):
     assert 2 <= d.length <= MAX_LENGTH and 1 <= d.passes <= 3 and d.score < 0 and not d.truncated
 
 
+@pytest.mark.parametrize("kind,options", [("ar", {"beam_size": 3}), ("padir", {"length_beam": 2})])
+def test_keep_candidates_lists_every_hypothesis_best_first(ckpts, kind, options):
+  plain = Translator.from_checkpoint(ckpts[kind], batch_size=4, **options)
+  keeping = Translator.from_checkpoint(ckpts[kind], batch_size=4, keep_candidates=True, **options)
+  assert all(d.candidates == () for d in plain.translate(SHORT[:3], details=True))
+  details = keeping.translate(SHORT[:3] + [""], details=True)
+  assert [d.text for d in details] == plain.translate(SHORT[:3] + [""])
+  assert details[-1].candidates == ()
+  most = 3 if kind == "ar" else keeping.decoding_config.num_candidates
+  for d in details[:-1]:
+    texts = [text for text, _ in d.candidates]
+    scores = [score for _, score in d.candidates]
+    assert 1 <= len(d.candidates) <= most
+    assert texts[0] == d.text and scores[0] == pytest.approx(d.score)
+    assert scores == sorted(scores, reverse=True)  # best first
+  with pytest.raises(ValueError, match="no candidates to keep"):
+    Translator(
+        keeping.module,
+        keeping.params,
+        keeping.processor,
+        "ar",
+        keeping.vocab_high,
+        keep_candidates=True,
+        drafter=translate.Drafter(plain.module, plain.params, None),
+    )
+
+
 @pytest.mark.parametrize("kind", ["padir", "ar"])
 def test_bfloat16_decoding_from_a_float32_checkpoint(ckpts, kind):
   float32 = Translator.from_checkpoint(ckpts[kind], batch_size=4)
