@@ -45,6 +45,7 @@ Python:
     translator = Translator.from_checkpoint("runs/quickstart")
     translator.translate(["drei katzen schlafen"])            # -> ['three cats sleep']
     translator.translate(lines, details=True)                 # -> [Translation(text, score, ...)]
+    Translator.from_checkpoint(path, keep_candidates=True)    # Translation.candidates: all, best first
 """
 
 from __future__ import annotations
