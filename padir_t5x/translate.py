@@ -206,13 +206,15 @@ def checkpoint_kind(directory: str, gin_file: str | None = None) -> str:
   return checkpoints.read_config(directory)["kind"]
 
 
+# The Translator's own keyword options (the rest of from_checkpoint's are decoding options).
+TRANSLATOR_OPTIONS = ("batch_size", "seed", "strict", "keep_candidates")
+
+
 def _split_options(options: dict, kind: str, where: str) -> dict:
   """Pops the Translator's own options (batch_size, seed, strict, keep_candidates) out of
   `options` and returns them; the rest must be decoding options of a `kind` model (ValueError
   naming `where`)."""
-  own = {
-      k: options.pop(k) for k in ("batch_size", "seed", "strict", "keep_candidates") if k in options
-  }
+  own = {k: options.pop(k) for k in TRANSLATOR_OPTIONS if k in options}
   if kind == "padir":
     wrong = sorted(set(options) & set(AR_OPTIONS))
   else:
@@ -422,7 +424,7 @@ class Translator:
     """
     from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
 
-    own = {k: options.pop(k) for k in ("batch_size", "seed", "strict") if k in options}
+    own = {k: options.pop(k) for k in TRANSLATOR_OPTIONS if k in options}
     wrong = sorted(set(options) & set(AR_OPTIONS))
     if wrong:
       raise ValueError(

@@ -190,6 +190,8 @@ def test_keep_candidates_lists_every_hypothesis_best_first(ckpts, kind, options)
         keep_candidates=True,
         drafter=translate.Drafter(plain.module, plain.params, None),
     )
+  with pytest.raises(ValueError, match="no candidates to keep"):
+    Translator.draft_verify_from_checkpoints(ckpts["ar"], ckpts["padir"], keep_candidates=True)
 
 
 @pytest.mark.parametrize("kind", ["padir", "ar"])
