@@ -414,7 +414,7 @@ def check_warm_start(config: BudgetConfig, init_params, init_meta: dict, process
   theirs = checkpoints.load_vocabulary(
       init_meta.get("vocab_model"), init_meta, init_meta["transformer"]["vocab_size"]
   )
-  # The comparison translate.Translator.draft_and_verify makes between verifier and drafter.
+  # The comparison translate.Translator.draft_verify_from_checkpoints makes between verifier and drafter.
   if theirs.serialized_model_proto() != processor.serialized_model_proto():
     raise checkpoints.CheckpointError(
         f"{config.init_from}: its vocabulary {init_meta['vocab_model']} is not this run's"
