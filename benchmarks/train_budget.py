@@ -42,6 +42,7 @@ are normalised per real target token, with the same z-loss.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -58,6 +59,7 @@ from padir_t5x import cli
 from padir_t5x import losses
 from padir_t5x import network
 from padir_t5x import progress
+from padir_t5x import resume as resume_lib
 from padir_t5x import shared_data
 from padir_t5x import textio
 from padir_t5x import training
@@ -66,6 +68,20 @@ from padir_t5x import vocab as vocab_lib
 # (padded length, batch size): about 2k target tokens per batch in each bucket; two shapes,
 # so two compilations, instead of padding every short Multi30k/Tatoeba sentence to 80.
 DEFAULT_BUCKETS = ((32, 64), (80, 24))
+
+
+def buckets_for(max_length: int) -> tuple[tuple[int, int], ...]:
+  """DEFAULT_BUCKETS up to `max_length`, closed by a bucket of exactly `max_length` (about 2k
+  target tokens a batch) when none ends there: every pair that fits in max_length has a bucket
+  and no bucket is longer than the network's position tables."""
+  kept = tuple(bucket for bucket in DEFAULT_BUCKETS if bucket[0] <= max_length)
+  if not kept or kept[-1][0] < max_length:
+    kept += ((max_length, max(1, 1920 // max_length)),)
+  return kept
+
+
+# The training loss of every step, float32 [steps], saved beside the finished checkpoint.
+LOSS_CURVE_FILE = "loss_curve.npy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,14 +319,25 @@ def train(
     log=print,
     init_params=None,
     buckets=DEFAULT_BUCKETS,
+    run_dir: str | None = None,
+    checkpoint_minutes: float = 0.0,
+    resume: bool = False,
+    settings: dict | None = None,
 ):
   """Trains for config.max_steps steps or config.minutes of wall-clock; returns
-  (module, params, record dict).
+  (module, params, record dict, per-step losses float32 [steps]).
 
   The learning rate follows the spent fraction of the binding budget (`budget_fraction`,
   `time_schedule`); with a step budget, a positive config.minutes still stops the run early.
   `init_params` (the params of config.init_from) warm-start every leaf they share with the
   network (checkpoints.warm_start); the optimiser state starts fresh either way.
+
+  With `run_dir` and `checkpoint_minutes` > 0 the whole run state is saved there atomically
+  (padir_t5x.resume) every `checkpoint_minutes` of training; `resume` continues from that state:
+  parameters, optimiser state, PRNG key and step count restored, the data order replayed to the
+  same batch, so the run goes on as if never stopped (a step budget's schedule then matches
+  exactly; a wall-clock budget counts the training seconds of every part). `settings` (the
+  run's flags and data) are stored with the state and must match on resume.
   """
   module = network.Transformer(transformer_config(config, vocab_high))
   batches = bucket_batches(inputs, targets, buckets=buckets, seed=config.seed)
@@ -335,12 +362,45 @@ def train(
   compile_seconds = time.perf_counter() - compile_start
   log(f"[{config.model}] compiled {len(compiled)} shapes in {compile_seconds:.0f}s")
 
+  step, batch, tokens_seen, recent, done_losses = 0, first, 0, [], np.zeros((0,), np.float32)
+  seconds_before = 0.0  # training seconds of the earlier parts of a resumed run
+  if resume:
+    params, opt_state, rng, step, done_losses, saved, counters = resume_lib.load(
+        run_dir, params, opt_state
+    )
+    differences = resume_lib.settings_differences(saved, settings or {})
+    if differences:
+      raise resume_lib.ResumeError(
+          f"{resume_lib.state_path(run_dir)} was saved by a run with other settings: "
+          + "; ".join(differences)
+      )
+    rng = jnp.asarray(rng)
+    seconds_before, tokens_seen = counters["seconds"], counters["target_tokens_seen"]
+    for _ in range(step):  # the data order is a pure function of the seed: replay it
+      batch = next(batches)
+    log(f"[{config.model}] resumed at step {step} ({seconds_before:.0f}s trained)")
+
+  def save_state(now: float) -> None:
+    losses_so_far = np.concatenate([done_losses, np.asarray(step_losses, np.float32)])
+    resume_lib.save(
+        run_dir,
+        params,
+        opt_state,
+        rng,
+        step,
+        losses_so_far,
+        settings or {},
+        {"seconds": seconds_before + now - start, "target_tokens_seen": tokens_seen},
+    )
+
   time_limit = config.minutes * 60.0 if config.minutes > 0 else math.inf
+  save_every = checkpoint_minutes * 60.0 if run_dir and checkpoint_minutes > 0 else math.inf
   start = time.perf_counter()
-  step, batch, tokens_seen, recent = 0, first, 0, []
-  next_log = 30.0
+  step_losses = []  # device scalars of this part's steps, fetched when saved or at the end
+  metrics = None
+  next_log, next_save = 30.0, save_every
   while True:
-    elapsed = time.perf_counter() - start
+    elapsed = seconds_before + time.perf_counter() - start
     if elapsed >= time_limit or (config.max_steps and step >= config.max_steps):
       break
     rng, step_rng = jax.random.split(rng)
@@ -352,13 +412,22 @@ def train(
     step += 1
     tokens_seen += int((batch["decoder_target_tokens"] > 0).sum())
     recent.append(metrics)
-    if time.perf_counter() - start >= next_log:
-      log(_log_line(config, step, start, lr, recent))
+    step_losses.append(metrics["loss"])
+    now = time.perf_counter() - start
+    if now >= next_log:
+      log(_log_line(config, step, start - seconds_before, lr, recent))
       recent, next_log = [], next_log + 60.0
+    if now >= next_save:
+      save_state(now)
+      done_losses = np.concatenate([done_losses, np.asarray(step_losses, np.float32)])
+      step_losses, next_save = [], now + save_every
+      log(f"[{config.model}] saved the run state at step {step} in {run_dir}")
     batch = next(batches)
   jax.block_until_ready(params)
-  seconds = time.perf_counter() - start
-  last = {k: float(v) for k, v in (recent[-1] if recent else metrics).items()}
+  seconds = seconds_before + time.perf_counter() - start
+  all_losses = np.concatenate([done_losses, np.asarray(step_losses, np.float32)])
+  last_metrics = recent[-1] if recent else metrics
+  last = {k: float(v) for k, v in (last_metrics or {}).items()}
   num_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
   record = {
       "budget": config.budget_kind,
@@ -376,8 +445,10 @@ def train(
         "copied_leaves": len(warm.copied),
         "fresh": list(warm.fresh),
     }
+  if resume:
+    record["resumed"] = True
   log(f"[{config.model}] done: {step} steps in {seconds:.0f}s, {num_params:,} parameters")
-  return module, params, record
+  return module, params, record, all_losses
 
 
 def progress_line(config: BudgetConfig, step: int, elapsed: float) -> str:
@@ -473,8 +544,22 @@ def main(argv=None):
       help="read de-en/train.{de,en} from here instead (a distilled copy); default: --data_dir",
   )
   parser.add_argument("--vocab_dir", default="runs/budget/vocab")
+  parser.add_argument(
+      "--checkpoint_minutes",
+      type=cli.non_negative_float,
+      default=10.0,
+      help="save the whole run state (--out/train_state.npz, atomically) every N minutes of "
+      "training, so that --resume can continue it; 0: never",
+  )
+  parser.add_argument(
+      "--resume",
+      action="store_true",
+      help="continue the unfinished run in --out from its last saved state (same flags and "
+      "data; a finished run is never touched)",
+  )
   args = parser.parse_args(argv)
   cli.check_at_most(parser, args, "num_heads", "emb_dim")
+  check_run_dir(parser, args.out, args.resume)
   fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(BudgetConfig)}
   # Every flag is checked before the vocabulary, the data or the network is touched.
   try:
@@ -520,9 +605,22 @@ def main(argv=None):
       f"{len(inputs)} of {total} training pairs (from {train_data_dir}) fit in "
       f"{config.max_length} ids; vocab {processor.get_piece_size()}; devices {jax.devices()}"
   )
-  module, params, record = train(
-      config, inputs, targets, processor.get_piece_size(), init_params=init_params
-  )
+  settings = run_settings(config, train_data_dir, processor, len(inputs))
+  try:
+    module, params, record, step_losses = train(
+        config,
+        inputs,
+        targets,
+        processor.get_piece_size(),
+        init_params=init_params,
+        buckets=buckets_for(config.max_length),
+        run_dir=args.out,
+        checkpoint_minutes=args.checkpoint_minutes,
+        resume=args.resume,
+        settings=settings,
+    )
+  except resume_lib.ResumeError as error:
+    parser.error(f"--resume: {error}")
   record["train_pairs"] = len(inputs)
   record["train_data_dir"] = os.path.abspath(train_data_dir)
   checkpoints.save_checkpoint(
@@ -534,7 +632,50 @@ def main(argv=None):
       vocab_high=processor.get_piece_size(),
       train_record=record,
   )
+  np.save(os.path.join(args.out, LOSS_CURVE_FILE), step_losses)
+  # The run is finished and saved: its resumable state has no further use.
+  if os.path.exists(resume_lib.state_path(args.out)):
+    os.remove(resume_lib.state_path(args.out))
   print(json.dumps({k: v for k, v in record.items() if k != "budget_config"}))
+
+
+def run_settings(config: BudgetConfig, train_data_dir: str, processor, train_pairs: int) -> dict:
+  """What a resumed run must share with the run it continues: every flag of the config, the
+  training data and the vocabulary (as JSON would return them, for the comparison)."""
+  return json.loads(
+      json.dumps(
+          {
+              "budget_config": dataclasses.asdict(config),
+              "train_data_dir": os.path.abspath(train_data_dir),
+              "train_pairs": train_pairs,
+              "vocab_sha256": hashlib.sha256(processor.serialized_model_proto()).hexdigest(),
+          }
+      )
+  )
+
+
+def check_run_dir(parser, out: str, resume: bool) -> None:
+  """Refuses, before any work, to train into --out when that would lose a run: a finished
+  checkpoint is never overwritten or resumed, an unfinished run is only continued by --resume."""
+  finished = checkpoints.is_core_checkpoint(out)
+  state = resume_lib.state_path(out)
+  if resume:
+    if finished:
+      parser.error(
+          f"--resume: {out} holds a finished run ({checkpoints.CONFIG_FILE}); nothing to resume"
+      )
+    try:
+      resume_lib.read_meta(out)
+    except resume_lib.ResumeError as error:
+      parser.error(f"--resume: {error}")
+  elif finished:
+    parser.error(f"--out: {out} already holds a finished checkpoint; choose another directory")
+  elif os.path.exists(state):
+    step = resume_lib.read_meta(out)["step"] if os.path.isfile(state) else "?"
+    parser.error(
+        f"--out: {out} holds an unfinished run (saved at step {step}): pass --resume to "
+        "continue it, or choose another directory"
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ A core checkpoint is a directory with
   config.json   {"kind": "padir" | "ar", "transformer": TransformerConfig fields,
                  "vocab_model": the SentencePiece model, "vocab_high": real vocabulary size,
                  "decoding": optional DecodingConfig fields the model was evaluated with,
-                 "train": free-form training record};
+                 "train": free-form training record,
+                 "param_dtype": optional, "bfloat16" when params.npz holds bfloat16 bits,
+                 "model_card": optional, a released model's description (MODEL_CARD_FIELDS)};
   vocab.model   the SentencePiece model, copied in by `save_checkpoint` so the directory is
                 self-contained ("vocab_model" is then the relative name "vocab.model"; an
                 absolute path, as older checkpoints have, is read where it points).
@@ -21,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,8 @@ from padir_t5x import UNK_ID
 # only config.json (translate's flag checks) does not pay for it.
 
 KINDS = ("padir", "ar")
+# How params.npz stores the parameters (config.json "param_dtype"; absent: float32).
+PARAM_DTYPES = ("float32", "bfloat16")
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.npz"
 VOCAB_FILE = "vocab.model"
@@ -75,15 +80,24 @@ def save_checkpoint(
     train_record: dict | None = None,
     decoding: dict | None = None,
     copy_vocabulary: bool = True,
+    param_dtype: str = "float32",
+    model_card: dict | None = None,
 ) -> None:
   """Writes params.npz and config.json (and vocab.model) under `directory` (created).
 
   With `copy_vocabulary` (the default) the SentencePiece model at `vocab_model` is copied into
   the directory; otherwise its absolute path is recorded. `decoding` holds DecodingConfig fields
-  (by name) that the translator uses as its defaults.
+  (by name) that the translator uses as its defaults. `param_dtype` 'bfloat16' stores every
+  parameter rounded to bfloat16 (half the bytes: how the committed models stay small; the
+  loader restores float32). `model_card` (checked by `check_model_card`) describes a model
+  meant for others: its data, size, budget and dev scores.
   """
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  if param_dtype not in PARAM_DTYPES:
+    raise ValueError(f"param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
+  if model_card is not None:
+    check_model_card(model_card, "model_card")
   expected = _DECODER_MODE[kind]
   if config.decoder_mode != expected:
     raise ValueError(
@@ -99,7 +113,11 @@ def save_checkpoint(
       recorded_vocab = VOCAB_FILE
     else:
       recorded_vocab = os.path.abspath(vocab_model)
-  np.savez(os.path.join(directory, PARAMS_FILE), **_flatten(params))
+  flat = _flatten(params)
+  if param_dtype == "bfloat16":
+    # numpy has no bfloat16 of its own: the bit patterns are stored as uint16.
+    flat = {k: _to_bfloat16_bits(v) for k, v in flat.items()}
+  np.savez(os.path.join(directory, PARAMS_FILE), **flat)
   meta = {
       "kind": kind,
       "transformer": {k: _jsonable(v) for k, v in dataclasses.asdict(config).items()},
@@ -108,10 +126,62 @@ def save_checkpoint(
       "decoding": {k: _jsonable(v) for k, v in (decoding or {}).items()},
       "train": train_record or {},
   }
+  if param_dtype != "float32":
+    meta["param_dtype"] = param_dtype
+  if model_card is not None:
+    meta["model_card"] = model_card
   tmp = os.path.join(directory, f".{CONFIG_FILE}.tmp{os.getpid()}")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=2)
   os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+
+
+def _to_bfloat16_bits(value: np.ndarray) -> np.ndarray:
+  import ml_dtypes  # pylint: disable=g-import-not-at-top  (a jax dependency)
+
+  return np.asarray(value, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def _from_bfloat16_bits(bits: np.ndarray, path: str, key: str) -> np.ndarray:
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+
+  if bits.dtype != np.uint16:
+    raise CheckpointError(f"{path}: {key} is {bits.dtype}, a bfloat16 checkpoint stores uint16")
+  return bits.view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+# What a model card (config.json "model_card") holds: field -> the types its value may have.
+MODEL_CARD_FIELDS = {
+    "name": (str,),
+    "description": (str,),  # what it translates, and what it does not
+    "data": (str,),  # the training text, where it comes from
+    "languages": (str,),  # e.g. 'de-en'
+    "num_params": (int,),
+    "size": (str,),  # e.g. 'd=256, 3+3 layers, 4 heads, FFN 1024'
+    "steps": (int,),
+    "train_minutes": (int, float),
+    "machine": (str,),
+    "dev_scores": (dict,),  # split -> {'bleu': float, 'chrf': float, 'setting': str}
+}
+
+
+def check_model_card(card: Any, where: str) -> None:
+  """Raises CheckpointError naming `where` and the field unless `card` has every field of
+  MODEL_CARD_FIELDS with a value of its type, and each dev score has a numeric bleu and chrf."""
+  if not isinstance(card, dict):
+    raise CheckpointError(f"{where} is not a JSON object")
+  for field, types in MODEL_CARD_FIELDS.items():
+    if field not in card:
+      raise CheckpointError(f"{where} has no {field!r} field")
+    if not isinstance(card[field], types) or isinstance(card[field], bool):
+      raise CheckpointError(
+          f"{where}: {field!r} is {card[field]!r}, not {' or '.join(t.__name__ for t in types)}"
+      )
+  for split, scores in card["dev_scores"].items():
+    for metric in ("bleu", "chrf"):
+      value = scores.get(metric) if isinstance(scores, dict) else None
+      if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise CheckpointError(f"{where}: dev_scores[{split!r}] has no numeric {metric!r}")
 
 
 def _jsonable(value):
@@ -179,6 +249,8 @@ def read_config(directory: str) -> dict:
     raise CheckpointError(
         f"{path}: kind {meta['kind']!r} contradicts decoder_mode {config.decoder_mode.value!r}"
     )
+  if "model_card" in meta:
+    check_model_card(meta["model_card"], f"{path}: model_card")
   vocab_model = meta.get("vocab_model")
   if vocab_model is not None and not os.path.isabs(vocab_model):
     vocab_model = os.path.join(directory, vocab_model)
@@ -201,9 +273,17 @@ def load_checkpoint(directory: str) -> tuple[Any, dict, dict]:
     raise CheckpointError(f"{path} not found")
   try:
     with np.load(path) as data:
-      params = _unflatten({k: data[k] for k in data.files})
-  except (OSError, ValueError) as e:
+      flat = {k: data[k] for k in data.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise CheckpointError(f"{path} is not a readable .npz file ({e})") from None
+  param_dtype = meta.get("param_dtype", "float32")
+  if param_dtype not in PARAM_DTYPES:
+    raise CheckpointError(
+        f"{directory}/{CONFIG_FILE}: param_dtype {param_dtype!r} is not one of {PARAM_DTYPES}"
+    )
+  if param_dtype == "bfloat16":
+    flat = {k: _from_bfloat16_bits(v, path, k) for k, v in flat.items()}
+  params = _unflatten(flat)
   module = network.Transformer(config)
   _check_params(module, params, path)
   return module, params, meta

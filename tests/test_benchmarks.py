@@ -419,7 +419,7 @@ def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_pat
   rng = np.random.default_rng(0)
   inputs = [list(rng.integers(4, 200, 6)) + [EOS_ID] for _ in range(20)]
   targets = [list(rng.integers(4, 200, 5)) + [EOS_ID] for _ in range(20)]
-  _, params, record = train_budget.train(
+  _, params, record, _ = train_budget.train(
       config,
       inputs,
       targets,

@@ -1,0 +1,106 @@
+"""Released models: parameters stored in bfloat16 (restored as float32) and the model card."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from padir_t5x import checkpoints
+from padir_t5x import network
+
+CARD = {
+    "name": "test",
+    "description": "short captions",
+    "data": "synthetic",
+    "languages": "de-en",
+    "num_params": 10,
+    "size": "d=16",
+    "steps": 3,
+    "train_minutes": 0.5,
+    "machine": "2-core CPU",
+    "dev_scores": {"dev-multi30k": {"bleu": 1.5, "chrf": 20.0, "setting": "beam 5"}},
+}
+
+
+def _tiny():
+  config = network.tiny_config(vocab_size=64, decoder_mode="autoregressive")
+  module = network.Transformer(config)
+  x = jnp.ones((1, 4), jnp.int32)
+  params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
+  return module, params
+
+
+def test_bfloat16_checkpoint_round_trip_restores_float32(tmp_path):
+  module, params = _tiny()
+  checkpoints.save_checkpoint(
+      str(tmp_path / "bf16"), params, module.config, "ar", param_dtype="bfloat16", model_card=CARD
+  )
+  checkpoints.save_checkpoint(str(tmp_path / "f32"), params, module.config, "ar")
+  small = os.path.getsize(tmp_path / "bf16" / checkpoints.PARAMS_FILE)
+  large = os.path.getsize(tmp_path / "f32" / checkpoints.PARAMS_FILE)
+  assert small < 0.6 * large
+  _, loaded, meta = checkpoints.load_checkpoint(str(tmp_path / "bf16"))
+  assert meta["param_dtype"] == "bfloat16" and meta["model_card"] == CARD
+  flat, want = checkpoints._flatten(loaded), checkpoints._flatten(params)
+  assert flat.keys() == want.keys()
+  for key, value in want.items():
+    assert flat[key].dtype == np.float32
+    rounded = np.asarray(value, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(flat[key], rounded)
+    # bfloat16 keeps 8 bits of mantissa: within 2**-8 relative of the float32 value.
+    np.testing.assert_allclose(flat[key], value, rtol=2**-8, atol=1e-30)
+  # The float32 default is unchanged: no param_dtype field, exact values.
+  _, exact, meta32 = checkpoints.load_checkpoint(str(tmp_path / "f32"))
+  assert "param_dtype" not in meta32
+  for key, value in checkpoints._flatten(exact).items():
+    np.testing.assert_array_equal(value, want[key])
+
+
+def test_bfloat16_checkpoint_errors_name_the_file(tmp_path):
+  module, params = _tiny()
+  with pytest.raises(ValueError, match="param_dtype must be one of"):
+    checkpoints.save_checkpoint(
+        str(tmp_path / "x"), params, module.config, "ar", param_dtype="int8"
+    )
+  directory = tmp_path / "bf16"
+  checkpoints.save_checkpoint(str(directory), params, module.config, "ar", param_dtype="bfloat16")
+  config_path = directory / checkpoints.CONFIG_FILE
+  meta = json.loads(config_path.read_text())
+  config_path.write_text(json.dumps({**meta, "param_dtype": "float8"}))
+  with pytest.raises(checkpoints.CheckpointError, match="param_dtype 'float8'"):
+    checkpoints.load_checkpoint(str(directory))
+  # float32 arrays where bfloat16 bits are declared
+  checkpoints.save_checkpoint(str(tmp_path / "f32"), params, module.config, "ar")
+  config_path.write_text(json.dumps(meta))
+  os.replace(tmp_path / "f32" / checkpoints.PARAMS_FILE, directory / checkpoints.PARAMS_FILE)
+  with pytest.raises(checkpoints.CheckpointError, match="is float32, a bfloat16 checkpoint"):
+    checkpoints.load_checkpoint(str(directory))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"steps": "many"}, "'steps' is 'many', not int"),
+        ({"steps": True}, "'steps' is True, not int"),
+        ({"dev_scores": {"dev": {"bleu": 3.0}}}, "dev_scores\\['dev'\\] has no numeric 'chrf'"),
+        ({"name": None}, "'name' is None, not str"),
+    ],
+)
+def test_model_card_schema(tmp_path, change, message):
+  checkpoints.check_model_card(CARD, "card")
+  with pytest.raises(checkpoints.CheckpointError, match=message):
+    checkpoints.check_model_card({**CARD, **change}, "card")
+  missing = {k: v for k, v in CARD.items() if k != "data"}
+  with pytest.raises(checkpoints.CheckpointError, match="has no 'data' field"):
+    checkpoints.check_model_card(missing, "card")
+  # read_config checks a card it finds, naming the file
+  module, params = _tiny()
+  checkpoints.save_checkpoint(str(tmp_path), params, module.config, "ar")
+  path = tmp_path / checkpoints.CONFIG_FILE
+  path.write_text(json.dumps({**json.loads(path.read_text()), "model_card": {**CARD, **change}}))
+  with pytest.raises(checkpoints.CheckpointError, match="config.json: model_card"):
+    checkpoints.read_config(str(tmp_path))
