@@ -104,3 +104,46 @@ def test_model_card_schema(tmp_path, change, message):
   path.write_text(json.dumps({**json.loads(path.read_text()), "model_card": {**CARD, **change}}))
   with pytest.raises(checkpoints.CheckpointError, match="config.json: model_card"):
     checkpoints.read_config(str(tmp_path))
+
+
+def test_release_writes_bfloat16_with_a_card_and_the_table(tmp_path, tiny_vocab_path):
+  from benchmarks import release
+
+  module, params = _tiny()
+  run = tmp_path / "run"
+  checkpoints.save_checkpoint(
+      str(run),
+      params,
+      module.config,
+      "ar",
+      vocab_model=tiny_vocab_path,
+      vocab_high=200,
+      train_record={"steps": 30, "seconds": 90.0, "num_params": 1234, "train_data_dir": "/d"},
+  )
+  quality = tmp_path / "quality.json"
+  rows = [
+      {"system": "tiny", "setting": "beam=1", "bleu": 1.0, "chrf": 10.0},
+      {"system": "tiny", "setting": "beam=5", "bleu": 2.5, "chrf": 12.0},
+      {"system": "other", "setting": "beam=5", "bleu": 9.0, "chrf": 30.0},
+  ]
+  quality.write_text(json.dumps({"split": "dev-multi30k", "results": rows}))
+  models = tmp_path / "models"
+  models.mkdir()
+  (models / "README.md").write_text(f"x\n{release.TABLE_START}\nold\n{release.TABLE_END}\ny\n")
+  argv = ["--checkpoint", str(run), "--name", "tiny_ar", "--description", "toy", "--system"]
+  argv += ["tiny", "--quality", str(quality), "--models_dir", str(models)]
+  release.main(argv)
+  meta = checkpoints.read_config(str(models / "tiny_ar"))
+  card = meta["model_card"]
+  assert meta["param_dtype"] == "bfloat16"
+  assert card["dev_scores"] == {"dev-multi30k": {"bleu": 2.5, "chrf": 12.0, "setting": "beam=5"}}
+  assert (card["steps"], card["train_minutes"], card["num_params"]) == (30, 1.5, 1234)
+  table = (models / "README.md").read_text()
+  assert "old" not in table and table.startswith("x\n") and table.endswith("y\n")
+  assert "| [tiny_ar](tiny_ar/) | ar |" in table and "| 2.50 / 12.00 | - | beam=5 |" in table
+  # Released again without --force: refused, naming the flag; nothing changed.
+  with pytest.raises(SystemExit) as exit_info:
+    release.main(argv)
+  assert exit_info.value.code == 2
+  with pytest.raises(SystemExit):
+    release.main([*argv[:-2], "--models_dir", str(tmp_path / "nowhere")])
