@@ -35,8 +35,8 @@ import numpy as np
 
 from benchmarks import timing
 from padir_t5x import FIRST_ORDINARY_ID
-from padir_t5x import ar_decoding
 from padir_t5x import cli
+from padir_t5x import decoders
 from padir_t5x import decoding
 from padir_t5x import network
 
@@ -64,33 +64,32 @@ def padir_decoder(config, params, target_length: int, passes: int, length_beam: 
       vocab_high=config.vocab_size,
       stutter_unit="piece",  # no vocabulary here, so no word boundaries
   )
-  module = network.Transformer(config)
+  decoder = decoders.PadirDecoder(
+      network.Transformer(config), params, max_decode_length=target_length, config=decoding_config
+  )
   rng = jax.random.PRNGKey(0)
 
   def decode(sources):
-    result = decoding.decode_with_network(
-        module, params, sources, rng, decoding_config, target_length
-    )
-    return result.sequences, result.passes
+    result = decoder.decode(sources, rng)
+    return result.sequences, result.steps
 
   return decode
 
 
 def ar_decoder(config, params, target_length: int, beam: int):
   """batch [b, s] -> (sequences, steps): AR beam search for exactly target_length steps."""
-  module = network.Transformer(dataclasses.replace(config, decoder_mode="autoregressive"))
+  decoder = decoders.ArBeamDecoder(
+      network.Transformer(dataclasses.replace(config, decoder_mode="autoregressive")),
+      params,
+      max_decode_length=target_length,
+      beam_size=beam,
+      vocab_high=config.vocab_size,
+      early_stopping=False,
+  )
 
   def decode(sources):
-    result = ar_decoding.jit_beam_search(
-        module,
-        params,
-        sources,
-        beam_size=beam,
-        max_decode_length=target_length,
-        vocab_high=config.vocab_size,
-        early_stopping=False,
-    )
-    return result.sequences, jnp.broadcast_to(result.steps, sources.shape[:1])
+    result = decoder.decode(sources, None)
+    return result.sequences, result.steps
 
   return decode
 

@@ -34,15 +34,14 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import sacrebleu
 
 from benchmarks import common
 from benchmarks import latency
-from padir_t5x import ar_decoding
 from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import decoders
 from padir_t5x import decoding
 from padir_t5x import draft_verify
 from padir_t5x import metrics as metrics_lib
@@ -184,30 +183,28 @@ def run(args, log=print) -> dict:
         base, args.redraft_passes, "tolerant", int(top_k), float(margin), **reuse
     )
 
+  greedy_decoder = decoders.ArGreedyDecoder(
+      ar_module, ar_params, max_decode_length=t, vocab_high=vocab_high
+  )
+  beam5_decoder = decoders.ArBeamDecoder(
+      ar_module, ar_params, max_decode_length=t, beam_size=5, alpha=0.6, vocab_high=vocab_high
+  )
+
   def greedy(tokens):
-    out = ar_decoding.jit_greedy_search(
-        ar_module, ar_params, jnp.asarray(tokens), max_decode_length=t, vocab_high=vocab_high
-    )
-    out = jax.device_get(out)
-    return {"sequences": out.sequences, "calls": out.steps}
+    out = jax.device_get(greedy_decoder.decode(tokens, rng))
+    return {"sequences": out.best, "calls": out.steps}
 
   def beam5(tokens):
-    out = ar_decoding.jit_beam_search(
-        ar_module,
-        ar_params,
-        jnp.asarray(tokens),
-        beam_size=5,
-        max_decode_length=t,
-        alpha=0.6,
-        vocab_high=vocab_high,
-    )
-    return {"sequences": np.asarray(out.sequences[:, -1, :])}
+    return {"sequences": np.asarray(beam5_decoder.decode(tokens, rng).best)}
+
+  drafter = draft_verify.PadirDrafter(padir_module)
 
   def draft_and_verify(config):
     def decode(tokens):
+      # The counts beyond Hypotheses' steps (rounds, accepted tokens) come from the loop itself.
       out = jax.device_get(
-          draft_verify.draft_verify_decode(
-              ar_module, ar_params, padir_module, padir_params, tokens, rng, config, t
+          draft_verify.decode_with_drafter(
+              ar_module, ar_params, drafter, padir_params, tokens, rng, config, t
           )
       )
       return {

@@ -50,8 +50,8 @@ from benchmarks.timing import environment
 from benchmarks.timing import latency_summary
 from padir_t5x import checkpoints
 from padir_t5x import cli
-from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
+from padir_t5x import decoders
 from padir_t5x import decoding
 from padir_t5x import metrics as metrics_lib
 from padir_t5x import shared_data
@@ -108,19 +108,18 @@ class System:
 def ar_system(
     module, params, beam: int, max_decode_length: int, vocab_high: int, alpha: float = 0.6
 ) -> System:
+  decoder = decoders.ArBeamDecoder(
+      module,
+      params,
+      max_decode_length=max_decode_length,
+      beam_size=beam,
+      alpha=alpha,
+      vocab_high=vocab_high,
+  )
+
   def decode(tokens):
-    out = ar_decoding.jit_beam_search(
-        module,
-        params,
-        jnp.asarray(tokens),
-        beam_size=beam,
-        max_decode_length=max_decode_length,
-        alpha=alpha,
-        vocab_high=vocab_high,
-    )
-    jax.block_until_ready(out)
-    steps = np.full((tokens.shape[0],), int(out.steps))
-    return np.asarray(out.sequences[:, -1, :]), steps
+    out = jax.block_until_ready(decoder.decode(tokens, None))
+    return np.asarray(out.best), np.asarray(out.steps)
 
   return System("ar", f"beam={beam}", {"beam": beam, "alpha": alpha}, decode)
 
@@ -136,7 +135,7 @@ def padir_system(
     seed: int = 0,
     word_starts: np.ndarray | None = None,
 ) -> System:
-  """PaDIR through decoding.decode_with_network; the passes refine only the smallest of
+  """PaDIR through decoders.PadirDecoder (decoding.decode_with_network); the passes refine only the smallest of
   `length_buckets` that holds the length beam (chosen inside jit; same hypotheses), or the whole
   table when it is empty. `word_starts`: the vocabulary's word-start table (DecodingConfig.word_starts,
   for the default word-level stutter)."""
@@ -148,13 +147,13 @@ def padir_system(
       word_starts=word_starts,
   )
   rng = jax.random.PRNGKey(seed)
+  decoder = decoders.PadirDecoder(
+      module, params, max_decode_length=max_decode_length, config=config
+  )
 
   def decode(tokens):
-    out = decoding.decode_with_network(
-        module, params, jnp.asarray(tokens), rng, config, max_decode_length
-    )
-    jax.block_until_ready(out)
-    return np.asarray(out.sequences[:, -1, :]), np.asarray(out.passes)
+    out = jax.block_until_ready(decoder.decode(jnp.asarray(tokens), rng))
+    return np.asarray(out.best), np.asarray(out.steps)
 
   setting = {
       "max_passes": passes,

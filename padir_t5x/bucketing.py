@@ -10,8 +10,10 @@ hypotheses are those of the full table. Pure helpers, no network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
@@ -38,3 +40,21 @@ def bucket_index(longest: Array, buckets: Sequence[int]) -> Array:
   """
   index = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), longest.astype(jnp.int32))
   return jnp.minimum(index, len(buckets) - 1).astype(jnp.int32)
+
+
+def switch_on_bucket(
+    longest: Array,
+    buckets: Sequence[int],
+    branch_at: Callable[[int], Callable[[Any], Any]],
+    operands: Any,
+) -> Any:
+  """`branch_at(bucket)(operands)` for the smallest of `buckets` that holds `longest` [].
+
+  Chosen inside jit with lax.switch: one compile covers every bucket, and at run time only the
+  chosen branch executes (the passes of a short batch run over short rows). Every branch must
+  return the same shapes (pad to the last bucket). One bucket: called directly, no switch.
+  """
+  if len(buckets) == 1:
+    return branch_at(buckets[0])(operands)
+  index = bucket_index(longest, buckets)  # []
+  return jax.lax.switch(index, [branch_at(b) for b in buckets], operands)

@@ -804,16 +804,17 @@ jit_iterative_refinement_decode = jax.jit(
 # With the PaDIR network.
 
 
-def network_refine_fn(module, params, encoded: Array, encoder_input_tokens: Array) -> RefineFn:
+def network_refine_fn(
+    module, params, encoded: Array, encoder_input_tokens: Array, invariants=None
+) -> RefineFn:
   """The network's decoder pass as a `RefineFn` over n = b * c hypothesis rows; dropout off.
 
-  What no pass changes is computed here, once per decode (network.decoder_invariants): the
-  cross-attention keys and values of each example's encoder output [b, s, d], and positional
-  attention's logits. Each pass reads them with the example's c rows grouped (flat_batch_beam_
-  expand order), so the encoder output is never copied c times.
+  What no pass changes is computed once per decode (network.decoder_invariants, here unless
+  given): the cross-attention keys and values of each example's encoder output [b, s, d], and
+  positional attention's logits. Each pass reads them with the example's c rows grouped
+  (flat_batch_beam_expand order), so the encoder output is never copied c times.
   """
-  invariants = None
-  if isinstance(module, network.Transformer):  # (tests also pass stand-in networks)
+  if invariants is None and isinstance(module, network.Transformer):  # (tests pass stand-ins)
     invariants = network.decoder_invariants(module.config, params, encoded)
 
   def refine_fn(decoder_input_tokens: Array, length_mask: Array) -> Array:
@@ -867,11 +868,7 @@ def _decode_with_network(
     return branch
 
   operands = (lengths, length_log_probs, rng)
-  if len(buckets) == 1:
-    return decode_at(t)(operands)
-  # One compile covers every bucket; at run time only the chosen branch's passes execute.
-  index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
-  return jax.lax.switch(index, [decode_at(b) for b in buckets], operands)
+  return bucketing.switch_on_bucket(jnp.max(lengths), buckets, decode_at, operands)
 
 
 def pad_positions(result: DecodeResult, max_decode_length: int) -> DecodeResult:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import flax
 import jax
@@ -244,14 +244,127 @@ class _State(flax.struct.PyTreeNode):
   drafts: Array  # [b, k, t] int32 the drafts kept for reuse (k = 1, or c with verify_candidates)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("ar_module", "padir_module", "config", "max_decode_length")
-)
+class Drafter(Protocol):
+  """What draft-and-verify needs of its drafter: whole drafts that keep a forced prefix.
+
+  A drafter is static (hashable: a jit argument); its params travel apart. `PadirDrafter` is
+  PaDIR's; another non-autoregressive model drafts by implementing these three methods.
+  `round_config` is the drafter's settings for a round (DraftVerifyConfig.decoding for the
+  first draft, .redraft_config after), opaque to the loop.
+  """
+
+  max_input_length: int
+  max_decode_length: int
+
+  def start(self, params: Any, encoder_input_tokens: Array) -> Any:
+    """Per-decode context, a pytree of what no round changes (the encoder output, ...)."""
+
+  def num_drafts(self, round_config: Any, all_candidates: bool) -> int:
+    """k: the drafts `draft` returns per example (1 unless `all_candidates`)."""
+
+  def draft(
+      self,
+      params: Any,
+      context: Any,
+      prefix: Array,
+      prefix_lengths: Array,
+      rng: Array,
+      round_config: Any,
+      all_candidates: bool,
+      max_decode_length: int,
+  ) -> tuple[Array, Array]:
+    """Drafts [b, k, t] (best last) whose first prefix_lengths [b] tokens are prefix [b, t]'s
+    and that end in EOS after them; and the sequential passes [b] each example ran."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PadirDrafter:
+  """PaDIR as a `Drafter`: its length beam restricted to lengths that hold the prefix and an
+  EOS (`constrained_length_beam`), refined with the prefix forced (decoding.refine_lengths),
+  in the smallest length bucket that holds the longest candidate (lax.switch inside jit)."""
+
+  module: Any  # a network.Transformer with decoder_mode='padir'
+
+  @property
+  def max_input_length(self) -> int:
+    return self.module.config.max_input_length
+
+  @property
+  def max_decode_length(self) -> int:
+    return self.module.config.max_target_length
+
+  def start(self, params, encoder_input_tokens: Array):
+    encoded, length_logits = network.encode_and_predict_length(
+        self.module, params, encoder_input_tokens
+    )  # [b, s(+1), d], [b, L]
+    # What no pass changes (cross-attention keys and values, ...), computed once per decode
+    # (network_refine_fn's rule: tests also draft with stand-in networks, which have none).
+    invariants = None
+    if isinstance(self.module, network.Transformer):
+      invariants = network.decoder_invariants(self.module.config, params, encoded)
+    return encoder_input_tokens, encoded, length_logits, invariants
+
+  def num_drafts(self, round_config: decoding.DecodingConfig, all_candidates: bool) -> int:
+    return round_config.num_candidates if all_candidates else 1
+
+  def draft(
+      self,
+      params,
+      context,
+      prefix: Array,
+      prefix_lengths: Array,
+      rng: Array,
+      round_config: decoding.DecodingConfig,
+      all_candidates: bool,
+      max_decode_length: int,
+  ) -> tuple[Array, Array]:
+    t = max_decode_length
+    encoder_input_tokens, encoded, length_logits, invariants = context
+    refine_fn = decoding.network_refine_fn(
+        self.module, params, encoded, encoder_input_tokens, invariants
+    )  # the decoder over the c rows of each example
+    min_lengths = jnp.minimum(jnp.maximum(prefix_lengths + 1, round_config.min_length), t)  # [b]
+    lengths, length_log_probs = constrained_length_beam(
+        length_logits, min_lengths, round_config, t
+    )  # [b, c] each
+
+    def draft_at(width: int):
+      """A draft over the first `width` positions (one lax.switch branch)."""
+
+      def branch(operands):
+        tokens, prefix_lengths, lengths, length_log_probs, round_rng = operands
+        kept_prefix = tokens[:, :width]  # [b, t']
+        forced = jnp.arange(width)[None, :] < prefix_lengths[:, None]  # [b, t']
+        drafts = decoding.refine_lengths(
+            refine_fn,
+            lengths,
+            length_log_probs,
+            round_rng,
+            round_config,
+            width,
+            table_length=t,
+            forced=forced,
+            forced_tokens=kept_prefix,
+        )  # sequences [b, c, t'], best last
+        kept = drafts.sequences if all_candidates else drafts.sequences[:, -1:, :]
+        kept = jnp.where(forced[:, None, :], kept_prefix[:, None, :], kept)  # [b, k, t']
+        return jnp.pad(kept, ((0, 0), (0, 0), (0, t - width))), drafts.passes  # [b, k, t], [b]
+
+      return branch
+
+    buckets = bucketing.length_buckets(
+        t, round_config.length_buckets, round_config.num_lengths, round_config.min_length
+    )
+    operands = (prefix, prefix_lengths, lengths, length_log_probs, rng)
+    return bucketing.switch_on_bucket(jnp.max(lengths), buckets, draft_at, operands)
+
+
+@functools.partial(jax.jit, static_argnames=("ar_module", "drafter", "config", "max_decode_length"))
 def _draft_verify_decode(
     ar_module,
     ar_params,
-    padir_module,
-    padir_params,
+    drafter: Drafter,
+    drafter_params,
     encoder_input_tokens: Array,
     rng: Array,
     config: DraftVerifyConfig,
@@ -260,9 +373,7 @@ def _draft_verify_decode(
   t = max_decode_length
   b = encoder_input_tokens.shape[0]
   positions = jnp.arange(t)[None, :]  # [1, t]
-  padir_encoded, length_logits = network.encode_and_predict_length(
-      padir_module, padir_params, encoder_input_tokens
-  )  # [b, s(+1), d], [b, L]
+  context = drafter.start(drafter_params, encoder_input_tokens)
   ar_encoded = ar_module.apply(
       {"params": ar_params}, encoder_input_tokens, enable_dropout=False, method="encode"
   )  # [b, s, d]
@@ -271,59 +382,23 @@ def _draft_verify_decode(
   )  # [V] as greedy_reference's
   verify_buckets = bucketing.length_buckets(t, config.decoding.length_buckets, 1, 1)
 
-  refine_fn = decoding.network_refine_fn(
-      padir_module, padir_params, padir_encoded, encoder_input_tokens
-  )  # the decoder over the c rows of each example
-
-  def draft_at(width: int, draft_config: decoding.DecodingConfig):
-    """A PaDIR draft over the first `width` positions (one lax.switch branch)."""
-
-    def branch(operands):
-      tokens, prefix_lengths, lengths, length_log_probs, round_rng = operands
-      prefix = tokens[:, :width]  # [b, t']
-      forced = jnp.arange(width)[None, :] < prefix_lengths[:, None]  # [b, t']
-      drafts = decoding.refine_lengths(
-          refine_fn,
-          lengths,
-          length_log_probs,
-          round_rng,
-          draft_config,
-          width,
-          table_length=t,
-          forced=forced,
-          forced_tokens=prefix,
-      )  # sequences [b, c, t'], best last
-      kept = drafts.sequences if config.verify_candidates else drafts.sequences[:, -1:, :]
-      kept = jnp.where(forced[:, None, :], prefix[:, None, :], kept)  # [b, k, t'] best last
-      return jnp.pad(kept, ((0, 0), (0, 0), (0, t - width))), drafts.passes  # [b, k, t], [b]
-
-    return branch
-
-  def padir_draft(state: _State, draft_config: decoding.DecodingConfig) -> tuple[Array, Array]:
+  def padir_draft(state: _State, draft_config) -> tuple[Array, Array]:
     """([b, k, t] drafts holding each active row's kept prefix, [b] passes)."""
     active = ~state.done  # [b]
     # Finished rows draft unconstrained (computed, then discarded): they never widen the bucket.
     prefix_lengths = jnp.where(active, state.lengths, 0)  # [b]
-    min_lengths = jnp.minimum(jnp.maximum(prefix_lengths + 1, draft_config.min_length), t)  # [b]
-    lengths, length_log_probs = constrained_length_beam(
-        length_logits, min_lengths, draft_config, t
-    )  # [b, c] each
-    buckets = bucketing.length_buckets(
-        t, draft_config.length_buckets, draft_config.num_lengths, draft_config.min_length
-    )
-    operands = (
+    return drafter.draft(
+        drafter_params,
+        context,
         state.tokens,
         prefix_lengths,
-        lengths,
-        length_log_probs,
         jax.random.fold_in(rng, state.step),
+        draft_config,
+        config.verify_candidates,
+        t,
     )
-    if len(buckets) == 1:
-      return draft_at(t, draft_config)(operands)
-    index = bucketing.bucket_index(jnp.max(lengths), buckets)  # []
-    return jax.lax.switch(index, [draft_at(w, draft_config) for w in buckets], operands)
 
-  num_drafts = config.decoding.num_candidates if config.verify_candidates else 1  # k
+  num_drafts = drafter.num_drafts(config.decoding, config.verify_candidates)  # k
   # The verifier reads each example's encoder output once for its m drafts (rows grouped per
   # example, as beam search's beams), with the cross-attention keys and values projected once
   # for the whole decode, not at every verify call.
@@ -356,7 +431,7 @@ def _draft_verify_decode(
 
     return branch
 
-  def run_round(state: _State, draft_config: decoding.DecodingConfig, reuse: bool) -> _State:
+  def run_round(state: _State, draft_config, reuse: bool) -> _State:
     active = ~state.done  # [b]
     count = active.astype(jnp.int32)  # [b]
     prefix_lengths = jnp.where(active, state.lengths, 0)  # [b] P
@@ -402,12 +477,9 @@ def _draft_verify_decode(
     flat_prefix = beam_lib.flat_batch_beam_expand(prefix_lengths, m)  # [b * m]
     flat_active = beam_lib.flat_batch_beam_expand(active, m)  # [b * m]
     draft_lengths = jnp.where(flat_active, layout.sequence_lengths(drafts), 1)  # [b * m]
-    operands = (drafts, flat_prefix)
-    if len(verify_buckets) == 1:
-      verified = verify_at(t)(operands)
-    else:
-      index = bucketing.bucket_index(jnp.max(draft_lengths), verify_buckets)  # []
-      verified = jax.lax.switch(index, [verify_at(w) for w in verify_buckets], operands)
+    verified = bucketing.switch_on_bucket(
+        jnp.max(draft_lengths), verify_buckets, verify_at, (drafts, flat_prefix)
+    )
     verified = [beam_lib.unflatten_beam_dim(x, b, m) for x in verified]
     # Each row keeps the variant that gained the most (the first among equals) ...
     gained = jnp.where(jnp.stack(valid, axis=2).reshape(b, m), verified[1], -1)  # [b, m]
@@ -481,21 +553,47 @@ def draft_verify_decode(
   Returns:
     DraftVerifyResult.
   """
-  if ar_module.config.is_padir:
-    raise ValueError("ar_module needs decoder_mode='autoregressive'")
   if not padir_module.config.is_padir:
     raise ValueError("padir_module needs decoder_mode='padir'")
-  for name, module in (("ar_module", ar_module), ("padir_module", padir_module)):
-    if max_decode_length > module.config.max_target_length:
+  return decode_with_drafter(
+      ar_module,
+      ar_params,
+      PadirDrafter(padir_module),
+      padir_params,
+      encoder_input_tokens,
+      rng,
+      config,
+      max_decode_length,
+  )
+
+
+def decode_with_drafter(
+    ar_module,
+    ar_params: Any,
+    drafter: Drafter,
+    drafter_params: Any,
+    encoder_input_tokens: Array,
+    rng: Array,
+    config: DraftVerifyConfig,
+    max_decode_length: int,
+) -> DraftVerifyResult:
+  """`draft_verify_decode` with any `Drafter` (static, hashable) and its params."""
+  if ar_module.config.is_padir:
+    raise ValueError("ar_module needs decoder_mode='autoregressive'")
+  limits = (
+      ("ar_module", ar_module.config.max_target_length),
+      ("the drafter", drafter.max_decode_length),
+  )
+  for name, limit in limits:
+    if max_decode_length > limit:
       raise ValueError(
-          f"max_decode_length {max_decode_length} exceeds {name}'s max_target_length "
-          f"{module.config.max_target_length}"
+          f"max_decode_length {max_decode_length} exceeds {name}'s max_target_length {limit}"
       )
   return _draft_verify_decode(
       ar_module,
       ar_params,
-      padir_module,
-      padir_params,
+      drafter,
+      drafter_params,
       jnp.asarray(encoder_input_tokens, jnp.int32),
       rng,
       config,

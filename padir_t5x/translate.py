@@ -280,24 +280,34 @@ class Translator:
     self.strict = strict
     self.drafter = drafter
     self.keep_candidates = keep_candidates
-    self.max_input_length = module.config.max_input_length
-    self.max_decode_length = module.config.max_target_length
-    if drafter is not None:
-      self.max_input_length = min(self.max_input_length, drafter.module.config.max_input_length)
-      self.max_decode_length = min(self.max_decode_length, drafter.module.config.max_target_length)
-    if kind == "padir":
-      config = decoding_config
-      decodable = self.max_decode_length - config.min_length + 1
-      if config.num_lengths > decodable:
-        offsets = (
-            f" with length_offsets {config.length_offsets} ({config.num_lengths} lengths)"
-            if config.length_offsets
-            else ""
-        )
-        raise ValueError(
-            f"length_beam {config.length_beam}{offsets} exceeds the {decodable} lengths this "
-            f"model can decode (max_target_length {self.max_decode_length})"
-        )
+    decoder = self.decoder  # built (and its settings checked) now, not at the first batch
+    self.max_input_length = decoder.max_input_length
+    self.max_decode_length = decoder.max_decode_length
+
+  @property
+  def decoder(self):
+    """The `decoders.Decoder` of this model and its settings (built from the attributes, so
+    that a changed module, e.g. another activation dtype, is the one that decodes)."""
+    from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
+    from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
+
+    if self.drafter is not None:
+      return decoders.DraftVerifyDecoder(
+          draft_verify.PadirDrafter(self.drafter.module),
+          self.drafter.params,
+          self.module,
+          self.params,
+          self.drafter.config,
+      )
+    if self.kind == "padir":
+      return decoders.PadirDecoder(self.module, self.params, config=self.decoding_config)
+    return decoders.ArBeamDecoder(
+        self.module,
+        self.params,
+        beam_size=self.beam_size,
+        alpha=self.alpha,
+        vocab_high=self.vocab_high,
+    )
 
   @classmethod
   def from_checkpoint(
@@ -557,8 +567,7 @@ class Translator:
 
     candidates: per row, () or (with keep_candidates) every kept hypothesis, best first.
     """
-    import jax  # pylint: disable=g-import-not-at-top
-
+    from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
     from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
 
     n = len(sequences)
@@ -573,56 +582,15 @@ class Translator:
     for row, ids in enumerate(sequences):
       tokens[row, : len(ids)] = ids
       tokens[row, len(ids)] = EOS_ID
-    if self.drafter is not None:
-      from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
-
-      result = draft_verify.draft_verify_decode(
-          self.module,
-          self.params,
-          self.drafter.module,
-          self.drafter.params,
-          tokens,
-          jax.random.fold_in(jax.random.PRNGKey(self.seed), batch_index),
-          self.drafter.config,
-          self.max_decode_length,
-      )
-      best = np.asarray(result.sequences)[:n]
-      scores = [None] * n  # no beam score: the AR greedy choice at every step
-      is_eos = best == EOS_ID
-      lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, best.shape[1]).tolist()
-      passes = np.asarray(result.sequential_calls)[:n].tolist()
-      candidates = [()] * n
-    elif self.kind == "padir":
-      from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
-
-      rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), batch_index)
-      # Length-bucketed inside jit (DecodingConfig.length_buckets).
-      result = decoding.decode_with_network(
-          self.module, self.params, tokens, rng, self.decoding_config, self.max_decode_length
-      )
-      best = np.asarray(result.sequences)[:n, -1, :]
-      scores = np.asarray(result.scores)[:n, -1].tolist()
-      lengths = np.asarray(result.lengths)[:n, -1].tolist()
-      passes = np.asarray(result.passes)[:n].tolist()
-      candidates = self._candidates(result.sequences, result.scores, n)
+    hypotheses = self.decoder.decode(tokens, decoders.batch_rng(self.seed, batch_index))
+    best = np.asarray(hypotheses.best)[:n]
+    if hypotheses.scores is None:  # one hypothesis without a score (greedy, draft-and-verify)
+      scores, candidates = [None] * n, [()] * n
     else:
-      from padir_t5x import ar_decoding  # pylint: disable=g-import-not-at-top
-
-      result = ar_decoding.jit_beam_search(
-          self.module,
-          self.params,
-          jax.numpy.asarray(tokens),
-          beam_size=self.beam_size,
-          max_decode_length=self.max_decode_length,
-          alpha=self.alpha,
-          vocab_high=self.vocab_high,
-      )
-      best = np.asarray(result.sequences)[:n, -1, :]
-      scores = np.asarray(result.scores)[:n, -1].tolist()
-      is_eos = best == EOS_ID
-      lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, best.shape[1]).tolist()
-      passes = [int(result.steps)] * n
-      candidates = self._candidates(result.sequences, result.scores, n)
+      scores = np.asarray(hypotheses.scores)[:n, -1].tolist()
+      candidates = self._candidates(hypotheses.sequences, hypotheses.scores, n)
+    lengths = np.asarray(hypotheses.lengths)[:n, -1].tolist()
+    passes = np.asarray(hypotheses.steps)[:n].tolist()
     ended = np.cumsum((best == EOS_ID) | (best == PAD_ID), axis=1) > 0
     counts = (~ended).sum(axis=1).tolist()  # tokens before the first EOS (or PAD)
     texts = vocab.ids_to_text(self.processor, best)
