@@ -39,6 +39,10 @@ How the network maps (padir_t5x/network.py -> ctranslate2.specs.TransformerSpec,
   gets a bias of DISALLOWED_BIAS on those ids (0 elsewhere), so no decoding option is needed for
   it and CTranslate2's scores are the restricted log-probs ar_decoding's are.
 
+A network held in memory (random weights for benchmarks/speed_map.py, no checkpoint and no
+SentencePiece model) exports with `export_ctranslate2_params(params, config, tokens, out_dir)`,
+e.g. tokens = synthetic_tokens(vocab_high): the same spec, without vocab.model.
+
 Refused (exit status 2, one line): a PaDIR checkpoint, an activation CTranslate2 lacks, zero
 layers, an --out that exists and is not empty (unless --force). The model directory is written
 beside --out under a temporary name, then renamed: --out is the whole model or nothing.
@@ -47,6 +51,7 @@ beside --out under a temporary name, then renamed: --out is the whole model or n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -276,16 +281,17 @@ def load_for_export(checkpoint_dir: str, vocab_path: str | None = None):
   return module.config, params, meta, processor
 
 
-def _write_directory(spec, out_dir: str, vocab_path: str, sidecar: dict) -> None:
-  """Saves `spec` (+ vocab.model and the sidecar) under a temporary directory beside `out_dir`,
-  then renames it to `out_dir` (replacing what is there)."""
+def _write_directory(spec, out_dir: str, vocab_path: str | None, sidecar: dict) -> None:
+  """Saves `spec` (+ vocab.model unless `vocab_path` is None, and the sidecar) under a temporary
+  directory beside `out_dir`, then renames it to `out_dir` (replacing what is there)."""
   out_dir = os.path.abspath(out_dir)
   parent, name = os.path.split(out_dir)
   tmp = tempfile.mkdtemp(prefix=f".{name}.tmp", dir=parent)
   old = None
   try:
     spec.save(tmp)
-    shutil.copyfile(vocab_path, os.path.join(tmp, VOCAB_FILE))
+    if vocab_path is not None:
+      shutil.copyfile(vocab_path, os.path.join(tmp, VOCAB_FILE))
     with open(os.path.join(tmp, SIDECAR_FILE), "w", encoding="utf-8") as f:
       json.dump(sidecar, f, indent=2)
       f.write("\n")
@@ -326,21 +332,62 @@ def export_ctranslate2(
 
 def _prepare(checkpoint_dir: str, vocab_path: str | None):
   """(validated spec, sidecar dict, SentencePiece file) of the checkpoint; nothing written."""
-  ctranslate2 = import_ctranslate2()
+  import_ctranslate2()
   config, params, meta, processor = load_for_export(checkpoint_dir, vocab_path)
   pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+  spec, sidecar = _spec_and_sidecar(config, params, pieces, os.path.abspath(checkpoint_dir))
+  return spec, sidecar, vocab_path or meta["vocab_model"]
+
+
+def _spec_and_sidecar(config, params: dict, pieces: Sequence[str], source: str | None):
+  """(validated, optimized spec, sidecar dict) of an AR network; nothing written. `source`: the
+  checkpoint it came from (None: parameters handed over in memory)."""
+  ctranslate2 = import_ctranslate2()
   spec = build_spec(config, params, pieces)
   spec.validate()
   spec.optimize(quantization=None)  # aliases the tied embedding; compute_type picks at load
   sidecar = {
-      "source_checkpoint": os.path.abspath(checkpoint_dir),
+      "source_checkpoint": source,
       "ctranslate2_version": ctranslate2.__version__,
       "vocab_size": len(pieces),
       "max_input_length": config.max_input_length,
       "max_decoding_length": config.max_target_length,
       "greedy_options": _greedy_options(config.max_input_length, config.max_target_length),
   }
-  return spec, sidecar, vocab_path or meta["vocab_model"]
+  return spec, sidecar
+
+
+def synthetic_tokens(vocab_high: int) -> list[str]:
+  """Token strings 't0' .. 't{vocab_high - 1}' standing for ids 0 .. vocab_high - 1: the
+  vocabulary of a network without a SentencePiece model (random weights, benchmarks). Id i is
+  the string f't{i}' both ways (the source tokens to pass, the output tokens to read)."""
+  return [f"t{i}" for i in range(vocab_high)]
+
+
+def export_ctranslate2_params(
+    params: dict, config, tokens: Sequence[str], out_dir: str, force: bool = False
+) -> str:
+  """Converts an AR network held in memory to a CTranslate2 model in `out_dir` (no checkpoint,
+  no SentencePiece model: model.bin, config.json, shared_vocabulary.json and padir_export.json).
+
+  Args:
+    params: the network's parameters (nested dict of arrays).
+    config: its network.TransformerConfig (decoder_mode 'autoregressive').
+    tokens: the vocabulary tokens in id order (the real vocabulary, vocab_high of them, at most
+      config.vocab_size), e.g. synthetic_tokens(vocab_high); CTranslate2 reads and writes them.
+    out_dir: absent, an empty directory, or (with `force`) a directory to replace.
+
+  The same spec as export_ctranslate2 builds (build_spec), so greedy_options and
+  ctranslate2_translator apply. Returns `out_dir`; raises ExportError as export_ctranslate2.
+  """
+  import_ctranslate2()
+  check_out_dir(out_dir, force)
+  if config.is_padir:
+    raise ExportError("only AR networks (decoder_mode 'autoregressive') export to CTranslate2")
+  check_exportable({"kind": "ar", "transformer": dataclasses.asdict(config)}, "config")
+  spec, sidecar = _spec_and_sidecar(config, params, list(tokens), None)
+  _write_directory(spec, out_dir, None, sidecar)
+  return out_dir
 
 
 def _greedy_options(max_input_length: int, max_decoding_length: int) -> dict:
