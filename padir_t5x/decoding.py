@@ -13,8 +13,9 @@ optionally, repeated tokens (the typical failure of parallel decoding) are remov
 
 `iterative_refinement_decode` is three steps: `length_beam` (which lengths), `refinement_pass`
 (one decoder call over every hypothesis, inside a lax.while_loop) and `finalise` (dedup, score,
-sort). It takes the decoder as a plain `RefineFn`, so it can be tested with hand-made
-functions; `decode_with_network` wires in `padir_t5x.network.Transformer` and is the default
+sort); with `refine_top_k` (candidate pruning) the passes after the first refine only each
+example's k best candidates. It takes the decoder as a plain `RefineFn`, so it can be tested
+with hand-made functions; `decode_with_network` wires in `padir_t5x.network.Transformer` and is the default
 `PadirDecodeFn` of padir_t5x/models.py, which adapts the output (best hypothesis last along the
 beam axis, increasing score: the t5x convention). No t5x import.
 
@@ -151,6 +152,16 @@ class DecodingConfig:
       runs every example for all max_passes passes: fixed work per decode, for benchmarks that
       compare decoders at equal work (benchmarks/accelerator.py); a fixed point stays fixed
       unless stutter re-masking refills it, so the output can differ only through that.
+    refine_top_k: candidate pruning: after the first pass over all c candidates, only each
+      example's k best by the score (`score`, with `add_length_log_prob`, as `finalise` ranks
+      them) take the later passes: those run over b * k rows instead of b * c, the kept rows
+      gathered so that the decoder's batch really shrinks. The other c - k candidates keep their
+      first-pass hypotheses and scores (those of an example that converged after one pass), so
+      the result keeps its [b, c, t] shape (t5x's num_decodes = num_candidates) and the final
+      ranking is over all c. An example converges when its k kept hypotheses stop changing.
+      None (default) refines all c in one loop; 1 <= k <= num_candidates, and k =
+      num_candidates runs the pruning path with nothing pruned (the same hypotheses as None,
+      one more compiled pass).
 
   The defaults are the paper's headline setting (Li et al. 2024): 5 length candidates, 4 passes,
   stutter re-masking between passes.
@@ -176,6 +187,7 @@ class DecodingConfig:
   length_offsets: int = 0
   prediction: PredictionMode = PredictionMode.LAST
   early_stopping: bool = True
+  refine_top_k: int | None = None
 
   def __post_init__(self):
     # Frozen: store members, so a config built from names equals (and hashes as, for jit) one
@@ -232,6 +244,12 @@ class DecodingConfig:
       )
     if self.length_offsets < 0:
       raise ValueError(f"length_offsets must be >= 0, got {self.length_offsets}")
+    if self.refine_top_k is not None and not 1 <= self.refine_top_k <= self.num_candidates:
+      raise ValueError(
+          f"refine_top_k must be in 1..num_candidates ({self.num_candidates}: length_beam "
+          f"{self.length_beam} x {self.num_candidates // self.length_beam} per length) or None, "
+          f"got {self.refine_top_k}"
+      )
 
   @property
   def num_lengths(self) -> int:
@@ -637,6 +655,31 @@ def finalise(
     DecodeResult, best hypothesis last along the beam axis.
   """
   batch_size, beam = length_log_probs.shape
+  sequences, token_log_probs, scores = _scored_hypotheses(state, rows, length_log_probs, config)
+
+  # Each example's hypotheses by increasing score: best last, as t5x expects.
+  scores = beam_lib.unflatten_beam_dim(scores, batch_size, beam)  # [b, c]
+  order = jnp.argsort(scores, axis=-1, stable=True)  # [b, c]
+
+  def by_score(x: Array) -> Array:
+    """[n, ...] -> [b, c, ...] in score order."""
+    return beam_lib.gather_beams(beam_lib.unflatten_beam_dim(x, batch_size, beam), order)
+
+  return DecodeResult(
+      sequences=by_score(sequences).astype(jnp.int32),  # [b, c, t]
+      scores=beam_lib.gather_beams(scores, order).astype(jnp.float32),  # [b, c]
+      lengths=by_score(rows.lengths).astype(jnp.int32),  # [b, c]
+      passes=state.passes,  # [b]
+      token_log_probs=by_score(token_log_probs).astype(jnp.float32),  # [b, c, t]
+  )
+
+
+def _scored_hypotheses(
+    state: RefinementState, rows: RowLayout, length_log_probs: Array, config: DecodingConfig
+) -> tuple[Array, Array, Array]:
+  """The rows' hypotheses as `finalise` returns them, unsorted: (sequences [n, t] after
+  de-duplication, token_log_probs [n, t] of the scored tokens, scores [n]); length_log_probs
+  [b, c]."""
   if config.dedup is DedupMode.OPTIMAL:
     viterbi_tokens, token_log_probs = dedup_lib.optimal_dedup(
         state.candidate_ids, state.candidate_log_probs, rows.content
@@ -659,22 +702,7 @@ def finalise(
   scores = score_hypotheses(
       token_log_probs, rows.lengths, beam_lib.flatten_beam_dim(length_log_probs), config
   )  # [n]
-
-  # Each example's hypotheses by increasing score: best last, as t5x expects.
-  scores = beam_lib.unflatten_beam_dim(scores, batch_size, beam)  # [b, c]
-  order = jnp.argsort(scores, axis=-1, stable=True)  # [b, c]
-
-  def by_score(x: Array) -> Array:
-    """[n, ...] -> [b, c, ...] in score order."""
-    return beam_lib.gather_beams(beam_lib.unflatten_beam_dim(x, batch_size, beam), order)
-
-  return DecodeResult(
-      sequences=by_score(sequences).astype(jnp.int32),  # [b, c, t]
-      scores=beam_lib.gather_beams(scores, order).astype(jnp.float32),  # [b, c]
-      lengths=by_score(rows.lengths).astype(jnp.int32),  # [b, c]
-      passes=state.passes,  # [b]
-      token_log_probs=by_score(token_log_probs).astype(jnp.float32),  # [b, c, t]
-  )
+  return sequences, token_log_probs, scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -782,15 +810,75 @@ def refine_lengths(
     num_ids = jax.eval_shape(refine_fn, inputs, rows.length_mask).shape[-1]  # V
     initial_state = initial_state.replace(log_prob_sum=jnp.zeros((n, t, num_ids), jnp.float32))
 
+  if config.refine_top_k is None:
+    final = _refinement_loop(refine_fn, initial_state, rows, loop_rng, config)
+  else:
+    final = _refine_top_k(refine_fn, initial_state, rows, length_log_probs, loop_rng, config)
+  return finalise(final, rows, length_log_probs, config)
+
+
+def _refinement_loop(
+    refine_fn: RefineFn, state: RefinementState, rows: RowLayout, rng: Array, config: DecodingConfig
+) -> RefinementState:
+  """Refinement passes (lax.while_loop) from `state` until max_passes or every example is done."""
+
   def not_finished(state: RefinementState) -> Array:
     return (state.step < config.max_passes) & ~jnp.all(state.done)
 
-  final = jax.lax.while_loop(
-      not_finished,
-      lambda state: refinement_pass(refine_fn, state, rows, loop_rng, config),
-      initial_state,
+  return jax.lax.while_loop(
+      not_finished, lambda state: refinement_pass(refine_fn, state, rows, rng, config), state
   )
-  return finalise(final, rows, length_log_probs, config)
+
+
+def _refine_top_k(
+    refine_fn: RefineFn,
+    state: RefinementState,
+    rows: RowLayout,
+    length_log_probs: Array,
+    rng: Array,
+    config: DecodingConfig,
+) -> RefinementState:
+  """Candidate pruning (DecodingConfig.refine_top_k): the first pass over all n = b * c rows,
+  then the later passes over the b * k rows of each example's k best first-pass hypotheses
+  (gathered: refine_fn sees b * k rows); the others keep their first-pass state.
+
+  The gathered rows keep their order (and with k = c they are all the rows), so that k = c
+  decodes exactly as without pruning: same rows, same random draws (fold_in(rng, step)).
+  """
+  batch_size, beam = length_log_probs.shape
+  k = min(config.refine_top_k, beam)  # given lengths (length_beam_lengths) may be fewer
+  first = refinement_pass(refine_fn, state, rows, rng, config)  # the whole beam, step 0 -> 1
+  if config.max_passes == 1:
+    return first
+  _, _, scores = _scored_hypotheses(first, rows, length_log_probs, config)  # [n]
+  scores = beam_lib.unflatten_beam_dim(scores, batch_size, beam)  # [b, c]
+  _, best = jax.lax.top_k(scores, k)  # [b, k] lowest index first among ties
+  kept = jnp.sort(best, axis=-1) + beam * jnp.arange(batch_size)[:, None]  # [b, k] row ids
+  kept = kept.reshape(-1)  # [b * k] flat rows, each example's k in their original order
+
+  def take(x: Array | None) -> Array | None:
+    return None if x is None else x[kept]
+
+  def put(full: Array | None, part: Array | None) -> Array | None:
+    return None if full is None else full.at[kept].set(part)
+
+  per_row = ("inputs", "predictions", "candidate_ids", "candidate_log_probs", "log_prob_sum")
+  kept_rows = rows._replace(
+      **{
+          name: take(getattr(rows, name))
+          for name in ("lengths", "content", "eos", "length_mask", "forced", "forced_tokens")
+      }
+  )  # [b * k, ...] each
+  refined = _refinement_loop(
+      refine_fn,
+      first.replace(**{name: take(getattr(first, name)) for name in per_row}),
+      kept_rows,
+      rng,
+      config,
+  )  # the passes after the first over b * k rows
+  return refined.replace(
+      **{name: put(getattr(first, name), getattr(refined, name)) for name in per_row}
+  )  # [n, ...] rows again: the pruned ones as after the first pass
 
 
 # Jitted convenience wrapper: refine_fn must be hashable (a function, or a functools.partial of

@@ -266,7 +266,9 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     overrides = dict(overrides)
     if num_decodes is not None:
       # Candidates per length (1 unless length_offsets / inits_per_length are set).
-      per_length = dataclasses.replace(self.decoding_config, **{**overrides, "length_beam": 1})
+      per_length = dataclasses.replace(
+          self.decoding_config, **{**overrides, "length_beam": 1, "refine_top_k": None}
+      )
       beam, rest = divmod(int(num_decodes), per_length.num_candidates)
       if rest:
         raise ValueError(

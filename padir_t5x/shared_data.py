@@ -1,8 +1,11 @@
-"""Where the real parallel text for tests and benchmarks lives (never copied into the repo)."""
+"""Where the real parallel text for tests and benchmarks lives (never copied into the repo), and
+the package's cache directory."""
 
 from __future__ import annotations
 
 import os
+
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "padir_t5x")
 
 # In a source checkout (pip install -e .), the package sits at <repo>/padir_t5x.
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,3 +20,9 @@ def find_data_dir() -> str | None:
     if candidate and os.path.isdir(candidate):
       return os.path.abspath(candidate)
   return None
+
+
+def padir_cache_dir() -> str:
+  """$PADIR_CACHE_DIR, default ~/.cache/padir_t5x: the quickstart corpus, the shared vocabulary,
+  translate's JAX compilation cache."""
+  return os.path.expanduser(os.environ.get("PADIR_CACHE_DIR") or DEFAULT_CACHE_DIR)

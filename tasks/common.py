@@ -20,10 +20,10 @@ import gin
 import seqio
 from seqio import vocabularies as seqio_vocabularies
 
-from padir_t5x import metrics, pipelines
+from padir_t5x import metrics, pipelines, shared_data
 
 DEFAULT_VOCAB_DIR = os.path.join("~", ".cache", "padir_t5x", "vocab")
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "padir_t5x")
+DEFAULT_CACHE_DIR = shared_data.DEFAULT_CACHE_DIR
 LANGUAGE_NAMES = {"de": "German", "en": "English", "ro": "Romanian", "zh": "Chinese"}
 
 
@@ -46,8 +46,8 @@ def padir_distilled_dir(directory: str | None = None) -> str:
 
 
 def padir_cache_dir() -> str:
-  """$PADIR_CACHE_DIR, default ~/.cache/padir_t5x."""
-  return os.path.expanduser(os.environ.get("PADIR_CACHE_DIR") or DEFAULT_CACHE_DIR)
+  """$PADIR_CACHE_DIR, default ~/.cache/padir_t5x (padir_t5x.shared_data.padir_cache_dir)."""
+  return shared_data.padir_cache_dir()
 
 
 def _vocab_dir_resolver(file_name: str) -> str:

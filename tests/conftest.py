@@ -5,7 +5,12 @@ import pytest
 from padir_t5x.shared_data import find_data_dir
 
 # The environment variables of the caches the package (and the libraries it uses) write.
-CACHE_VARIABLES = ("PADIR_CACHE_DIR", "PADIR_VOCAB_DIR", "XDG_CACHE_HOME")
+CACHE_VARIABLES = (
+    "PADIR_CACHE_DIR",
+    "PADIR_VOCAB_DIR",
+    "XDG_CACHE_HOME",
+    "PADIR_COMPILATION_CACHE",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -15,12 +20,16 @@ def isolated_cache_dir(tmp_path_factory):
   $PADIR_CACHE_DIR (the quickstart corpus, the shared vocabulary), $PADIR_VOCAB_DIR and
   $XDG_CACHE_HOME point into it, so that the suite neither reads nor writes the user's ~/.cache;
   a test may still point one elsewhere with monkeypatch. Subprocesses inherit them.
+  $PADIR_COMPILATION_CACHE is '' (translate's JAX compilation cache off: JAX's configuration is
+  process-wide, and a test's compile times should not depend on earlier tests); a test that
+  checks the cache passes --compilation_cache.
   """
   root = tmp_path_factory.mktemp("cache")
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("PADIR_CACHE_DIR", str(root / "padir_t5x"))
     patch.setenv("PADIR_VOCAB_DIR", str(root / "padir_t5x" / "vocab"))
     patch.setenv("XDG_CACHE_HOME", str(root))
+    patch.setenv("PADIR_COMPILATION_CACHE", "")
     yield str(root)
 
 

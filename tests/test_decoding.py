@@ -94,6 +94,12 @@ def _check_layout(result):
         (dict(length_offsets=-1), "length_offsets"),
         (dict(prediction="mean"), "unknown prediction"),
         (dict(remask="lowest"), "unknown remask"),
+        (dict(refine_top_k=0), "refine_top_k must be in 1..num_candidates"),
+        (dict(length_beam=2, refine_top_k=3), r"refine_top_k must be in 1..num_candidates \(2"),
+        (
+            dict(length_beam=2, inits_per_length=2, init="random", refine_top_k=5),
+            r"refine_top_k .*\(4",
+        ),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -596,6 +602,80 @@ def test_default_options_decode_as_the_plain_algorithm():
 
 
 # ----------------------------------------------------------------------------------------------
+# Candidate pruning (refine_top_k).
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(init="random", remask="stutter", score="sum"),
+        dict(init="random", remask="low_confidence", dedup="optimal", dedup_top_k=2),
+        dict(init="random", prediction="summed", inits_per_length=2, dedup="consecutive"),
+        dict(init="mask", length_offsets=1, add_length_log_prob=True),
+    ],
+)
+def test_refine_top_k_of_all_candidates_decodes_as_no_pruning(options):
+  config = _config(length_beam=2, max_passes=5, **options)
+  logits = _length_logits([[6, 4, 3], [2, 5, 4], [3, 6, 2]])
+  plain = _decode(_mixing_refine, logits, config, rng=3)
+  pruned = _decode(
+      _mixing_refine, logits, dataclasses.replace(config, refine_top_k=config.num_candidates), rng=3
+  )
+  jax.tree.map(np.testing.assert_array_equal, pruned, plain)
+
+
+def _climbing_refine(tokens, length_mask):
+  """Each pass writes (previous token at position 0) + 1 everywhere (LOW from [MASK]), up to the
+  last id; confident for hypotheses of length 3, less for the others."""
+  first = tokens[:, 0]
+  value = jnp.where(first == MASK_ID, LOW, jnp.minimum(first + 1, V - 1))
+  length = jnp.sum(length_mask, axis=-1)[:, None, None]
+  confidence = jnp.where(length == 3, 8.0, 2.0)
+  return confidence * jax.nn.one_hot(jnp.broadcast_to(value[:, None], tokens.shape), V)
+
+
+def test_refine_top_k_one_refines_only_the_best_first_pass_candidate():
+  # b = 2 examples, c = 3 lengths each; length 3 scores best after the first pass.
+  logits = _length_logits([[5, 3, 4], [3, 2, 6]])
+  config = _config(length_beam=3, max_passes=4)
+  recording, seen = _recording(_climbing_refine)
+  pruned = _decode(recording, logits, dataclasses.replace(config, refine_top_k=1))
+  jax.effects_barrier()
+  # The first pass over all b * c = 6 rows, the other three over the b * k = 2 kept rows, which
+  # are the length-3 hypotheses.
+  assert [len(x) for x in seen] == [6, 2, 2, 2]
+  for later in seen[1:]:
+    np.testing.assert_array_equal((later != PAD_ID).sum(axis=1), [3, 3])
+  np.testing.assert_array_equal(pruned.passes, [4, 4])
+  # The kept candidate is the one the unpruned decode makes at its length (mask init, no
+  # re-masking: nothing random), and still best; the pruned ones are first-pass hypotheses, with
+  # the first pass's scores.
+  plain = _decode(_climbing_refine, logits, config)
+  one_pass = _decode(_climbing_refine, logits, dataclasses.replace(config, max_passes=1))
+  np.testing.assert_array_equal(pruned.lengths[:, -1], [3, 3])
+  np.testing.assert_array_equal(pruned.sequences[:, -1], plain.sequences[:, -1])
+  np.testing.assert_array_equal(pruned.scores[:, -1], plain.scores[:, -1])
+  np.testing.assert_array_equal(pruned.sequences[:, -1, 0], [LOW + 3, LOW + 3])
+  for example in range(2):
+    for j in range(2):  # the pruned candidates
+      length = pruned.lengths[example, j]
+      (row,) = np.flatnonzero(one_pass.lengths[example] == length)
+      np.testing.assert_array_equal(pruned.sequences[example, j], one_pass.sequences[example, row])
+      np.testing.assert_array_equal(pruned.scores[example, j], one_pass.scores[example, row])
+    assert pruned.sequences[example, 0, 0] == LOW
+
+
+def test_refine_top_k_with_a_single_pass_is_the_single_pass():
+  logits = _length_logits([[5, 3, 4]])
+  config = _config(length_beam=3, max_passes=1)
+  recording, seen = _recording(_climbing_refine)
+  pruned = _decode(recording, logits, dataclasses.replace(config, refine_top_k=1))
+  jax.effects_barrier()
+  assert [len(x) for x in seen] == [3]
+  jax.tree.map(np.testing.assert_array_equal, pruned, _decode(_climbing_refine, logits, config))
+
+
+# ----------------------------------------------------------------------------------------------
 # With the real network.
 
 
@@ -870,3 +950,29 @@ def test_early_stopping_off_runs_every_pass_and_keeps_fixed_points(tiny_network)
   assert stopped.any()
   # An example that stopped was at a fixed point (nothing re-masked): more passes keep it.
   np.testing.assert_array_equal(b.sequences[stopped], a.sequences[stopped])
+
+
+def test_refine_top_k_with_the_network(favouring_network):
+  """Pruning through decode_with_network (bucketed, the decoder's rows grouped per example):
+  k = c gives the unpruned hypotheses; k = 1 keeps the [b, c, t] shape, sorted."""
+  module, params, inputs = favouring_network
+  config = decoding.DecodingConfig(
+      length_beam=3, max_passes=3, vocab_high=14, length_buckets=(8,), stutter_unit="piece"
+  )
+  rng = jax.random.PRNGKey(4)
+
+  def decode(**overrides):
+    return jax.tree.map(
+        np.asarray,
+        decoding.decode_with_network(
+            module, params, inputs, rng, dataclasses.replace(config, **overrides), 24
+        ),
+    )
+
+  plain, all_kept, one = decode(), decode(refine_top_k=3), decode(refine_top_k=1)
+  np.testing.assert_array_equal(all_kept.sequences, plain.sequences)
+  np.testing.assert_array_equal(all_kept.passes, plain.passes)
+  np.testing.assert_allclose(all_kept.scores, plain.scores, rtol=1e-6, atol=1e-6)
+  assert one.sequences.shape == plain.sequences.shape == (2, 3, 24)
+  assert np.all(np.diff(one.scores, axis=1) >= 0)
+  np.testing.assert_array_equal(np.sort(one.lengths, axis=1), np.sort(plain.lengths, axis=1))

@@ -169,6 +169,7 @@ def test_padir_gin_macros_reach_the_model():
           "LENGTH_OFFSETS = 1",
           "DECODING_PREDICTION = 'summed'",
           "REMASK = 'low_confidence'",
+          "REFINE_TOP_K = 3",
       ],
   )
   model = captured["model"]
@@ -188,6 +189,7 @@ def test_padir_gin_macros_reach_the_model():
       "summed",
       "low_confidence",
   )
+  assert decode.refine_top_k == 3
 
 
 def test_padir_gin_training_option_macros_reach_the_model():
