@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -193,8 +192,7 @@ def main(argv=None):
   for dtype in dtypes:
     if dtype not in ("float32", "bfloat16"):
       parser.error(f"argument --dtypes: expected float32 and/or bfloat16, got {dtype!r}")
-  if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-    parser.error(f"argument --out: directory of {args.out} does not exist")
+  cli.check_output_path(parser, "--out", args.out)
   log = print
   log(f"devices {jax.devices()}  load average {timing.load_average()}")
   report = run(

@@ -89,6 +89,7 @@ def main(argv=None):
   parser.add_argument("--remask_stutter", action="store_true")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
+  cli.check_output_path(parser, "--out", args.out)
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
   module, params, meta = checkpoints.load_checkpoint(args.padir_checkpoint)

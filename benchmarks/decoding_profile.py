@@ -269,6 +269,7 @@ def main(argv=None):
   parser.add_argument("--batch_sizes", type=cli.int_list(1), default=[1, 8, 32])
   parser.add_argument("--out", default=None, help="JSON file to write")
   args = parser.parse_args(argv)
+  cli.check_output_path(parser, "--out", args.out)
   batch_sizes = tuple(args.batch_sizes)
   if args.padir_checkpoint:
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top

@@ -150,6 +150,14 @@ def main(argv=None) -> int:
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  cli.check_output_path(
+      parser,
+      "--out",
+      args.out,
+      inputs={"--data_dir": data_dir, "--teacher": args.teacher},
+      kind="dir",
+      make_parents=True,
+  )
   source_path = os.path.join(data_dir, "de-en", "train.de")
   if not os.path.isfile(source_path):
     parser.error(f"--data_dir: no training file {source_path}")

@@ -417,6 +417,8 @@ def main(argv=None):
   args.data_dir = args.data_dir or shared_data.find_data_dir()
   if args.data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  cli.check_output_path(parser, "--out", args.out, make_parents=True)
+  cli.check_output_path(parser, "--out", os.path.splitext(args.out)[0] + ".md", make_parents=True)
   report = run(args)
   print(markdown_table(report["results"]))
 

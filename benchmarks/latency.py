@@ -528,6 +528,18 @@ def main(argv=None):
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  cli.check_output_path(
+      parser,
+      "--out_dir",
+      args.out_dir,
+      inputs={
+          "--data_dir": data_dir,
+          "--ar_checkpoint": args.ar_checkpoint,
+          "--padir_checkpoint": args.padir_checkpoint,
+      },
+      kind="dir",
+      make_parents=True,
+  )
   report = run_benchmark(
       args.ar_checkpoint,
       args.padir_checkpoint,

@@ -124,6 +124,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   # Every flag is checked before a checkpoint is loaded or a sentence decoded.
+  cli.check_output_path(parser, "--out", args.out, make_parents=True)
   for flag, path, kind in (("--padir", args.padir, "padir"), ("--teacher", args.teacher, "ar")):
     if path is None:
       continue

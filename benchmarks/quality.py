@@ -68,6 +68,19 @@ def train_record(checkpoint_dir: str) -> dict:
   return summary
 
 
+def check_checkpoint(path: str, kind: str) -> None:
+  """Reads the core checkpoint at `path` whole (config.json, every array of params.npz, its
+  vocabulary) and checks its kind; CheckpointError naming the file at fault."""
+  config_path = os.path.join(path, checkpoints.CONFIG_FILE)
+  found = checkpoints.read_config(path)["kind"]
+  if found != kind:
+    raise checkpoints.CheckpointError(f"{config_path}: holds a {found!r} model, not {kind!r}")
+  module, _, meta = checkpoints.load_checkpoint(path)
+  checkpoints.load_vocabulary(
+      meta["vocab_model"], meta, module.config.vocab_size, config_path=config_path
+  )
+
+
 def read_dev_pairs(parser, args, paths=None) -> tuple[list[str], list[str]]:
   """(sources, references) of `paths` (source file, reference file), default
   args.data_dir (or the shared data)/de-en/args.split.{de,en}; the first args.max_sentences
@@ -187,16 +200,29 @@ def main(argv=None) -> int:
       name, _, path = spec.rpartition("=")
       if not os.path.isfile(os.path.join(path, checkpoints.CONFIG_FILE)):
         parser.error(f"{flag}: no core checkpoint at {path!r} (no {checkpoints.CONFIG_FILE})")
-      systems.append((name or kind, kind, path))
+      systems.append((name or kind, kind, path, flag))
   if not systems:
     parser.error("give at least one --ar or --padir checkpoint")
   if (args.source is None) != (args.reference is None):
     parser.error("--source and --reference go together")
+  cli.check_output_path(
+      parser,
+      "--out",
+      args.out,
+      inputs={"--source": args.source, "--reference": args.reference},
+      make_parents=True,
+  )
+  # Every checkpoint is read whole (config.json, params.npz, vocabulary) before any is decoded.
+  for _, kind, path, flag in systems:
+    try:
+      check_checkpoint(path, kind)
+    except checkpoints.CheckpointError as error:
+      parser.error(f"{flag}: {error}")
   paths = None if args.source is None else (args.source, args.reference)
   sources, references = read_dev_pairs(parser, args, paths)
 
   results = []
-  for name, kind, path in systems:
+  for name, kind, path, _ in systems:
     budget = train_record(path)
     runs = (
         [(f"beam={b}", {"beam_size": b}) for b in ar_beams]

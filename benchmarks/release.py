@@ -159,11 +159,20 @@ def main(argv=None) -> int:
   parser.add_argument("--force", action="store_true", help="replace a released model")
   args = parser.parse_args(argv)
   out = os.path.join(args.models_dir, args.name)
+  cli.check_output_path(
+      parser,
+      "--name",
+      out,
+      inputs={"--checkpoint": args.checkpoint, "--quality": args.quality},
+      kind="dir",
+      replaces=True,
+  )
   if os.path.exists(out) and not args.force:
     parser.error(f"--name: {out} exists (pass --force to replace it)")
   readme = os.path.join(args.models_dir, "README.md")
   if not os.path.isfile(readme):
     parser.error(f"--models_dir: {readme} not found")
+  cli.check_output_path(parser, "--models_dir", readme)
   try:
     meta = checkpoints.read_config(args.checkpoint)
   except checkpoints.CheckpointError as error:

@@ -559,18 +559,6 @@ def _names(parser, flag: str, text: str, allowed: Sequence[str]) -> list[str]:
   return list(dict.fromkeys(items))
 
 
-def _check_writable(parser, flag: str, path: str | None) -> None:
-  if path is None:
-    return
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    parser.error(f"argument {flag}: directory of {path} does not exist")
-  if not os.access(directory, os.W_OK | os.X_OK):
-    parser.error(f"argument {flag}: directory of {path} is not writable")
-  if os.path.isdir(path):
-    parser.error(f"argument {flag}: {path} is a directory")
-
-
 def parse_args(argv=None):
   parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sizes", default="tiny,small,base_deep_shallow,base")
@@ -614,8 +602,8 @@ def parse_args(argv=None):
         f"argument --target_length: PaDIR l={lengths} needs >= {min_target}, got "
         f"{args.target_length}"
     )
-  _check_writable(parser, "--out", args.out)
-  _check_writable(parser, "--plot", args.plot)
+  cli.check_output_path(parser, "--out", args.out)
+  cli.check_output_path(parser, "--plot", args.plot, inputs={"--out": args.out})
   if args.plot is not None:
     try:
       import matplotlib  # pylint: disable=g-import-not-at-top

@@ -125,6 +125,7 @@ def main(argv=None):
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  cli.check_output_path(parser, "--out", args.out)
   report = run(
       args.padir_checkpoint,
       data_dir,

@@ -559,6 +559,19 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
   cli.check_at_most(parser, args, "num_heads", "emb_dim")
+  cli.check_output_path(
+      parser,
+      "--out",
+      args.out,
+      inputs={
+          "--data_dir": args.data_dir,
+          "--train_data_dir": args.train_data_dir,
+          "--init_from": args.init_from,
+          "--vocab_dir": args.vocab_dir,
+      },
+      kind="dir",
+      make_parents=True,
+  )
   check_run_dir(parser, args.out, args.resume)
   fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(BudgetConfig)}
   # Every flag is checked before the vocabulary, the data or the network is touched.

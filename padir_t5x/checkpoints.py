@@ -6,6 +6,8 @@ A core checkpoint is a directory with
                  "vocab_model": the SentencePiece model, "vocab_high": real vocabulary size,
                  "decoding": optional DecodingConfig fields the model was evaluated with,
                  "train": free-form training record,
+                 "vocab_sha256": the sha256 of the vocabulary's serialized SentencePiece model
+                 (`vocabulary_sha256`; absent in older checkpoints),
                  "param_dtype": optional, "bfloat16" when params.npz holds bfloat16 bits,
                  "model_card": optional, a released model's description (MODEL_CARD_FIELDS)};
   vocab.model   the SentencePiece model, copied in by `save_checkpoint` so the directory is
@@ -13,17 +15,26 @@ A core checkpoint is a directory with
                 absolute path, as older checkpoints have, is read where it points).
 
 The quickstart, the budget trainer (benchmarks/train_budget.py) and `padir_t5x.translate` all
-use this one implementation; no t5x, no orbax. `load_checkpoint` checks what it reads and raises
-`CheckpointError` (a ValueError) with one message naming the file at fault.
+use this one implementation; no t5x, no orbax. `read_config` and `load_checkpoint` check what
+they read (each "transformer" field's type, every array of params.npz) and raise
+`CheckpointError` (a ValueError) with one message naming the file (and field) at fault;
+`load_vocabulary` refuses a vocabulary whose sha256 is not the one config.json records.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import hashlib
 import json
 import os
 import shutil
+import struct
+import types
+import typing
+import warnings
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -105,6 +116,12 @@ def save_checkpoint(
     )
   os.makedirs(directory, exist_ok=True)
   recorded_vocab = vocab_model
+  vocab_sha256 = None
+  if vocab_model is not None:
+    try:
+      vocab_sha256 = vocabulary_sha256(_sentencepiece_processor(vocab_model))
+    except (RuntimeError, OSError):
+      pass  # not a SentencePiece model: load_vocabulary names it when the checkpoint is used
   if vocab_model is not None:
     if copy_vocabulary:
       target = os.path.join(directory, VOCAB_FILE)
@@ -123,6 +140,7 @@ def save_checkpoint(
       "transformer": {k: _jsonable(v) for k, v in dataclasses.asdict(config).items()},
       "vocab_model": recorded_vocab,
       "vocab_high": vocab_high,
+      **({"vocab_sha256": vocab_sha256} if vocab_sha256 is not None else {}),
       "decoding": {k: _jsonable(v) for k, v in (decoding or {}).items()},
       "train": train_record or {},
   }
@@ -134,6 +152,18 @@ def save_checkpoint(
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=2)
   os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+
+
+def _sentencepiece_processor(path: str):
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  return spm.SentencePieceProcessor(model_file=path)
+
+
+def vocabulary_sha256(processor) -> str:
+  """The fingerprint config.json records of a vocabulary: the sha256 (hex) of its serialized
+  SentencePiece model proto."""
+  return hashlib.sha256(processor.serialized_model_proto()).hexdigest()
 
 
 def _to_bfloat16_bits(value: np.ndarray) -> np.ndarray:
@@ -205,12 +235,84 @@ def looks_like_t5x_checkpoint(directory: str) -> bool:
   )
 
 
+# config.json's other fields and the JSON types their values may have.
+_META_TYPES = {
+    "vocab_model": (str, type(None)),
+    "vocab_high": (int, type(None)),
+    "vocab_sha256": (str,),
+    "decoding": (dict, type(None)),
+    "train": (dict, type(None)),
+    "param_dtype": (str,),
+}
+_JSON_TYPE_NAMES = {str: "a string", int: "an integer", dict: "a JSON object", type(None): "null"}
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+  """Whether a JSON value is one of a TransformerConfig field's annotated type (enums by name)."""
+  if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    return any(_matches(value, option) for option in typing.get_args(annotation))
+  if annotation is type(None):
+    return value is None
+  if annotation is bool:
+    return isinstance(value, bool)
+  if annotation is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if annotation is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if annotation is str:
+    return isinstance(value, str)
+  if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+    return isinstance(value, str) and value in {member.value for member in annotation}
+  return True  # a type config.json cannot hold: left to the config's own checks
+
+
+def _describe(annotation: Any) -> str:
+  if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    return " or ".join(_describe(option) for option in typing.get_args(annotation))
+  if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+    return "one of " + ", ".join(repr(member.value) for member in annotation)
+  names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+  return names.get(annotation, "null" if annotation is type(None) else str(annotation))
+
+
+def _check_config_types(meta: dict, path: str) -> None:
+  """CheckpointError naming `path` and the field unless each field of config.json (the
+  "transformer" ones against network.TransformerConfig's annotations) has a value of its type."""
+  for field, allowed in _META_TYPES.items():
+    value = meta.get(field)
+    if field in meta and (not isinstance(value, allowed) or isinstance(value, bool)):
+      wanted = " or ".join(_JSON_TYPE_NAMES[t] for t in allowed)
+      raise CheckpointError(f"{path}: field {field!r} is {value!r}, not {wanted}")
+  if not isinstance(meta["transformer"], dict):
+    raise CheckpointError(f"{path}: field 'transformer' is not a JSON object")
+  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+
+  hints = typing.get_type_hints(network.TransformerConfig)
+  for name, value in meta["transformer"].items():
+    if name not in hints:
+      raise CheckpointError(
+          f"{path}: unknown transformer field {name!r} (TransformerConfig has "
+          f"{', '.join(hints)})"
+      )
+    if not _matches(value, hints[name]):
+      raise CheckpointError(
+          f"{path}: transformer field {name!r} is {value!r}, not {_describe(hints[name])}"
+      )
+
+
+def transformer_config(meta: dict):
+  """The network.TransformerConfig of a config.json dict that `read_config` returned."""
+  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+
+  return network.TransformerConfig(**meta["transformer"])
+
+
 def read_config(directory: str) -> dict:
   """The config.json of a core checkpoint, checked; 'vocab_model' resolved to a path (or None).
 
   Raises CheckpointError naming the directory or file: missing, a t5x checkpoint (not read
-  here), invalid JSON, a missing field, an unknown kind, or a kind that contradicts the network's
-  decoder_mode.
+  here), invalid JSON, a missing field, a field of the wrong type (naming it), an unknown kind,
+  or a kind that contradicts the network's decoder_mode.
   """
   if not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint directory not found: {directory}")
@@ -237,12 +339,11 @@ def read_config(directory: str) -> dict:
   for field in ("kind", "transformer"):
     if field not in meta:
       raise CheckpointError(f"{path} has no {field!r} field")
-  if meta["kind"] not in KINDS:
+  if not isinstance(meta["kind"], str) or meta["kind"] not in KINDS:
     raise CheckpointError(f"{path}: kind {meta['kind']!r} is not one of {KINDS}")
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
-
+  _check_config_types(meta, path)
   try:
-    config = network.TransformerConfig(**meta["transformer"])
+    config = transformer_config(meta)
   except (TypeError, ValueError) as e:
     raise CheckpointError(f"{path}: bad 'transformer' config ({e})") from None
   if config.decoder_mode != _DECODER_MODE[meta["kind"]]:
@@ -267,15 +368,11 @@ def load_checkpoint(directory: str) -> tuple[Any, dict, dict]:
   from padir_t5x import network  # pylint: disable=g-import-not-at-top
 
   meta = read_config(directory)
-  config = network.TransformerConfig(**meta["transformer"])
+  config = transformer_config(meta)
   path = os.path.join(directory, PARAMS_FILE)
   if not os.path.isfile(path):
     raise CheckpointError(f"{path} not found")
-  try:
-    with np.load(path) as data:
-      flat = {k: data[k] for k in data.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise CheckpointError(f"{path} is not a readable .npz file ({e})") from None
+  flat = _read_arrays(path)
   param_dtype = meta.get("param_dtype", "float32")
   if param_dtype not in PARAM_DTYPES:
     raise CheckpointError(
@@ -287,6 +384,32 @@ def load_checkpoint(directory: str) -> tuple[Any, dict, dict]:
   module = network.Transformer(config)
   _check_params(module, params, path)
   return module, params, meta
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+  """Every array of the .npz file at `path`, read now; CheckpointError naming the file (and the
+  array being read) when it is empty, truncated, damaged or not an .npz archive."""
+  flat: dict[str, np.ndarray] = {}
+  key = None
+  try:
+    data = np.load(path)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+      raise CheckpointError(f"{path} is not a readable .npz file (it holds a single .npy array)")
+    with data:
+      for key in data.files:
+        flat[key] = data[key]
+  except CheckpointError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, struct.error) as e:
+    if os.path.getsize(path) == 0:
+      raise CheckpointError(f"{path} is not a readable .npz file (it is empty)") from None
+    at = f", array {key!r}" if key is not None else ""
+    raise CheckpointError(
+        f"{path} is not a readable .npz file (truncated or damaged{at}: {type(e).__name__}: {e})"
+    ) from None
+  if not flat:
+    raise CheckpointError(f"{path} is not a readable .npz file (it holds no arrays)")
+  return flat
 
 
 def abstract_params(module) -> dict:
@@ -321,16 +444,21 @@ def _check_params(module, params: dict, path: str) -> None:
     )
 
 
-def load_vocabulary(path: str, meta: dict, embedding_rows: int):
-  """The SentencePiece processor at `path`, checked against the checkpoint; CheckpointError."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+def load_vocabulary(path: str, meta: dict, embedding_rows: int, config_path: str | None = None):
+  """The SentencePiece processor at `path`, checked against the checkpoint; CheckpointError.
 
+  `meta` is the checkpoint's config.json (`read_config`; {} for a T5X checkpoint), `config_path`
+  where it was read, for the messages. A vocabulary whose sha256 (`vocabulary_sha256`) is not
+  the "vocab_sha256" config.json records is refused, naming both files; where a checkpoint
+  records none (older ones), a vocabulary file other than its own draws a warning, as only the
+  size and special ids can be compared.
+  """
   if path is None:
     raise CheckpointError("the checkpoint records no vocabulary: pass --vocab FILE.model")
   if not os.path.isfile(path):
     raise CheckpointError(f"vocabulary not found: {path}")
   try:
-    processor = spm.SentencePieceProcessor(model_file=path)
+    processor = _sentencepiece_processor(path)
   except (RuntimeError, OSError) as e:
     raise CheckpointError(f"{path} is not a SentencePiece model ({e})") from None
   size = processor.get_piece_size()
@@ -346,6 +474,22 @@ def load_vocabulary(path: str, meta: dict, embedding_rows: int):
     raise CheckpointError(
         f"{path} has pad/eos/unk ids {ids}, not ({PAD_ID}, {EOS_ID}, {UNK_ID}) as PaDIR models "
         "(build vocabularies with `python -m padir_t5x.vocab`)"
+    )
+  config = config_path or "the checkpoint's config.json"
+  own = meta.get("vocab_model")
+  recorded = meta.get("vocab_sha256")
+  if recorded is not None:
+    digest = vocabulary_sha256(processor)
+    if digest != recorded:
+      raise CheckpointError(
+          f"{path} is not the vocabulary the checkpoint was trained with: its sha256 is "
+          f"{digest[:16]}..., {config} records {recorded[:16]}... (of {own})"
+      )
+  elif own is not None and os.path.realpath(path) != os.path.realpath(own):
+    warnings.warn(
+        f"{config} records no vocab_sha256 (an older checkpoint): {path} cannot be checked to be "
+        f"its vocabulary {own}, only its size and special ids were compared",
+        stacklevel=2,
     )
   return processor
 

@@ -8,6 +8,9 @@
   parser: an error while working ends the command with one line, 'PROG: error: MESSAGE', last on
   stderr (the traceback before it with --verbose), status 1; `UsageError` (a bad flag found after
   parsing) gives status 2, as argparse's own errors; Ctrl-C gives 130.
+* `check_output_path`: every command's output flags are checked before any work (the directory
+  exists and is writable, a file is not a directory, an output is not one of the inputs), so a
+  run never ends by failing to save, nor writes over its own input.
 * Overrides of the core configs: `--loss FIELD=VALUE`, `--decoding FIELD=VALUE`, ...
 
 The quickstart and the budget trainer expose every field of `losses.PadirLossConfig`,
@@ -28,13 +31,14 @@ import contextvars
 import dataclasses
 import enum
 import functools
+import io
 import math
 import os
 import sys
 import traceback
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from padir_t5x.stages import StageError
@@ -218,6 +222,101 @@ def check_at_most(parser: argparse.ArgumentParser, args, name: str, bound_name: 
   value, bound = getattr(args, name), getattr(args, bound_name)
   if value > bound:
     parser.error(f"argument --{name}: must be <= --{bound_name} ({bound}), got {value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths: checked before any work, so that a run never ends by failing to save what it did,
+# and never writes over its own input.
+def check_output_path(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    path: str | None,
+    inputs: Mapping[str, str | Sequence[str] | None] | None = None,
+    kind: str = "file",
+    make_parents: bool = False,
+    replaces: bool = False,
+) -> None:
+  """Exits 2 (parser.error, one line naming `flag`) unless the command can write `path`.
+
+  Every command calls this for each of its output flags before it does any work. Checked:
+  the path is not a directory where a file is meant (kind 'file'), nor a file where a directory
+  is (kind 'dir'); its parent directory exists (with `make_parents`, the nearest existing
+  ancestor, as the command creates the rest) and is writable (os.access), as is an existing
+  output itself; and it is not any of `inputs` ({flag: path or paths}, None skipped): the same
+  file by os.path.samefile where both exist, or the same real path. With `replaces` (a
+  'dir' output whose whole contents the command replaces), an input inside it is refused too.
+  None (the flag not given) passes.
+  """
+  if path is None:
+    return
+  if kind not in ("file", "dir"):
+    raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+
+  def fail(message: str) -> None:
+    parser.error(f"argument {flag}: {message}")
+
+  if not path:
+    fail("empty path")
+  path = os.fspath(path)
+  if kind == "file" and os.path.isdir(path):
+    fail(f"{path} is a directory, not a file")
+  if kind == "dir" and os.path.lexists(path) and not os.path.isdir(path):
+    fail(f"{path} exists and is not a directory")
+  parent = os.path.dirname(os.path.abspath(path))
+  existing = parent
+  while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    fail(f"directory of {path} does not exist ({existing} is not a directory)")
+  if existing != parent and not make_parents:
+    fail(f"directory of {path} does not exist")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    if existing == parent:
+      fail(f"directory of {path} is not writable")
+    fail(f"directory of {path} cannot be created: {existing} is not writable")
+  if kind == "dir" and os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+    fail(f"directory {path} is not writable")
+  if kind == "file" and os.path.isfile(path) and not os.access(path, os.W_OK):
+    fail(f"{path} is not writable")
+  real = os.path.realpath(path)
+  for name, values in (inputs or {}).items():
+    if values is None or isinstance(values, (str, os.PathLike)):
+      values = [values]
+    for value in values:
+      if value is None or not os.fspath(value):
+        continue
+      value = os.fspath(value)
+      same = os.path.realpath(value) == real
+      if not same and os.path.exists(value) and os.path.exists(path):
+        try:
+          same = os.path.samefile(value, path)
+        except OSError:
+          pass
+      if same:
+        what = "file" if kind == "file" else "directory"
+        fail(f"{path} is the same {what} as {name} {value}: it would be written over")
+      if replaces and kind == "dir" and os.path.realpath(value).startswith(real + os.sep):
+        fail(f"{name} {value} is inside {path}, which this command replaces")
+
+
+def stdin_is_closed() -> bool:
+  """Whether standard input cannot be read at all: no sys.stdin (the process started with file
+  descriptor 0 closed, `<&-`), a closed stream, or a descriptor that is no longer open. A stream
+  without a descriptor (a test's io.StringIO, pytest's capture) counts as open."""
+  stream = sys.stdin
+  if stream is None or getattr(stream, "closed", False):
+    return True
+  try:
+    fd = stream.fileno()
+  except io.UnsupportedOperation:
+    return False
+  except (OSError, ValueError):
+    return True
+  try:
+    os.fstat(fd)
+  except OSError:
+    return True
+  return False
 
 
 # ---------------------------------------------------------------------------------------------

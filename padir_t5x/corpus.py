@@ -238,14 +238,30 @@ def _sample_pair(rng: random.Random) -> tuple[str, str]:
   )
 
 
+def max_distinct_pairs() -> int:
+  """How many distinct pairs `_sample_pair` can produce at most (about 45 million): object
+  phrases (998 numbers x 12 nouns x 9 adjective choices, none included) times subject x verb x
+  the templates' own choices (1 plain, 5 adverbs, 5 matrix clauses, 3 modals). An upper bound:
+  a collision between two templates would only lower it."""
+  objects = len(range(2, 1000)) * len(_NOUNS) * (len(_ADJECTIVES) + 1)
+  templates = 1 + len(_ADVERBS) + len(_MATRIX) + len(_MODALS)
+  return objects * len(_SUBJECTS) * len(_VERBS) * templates
+
+
 def generate_pairs(num_pairs: int, seed: int = 0) -> list[tuple[str, str]]:
   """Returns `num_pairs` distinct (german, english) pairs, deterministic for `seed`.
 
   Pairs are distinct by German side (hence by pair), which lets `write_corpus` cut disjoint
-  splits from one list. The space holds millions of pairs, so any realistic size is reachable.
+  splits from one list. The space holds about 45 million pairs (`max_distinct_pairs`); asking
+  for more is a ValueError at once.
   """
   if num_pairs < 0:
     raise ValueError(f"num_pairs must be >= 0, got {num_pairs}")
+  if num_pairs > max_distinct_pairs():
+    raise ValueError(
+        f"num_pairs {num_pairs} exceeds the {max_distinct_pairs()} distinct pairs the generator "
+        "can produce"
+    )
   rng = random.Random(seed)
   seen: dict[str, str] = {}
   attempts = 0
@@ -307,6 +323,16 @@ def main(argv=None) -> None:
   parser.add_argument("--num_test", type=cli.positive_int, default=500)
   parser.add_argument("--seed", type=cli.seed_int, default=0)
   args = parser.parse_args(argv)
+  total = args.num_train + args.num_validation + args.num_test
+  if total > max_distinct_pairs():
+    flag = max(
+        ("--num_train", "--num_validation", "--num_test"), key=lambda name: getattr(args, name[2:])
+    )
+    parser.error(
+        f"argument {flag}: the generator produces at most {max_distinct_pairs()} distinct pairs, "
+        f"and --num_train + --num_validation + --num_test is {total}"
+    )
+  cli.check_output_path(parser, "--output_dir", args.output_dir, kind="dir", make_parents=True)
   paths = write_corpus(
       args.output_dir, args.num_train, args.num_validation, args.num_test, args.seed
   )

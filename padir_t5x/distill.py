@@ -201,6 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if not os.path.isdir(args.checkpoint):
     parser.error(f"argument --checkpoint: directory not found: {args.checkpoint}")
+  cli.check_output_path(
+      parser,
+      "--output_dir",
+      args.output_dir,
+      inputs={"--checkpoint": args.checkpoint, "--train_files": args.train_files},
+      kind="dir",
+      make_parents=True,
+  )
   if args.module and not args.task:
     parser.error("argument --module: goes with --task")
   if args.task:

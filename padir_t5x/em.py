@@ -667,6 +667,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.check_registered_task(config.task)
   elif args.module:
     parser.error("argument --module: goes with --task")
+  cli.check_output_path(
+      parser,
+      "--run_dir",
+      config.run_dir,
+      inputs={"--train_files": config.train_files},
+      kind="dir",
+      make_parents=True,
+  )
   preflight(config)  # a UsageError: status 2, one line (cli.entry_point)
   runner = T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
   run(config, runner)

@@ -277,7 +277,12 @@ def load_for_export(checkpoint_dir: str, vocab_path: str | None = None):
   check_exportable(meta, checkpoint_dir)
   module, params, meta = checkpoints.load_checkpoint(checkpoint_dir)
   path = vocab_path or meta.get("vocab_model")
-  processor = checkpoints.load_vocabulary(path, meta, module.config.vocab_size)
+  processor = checkpoints.load_vocabulary(
+      path,
+      meta,
+      module.config.vocab_size,
+      config_path=os.path.join(checkpoint_dir, checkpoints.CONFIG_FILE),
+  )
   return module.config, params, meta, processor
 
 
@@ -459,6 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"argument --ctranslate2: {e}")
   if args.vocab is not None and not os.path.isfile(args.vocab):
     parser.error(f"argument --vocab: file not found: {args.vocab}")
+  cli.check_output_path(
+      parser,
+      "--out",
+      args.out,
+      inputs={"--checkpoint": args.checkpoint, "--vocab": args.vocab},
+      kind="dir",
+      replaces=True,
+  )
   try:
     check_out_dir(args.out, args.force)
   except ExportError as e:

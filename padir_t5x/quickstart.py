@@ -322,6 +322,8 @@ def main(argv=None):
   parser = build_parser()
   args = parser.parse_args(argv)
   cli.check_at_most(parser, args, "num_heads", "emb_dim")
+  # Where the model is saved, checked now: not after the training.
+  cli.check_output_path(parser, "--output_dir", args.output_dir, kind="dir", make_parents=True)
   values = {field.name: getattr(args, field.name) for field in dataclasses.fields(QuickstartConfig)}
   config = QuickstartConfig(**{**values, **{name: tuple(values[name]) for name in OVERRIDES}})
   # Every flag and override is checked before the corpus is built or a step is trained, the

@@ -31,8 +31,19 @@ Lines are read as UTF-8 and split on '\\n' only (padir_t5x.textio). Sentences ar
 length into batches and the translations written back in input order; an empty line gives an
 empty translation. A line longer than the model's input length is truncated (with a warning
 counting such lines) or, with --strict, is an error. --output is written only when the whole run
-succeeds (a temporary file in the same directory, then os.replace). At the end, one line on
+succeeds (a temporary file in the same directory, then os.replace); an --output that is the
+--input (or --vocab) file, a directory, or in a directory that cannot be written is refused
+before anything is read (cli.check_output_path), as is reading a closed standard input. A
+--vocab other than the checkpoint's is refused where config.json records its vocab_sha256 (a
+warning for older checkpoints, which do not). At the end, one line on
 stderr: sentences, tokens, wall time, sentences/s and mean passes.
+
+Compiling: each batch shape (rows: --batch_size, or 1 or 8 for a last small batch; columns: an
+input width) compiles once per process, and the compiled programs are kept in JAX's persistent
+compilation cache (--compilation_cache DIR, default $PADIR_CACHE_DIR/jax_cache, i.e.
+~/.cache/padir_t5x/jax_cache; '' turns it off), so that the next run reads them instead of
+compiling again. The closing line says how much of the wall time was compiling ("compile N s").
+--refine_top_k k (PaDIR) refines only the k best length candidates after the first pass.
 
 With --init random (the paper's setting), the random initial tokens are drawn per batch from
 --seed: the output is reproducible for the same input and flags, but a sentence may translate
@@ -80,6 +91,7 @@ from padir_t5x.modes import VerifyMode
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")
 PADIR_OPTIONS += ("inits_per_length", "length_offsets", "prediction")  # candidates; summing
 PADIR_OPTIONS += ("score",)  # which candidate wins
+PADIR_OPTIONS += ("refine_top_k",)  # candidate pruning after the first pass
 AR_OPTIONS = ("beam_size", "alpha")
 # Draft-and-verify flags (with --draft_checkpoint): DraftVerifyConfig's verify, top_k, margin,
 # redraft_passes, reuse_drafts, shift_variants, verify_candidates.
@@ -87,8 +99,19 @@ VERIFY_OPTIONS = ("verify", "verify_top_k", "verify_margin", "redraft_passes")
 VERIFY_OPTIONS += ("reuse_drafts", "shift_variants", "verify_candidates")
 TOLERANT_OPTIONS = ("verify_top_k", "verify_margin")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
-# compile per width used), capped at the model's input length.
-INPUT_WIDTHS = (8, 16, 32, 64, 128, 256, 512)
+# compile per width used), capped at the model's input length. Steps of 4, not 2: Multi30k dev
+# (1,014 sentences, 4-51 pieces) then compiles 2 shapes instead of 3 (PaDIR T=4 l=5, 2-core
+# CPU: compile 32 s instead of 56 s, decode time unchanged within noise; the padded source
+# positions cost only the encoder and cross-attention, the length-bucketed decoder dominates).
+INPUT_WIDTHS = (16, 64, 256, 1024)
+# Row counts of a batch besides batch_size: a last batch of n < batch_size sentences is padded to
+# the smallest that holds it (or to batch_size), so that any file compiles the same few shapes
+# (at most three row counts per width) and a second run finds them in the compilation cache.
+SMALL_BATCH_ROWS = (1, 8)
+# JAX's persistent compilation cache: --compilation_cache, else $PADIR_COMPILATION_CACHE, else
+# this directory under padir_t5x.shared_data.padir_cache_dir(); '' turns it off.
+COMPILATION_CACHE_SUBDIR = "jax_cache"
+COMPILATION_CACHE_VARIABLE = "PADIR_COMPILATION_CACHE"
 
 
 class TranslationInputError(ValueError):
@@ -133,6 +156,7 @@ class Report:
   target_tokens: int = 0
   seconds: float = 0.0
   total_passes: int = 0
+  compile_seconds: float = 0.0  # JAX tracing, lowering and compiling (or cache reads), in seconds
 
   @property
   def mean_passes(self) -> float:
@@ -148,8 +172,8 @@ class Report:
     return (
         f"translated {self.sentences} sentences ({self.empty} empty, "
         f"{len(self.truncated_lines)} truncated), {self.source_tokens} source and "
-        f"{self.target_tokens} target tokens in {self.seconds:.2f} s: {rate:.2f} sentences/s, "
-        f"{passes} {self.mean_passes:.2f}"
+        f"{self.target_tokens} target tokens in {self.seconds:.2f} s (compile "
+        f"{self.compile_seconds:.1f} s): {rate:.2f} sentences/s, {passes} {self.mean_passes:.2f}"
     )
 
 
@@ -227,6 +251,86 @@ def _split_options(options: dict, kind: str, where: str) -> dict:
 
 def _smallest_at_least(value: int, sizes: Sequence[int], cap: int) -> int:
   return min([s for s in sizes if value <= s < cap] + [cap])
+
+
+def default_compilation_cache() -> str:
+  """$PADIR_COMPILATION_CACHE if set ('' = none), else $PADIR_CACHE_DIR/jax_cache (default
+  ~/.cache/padir_t5x/jax_cache)."""
+  from padir_t5x import shared_data  # pylint: disable=g-import-not-at-top
+
+  if COMPILATION_CACHE_VARIABLE in os.environ:
+    return os.environ[COMPILATION_CACHE_VARIABLE]
+  return os.path.join(shared_data.padir_cache_dir(), COMPILATION_CACHE_SUBDIR)
+
+
+def enable_compilation_cache(directory: str | None) -> str | None:
+  """Turns on JAX's persistent compilation cache in `directory` (created), for every compile of
+  this process from now on, however short (CPU compiles too); None or '' leaves JAX as it is.
+
+  Process-wide, so only the command calls it (a Translator does not change JAX's configuration);
+  a program can call it before building its Translator. Returns the directory used, or None.
+  """
+  if not directory:
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+
+  directory = os.path.abspath(os.path.expanduser(directory))
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory
+
+
+# The jax.monitoring events whose time spans are compile time: tracing to a jaxpr, lowering to
+# MLIR, and XLA's compile (or the persistent cache's read, which replaces it).
+COMPILE_EVENTS = frozenset(
+    (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+)
+
+
+class CompileClock:
+  """Wall seconds JAX spends compiling while `running` (the union of the COMPILE_EVENTS' time
+  spans, so that a trace nested in another counts once), from jax.monitoring."""
+
+  _listening = False
+  _active: list[CompileClock] = []
+
+  def __init__(self):
+    self.spans: list[tuple[float, float]] = []
+
+  @classmethod
+  def _record(cls, event: str, start: float, end: float, **kwargs) -> None:
+    del kwargs
+    if event in COMPILE_EVENTS:
+      for clock in cls._active:
+        clock.spans.append((start, end))
+
+  @property
+  def seconds(self) -> float:
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(self.spans):
+      if end > reach:
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+  def __enter__(self) -> CompileClock:
+    if not CompileClock._listening:
+      from jax import monitoring  # pylint: disable=g-import-not-at-top
+
+      monitoring.register_event_time_span_listener(CompileClock._record)
+      CompileClock._listening = True
+    CompileClock._active.append(self)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    CompileClock._active.remove(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,7 +435,8 @@ class Translator:
       dtype: the activation dtype to decode in, 'float32' or 'bfloat16' (on an accelerator);
         None keeps the checkpoint's. Parameters stay float32 either way.
       **options: length_beam, max_passes, init, remask, dedup, stutter_unit, inits_per_length,
-        length_offsets, prediction (PaDIR; any other DecodingConfig field too), beam_size, alpha
+        length_offsets, prediction, score, refine_top_k (PaDIR; any other DecodingConfig field
+        too), beam_size, alpha
         (AR), batch_size, seed, strict, keep_candidates. PaDIR decoding defaults are the checkpoint's recorded
         "decoding" fields, then DecodingConfig's; vocab_high and word_starts come from the
         vocabulary.
@@ -358,10 +463,14 @@ class Translator:
           f"(kind {meta['kind']!r}), not the {kind!r} model asked for"
       )
     own = _split_options(options, meta["kind"], config_path)
-    module, params, meta = checkpoints.load_checkpoint(path)
+    # The vocabulary before the weights: another one than the checkpoint's is refused first.
     processor = checkpoints.load_vocabulary(
-        vocab_path or meta["vocab_model"], meta, module.config.vocab_size
+        vocab_path or meta["vocab_model"],
+        meta,
+        checkpoints.transformer_config(meta).vocab_size,
+        config_path=config_path,
     )
+    module, params, meta = checkpoints.load_checkpoint(path)
     vocab_high = processor.get_piece_size()
     if meta["kind"] == "padir":
       from_vocab = {"vocab_high": vocab_high, "word_starts": vocab.word_start_table(processor)}
@@ -541,25 +650,27 @@ class Translator:
     # Longest first: the largest shapes compile (and fail, if memory is short) first.
     order.sort(key=lambda i: (-len(encoded[i]), i))
     truncated_set = set(truncated)
-    for batch_index, begin in enumerate(range(0, len(order), self.batch_size)):
-      rows = order[begin : begin + self.batch_size]
-      texts, scores, lengths, passes, counts, candidates = self._decode_batch(
-          [encoded[i] for i in rows], batch_index
-      )
-      for row, i in enumerate(rows):
-        results[i] = Translation(
-            texts[row],
-            scores[row],
-            lengths[row],
-            passes[row],
-            (i + 1) in truncated_set,
-            candidates[row],
+    with CompileClock() as clock:  # compile seconds of the batches' new shapes
+      for batch_index, begin in enumerate(range(0, len(order), self.batch_size)):
+        rows = order[begin : begin + self.batch_size]
+        texts, scores, lengths, passes, counts, candidates = self._decode_batch(
+            [encoded[i] for i in rows], batch_index
         )
-        report.source_tokens += len(encoded[i])
-        report.target_tokens += counts[row]
-        report.total_passes += passes[row]
-      if update is not None:
-        update(len(rows))
+        for row, i in enumerate(rows):
+          results[i] = Translation(
+              texts[row],
+              scores[row],
+              lengths[row],
+              passes[row],
+              (i + 1) in truncated_set,
+              candidates[row],
+          )
+          report.source_tokens += len(encoded[i])
+          report.target_tokens += counts[row]
+          report.total_passes += passes[row]
+        if update is not None:
+          update(len(rows))
+    report.compile_seconds = clock.seconds
     return results, report
 
   def _decode_batch(self, sequences: list[list[int]], batch_index: int):
@@ -571,9 +682,10 @@ class Translator:
     from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
 
     n = len(sequences)
-    # Pad rows to a power of two (capped at batch_size) and columns to an input width, so a file
-    # compiles a handful of shapes; padding rows are EOS-only sources, dropped afterwards.
-    num_rows = _smallest_at_least(n, [2**k for k in range(16)], self.batch_size)
+    # Pad rows to batch_size (a last small batch to SMALL_BATCH_ROWS) and columns to an input
+    # width, so that every file compiles the same few shapes; padding rows are EOS-only sources,
+    # dropped afterwards.
+    num_rows = _smallest_at_least(n, SMALL_BATCH_ROWS, self.batch_size)
     width = _smallest_at_least(
         max(len(s) for s in sequences) + 1, INPUT_WIDTHS, self.max_input_length
     )
@@ -673,6 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
       "('sum' helped models distilled from AR greedy output, +0.2-0.4 BLEU, but not those "
       "distilled from beam 5: benchmarks/README.md)",
   )
+  padir.add_argument(
+      "--refine_top_k",
+      type=cli.positive_int,
+      help="after the first pass, refine only the k best candidates (default: all)",
+  )
   ar = parser.add_argument_group("AR decoding")
   ar.add_argument("--beam_size", type=cli.positive_int, help="beam size (default 4)")
   ar.add_argument("--alpha", type=cli.non_negative_float, help="length penalty (default 0.6)")
@@ -721,6 +838,14 @@ def build_parser() -> argparse.ArgumentParser:
       "keep the one it agrees with longest (one call, c x rows)",
   )
   parser.add_argument("--batch_size", type=cli.positive_int, default=32)
+  parser.add_argument(
+      "--compilation_cache",
+      metavar="DIR",
+      default=None,
+      help="JAX's persistent compilation cache, so that a second run does not compile again "
+      "(default: $PADIR_COMPILATION_CACHE, else $PADIR_CACHE_DIR/jax_cache, i.e. "
+      "~/.cache/padir_t5x/jax_cache; '' turns it off)",
+  )
   parser.add_argument(
       "--dtype",
       choices=("float32", "bfloat16"),
@@ -772,6 +897,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   # Flag checks that need no model: exit 2 with argparse's one-line message.
+  if args.input is not None and os.path.isdir(args.input):
+    parser.error(f"argument --input: {args.input} is a directory, not a file")
   if args.input is not None and not os.path.isfile(args.input):
     parser.error(f"argument --input: file not found: {args.input}")
   if args.vocab is not None and not os.path.isfile(args.vocab):
@@ -800,14 +927,28 @@ def main(argv: Sequence[str] | None = None) -> int:
       given = [k for k in TOLERANT_OPTIONS if getattr(args, k) is not None]
       if given:
         parser.error(f"argument --{given[0]}: needs --verify tolerant")
-  if args.output is not None:
-    if os.path.isdir(args.output):
-      parser.error(f"argument --output: is a directory: {args.output}")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-      parser.error(f"argument --output: directory not found: {out_dir}")
+  if not os.path.isdir(args.checkpoint):
+    parser.error(f"argument --checkpoint: directory not found: {args.checkpoint}")
+  cli.check_output_path(
+      parser,
+      "--output",
+      args.output,
+      inputs={
+          "--input": args.input,
+          "--vocab": args.vocab,
+          "--gin_file": args.gin_file,
+          "--draft_gin_file": args.draft_gin_file,
+      },
+  )
+  if args.input is None and cli.stdin_is_closed():
+    parser.error("standard input is closed: pass --input FILE")
 
   prog = "translate"
+  cache = default_compilation_cache() if args.compilation_cache is None else args.compilation_cache
+  try:
+    enable_compilation_cache(cache)
+  except OSError as e:  # an unwritable cache directory costs compile time, not the run
+    print(f"{prog}: warning: no compilation cache: {e}", file=sys.stderr)
   try:
     name = args.input or "<stdin>"
     if args.input is None:

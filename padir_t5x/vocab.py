@@ -372,11 +372,19 @@ def main(argv=None) -> None:
   if args.module and not args.task:
     parser.error("argument --module: goes with --task")
   logging.basicConfig(level=logging.INFO)
+  paths = [p for p in args.files.split(",") if p] if args.files else []
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    parser.error(f"argument --files: file not found: {missing[0]}")
+  for suffix in (".model", ".vocab"):
+    cli.check_output_path(
+        parser,
+        "--output_prefix",
+        args.output_prefix + suffix,
+        inputs={"--files": paths},
+        make_parents=True,
+    )
   if args.files:
-    paths = [p for p in args.files.split(",") if p]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-      parser.error(f"argument --files: file not found: {missing[0]}")
     sentences = read_lines(paths)
   else:
     # The CLI is the one place that registers the padir_* tasks; `tasks` imports this module, so

@@ -8,6 +8,7 @@ compared with one-sentence-at-a-time decoding.
 
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from padir_t5x import translate
 from padir_t5x.translate import Translator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MAX_LENGTH = 12  # input and target length of the tiny models: one decode bucket, two widths
+MAX_LENGTH = 12  # input and target length of the tiny models: one decode bucket, one width
 
 SENTENCES = [s for s, _ in corpus.generate_pairs(40, seed=5)]
 # 8 to 10 pieces each with the tiny vocabulary (conftest.py), so they fit the 11 content tokens.
@@ -79,8 +80,10 @@ def ckpts(tmp_path_factory, tiny_vocab_path):
   }
 
 
-def _run(*args, stdin=b"", cwd=None):
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _run(*args, stdin=b"", cwd=None, env=None):
+  """The command in a fresh process; `env`: variables to set (None: to unset)."""
+  env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+  env = {k: v for k, v in env.items() if v is not None}
   return subprocess.run(
       [sys.executable, "-m", "padir_t5x.translate", *args],
       input=stdin,
@@ -138,7 +141,7 @@ def test_file_run_warns_about_truncation_and_reports(file_run):
   assert len(warning) == 1 and "1 line(s)" in warning[0] and "line(s) 3 " in warning[0]
   report = stderr.strip().splitlines()[-1]
   assert report.startswith("translate: translated 8 sentences (2 empty, 1 truncated)")
-  assert "sentences/s" in report and "mean passes" in report
+  assert "sentences/s" in report and "mean passes" in report and " s (compile " in report
   passes = float(report.split("mean passes ")[1].split()[0])
   assert 1.0 <= passes <= 3.0  # the checkpoint's recorded max_passes
   assert "6/6" in stderr  # the progress bar counted the six non-empty sentences
@@ -154,6 +157,52 @@ def test_stdin_to_stdout_equals_file_run_and_api(file_run, ckpts):
   api = Translator.from_checkpoint(ckpts["padir"], batch_size=3)
   with pytest.warns(UserWarning, match="truncated"):
     assert api.translate(LINES) == out[:-1]
+
+
+def _compile_seconds(result) -> float:
+  """The compile seconds of a run's closing report line."""
+  assert result.returncode == 0, result.stderr.decode()
+  report = result.stderr.decode().strip().splitlines()[-1]
+  return float(re.search(r"\(compile ([0-9.]+) s\)", report).group(1))
+
+
+def test_second_run_reads_the_compilation_cache(ckpts, tmp_path):
+  """The command keeps its compiled programs in $PADIR_CACHE_DIR/jax_cache (or
+  --compilation_cache DIR), where a second run in a fresh process finds them: it reports fewer
+  compile seconds. --compilation_cache '' writes none."""
+  source = _write_lines(tmp_path / "in.de", SHORT)
+  run = ("--checkpoint", ckpts["padir"], "--input", source, "--output", str(tmp_path / "out.en"))
+  cache_dir = tmp_path / "cache"
+  # The default, $PADIR_COMPILATION_CACHE unset (conftest.py sets it to '': the cache off).
+  env = {"PADIR_CACHE_DIR": str(cache_dir), "PADIR_COMPILATION_CACHE": None}
+  assert _compile_seconds(_run(*run, "--compilation_cache", "", env=env)) > 0
+  assert not cache_dir.exists()
+  first = _compile_seconds(_run(*run, env=env))
+  assert [p for p in (cache_dir / "jax_cache").rglob("*") if p.is_file()], "no cache written"
+  second = _compile_seconds(_run(*run, "--compilation_cache", str(cache_dir / "jax_cache")))
+  assert second < first
+
+
+def test_batches_are_padded_to_few_row_counts(ckpts, monkeypatch):
+  """A batch has batch_size rows, a last small one 1 or 8 (SMALL_BATCH_ROWS)."""
+  from padir_t5x import decoders
+
+  shapes = []
+  decode = decoders.PadirDecoder.decode
+
+  def recording(self, tokens, rng):
+    shapes.append(tokens.shape)
+    return decode(self, tokens, rng)
+
+  monkeypatch.setattr(decoders.PadirDecoder, "decode", recording)
+  translator = Translator.from_checkpoint(ckpts["padir"], batch_size=16, init="mask")
+  lines = (SHORT * 4)[:19]
+  out = translator.translate(lines)
+  assert shapes == [(16, MAX_LENGTH), (8, MAX_LENGTH)]  # 16 + 3 sentences
+  for count, rows in ((1, 1), (2, 8), (8, 8), (9, 16)):
+    shapes.clear()
+    assert translator.translate(lines[:count]) == out[:count]  # --init mask: batch-independent
+    assert shapes == [(rows, MAX_LENGTH)]
 
 
 def test_details_match_api(ckpts):
@@ -308,7 +357,7 @@ def test_decoding_option_flags(ckpts, tmp_path, capsys):
   flags = ["--checkpoint", ckpts["padir"], "--input", source, "--output", str(output),
            "--no_progress", "--details", "--init", "random"]  # fmt: skip
   options = ["--remask", "low_confidence", "--prediction", "summed", "--inits_per_length", "2",
-             "--length_offsets", "1", "--score", "sum"]  # fmt: skip
+             "--length_offsets", "1", "--score", "sum", "--refine_top_k", "3"]  # fmt: skip
   assert translate.main(flags + options) == 0
   rows = [row.split("\t") for row in output.read_text().splitlines()]
   assert len(rows) == 2 and [row[3] for row in rows] == ["3", "3"]  # mask-predict: all T passes
@@ -328,13 +377,22 @@ def test_decoding_option_flags(ckpts, tmp_path, capsys):
   assert config.score == "sum"
   with pytest.raises(ValueError, match="length_offsets 3 .14 lengths. exceeds the 11"):
     Translator.from_checkpoint(ckpts["padir"], length_offsets=3)
+  # --refine_top_k reaches the config; more than the candidates is an error naming the field.
+  config = Translator.from_checkpoint(ckpts["padir"], refine_top_k=1).decoding_config
+  assert config.refine_top_k == 1
+  with pytest.raises(SystemExit):
+    translate.main(flags + ["--refine_top_k", "0"])
+  assert "argument --refine_top_k" in capsys.readouterr().err
+  assert translate.main(flags + ["--refine_top_k", "3"]) == 1  # the checkpoint's l = 2
+  assert "refine_top_k must be in 1..num_candidates (2" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
   result = _run("--checkpoint", str(tmp_path / "nope"), stdin=b"hallo\n")
-  assert result.returncode == 1
-  assert result.stderr.decode().strip() == (
-      f"translate: error: checkpoint directory not found: {tmp_path / 'nope'}"
+  assert result.returncode == 2
+  assert result.stderr.decode().strip().splitlines()[-1] == (
+      "python -m padir_t5x.translate: error: argument --checkpoint: directory not found: "
+      f"{tmp_path / 'nope'}"
   )
 
 
