@@ -147,3 +147,34 @@ def test_release_writes_bfloat16_with_a_card_and_the_table(tmp_path, tiny_vocab_
   assert exit_info.value.code == 2
   with pytest.raises(SystemExit):
     release.main([*argv[:-2], "--models_dir", str(tmp_path / "nowhere")])
+
+
+REPO_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+RELEASED = sorted(
+    name
+    for name in (os.listdir(REPO_MODELS) if os.path.isdir(REPO_MODELS) else [])
+    if checkpoints.is_core_checkpoint(os.path.join(REPO_MODELS, name))
+)
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_released_models_load_and_translate_captions_in_order(name):
+  """Every model in models/: its card is valid, it loads in float32 from bfloat16, and it
+  translates everyday captions, each output in its input's place (repeats give repeats)."""
+  from padir_t5x.translate import Translator
+
+  directory = os.path.join(REPO_MODELS, name)
+  meta = checkpoints.read_config(directory)
+  assert meta["param_dtype"] == "bfloat16" and "model_card" in meta
+  translator = Translator.from_checkpoint(directory, batch_size=4)
+  sources = [
+      "Ein Mann fährt Fahrrad.",
+      "Ein Hund läuft über den Strand.",
+      "",
+      "Ein Mann fährt Fahrrad.",
+  ]
+  out = translator.translate(sources)
+  assert out[0] == out[3] and out[2] == ""
+  # A caption translator that gets these wrong is not the released model.
+  assert "man" in out[0].lower() and ("bike" in out[0].lower() or "bicycle" in out[0].lower())
+  assert "dog" in out[1].lower() and "beach" in out[1].lower()
