@@ -53,18 +53,26 @@ def random_params(config: network.TransformerConfig, seed: int = 0):
   return init(jax.random.PRNGKey(seed))["params"]
 
 
-def padir_decoder(config, params, target_length: int, passes: int, length_beam: int):
-  """batch [b, s] -> (sequences, passes per example): PaDIR at fixed work."""
-  decoding_config = decoding.DecodingConfig(
+def fixed_work_padir(
+    module, params, target_length: int, passes: int, length_beam: int, vocab_high: int
+) -> decoders.PadirDecoder:
+  """PaDIR doing the same work whatever the weights predict: `passes` passes with early stopping
+  off, over exactly `target_length` positions (no length buckets). Also benchmarks/speed_map."""
+  config = decoding.DecodingConfig(
       length_beam=length_beam,
       max_passes=passes,
       early_stopping=False,
       length_buckets=(),
-      vocab_high=config.vocab_size,
+      vocab_high=vocab_high,
       stutter_unit="piece",  # no vocabulary here, so no word boundaries
   )
-  decoder = decoders.PadirDecoder(
-      network.Transformer(config), params, max_decode_length=target_length, config=decoding_config
+  return decoders.PadirDecoder(module, params, max_decode_length=target_length, config=config)
+
+
+def padir_decoder(config, params, target_length: int, passes: int, length_beam: int):
+  """batch [b, s] -> (sequences, passes per example): PaDIR at fixed work."""
+  decoder = fixed_work_padir(
+      network.Transformer(config), params, target_length, passes, length_beam, config.vocab_size
   )
   rng = jax.random.PRNGKey(0)
 

@@ -69,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
+from benchmarks.accelerator import fixed_work_padir
 from benchmarks.accelerator import random_params
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
@@ -161,18 +162,6 @@ def with_eos(ids: np.ndarray) -> jnp.ndarray:
   return jnp.asarray(np.concatenate([ids, np.full((ids.shape[0], 1), EOS_ID, ids.dtype)], 1))
 
 
-def _padir(module, params, target_length: int, length_beam: int, vocab_high: int):
-  config = decoding.DecodingConfig(
-      length_beam=length_beam,
-      max_passes=PASSES,
-      early_stopping=False,
-      length_buckets=(),
-      vocab_high=vocab_high,
-      stutter_unit="piece",  # no vocabulary here, so no word boundaries
-  )
-  return decoders.PadirDecoder(module, params, max_decode_length=target_length, config=config)
-
-
 def _ar_beam(module, params, target_length: int, beam: int, vocab_high: int):
   return decoders.ArBeamDecoder(
       module,
@@ -231,7 +220,7 @@ def _jax_rows(size, config, vocab_high, padir_params, ar_params, args, log) -> l
     systems = []  # (name, system, setting, params, decoder)
     for name, length_beam in PADIR_SYSTEMS.items():
       if name in args.systems:
-        decoder = _padir(padir_module, padir_params, t, length_beam, vocab_high)
+        decoder = fixed_work_padir(padir_module, padir_params, t, PASSES, length_beam, vocab_high)
         params = {"max_passes": PASSES, "length_beam": length_beam, "early_stopping": False}
         systems.append((name, "padir", f"T={PASSES},l={length_beam}", params, decoder))
     if "jax_greedy" in args.systems:

@@ -42,7 +42,6 @@ are normalised per real target token, with the same z-loss.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -661,7 +660,7 @@ def run_settings(config: BudgetConfig, train_data_dir: str, processor, train_pai
               "budget_config": dataclasses.asdict(config),
               "train_data_dir": os.path.abspath(train_data_dir),
               "train_pairs": train_pairs,
-              "vocab_sha256": hashlib.sha256(processor.serialized_model_proto()).hexdigest(),
+              "vocab_sha256": checkpoints.vocabulary_sha256(processor),
           }
       )
   )
