@@ -30,6 +30,7 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import shared_data
+from padir_t5x import t5x_jobs
 from padir_t5x import vocab as vocab_lib
 
 
@@ -38,8 +39,7 @@ def _require_t5x():
     from padir_t5x import models  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise cli.UsageError(
-        f"t5x_predict needs t5x and seqio ({e}): pip install 'padir-t5x[t5x]' (README, 'Train "
-        "with T5X')"
+        f"t5x_predict needs t5x and seqio ({e}): {t5x_jobs.T5X_INSTALL_HINT}"
     ) from None
   return models
 
