@@ -38,11 +38,12 @@ from padir_t5x import cli
 from padir_t5x import decoders
 from padir_t5x import decoding
 from padir_t5x import network
+from padir_t5x import network_config
 
-SIZES = {"base": network.base_config, "tiny": network.tiny_config}
+SIZES = {"base": network_config.base_config, "tiny": network_config.tiny_config}
 
 
-def random_params(config: network.TransformerConfig, seed: int = 0):
+def random_params(config: network_config.TransformerConfig, seed: int = 0):
   """Random float32 parameters of a network of `config` (dtype does not change them)."""
   tokens = jnp.ones((1, min(config.max_input_length, config.max_target_length)), jnp.int32)
   init = jax.jit(

@@ -38,6 +38,7 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import shared_data
 from padir_t5x import vocab
 
@@ -283,7 +284,7 @@ def main(argv=None):
     )
     stutter = {"word_starts": vocab.word_start_table(processor)}
   else:
-    cfg = network.tiny_config(dropout_rate=0.0)
+    cfg = network_config.tiny_config(dropout_rate=0.0)
     module = network.Transformer(cfg)
     vocab_high = 100
     rng = np.random.default_rng(0)

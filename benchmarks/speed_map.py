@@ -28,7 +28,7 @@ Sizes (vocab_size = embedding rows, vocab_high = the real vocabulary decoded ove
 
 * tiny: d=128, 2+2 layers, 4 heads, FFN 512, vocab 4000 padded to 4096.
 * small: d=256, 3+3 layers, 4 heads, FFN 1024, vocab 4000 padded to 4096.
-* base: network.base_config, d=512, 6+6 layers, 8 heads, FFN 2048, vocab 32128 (all real).
+* base: network_config.base_config, d=512, 6+6 layers, 8 heads, FFN 2048, vocab 32128 (all real).
 * base_deep_shallow: base with 6 encoder and 2 decoder layers (Kasai et al. 2021), for PaDIR
   and the AR alike.
 
@@ -78,6 +78,7 @@ from padir_t5x import decoders
 from padir_t5x import decoding
 from padir_t5x import export
 from padir_t5x import network
+from padir_t5x import network_config
 
 PASSES = 4
 BEAM = 5
@@ -99,7 +100,7 @@ def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
 
 
 def _small_config(emb_dim, mlp_dim, layers, max_input_length, max_target_length):
-  return network.tiny_config_from_sizes(
+  return network_config.tiny_config_from_sizes(
       vocab_size=padded_vocab_size(4000),
       emb_dim=emb_dim,
       num_heads=4,
@@ -112,12 +113,15 @@ def _small_config(emb_dim, mlp_dim, layers, max_input_length, max_target_length)
 
 
 # name -> (config(max_input_length, max_target_length) in PaDIR mode, vocab_high).
-SIZES: dict[str, tuple[Callable[[int, int], network.TransformerConfig], int]] = {
+SIZES: dict[str, tuple[Callable[[int, int], network_config.TransformerConfig], int]] = {
     "tiny": (lambda s, t: _small_config(128, 512, 2, s, t), 4000),
     "small": (lambda s, t: _small_config(256, 1024, 3, s, t), 4000),
-    "base": (lambda s, t: network.base_config(max_input_length=s, max_target_length=t), 32128),
+    "base": (
+        lambda s, t: network_config.base_config(max_input_length=s, max_target_length=t),
+        32128,
+    ),
     "base_deep_shallow": (
-        lambda s, t: network.base_config(
+        lambda s, t: network_config.base_config(
             max_input_length=s, max_target_length=t, num_decoder_layers=2
         ),
         32128,
@@ -140,7 +144,7 @@ def _num_params(params) -> int:
   return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-def _shape(config: network.TransformerConfig) -> dict:
+def _shape(config: network_config.TransformerConfig) -> dict:
   return {
       "emb_dim": config.emb_dim,
       "num_heads": config.num_heads,

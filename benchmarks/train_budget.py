@@ -25,7 +25,7 @@ learning rate follows warm-up + cosine decay over the *steps* (step / N), whatev
 --train_data_dir reads the training pairs from another data directory (a distilled copy,
 benchmarks/distill_budget.py) while the vocabulary stays the one built from --data_dir's raw
 text, so every model shares it. --loss and --network (FIELD=VALUE, repeatable; padir_t5x/cli.py)
-set any field of losses.PadirLossConfig and network.TransformerConfig.
+set any field of losses.PadirLossConfig and network_config.TransformerConfig.
 
 --init_from DIR warm-starts the run from a core checkpoint: an AR checkpoint of the same sizes
 shares every parameter with a PaDIR network but the positional attention and the length
@@ -57,6 +57,7 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import progress
 from padir_t5x import resume as resume_lib
 from padir_t5x import shared_data
@@ -129,16 +130,16 @@ class BudgetConfig:
       raise ValueError("--loss sets PaDIR loss fields; the AR model has none")
 
 
-def transformer_config(config: BudgetConfig, vocab_high: int) -> network.TransformerConfig:
+def transformer_config(config: BudgetConfig, vocab_high: int) -> network_config.TransformerConfig:
   """The tiny network of `config` (AR or PaDIR decoder), both sides max_length long."""
   return dataclasses.replace(
       _sized_config(config, vocab_high),
-      **cli.parse_overrides(network.TransformerConfig, config.network),
+      **cli.parse_overrides(network_config.TransformerConfig, config.network),
   )
 
 
-def _sized_config(config: BudgetConfig, vocab_high: int) -> network.TransformerConfig:
-  return network.tiny_config_from_sizes(
+def _sized_config(config: BudgetConfig, vocab_high: int) -> network_config.TransformerConfig:
+  return network_config.tiny_config_from_sizes(
       vocab_size=vocab_lib.padded_vocab_size(vocab_high),
       emb_dim=config.emb_dim,
       num_heads=config.num_heads,
@@ -525,7 +526,9 @@ def main(argv=None):
   parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   for field in dataclasses.fields(BudgetConfig):
     if field.name in ("loss", "network"):
-      config_class = losses.PadirLossConfig if field.name == "loss" else network.TransformerConfig
+      config_class = (
+          losses.PadirLossConfig if field.name == "loss" else network_config.TransformerConfig
+      )
       cli.add_override_flag(parser, f"--{field.name}", config_class)
     else:
       parser.add_argument(

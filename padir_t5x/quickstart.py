@@ -5,7 +5,7 @@
     python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none  # any field
 
 `--loss`, `--decoding` and `--network` (repeatable, FIELD=VALUE; padir_t5x/cli.py) set any field
-of losses.PadirLossConfig, decoding.DecodingConfig and network.TransformerConfig, over the flat
+of losses.PadirLossConfig, decoding.DecodingConfig and network_config.TransformerConfig, over the flat
 flags below.
 
 The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
@@ -38,6 +38,7 @@ from padir_t5x import decoding
 from padir_t5x import losses
 from padir_t5x import metrics
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import textio
 from padir_t5x import training
 from padir_t5x import vocab
@@ -76,13 +77,13 @@ class QuickstartConfig:
 OVERRIDES = {
     "loss": losses.PadirLossConfig,
     "decoding": decoding.DecodingConfig,
-    "network": network.TransformerConfig,
+    "network": network_config.TransformerConfig,
 }
 
 
 def build_configs(
     config: QuickstartConfig, real_vocab: int, word_starts=None
-) -> tuple[network.TransformerConfig, losses.PadirLossConfig, decoding.DecodingConfig]:
+) -> tuple[network_config.TransformerConfig, losses.PadirLossConfig, decoding.DecodingConfig]:
   """The network, loss and decoding configs of `config` for a `real_vocab`-piece vocabulary.
 
   `word_starts`: the vocabulary's word-start table (vocab.word_start_table), for 'word' stutter.
@@ -102,7 +103,7 @@ def build_configs(
   net_config = built(
       "network",
       lambda: dataclasses.replace(
-          network.tiny_config_from_sizes(
+          network_config.tiny_config_from_sizes(
               vocab_size=vocab.padded_vocab_size(real_vocab),
               emb_dim=config.emb_dim,
               num_heads=config.num_heads,
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_decodable(
-    net_config: network.TransformerConfig, decoding_config: decoding.DecodingConfig
+    net_config: network_config.TransformerConfig, decoding_config: decoding.DecodingConfig
 ) -> None:
   """Raises ValueError unless the network can decode `decoding_config`'s number of lengths.
 

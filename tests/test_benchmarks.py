@@ -17,11 +17,12 @@ from padir_t5x import checkpoints
 from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import translate
 
 
 def _ar_net(vocab_size, seed=0, max_length=8):
-  cfg = network.tiny_config(
+  cfg = network_config.tiny_config(
       vocab_size=vocab_size,
       emb_dim=32,
       num_heads=2,
@@ -139,7 +140,7 @@ def test_accelerator_benchmark_rejects_bad_flags_before_any_work(argv, message, 
 
 
 def test_beam_search_rejects_padir_network():
-  module = network.Transformer(network.tiny_config())
+  module = network.Transformer(network_config.tiny_config())
   with pytest.raises(ValueError, match="autoregressive"):
     ar_decoding.beam_search(module, {}, jnp.ones((1, 4), jnp.int32), 2, 4)
 
@@ -215,7 +216,7 @@ def test_time_schedule_and_buckets():
 def save_tiny_checkpoints(directory, vocab_path: str, vocab_high: int) -> None:
   """Random-init tiny AR and PaDIR core checkpoints in directory/ar and directory/padir."""
   for kind in ("ar", "padir"):
-    cfg = network.tiny_config(
+    cfg = network_config.tiny_config(
         vocab_size=256,
         emb_dim=32,
         num_heads=2,

@@ -9,7 +9,7 @@ import pytest
 from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import losses
-from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import quickstart
 from padir_t5x.modes import FillMode
 
@@ -43,7 +43,9 @@ def test_values_parse_by_the_field_type():
   assert cli.parse_overrides(
       losses.PadirLossConfig, ["corruption_mix=0.1,0.1,0.8", "unmasking_rate_range=0,1"]
   ) == {"corruption_mix": (0.1, 0.1, 0.8), "unmasking_rate_range": (0.0, 1.0)}
-  assert cli.parse_overrides(network.TransformerConfig, ["dtype=bfloat16"]) == {"dtype": "bfloat16"}
+  assert cli.parse_overrides(network_config.TransformerConfig, ["dtype=bfloat16"]) == {
+      "dtype": "bfloat16"
+  }
 
 
 @pytest.mark.parametrize(

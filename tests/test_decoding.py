@@ -22,6 +22,7 @@ from padir_t5x import decoding
 from padir_t5x import dedup
 from padir_t5x import layout
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import remasking
 
 V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
@@ -686,7 +687,7 @@ def make_tiny_network(max_target_length, **overrides):
   """
   network = pytest.importorskip("padir_t5x.network")
   module = network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=16,
           emb_dim=32,
           num_heads=2,

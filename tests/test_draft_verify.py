@@ -25,6 +25,7 @@ from padir_t5x import checkpoints
 from padir_t5x import decoding
 from padir_t5x import draft_verify
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import translate
 from padir_t5x import vocab
 from padir_t5x.draft_verify import DraftVerifyConfig
@@ -36,8 +37,8 @@ BATCH = 6
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(kind: str) -> network.TransformerConfig:
-  return network.tiny_config(
+def _config(kind: str) -> network_config.TransformerConfig:
+  return network_config.tiny_config(
       vocab_size=VOCAB_SIZE,
       emb_dim=32,
       num_heads=2,
@@ -217,7 +218,7 @@ class OracleDrafter:
   `useless`.
   """
 
-  config: network.TransformerConfig
+  config: network_config.TransformerConfig
   useless: bool = False
   shorter_first: bool = False
 

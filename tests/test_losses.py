@@ -280,9 +280,10 @@ class FakePadirNetwork(nn.Module):
 
 def _real_network():
   from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x import network_config  # pylint: disable=g-import-not-at-top
   # tiny_config, shrunk further: these tests check wiring, not capacity, on a shared CPU.
   return network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=VOCAB_SIZE,
           max_input_length=LENGTH,
           max_target_length=LENGTH,

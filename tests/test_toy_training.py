@@ -10,6 +10,7 @@ import numpy as np
 from padir_t5x import decoding
 from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import training
 
 VOCAB_HIGH = 24  # ordinary tokens are [4, 24)
@@ -37,7 +38,7 @@ def test_tiny_padir_learns_copy_and_reverse():
   train_inputs, train_targets = _reverse_task(20000, seed=0)
   test_inputs, test_targets = _reverse_task(200, seed=1)
   module = network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=32, max_input_length=MAX_LENGTH, max_target_length=MAX_LENGTH, dropout_rate=0.0
       )
   )
