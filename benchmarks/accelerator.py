@@ -36,7 +36,7 @@ from benchmarks import timing
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import cli
 from padir_t5x import decoders
-from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import network
 from padir_t5x import network_config
 
@@ -59,7 +59,7 @@ def fixed_work_padir(
 ) -> decoders.PadirDecoder:
   """PaDIR doing the same work whatever the weights predict: `passes` passes with early stopping
   off, over exactly `target_length` positions (no length buckets). Also benchmarks/speed_map."""
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=length_beam,
       max_passes=passes,
       early_stopping=False,

@@ -26,6 +26,8 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import analysis
 from padir_t5x import decoding
+from padir_t5x import refinement
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import shared_data
 from padir_t5x import vocab
 
@@ -34,7 +36,7 @@ def analyse(
     module,
     params,
     source_ids: np.ndarray,
-    config: decoding.DecodingConfig,
+    config: DecodingConfig,
     batch_size: int = 50,
     seed: int = 0,
 ) -> dict:
@@ -52,7 +54,7 @@ def analyse(
     lengths = np.asarray(result.lengths[:, -1])
     length_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
     out = analysis.decoder_attention(module, params, chunk, best, length_mask)
-    logits = decoding.restrict_logits(out["logits"], config.vocab_low, config.vocab_high)
+    logits = refinement.restrict_logits(out["logits"], config.vocab_low, config.vocab_high)
     again = np.asarray(jnp.argmax(logits, -1))
     content = np.arange(t)[None, :] < lengths[:, None] - 1
     fixed = np.all(np.where(content, again == best, True), axis=1)
@@ -101,7 +103,7 @@ def main(argv=None):
   _, _, source_ids, _ = common.load_dev_set(
       data_dir, processor, args.num_sentences, max_length, args.split
   )
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=args.length_beam,
       max_passes=args.max_passes,
       vocab_high=meta["vocab_high"],

@@ -37,6 +37,8 @@ from padir_t5x import bucketing
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
+from padir_t5x import length_candidates
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import shared_data
@@ -155,7 +157,7 @@ def memory_and_time(module, params, tokens, config, t, repeats: int = 5) -> dict
   decode_s = timed(lambda: decoding.decode_with_network(module, params, tokens, rng, config, t))
   encoded, length_logits = network.encode_and_predict_length(module, params, tokens)
   # The bucket this batch decodes in (decode_with_network picks it inside jit the same way).
-  lengths, _ = decoding.length_beam(length_logits, config, t)  # [b, c]
+  lengths, _ = length_candidates.length_beam(length_logits, config, t)  # [b, c]
   buckets = bucketing.length_buckets(
       t, config.length_buckets, config.num_lengths, config.min_length
   )
@@ -226,7 +228,7 @@ def profile(
     module,
     params,
     source_ids: np.ndarray,
-    config: decoding.DecodingConfig,
+    config: DecodingConfig,
     batch_sizes=(1, 8, 32),
     log=print,
 ) -> dict:
@@ -242,7 +244,7 @@ def profile(
   # Temporary memory must not grow with the number of passes (no per-pass stacking).
   report["temp_bytes_by_max_passes"] = {}
   for passes in (1, 10):
-    cfg = decoding.DecodingConfig(**{**config.__dict__, "max_passes": passes})
+    cfg = DecodingConfig(**{**config.__dict__, "max_passes": passes})
     analysis = (
         decoding._decode_with_network.lower(  # pylint: disable=protected-access
             module, params, first, jax.random.PRNGKey(0), cfg, t, None
@@ -293,7 +295,7 @@ def main(argv=None):
     x = jnp.asarray(source_ids[:1])
     params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
     stutter = {"stutter_unit": "piece"}  # random ids: no words
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=args.length_beam, max_passes=args.max_passes, vocab_high=vocab_high, **stutter
   )
   report = profile(module, params, source_ids, config, batch_sizes)

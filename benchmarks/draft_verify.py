@@ -42,7 +42,7 @@ from benchmarks import latency
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoders
-from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
 from padir_t5x import metrics as metrics_lib
 from padir_t5x import shared_data
@@ -126,11 +126,11 @@ def load_models(ar_checkpoint: str, padir_checkpoint: str):
   return ar, padir, processor
 
 
-def drafter_config(padir_meta: dict, processor, **overrides) -> decoding.DecodingConfig:
+def drafter_config(padir_meta: dict, processor, **overrides) -> DecodingConfig:
   """The drafter's DecodingConfig: the checkpoint's recorded decoding, then `overrides`."""
-  fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
+  fields = {f.name for f in dataclasses.fields(DecodingConfig)}
   recorded = {k: v for k, v in padir_meta.get("decoding", {}).items() if k in fields}
-  return decoding.DecodingConfig(
+  return DecodingConfig(
       **{
           **recorded,
           "vocab_high": processor.get_piece_size(),

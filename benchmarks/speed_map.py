@@ -75,7 +75,7 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import cli
 from padir_t5x import decoders
-from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import export
 from padir_t5x import network
 from padir_t5x import network_config
@@ -589,7 +589,7 @@ def parse_args(argv=None):
   )
   args.systems = _names(parser, "--systems", args.systems, SYSTEMS)
   lengths = max((PADIR_SYSTEMS[s] for s in args.systems if s in PADIR_SYSTEMS), default=1)
-  min_target = lengths + decoding.DecodingConfig().min_length - 1
+  min_target = lengths + DecodingConfig().min_length - 1
   if args.target_length < min_target:
     parser.error(
         f"argument --target_length: PaDIR l={lengths} needs >= {min_target}, got "

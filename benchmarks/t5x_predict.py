@@ -29,6 +29,7 @@ from benchmarks import timing
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import shared_data
 from padir_t5x import vocab as vocab_lib
 
@@ -54,7 +55,7 @@ def run(padir_checkpoint, data_dir, split, num_sentences, passes, length_beam, w
   processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
   t = min(module.config.max_input_length, module.config.max_target_length)
   _, _, source_ids, _ = common.load_dev_set(data_dir, processor, num_sentences, t, split)
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=length_beam,
       max_passes=passes,
       vocab_high=meta["vocab_high"],

@@ -14,7 +14,7 @@
 * Overrides of the core configs: `--loss FIELD=VALUE`, `--decoding FIELD=VALUE`, ...
 
 The quickstart and the budget trainer expose every field of `losses.PadirLossConfig`,
-`decoding.DecodingConfig` and `network_config.TransformerConfig` through one repeatable flag per config,
+`decoding_config.DecodingConfig` and `network_config.TransformerConfig` through one repeatable flag per config,
 so that a new option is sweepable from the command line the moment it is a config field, with no
 new flag to add. Values are parsed by the field's annotated type; a wrong field name, a value of
 the wrong type or a value the config rejects ends the command with status 2 and one line naming

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from padir_t5x import EOS_ID
 from padir_t5x import ar_decoding
 from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
 
 Array = jnp.ndarray
@@ -109,7 +110,7 @@ class PadirDecoder(_Model):
   """PaDIR: length beam and iterative refinement (`decode_fn`, default
   decoding.decode_with_network: jitted, length buckets chosen inside jit)."""
 
-  config: decoding.DecodingConfig = decoding.DecodingConfig()
+  config: DecodingConfig = DecodingConfig()
   decode_fn: decoding.PadirDecodeFn = decoding.decode_with_network
 
   def __post_init__(self):

@@ -10,7 +10,7 @@ Used together (speculative decoding with a non-autoregressive drafter, Xia et al
    position j see draft tokens < j only) and keeps the longest prefix on which its greedy
    choice equals the draft, plus its own greedy token at the first disagreement, so that every
    round gains at least one token;
-4. PaDIR re-drafts the rest with the kept prefix forced (`decoding.refine_lengths`' `forced`),
+4. PaDIR re-drafts the rest with the kept prefix forced (`refinement.refine_lengths`' `forced`),
    over its length beam restricted to lengths that hold the prefix and an EOS
    (`constrained_length_beam`), in `redraft_passes` passes; or, with `reuse_drafts`, the next
    round first verifies the same draft with the AR token in place of the rejected one (no
@@ -56,6 +56,9 @@ from padir_t5x import ar_decoding
 from padir_t5x import beam as beam_lib
 from padir_t5x import bucketing
 from padir_t5x import decoding
+from padir_t5x import refinement
+from padir_t5x import length_candidates
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import layout
 from padir_t5x import network
 from padir_t5x.modes import VerifyMode
@@ -101,7 +104,7 @@ class DraftVerifyConfig:
       call per round whatever c is; more work per call.
   """
 
-  decoding: decoding.DecodingConfig = dataclasses.field(default_factory=decoding.DecodingConfig)
+  decoding: DecodingConfig = dataclasses.field(default_factory=DecodingConfig)
   redraft_passes: int | None = None
   verify: VerifyMode = VerifyMode.STRICT
   top_k: int = 3
@@ -112,7 +115,7 @@ class DraftVerifyConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "verify", VerifyMode.coerce(self.verify, "verify"))
-    if not isinstance(self.decoding, decoding.DecodingConfig):
+    if not isinstance(self.decoding, DecodingConfig):
       raise ValueError(f"decoding must be a DecodingConfig, got {type(self.decoding).__name__}")
     if self.redraft_passes is not None and self.redraft_passes < 1:
       raise ValueError(f"redraft_passes must be >= 1, got {self.redraft_passes}")
@@ -124,7 +127,7 @@ class DraftVerifyConfig:
       raise ValueError("shift_variants needs reuse_drafts (it varies a reused draft)")
 
   @property
-  def redraft_config(self) -> decoding.DecodingConfig:
+  def redraft_config(self) -> DecodingConfig:
     """The DecodingConfig of the drafts after the first."""
     if self.redraft_passes is None or self.redraft_passes == self.decoding.max_passes:
       return self.decoding
@@ -149,11 +152,11 @@ class DraftVerifyResult:
 
 
 def constrained_length_beam(
-    length_logits: Array, min_lengths: Array, config: decoding.DecodingConfig, t: int
+    length_logits: Array, min_lengths: Array, config: DecodingConfig, t: int
 ) -> tuple[Array, Array]:
   """The drafter's length beam over the lengths >= min_lengths (per row).
 
-  decoding.length_beam on the logits with the shorter lengths at DISALLOWED_LENGTH_LOGIT (so
+  length_candidates.length_beam on the logits with the shorter lengths at DISALLOWED_LENGTH_LOGIT (so
   their log-prob is ~-1e9); where fewer lengths than candidates remain, the extra candidates
   are clipped up to min_lengths (repeats, which lose on their length log-prob).
 
@@ -169,7 +172,7 @@ def constrained_length_beam(
   classes = jnp.arange(length_logits.shape[-1])[None, :] + 1  # [1, L] lengths
   allowed = classes >= min_lengths[:, None]  # [b, L]
   logits = jnp.where(allowed, length_logits, layout.DISALLOWED_LENGTH_LOGIT)  # [b, L]
-  lengths, log_probs = decoding.length_beam(logits, config, t)  # [b, c] each
+  lengths, log_probs = length_candidates.length_beam(logits, config, t)  # [b, c] each
   return jnp.maximum(lengths, min_lengths[:, None]).astype(jnp.int32), log_probs
 
 
@@ -280,7 +283,7 @@ class Drafter(Protocol):
 @dataclasses.dataclass(frozen=True)
 class PadirDrafter:
   """PaDIR as a `Drafter`: its length beam restricted to lengths that hold the prefix and an
-  EOS (`constrained_length_beam`), refined with the prefix forced (decoding.refine_lengths),
+  EOS (`constrained_length_beam`), refined with the prefix forced (refinement.refine_lengths),
   in the smallest length bucket that holds the longest candidate (lax.switch inside jit)."""
 
   module: Any  # a network.Transformer with decoder_mode='padir'
@@ -304,7 +307,7 @@ class PadirDrafter:
       invariants = network.decoder_invariants(self.module.config, params, encoded)
     return encoder_input_tokens, encoded, length_logits, invariants
 
-  def num_drafts(self, round_config: decoding.DecodingConfig, all_candidates: bool) -> int:
+  def num_drafts(self, round_config: DecodingConfig, all_candidates: bool) -> int:
     return round_config.num_candidates if all_candidates else 1
 
   def draft(
@@ -314,7 +317,7 @@ class PadirDrafter:
       prefix: Array,
       prefix_lengths: Array,
       rng: Array,
-      round_config: decoding.DecodingConfig,
+      round_config: DecodingConfig,
       all_candidates: bool,
       max_decode_length: int,
   ) -> tuple[Array, Array]:
@@ -335,7 +338,7 @@ class PadirDrafter:
         tokens, prefix_lengths, lengths, length_log_probs, round_rng = operands
         kept_prefix = tokens[:, :width]  # [b, t']
         forced = jnp.arange(width)[None, :] < prefix_lengths[:, None]  # [b, t']
-        drafts = decoding.refine_lengths(
+        drafts = refinement.refine_lengths(
             refine_fn,
             lengths,
             length_log_probs,

@@ -60,7 +60,7 @@ class LossPositions(Mode):
 
 
 class ScoreMode(Mode):
-  """How a hypothesis is scored from its content-token log-probs (decoding.score_hypotheses)."""
+  """How a hypothesis is scored from its content-token log-probs (refinement.score_hypotheses)."""
 
   MEAN = "mean"
   SUM = "sum"
@@ -118,7 +118,7 @@ class LengthTarget(Mode):
 
 
 class PredictionMode(Mode):
-  """Which log-probs a decoding pass's prediction is the argmax of (decoding.refinement_pass)."""
+  """Which log-probs a decoding pass's prediction is the argmax of (refinement.refinement_pass)."""
 
   LAST = "last"  # this pass's
   SUMMED = "summed"  # the sum of this and every earlier pass's (damps oscillation)

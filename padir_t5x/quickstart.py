@@ -5,7 +5,7 @@
     python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none  # any field
 
 `--loss`, `--decoding` and `--network` (repeatable, FIELD=VALUE; padir_t5x/cli.py) set any field
-of losses.PadirLossConfig, decoding.DecodingConfig and network_config.TransformerConfig, over the flat
+of losses.PadirLossConfig, decoding_config.DecodingConfig and network_config.TransformerConfig, over the flat
 flags below.
 
 The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
@@ -35,6 +35,7 @@ import sentencepiece as spm
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import losses
 from padir_t5x import metrics
 from padir_t5x import network
@@ -76,14 +77,14 @@ class QuickstartConfig:
 # The override fields and the config each one sets.
 OVERRIDES = {
     "loss": losses.PadirLossConfig,
-    "decoding": decoding.DecodingConfig,
+    "decoding": DecodingConfig,
     "network": network_config.TransformerConfig,
 }
 
 
 def build_configs(
     config: QuickstartConfig, real_vocab: int, word_starts=None
-) -> tuple[network_config.TransformerConfig, losses.PadirLossConfig, decoding.DecodingConfig]:
+) -> tuple[network_config.TransformerConfig, losses.PadirLossConfig, DecodingConfig]:
   """The network, loss and decoding configs of `config` for a `real_vocab`-piece vocabulary.
 
   `word_starts`: the vocabulary's word-start table (vocab.word_start_table), for 'word' stutter.
@@ -130,7 +131,7 @@ def build_configs(
   )
   decoding_config = built(
       "decoding",
-      lambda: decoding.DecodingConfig(
+      lambda: DecodingConfig(
           **{
               "max_passes": config.max_passes,
               "length_beam": config.length_beam,
@@ -303,11 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_decodable(
-    net_config: network_config.TransformerConfig, decoding_config: decoding.DecodingConfig
+    net_config: network_config.TransformerConfig, decoding_config: DecodingConfig
 ) -> None:
   """Raises ValueError unless the network can decode `decoding_config`'s number of lengths.
 
-  decoding.select_lengths checks the same at decode time, which is after the whole training.
+  length_candidates.select_lengths checks the same at decode time, which is after the whole training.
   """
   # Transformer.predict_length gives logits over max_target_length lengths (offsets included).
   num_allowed = net_config.max_target_length - (decoding_config.min_length - 1)

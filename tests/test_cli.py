@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from padir_t5x import cli
-from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import losses
 from padir_t5x import network_config
 from padir_t5x import quickstart
@@ -18,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def test_values_parse_by_the_field_type():
   overrides = cli.parse_overrides(
-      decoding.DecodingConfig,
+      DecodingConfig,
       [
           "length_beam=3",
           "length_penalty_alpha=0.8",
@@ -60,7 +60,7 @@ def test_values_parse_by_the_field_type():
 )
 def test_bad_items_name_the_field(item, message):
   with pytest.raises(ValueError, match=message):
-    cli.parse_overrides(decoding.DecodingConfig, [item])
+    cli.parse_overrides(DecodingConfig, [item])
 
 
 def test_a_fixed_size_tuple_needs_every_value():

@@ -22,7 +22,8 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import ar_decoding
 from padir_t5x import checkpoints
-from padir_t5x import decoding
+from padir_t5x import refinement
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
 from padir_t5x import network
 from padir_t5x import network_config
@@ -79,11 +80,11 @@ def _sources(seed: int, batch: int = BATCH) -> np.ndarray:
   return tokens
 
 
-def _decoding(**overrides) -> decoding.DecodingConfig:
+def _decoding(**overrides) -> DecodingConfig:
   fields = dict(
       length_beam=2, max_passes=2, vocab_high=VOCAB_HIGH, stutter_unit="piece", length_buckets=(6,)
   )
-  return decoding.DecodingConfig(**{**fields, **overrides})
+  return DecodingConfig(**{**fields, **overrides})
 
 
 def _steps(sequences: np.ndarray) -> np.ndarray:
@@ -433,7 +434,7 @@ def test_forced_positions_are_kept_by_refine_lengths():
   forced_tokens = jnp.full((BATCH, T), 9, jnp.int32)  # a stutter run: never de-duplicated
   forced = jnp.arange(T)[None, :] < jnp.arange(BATCH)[:, None]  # prefix of row i: i tokens
   lengths = jnp.stack([jnp.arange(BATCH) + 2, jnp.arange(BATCH) + 4], axis=1)
-  result = decoding.refine_lengths(
+  result = refinement.refine_lengths(
       refine_fn,
       lengths,
       jnp.zeros(lengths.shape),
@@ -447,10 +448,10 @@ def test_forced_positions_are_kept_by_refine_lengths():
   for row in range(BATCH):
     np.testing.assert_array_equal(sequences[row, :, :row], 9)
   # No forced positions: the decode of before.
-  plain = decoding.refine_lengths(
+  plain = refinement.refine_lengths(
       refine_fn, lengths, jnp.zeros(lengths.shape), jax.random.PRNGKey(0), config, T
   )
-  no_force = decoding.refine_lengths(
+  no_force = refinement.refine_lengths(
       refine_fn,
       lengths,
       jnp.zeros(lengths.shape),

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from padir_t5x import decoding
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import losses
 from padir_t5x import network
 from padir_t5x import network_config
@@ -59,9 +60,7 @@ def test_tiny_padir_learns_copy_and_reverse():
   # The library's defaults otherwise: the paper's 5 length candidates, stutter re-masking,
   # consecutive de-duplication, mean token log-prob plus length log-prob as the score. The toy
   # ids have no words: stutter is by piece.
-  decoding_config = decoding.DecodingConfig(
-      max_passes=4, vocab_high=VOCAB_HIGH, stutter_unit="piece"
-  )
+  decoding_config = DecodingConfig(max_passes=4, vocab_high=VOCAB_HIGH, stutter_unit="piece")
   result = decoding.decode_with_network(
       module,
       params,
