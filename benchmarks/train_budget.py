@@ -25,7 +25,7 @@ learning rate follows warm-up + cosine decay over the *steps* (step / N), whatev
 --train_data_dir reads the training pairs from another data directory (a distilled copy,
 benchmarks/distill_budget.py) while the vocabulary stays the one built from --data_dir's raw
 text, so every model shares it. --loss and --network (FIELD=VALUE, repeatable; padir_t5x/cli.py)
-set any field of losses.PadirLossConfig and network_config.TransformerConfig.
+set any field of loss_config.PadirLossConfig and network_config.TransformerConfig.
 
 --init_from DIR warm-starts the run from a core checkpoint: an AR checkpoint of the same sizes
 shares every parameter with a PaDIR network but the positional attention and the length
@@ -55,7 +55,8 @@ import numpy as np
 from benchmarks import common
 from padir_t5x import checkpoints
 from padir_t5x import cli
-from padir_t5x import losses
+from padir_t5x import cross_entropy
+from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import progress
@@ -216,8 +217,12 @@ def ar_loss(module, params, batch, rng, z_loss: float = 1e-4, enable_dropout: bo
       rngs={"dropout": rng},
   )
   weights = (targets > 0).astype(jnp.float32)
-  loss, _, num_tokens = losses.token_cross_entropy(
-      logits, targets, weights, z_loss=z_loss, loss_normalizing_factor=losses.REAL_TARGET_TOKENS
+  loss, _, num_tokens = cross_entropy.token_cross_entropy(
+      logits,
+      targets,
+      weights,
+      z_loss=z_loss,
+      loss_normalizing_factor=cross_entropy.REAL_TARGET_TOKENS,
   )
   correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
   return loss, {
@@ -260,16 +265,16 @@ def loss_function(
   return loss_fn
 
 
-def padir_loss_config(config: BudgetConfig, vocab_high: int | None) -> losses.PadirLossConfig:
+def padir_loss_config(config: BudgetConfig, vocab_high: int | None) -> PadirLossConfig:
   """The PaDIR loss config of `config`: its flat fields, then the --loss overrides."""
-  return losses.PadirLossConfig(
+  return PadirLossConfig(
       **{
           "num_stages": config.num_stages,
           "unmasking_rate": config.unmasking_rate,
           "vocab_high": vocab_high,
           "z_loss": config.z_loss,
-          "loss_normalizing_factor": losses.REAL_TARGET_TOKENS,
-          **cli.parse_overrides(losses.PadirLossConfig, config.loss),
+          "loss_normalizing_factor": cross_entropy.REAL_TARGET_TOKENS,
+          **cli.parse_overrides(PadirLossConfig, config.loss),
       }
   )
 
@@ -526,9 +531,7 @@ def main(argv=None):
   parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   for field in dataclasses.fields(BudgetConfig):
     if field.name in ("loss", "network"):
-      config_class = (
-          losses.PadirLossConfig if field.name == "loss" else network_config.TransformerConfig
-      )
+      config_class = PadirLossConfig if field.name == "loss" else network_config.TransformerConfig
       cli.add_override_flag(parser, f"--{field.name}", config_class)
     else:
       parser.add_argument(

@@ -13,7 +13,7 @@
   run never ends by failing to save, nor writes over its own input.
 * Overrides of the core configs: `--loss FIELD=VALUE`, `--decoding FIELD=VALUE`, ...
 
-The quickstart and the budget trainer expose every field of `losses.PadirLossConfig`,
+The quickstart and the budget trainer expose every field of `loss_config.PadirLossConfig`,
 `decoding_config.DecodingConfig` and `network_config.TransformerConfig` through one repeatable flag per config,
 so that a new option is sweepable from the command line the moment it is a config field, with no
 new flag to add. Values are parsed by the field's annotated type; a wrong field name, a value of

@@ -43,7 +43,7 @@ class FillMode(Mode):
 
 
 class UnmaskingRateMode(Mode):
-  """How the stage-1 unmasking rate of each training example is chosen (losses.PadirLossConfig)."""
+  """How the stage-1 unmasking rate of each training example is chosen (loss_config.PadirLossConfig)."""
 
   FIXED = "fixed"  # PadirLossConfig.unmasking_rate for every example (the paper's setting)
   UNIFORM = (
@@ -53,7 +53,7 @@ class UnmaskingRateMode(Mode):
 
 
 class LossPositions(Mode):
-  """Which target positions a stage's token cross-entropy is taken over (losses.PadirLossConfig)."""
+  """Which target positions a stage's token cross-entropy is taken over (loss_config.PadirLossConfig)."""
 
   ALL = "all"  # every target position (weights: decoder_loss_weights, else targets > 0)
   CORRUPTED = "corrupted"  # positions whose stage input is corrupted, plus EOS (see losses)

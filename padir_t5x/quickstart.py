@@ -5,7 +5,7 @@
     python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none  # any field
 
 `--loss`, `--decoding` and `--network` (repeatable, FIELD=VALUE; padir_t5x/cli.py) set any field
-of losses.PadirLossConfig, decoding_config.DecodingConfig and network_config.TransformerConfig, over the flat
+of loss_config.PadirLossConfig, decoding_config.DecodingConfig and network_config.TransformerConfig, over the flat
 flags below.
 
 The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
@@ -36,7 +36,7 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x import losses
+from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import metrics
 from padir_t5x import network
 from padir_t5x import network_config
@@ -76,7 +76,7 @@ class QuickstartConfig:
 
 # The override fields and the config each one sets.
 OVERRIDES = {
-    "loss": losses.PadirLossConfig,
+    "loss": PadirLossConfig,
     "decoding": DecodingConfig,
     "network": network_config.TransformerConfig,
 }
@@ -84,7 +84,7 @@ OVERRIDES = {
 
 def build_configs(
     config: QuickstartConfig, real_vocab: int, word_starts=None
-) -> tuple[network_config.TransformerConfig, losses.PadirLossConfig, DecodingConfig]:
+) -> tuple[network_config.TransformerConfig, PadirLossConfig, DecodingConfig]:
   """The network, loss and decoding configs of `config` for a `real_vocab`-piece vocabulary.
 
   `word_starts`: the vocabulary's word-start table (vocab.word_start_table), for 'word' stutter.
@@ -119,7 +119,7 @@ def build_configs(
   )
   loss_config = built(
       "loss",
-      lambda: losses.PadirLossConfig(
+      lambda: PadirLossConfig(
           **{
               "num_stages": config.num_stages,
               "unmasking_rate": config.unmasking_rate,

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from padir_t5x import losses
+from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import network
 from padir_t5x import progress
 from padir_t5x import schedules
@@ -128,7 +129,7 @@ def init_train_state(
 
 
 def padir_loss_fn(
-    module: network.Transformer, loss_config: losses.PadirLossConfig, enable_dropout: bool = True
+    module: network.Transformer, loss_config: PadirLossConfig, enable_dropout: bool = True
 ) -> LossFn:
   """PaDIR's multi-stage loss (losses.multi_stage_loss) as a `LossFn`."""
 
@@ -224,7 +225,7 @@ def _log_line(
 
 def train(
     module: network.Transformer,
-    loss_config: losses.PadirLossConfig,
+    loss_config: PadirLossConfig,
     train_config: TrainConfig,
     batches: Iterator[Batch],
     log: Callable[[str], None] | None = print,

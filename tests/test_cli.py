@@ -8,7 +8,7 @@ import pytest
 
 from padir_t5x import cli
 from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x import losses
+from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import network_config
 from padir_t5x import quickstart
 from padir_t5x.modes import FillMode
@@ -36,12 +36,12 @@ def test_values_parse_by_the_field_type():
       "vocab_high": None,
       "length_buckets": (8, 16),
   }
-  assert cli.parse_overrides(losses.PadirLossConfig, ["loss_normalizing_factor=none"]) == {
+  assert cli.parse_overrides(PadirLossConfig, ["loss_normalizing_factor=none"]) == {
       "loss_normalizing_factor": None
   }
   # Fixed-size tuples (corruption_mix is (keep, random, mask)) and variable ones side by side.
   assert cli.parse_overrides(
-      losses.PadirLossConfig, ["corruption_mix=0.1,0.1,0.8", "unmasking_rate_range=0,1"]
+      PadirLossConfig, ["corruption_mix=0.1,0.1,0.8", "unmasking_rate_range=0,1"]
   ) == {"corruption_mix": (0.1, 0.1, 0.8), "unmasking_rate_range": (0.0, 1.0)}
   assert cli.parse_overrides(network_config.TransformerConfig, ["dtype=bfloat16"]) == {
       "dtype": "bfloat16"
@@ -65,7 +65,7 @@ def test_bad_items_name_the_field(item, message):
 
 def test_a_fixed_size_tuple_needs_every_value():
   with pytest.raises(ValueError, match="corruption_mix: expected 3 comma-separated values, got 2"):
-    cli.parse_overrides(losses.PadirLossConfig, ["corruption_mix=0.5,0.5"])
+    cli.parse_overrides(PadirLossConfig, ["corruption_mix=0.5,0.5"])
 
 
 @pytest.mark.parametrize(

@@ -135,13 +135,13 @@ def test_model_gin_builds_and_initialises(name):
 
 def test_padir_base_gin_defaults_are_the_library_defaults():
   """The gin macros exist for overrides; their values must not become a second set of defaults."""
-  from padir_t5x import losses
+  from padir_t5x.loss_config import PadirLossConfig
   from padir_t5x.decoding_config import DecodingConfig
 
   bindings = ["DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'"] + TINY_NETWORK
   model = _parse([GIN / "models" / "padir_base.gin"], bindings)["model"]
   vocab = {"vocab_high": model.vocab_high}
-  assert model.loss_config == losses.PadirLossConfig(**vocab)
+  assert model.loss_config == PadirLossConfig(**vocab)
   assert model.decoding_config == DecodingConfig(**vocab, word_starts=model.word_starts)
   assert model.word_starts is not None  # filled in from the SentencePiece vocabulary
   length_fields = ("length_pooling", "length_target", "max_length_offset")

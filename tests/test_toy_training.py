@@ -9,7 +9,7 @@ import numpy as np
 
 from padir_t5x import decoding
 from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x import losses
+from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import training
@@ -43,7 +43,7 @@ def test_tiny_padir_learns_copy_and_reverse():
           vocab_size=32, max_input_length=MAX_LENGTH, max_target_length=MAX_LENGTH, dropout_rate=0.0
       )
   )
-  loss_config = losses.PadirLossConfig(
+  loss_config = PadirLossConfig(
       num_stages=2, unmasking_rate=0.3, vocab_high=VOCAB_HIGH, length_loss_weight=0.5
   )
   train_config = training.TrainConfig(
