@@ -44,6 +44,7 @@ from padir_t5x import cli
 from padir_t5x import decoders
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
+from padir_t5x import drafters
 from padir_t5x import metrics as metrics_lib
 from padir_t5x import shared_data
 from padir_t5x import vocab as vocab_lib
@@ -197,7 +198,7 @@ def run(args, log=print) -> dict:
   def beam5(tokens):
     return {"sequences": np.asarray(beam5_decoder.decode(tokens, rng).best)}
 
-  drafter = draft_verify.PadirDrafter(padir_module)
+  drafter = drafters.PadirDrafter(padir_module)
 
   def draft_and_verify(config):
     def decode(tokens):

@@ -12,7 +12,7 @@ fairseq's one iterative-refinement generator the other):
 
 `Translator` (padir_t5x/translate.py) only batches, calls `decode` and detokenises. A new
 decoder is one class with `decode`; a new drafter for draft-and-verify is one class
-implementing `draft_verify.Drafter` (draft_verify.PadirDrafter is PaDIR's).
+implementing `drafters.Drafter` (drafters.PadirDrafter is PaDIR's).
 
 Shapes: b = batch, s = source length, c = hypotheses kept per example, t = max_decode_length.
 """
@@ -31,6 +31,7 @@ from padir_t5x import ar_decoding
 from padir_t5x import decoding
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
+from padir_t5x import drafters
 
 Array = jnp.ndarray
 
@@ -191,7 +192,7 @@ class DraftVerifyDecoder:
   the drafter's drafts; one hypothesis, no score. Both share one vocabulary; the decode reads
   sources and writes outputs no longer than both networks allow."""
 
-  drafter: draft_verify.Drafter
+  drafter: drafters.Drafter
   drafter_params: Any
   verifier: Any  # a network.Transformer in autoregressive mode
   verifier_params: Any

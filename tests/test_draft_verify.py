@@ -25,6 +25,7 @@ from padir_t5x import checkpoints
 from padir_t5x import refinement
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
+from padir_t5x import drafters
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import translate
@@ -402,9 +403,7 @@ def test_accept_keeps_the_agreed_prefix_plus_the_ar_token():
 def test_constrained_length_beam_holds_the_prefix():
   logits = jnp.asarray(np.random.RandomState(0).randn(3, T), jnp.float32)
   config = _decoding(length_beam=3)
-  lengths, log_probs = draft_verify.constrained_length_beam(
-      logits, jnp.asarray([2, 7, 11]), config, T
-  )
+  lengths, log_probs = drafters.constrained_length_beam(logits, jnp.asarray([2, 7, 11]), config, T)
   lengths = np.asarray(lengths)
   assert np.all(lengths >= [[2], [7], [11]]) and np.all(lengths <= T)
   assert len(set(lengths[1].tolist())) == 3  # enough lengths left: distinct
