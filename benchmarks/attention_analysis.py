@@ -22,14 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 from padir_t5x import analysis
 from padir_t5x import decoding
 from padir_t5x import refinement
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import shared_data
-from padir_t5x import vocab
 
 
 def analyse(
@@ -92,13 +91,11 @@ def main(argv=None):
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   cli.check_output_path(parser, "--out", args.out)
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-
-  module, params, meta = checkpoints.load_checkpoint(args.padir_checkpoint)
+  loaded = loading.load(args.padir_checkpoint, kind="padir")
+  module, params, processor = loaded.module, loaded.params, loaded.vocabulary
   data_dir = args.data_dir or shared_data.find_data_dir()
   if data_dir is None:
     parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-  processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
   max_length = min(module.config.max_input_length, module.config.max_target_length)
   _, _, source_ids, _ = common.load_dev_set(
       data_dir, processor, args.num_sentences, max_length, args.split
@@ -106,10 +103,9 @@ def main(argv=None):
   config = DecodingConfig(
       length_beam=args.length_beam,
       max_passes=args.max_passes,
-      vocab_high=meta["vocab_high"],
       dedup="none",
       remask="stutter" if args.remask_stutter else "none",
-      word_starts=vocab.word_start_table(processor),
+      **loading.vocabulary_fields(processor),
   )
   tables = analyse(module, params, source_ids, config)
   print(

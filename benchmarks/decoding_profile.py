@@ -34,15 +34,14 @@ import numpy as np
 
 from benchmarks import common
 from padir_t5x import bucketing
-from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 from padir_t5x import decoding
 from padir_t5x import length_candidates
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import shared_data
-from padir_t5x import vocab
 
 _HOST_PRIMITIVES = ("callback", "infeed", "outfeed", "host")
 
@@ -275,16 +274,15 @@ def main(argv=None):
   cli.check_output_path(parser, "--out", args.out)
   batch_sizes = tuple(args.batch_sizes)
   if args.padir_checkpoint:
-    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-
-    module, params, meta = checkpoints.load_checkpoint(args.padir_checkpoint)
-    vocab_high = meta["vocab_high"]
+    loaded = loading.load(args.padir_checkpoint, kind="padir")
+    module, params = loaded.module, loaded.params
     data_dir = args.data_dir or shared_data.find_data_dir()
-    processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
     _, _, source_ids, _ = common.load_dev_set(
-        data_dir, processor, max(batch_sizes), module.config.max_input_length
+        data_dir, loaded.vocabulary, max(batch_sizes), module.config.max_input_length
     )
-    stutter = {"word_starts": vocab.word_start_table(processor)}
+    vocabulary_fields = loading.vocabulary_fields(loaded.vocabulary)
+    vocab_high = vocabulary_fields.pop("vocab_high")
+    stutter = vocabulary_fields
   else:
     cfg = network_config.tiny_config(dropout_rate=0.0)
     module = network.Transformer(cfg)

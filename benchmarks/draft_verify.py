@@ -39,15 +39,13 @@ import sacrebleu
 
 from benchmarks import common
 from benchmarks import latency
-from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 from padir_t5x import decoders
-from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
 from padir_t5x import drafters
 from padir_t5x import metrics as metrics_lib
 from padir_t5x import shared_data
-from padir_t5x import vocab as vocab_lib
 
 EXTRA_KEYS = (
     "identical_to_ar_greedy",
@@ -109,36 +107,11 @@ def identical_fraction(outputs: np.ndarray, reference: np.ndarray) -> float:
 
 
 def load_models(ar_checkpoint: str, padir_checkpoint: str):
-  """(ar (module, params, meta), padir (module, params, meta), processor, recorded decoding)."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-
-  ar = checkpoints.load_checkpoint(ar_checkpoint)
-  padir = checkpoints.load_checkpoint(padir_checkpoint)
-  for (_, _, meta), kind, path in ((ar, "ar", ar_checkpoint), (padir, "padir", padir_checkpoint)):
-    if meta["kind"] != kind:
-      raise ValueError(f"{path} holds a {meta['kind']!r} checkpoint, expected {kind!r}")
-  protos = []
-  for _, _, meta in (ar, padir):
-    with open(meta["vocab_model"], "rb") as f:
-      protos.append(f.read())
-  if protos[0] != protos[1]:
-    raise ValueError("the AR and PaDIR checkpoints use different vocabularies")
-  processor = spm.SentencePieceProcessor(model_proto=protos[0])
-  return ar, padir, processor
-
-
-def drafter_config(padir_meta: dict, processor, **overrides) -> DecodingConfig:
-  """The drafter's DecodingConfig: the checkpoint's recorded decoding, then `overrides`."""
-  fields = {f.name for f in dataclasses.fields(DecodingConfig)}
-  recorded = {k: v for k, v in padir_meta.get("decoding", {}).items() if k in fields}
-  return DecodingConfig(
-      **{
-          **recorded,
-          "vocab_high": processor.get_piece_size(),
-          "word_starts": vocab_lib.word_start_table(processor),
-          **overrides,
-      }
-  )
+  """(the AR verifier, the PaDIR drafter) as loading.LoadedModel; they must share a vocabulary."""
+  ar = loading.load(ar_checkpoint, kind="ar")
+  padir = loading.load(padir_checkpoint, kind="padir")
+  loading.check_same_vocabulary(ar, padir)
+  return ar, padir
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> float:
@@ -147,10 +120,10 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 
 
 def run(args, log=print) -> dict:
-  (ar_module, ar_params, ar_meta), (padir_module, padir_params, padir_meta), processor = (
-      load_models(args.ar_checkpoint, args.padir_checkpoint)
-  )
-  vocab_high = processor.get_piece_size()
+  ar, padir = load_models(args.ar_checkpoint, args.padir_checkpoint)
+  ar_module, ar_params, ar_meta = ar.module, ar.params, ar.meta
+  padir_module, padir_params, padir_meta = padir.module, padir.params, padir.meta
+  processor, vocab_high = ar.vocabulary, ar.vocab_high
   t = min(
       ar_module.config.max_target_length,
       padir_module.config.max_target_length,
@@ -162,9 +135,8 @@ def run(args, log=print) -> dict:
   )
   log(f"{len(sources)} {args.split} sentences (source and reference <= {t} pieces)")
   rng = jax.random.PRNGKey(args.seed)
-  base = drafter_config(
-      padir_meta,
-      processor,
+  base = dataclasses.replace(
+      padir.decoding,
       length_beam=args.length_beam,
       max_passes=args.max_passes,
       length_offsets=args.length_offsets,

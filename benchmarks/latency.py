@@ -48,14 +48,13 @@ import sacrebleu
 from benchmarks import common
 from benchmarks.timing import environment
 from benchmarks.timing import latency_summary
-from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 from padir_t5x import EOS_ID
 from padir_t5x import decoders
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import metrics as metrics_lib
 from padir_t5x import shared_data
-from padir_t5x import vocab as vocab_lib
 
 RESULT_KEYS = (
     "system",
@@ -297,31 +296,22 @@ def run_benchmark(
 
   `split`: the de-en/{split}.{de,en} files of data_dir to translate.
   """
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
-  loaded = {}
-  for kind, path in (("ar", ar_checkpoint), ("padir", padir_checkpoint)):
-    if path:
-      loaded[kind] = checkpoints.load_checkpoint(path)
-      if loaded[kind][2]["kind"] != kind:
-        raise ValueError(
-            f"{path} holds a {loaded[kind][2]['kind']!r} checkpoint, " f"expected {kind!r}"
-        )
+  loaded = {
+      kind: loading.load(path, kind=kind)
+      for kind, path in (("ar", ar_checkpoint), ("padir", padir_checkpoint))
+      if path
+  }
   if not loaded:
     raise ValueError("give at least one of ar_checkpoint / padir_checkpoint")
-  metas = [m for _, _, m in loaded.values()]
-  # Each checkpoint carries its own copy of the vocabulary: compare them by content.
-  vocab_bytes = {}
-  for m in metas:
-    with open(m["vocab_model"], "rb") as f:
-      vocab_bytes[m["vocab_model"]] = f.read()
-  if len(set(vocab_bytes.values())) != 1:
-    raise ValueError(f"the checkpoints use different vocabularies: {sorted(vocab_bytes)}")
-  processor = spm.SentencePieceProcessor(model_proto=next(iter(vocab_bytes.values())))
-  vocab_high = metas[0]["vocab_high"]
+  if len(loaded) == 2:
+    loading.check_same_vocabulary(loaded["ar"], loaded["padir"])
+  first = next(iter(loaded.values()))
+  processor, vocab_high = first.vocabulary, first.vocab_high
   # One shape for every system: the smallest position table of the loaded models.
   max_length = min(
-      min(m.config.max_input_length, m.config.max_target_length) for m, _, _ in loaded.values()
+      min(m.module.config.max_input_length, m.module.config.max_target_length)
+      for m in loaded.values()
   )
   sources, references, source_ids, kept = common.load_dev_set(
       data_dir, processor, num_sentences, max_length, split
@@ -333,11 +323,11 @@ def run_benchmark(
 
   systems = []
   if "ar" in loaded:
-    module, params, _ = loaded["ar"]
+    module, params = loaded["ar"].module, loaded["ar"].params
     systems += [ar_system(module, params, k, max_length, vocab_high) for k in ar_beams]
   if "padir" in loaded:
-    module, params, _ = loaded["padir"]
-    words = {"word_starts": vocab_lib.word_start_table(processor)}
+    module, params = loaded["padir"].module, loaded["padir"].params
+    words = {"word_starts": loading.vocabulary_fields(processor)["word_starts"]}
     systems += [
         padir_system(module, params, t, l, max_length, vocab_high, length_buckets, **words)
         for t in passes
@@ -400,7 +390,7 @@ def run_benchmark(
           "dev_line_indices_first_last": [kept[0], kept[-1]] if kept else [],
       },
       "checkpoints": {
-          k: {"path": p, "train": loaded[k][2].get("train", {})}
+          k: {"path": p, "train": loaded[k].meta.get("train", {})}
           for k, p in (("ar", ar_checkpoint), ("padir", padir_checkpoint))
           if p
       },

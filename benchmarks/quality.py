@@ -36,6 +36,7 @@ import numpy as np
 from benchmarks import timing
 from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 from padir_t5x import layout
 from padir_t5x import metrics
 from padir_t5x import shared_data
@@ -66,19 +67,6 @@ def train_record(checkpoint_dir: str) -> dict:
     # The checkpoint's own steps above; those of the checkpoint it started from are not in them.
     summary["warm_start_from"] = record["warm_start"]["checkpoint"]
   return summary
-
-
-def check_checkpoint(path: str, kind: str) -> None:
-  """Reads the core checkpoint at `path` whole (config.json, every array of params.npz, its
-  vocabulary) and checks its kind; CheckpointError naming the file at fault."""
-  config_path = os.path.join(path, checkpoints.CONFIG_FILE)
-  found = checkpoints.read_config(path)["kind"]
-  if found != kind:
-    raise checkpoints.CheckpointError(f"{config_path}: holds a {found!r} model, not {kind!r}")
-  module, _, meta = checkpoints.load_checkpoint(path)
-  checkpoints.load_vocabulary(
-      meta["vocab_model"], meta, module.config.vocab_size, config_path=config_path
-  )
 
 
 def read_dev_pairs(parser, args, paths=None) -> tuple[list[str], list[str]]:
@@ -213,9 +201,10 @@ def main(argv=None) -> int:
       make_parents=True,
   )
   # Every checkpoint is read whole (config.json, params.npz, vocabulary) before any is decoded.
+  loaded = {}
   for _, kind, path, flag in systems:
     try:
-      check_checkpoint(path, kind)
+      loaded[path] = loading.load(path, kind=kind)
     except checkpoints.CheckpointError as error:
       parser.error(f"{flag}: {error}")
   paths = None if args.source is None else (args.source, args.reference)
@@ -232,8 +221,8 @@ def main(argv=None) -> int:
     extra = {}
     for setting, options in runs:
       try:
-        translator = translate.Translator.from_checkpoint(
-            path, kind=kind, batch_size=args.batch_size, **options
+        translator = translate.Translator.from_loaded(
+            loaded[path], batch_size=args.batch_size, **options
         )
       except (ValueError, TypeError) as error:
         parser.error(f"{path}: {error}")

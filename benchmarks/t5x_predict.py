@@ -26,12 +26,12 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import timing
-from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 from padir_t5x import decoding
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import shared_data
-from padir_t5x import vocab as vocab_lib
+from padir_t5x import t5x_jobs
 
 
 def _require_t5x():
@@ -39,8 +39,7 @@ def _require_t5x():
     from padir_t5x import models  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise cli.UsageError(
-        f"t5x_predict needs t5x and seqio ({e}): pip install 'padir-t5x[t5x]' (README, 'Train "
-        "with T5X')"
+        f"t5x_predict needs t5x and seqio ({e}): {t5x_jobs.T5X_INSTALL_HINT}"
     ) from None
   return models
 
@@ -48,18 +47,14 @@ def _require_t5x():
 def run(padir_checkpoint, data_dir, split, num_sentences, passes, length_beam, warmup, log=print):
   models = _require_t5x()
   import seqio  # pylint: disable=g-import-not-at-top
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
-  module, params, meta = checkpoints.load_checkpoint(padir_checkpoint)
-  params = jax.tree_util.tree_map(jnp.asarray, params)
-  processor = spm.SentencePieceProcessor(model_file=meta["vocab_model"])
+  loaded = loading.load(padir_checkpoint, kind="padir")
+  module, processor, meta = loaded.module, loaded.vocabulary, loaded.meta
+  params = jax.tree_util.tree_map(jnp.asarray, loaded.params)
   t = min(module.config.max_input_length, module.config.max_target_length)
   _, _, source_ids, _ = common.load_dev_set(data_dir, processor, num_sentences, t, split)
   config = DecodingConfig(
-      length_beam=length_beam,
-      max_passes=passes,
-      vocab_high=meta["vocab_high"],
-      word_starts=vocab_lib.word_start_table(processor),
+      length_beam=length_beam, max_passes=passes, **loading.vocabulary_fields(processor)
   )
   vocabulary = seqio.SentencePieceVocabulary(meta["vocab_model"])
   model = models.PadirModel(

@@ -67,6 +67,7 @@ from padir_t5x import PAD_ID
 from padir_t5x import UNK_ID
 from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 
 INSTALL_HINT = "pip install 'padir-t5x[ctranslate2]'"
 SIDECAR_FILE = "padir_export.json"
@@ -275,15 +276,8 @@ def load_for_export(checkpoint_dir: str, vocab_path: str | None = None):
   """
   meta = checkpoints.read_config(checkpoint_dir)
   check_exportable(meta, checkpoint_dir)
-  module, params, meta = checkpoints.load_checkpoint(checkpoint_dir)
-  path = vocab_path or meta.get("vocab_model")
-  processor = checkpoints.load_vocabulary(
-      path,
-      meta,
-      module.config.vocab_size,
-      config_path=os.path.join(checkpoint_dir, checkpoints.CONFIG_FILE),
-  )
-  return module.config, params, meta, processor
+  loaded = loading.load(checkpoint_dir, vocab_path, kind="ar")
+  return loaded.module.config, loaded.params, loaded.meta, loaded.vocabulary
 
 
 def _write_directory(spec, out_dir: str, vocab_path: str | None, sidecar: dict) -> None:

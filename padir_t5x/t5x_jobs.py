@@ -198,8 +198,13 @@ def read_eval_metrics(output_dir: str) -> dict[str, dict[str, float]]:
   return metrics
 
 
-# What `pip install` gives t5x with this package (setup.cfg's extra; t5x is not on PyPI).
-T5X_INSTALL_HINT = "pip install 'padir-t5x[t5x]' (setup.cfg's t5x extra)"
+# How a user installs t5x beside this package (docs/training.md): t5x, airio and jestimator are
+# not on PyPI and pin git HEADs that conflict with ours, so they come --no-deps at the commits of
+# constraints/t5x.txt, after the t5x extra's PyPI packages.
+T5X_INSTALL_HINT = (
+    "pip install -e '.[t5x]' -c constraints/t5x.txt, then "
+    "pip install --no-deps -c constraints/t5x.txt t5x airio jestimator (docs/training.md)"
+)
 # t5x.train's metric writer (clu's LoggingWriter) logs "[STEP] collection=train loss=..., ..."
 # every stats period; the last such step in t5x.log is the run's progress.
 _TRAIN_STEP = re.compile(r"\[(\d+)\] collection=train\b")

@@ -76,6 +76,7 @@ from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
 from padir_t5x import checkpoints
 from padir_t5x import cli
+from padir_t5x import loading
 from padir_t5x import progress
 from padir_t5x import textio
 from padir_t5x.checkpoints import CheckpointError
@@ -183,51 +184,6 @@ def truncation_warning(lines: Sequence[int], max_length: int, name: str) -> str:
       f"{len(lines)} line(s) of {name} longer than the model's input length ({max_length} "
       f"tokens with EOS) were truncated: line(s) {shown} (--strict makes this an error)"
   )
-
-
-def t5x_checkpoint_path(directory: str) -> str:
-  """The checkpoint_N directory to load: `directory` itself, or a model directory's latest one."""
-  steps = []
-  for name in os.listdir(directory):
-    step = name[len("checkpoint_") :]
-    if name.startswith("checkpoint_") and step.isdigit():
-      steps.append(int(step))
-  return os.path.join(directory, f"checkpoint_{max(steps)}") if steps else directory
-
-
-def load_t5x_model(directory: str, gin_file: str | None = None, params: bool = True):
-  """(model, params or None, checkpoint_N path) of a T5X checkpoint, built from its gin config.
-
-  Needs t5x; the model comes from `gin_file`, default the config.gin t5x.train wrote beside the
-  checkpoints. CheckpointError naming the directory or file otherwise.
-  """
-  try:
-    from padir_t5x import models  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise CheckpointError(
-        f"{directory} is a T5X checkpoint, which needs t5x installed (pip install -e '.[t5x]'; "
-        f"{e})"
-    ) from None
-  path = t5x_checkpoint_path(directory)
-  gin_file = gin_file or os.path.join(os.path.dirname(os.path.abspath(path)), "config.gin")
-  try:
-    if not params:
-      return models.model_from_gin(gin_file), None, path
-    model, variables = models.load_for_inference(path, gin_file)
-  except (FileNotFoundError, ValueError) as e:
-    raise CheckpointError(f"{path}: {e}") from None
-  return model, variables, path
-
-
-def checkpoint_kind(directory: str, gin_file: str | None = None) -> str:
-  """'padir' or 'ar' for a core or T5X checkpoint directory, without loading its weights."""
-  if not os.path.isfile(os.path.join(directory, checkpoints.CONFIG_FILE)):
-    if checkpoints.looks_like_t5x_checkpoint(directory):
-      model, _, _ = load_t5x_model(directory, gin_file, params=False)
-      from padir_t5x import models  # pylint: disable=g-import-not-at-top
-
-      return "padir" if isinstance(model, models.PadirModel) else "ar"
-  return checkpoints.read_config(directory)["kind"]
 
 
 # The Translator's own keyword options (the rest of from_checkpoint's are decoding options).
@@ -384,14 +340,12 @@ class Translator:
     self.strict = strict
     self.drafter = drafter
     self.keep_candidates = keep_candidates
-    decoder = self.decoder  # built (and its settings checked) now, not at the first batch
-    self.max_input_length = decoder.max_input_length
-    self.max_decode_length = decoder.max_decode_length
+    self.decoder = self._build_decoder()  # its settings are checked now, not at the first batch
+    self.max_input_length = self.decoder.max_input_length
+    self.max_decode_length = self.decoder.max_decode_length
 
-  @property
-  def decoder(self):
-    """The `decoders.Decoder` of this model and its settings (built from the attributes, so
-    that a changed module, e.g. another activation dtype, is the one that decodes)."""
+  def _build_decoder(self):
+    """The `decoders.Decoder` of this model and its settings."""
     from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
     from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
 
@@ -441,68 +395,22 @@ class Translator:
         "decoding" fields, then DecodingConfig's; vocab_high and word_starts come from the
         vocabulary.
     """
-    from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
-    from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
-
-    if dtype is not None:
-      from padir_t5x import network  # pylint: disable=g-import-not-at-top
-
-      translator = cls.from_checkpoint(path, vocab_path, kind, gin_file, **options)
-      translator.module = network.with_activation_dtype(translator.module, dtype)
-      return translator
-    if gin_file is not None or (
-        not os.path.isfile(os.path.join(path, checkpoints.CONFIG_FILE))
-        and checkpoints.looks_like_t5x_checkpoint(path)
-    ):
-      return cls._from_t5x_checkpoint(path, gin_file, vocab_path, kind, **options)
-    meta = checkpoints.read_config(path)
-    config_path = os.path.join(path, checkpoints.CONFIG_FILE)
-    if kind is not None and kind != meta["kind"]:
-      raise CheckpointError(
-          f"{config_path}: holds {'an AR' if meta['kind'] == 'ar' else 'a PaDIR'} model "
-          f"(kind {meta['kind']!r}), not the {kind!r} model asked for"
-      )
-    own = _split_options(options, meta["kind"], config_path)
-    # The vocabulary before the weights: another one than the checkpoint's is refused first.
-    processor = checkpoints.load_vocabulary(
-        vocab_path or meta["vocab_model"],
-        meta,
-        checkpoints.transformer_config(meta).vocab_size,
-        config_path=config_path,
-    )
-    module, params, meta = checkpoints.load_checkpoint(path)
-    vocab_high = processor.get_piece_size()
-    if meta["kind"] == "padir":
-      from_vocab = {"vocab_high": vocab_high, "word_starts": vocab.word_start_table(processor)}
-      fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)} - set(from_vocab)
-      recorded = {k: v for k, v in meta["decoding"].items() if k in fields}
-      decoding_config = decoding.DecodingConfig(**{**from_vocab, **recorded, **options})
-      return cls(module, params, processor, "padir", vocab_high, decoding_config, **own)
-    return cls(module, params, processor, "ar", vocab_high, **options, **own)
+    if not loading.is_t5x(path, gin_file):
+      # A core checkpoint's kind and the options are checked before its weights are read.
+      found = loading.checkpoint_kind(path, expected=kind)
+      _split_options(dict(options), found, os.path.join(path, checkpoints.CONFIG_FILE))
+    return cls.from_loaded(loading.load(path, vocab_path, kind, gin_file, dtype), **options)
 
   @classmethod
-  def _from_t5x_checkpoint(
-      cls, path: str, gin_file: str | None, vocab_path: str | None, kind: str | None, **options
-  ) -> Translator:
-    """A T5X checkpoint: the model from its gin config, the params as t5x.infer restores them."""
-    import dataclasses  # pylint: disable=g-import-not-at-top
-
-    model, params, checkpoint = load_t5x_model(path, gin_file)  # CheckpointError without t5x
-    from padir_t5x import models  # pylint: disable=g-import-not-at-top
-    from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
-
-    found = "padir" if isinstance(model, models.PadirModel) else "ar"
-    if kind is not None and kind != found:
-      raise CheckpointError(f"{checkpoint}: holds a {found!r} model, not the {kind!r} asked for")
-    own = _split_options(options, found, checkpoint)
-    vocab_file = vocab_path or model.output_vocabulary.sentencepiece_model_file
-    processor = checkpoints.load_vocabulary(vocab_file, {}, model.module.config.vocab_size)
-    vocab_high = processor.get_piece_size()
-    if found == "padir":
-      from_vocab = {"vocab_high": vocab_high, "word_starts": vocab.word_start_table(processor)}
-      config = dataclasses.replace(model.decoding_config, **{**from_vocab, **options})
-      return cls(model.module, params, processor, "padir", vocab_high, config, **own)
-    return cls(model.module, params, processor, "ar", vocab_high, **options, **own)
+  def from_loaded(cls, loaded: loading.LoadedModel, **options) -> Translator:
+    """A Translator of a loaded checkpoint (loading.load); options as from_checkpoint's (PaDIR
+    decoding options override the checkpoint's defaults, `loaded.decoding`)."""
+    where = os.path.join(loaded.path, checkpoints.CONFIG_FILE) if loaded.meta else loaded.path
+    own = _split_options(options, loaded.kind, where)
+    model = (loaded.module, loaded.params, loaded.vocabulary, loaded.kind, loaded.vocab_high)
+    if loaded.kind == "padir":
+      return cls(*model, dataclasses.replace(loaded.decoding, **options), **own)
+    return cls(*model, **options, **own)
 
   @classmethod
   def draft_verify_from_checkpoints(
@@ -549,15 +457,10 @@ class Translator:
       raise ValueError(
           f"{', '.join(wrong)} do(es) not apply to draft-and-verify decoding (AR greedy)"
       )
-    verifier = cls.from_checkpoint(checkpoint, vocab_path, kind="ar", gin_file=gin_file)
-    drafter = cls.from_checkpoint(
-        draft_checkpoint, vocab_path, kind="padir", gin_file=draft_gin_file, **options
-    )
-    if verifier.processor.serialized_model_proto() != drafter.processor.serialized_model_proto():
-      raise CheckpointError(
-          f"{checkpoint} and {draft_checkpoint} have different vocabularies: a drafter must "
-          "share its verifier's"
-      )
+    verifier = loading.load(checkpoint, vocab_path, "ar", gin_file)
+    drafter_model = loading.load(draft_checkpoint, vocab_path, "padir", draft_gin_file)
+    loading.check_same_vocabulary(verifier, drafter_model, ": a drafter must share its verifier's")
+    drafter = cls.from_loaded(drafter_model, **options)
     tolerant = {"top_k": verify_top_k, "margin": verify_margin}
     config = draft_verify.DraftVerifyConfig(
         decoding=drafter.decoding_config,
@@ -571,7 +474,7 @@ class Translator:
     return cls(
         verifier.module,
         verifier.params,
-        verifier.processor,
+        verifier.vocabulary,
         "ar",
         verifier.vocab_high,
         drafter=Drafter(drafter.module, drafter.params, config),
@@ -955,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       lines = [line for _, line in textio.iter_stream_lines(sys.stdin.buffer, name, True)]
     else:
       lines = [line for _, line in textio.iter_text_lines(args.input, allow_empty_lines=True)]
-    meta = {"kind": checkpoint_kind(args.checkpoint, args.gin_file)}
+    meta = {"kind": loading.checkpoint_kind(args.checkpoint, args.gin_file)}
     if args.draft_checkpoint is not None:
       return _draft_verify_main(parser, args, lines, meta["kind"])
     decoder_flags = AR_OPTIONS if meta["kind"] == "ar" else PADIR_OPTIONS
@@ -1000,7 +903,7 @@ def _draft_verify_main(parser, args, lines: list[str], kind: str) -> int:
         f"argument --draft_checkpoint: needs an AR --checkpoint to verify the drafts, but "
         f"{_described_file(args.checkpoint)} holds a PaDIR model"
     )
-  draft_kind = checkpoint_kind(args.draft_checkpoint, args.draft_gin_file)
+  draft_kind = loading.checkpoint_kind(args.draft_checkpoint, args.draft_gin_file)
   if draft_kind != "padir":
     parser.error(
         f"argument --draft_checkpoint: needs a PaDIR checkpoint, but "

@@ -755,7 +755,7 @@ def test_em_without_t5x_fails_before_the_first_stage(tmp_path, capsys, monkeypat
   status, last = _em_main(argv, capsys)
   assert status == 2
   assert "t5x is not importable by " in last and "(needed from stage r0_ar_train on)" in last
-  assert "pip install 'padir-t5x[t5x]'" in last
+  assert "pip install --no-deps -c constraints/t5x.txt t5x airio jestimator" in last
   assert not os.path.exists(config.run_dir)  # not even the prepare stage ran
 
 
