@@ -140,8 +140,10 @@ class ArBeamDecoder(_Model):
   """AR beam search (ar_decoding.beam_search, jitted), GNMT length penalty `alpha`; tokens
   restricted to the real vocabulary [0, vocab_high)."""
 
-  beam_size: int = 4
-  alpha: float = 0.6
+  beam_size: int = dataclasses.field(default=4, metadata={"help": "beam size", "min": 1})
+  alpha: float = dataclasses.field(
+      default=0.6, metadata={"help": "GNMT length penalty", "min": 0.0}
+  )
   vocab_high: int | None = None
   early_stopping: bool = True  # False: run all t steps (fixed-work benchmarks)
 

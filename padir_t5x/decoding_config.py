@@ -122,27 +122,67 @@ class DecodingConfig:
   stutter re-masking between passes.
   """
 
-  length_beam: int = 5
-  max_passes: int = 4
-  init: FillMode = FillMode.RANDOM
-  remask: RemaskMode = RemaskMode.STUTTER
-  score: ScoreMode = ScoreMode.MEAN
+  length_beam: int = dataclasses.field(
+      default=5, metadata={"help": "target lengths decoded (l)", "min": 1}
+  )
+  max_passes: int = dataclasses.field(
+      default=4, metadata={"help": "refinement passes at most (T)", "min": 1}
+  )
+  init: FillMode = dataclasses.field(
+      default=FillMode.RANDOM, metadata={"help": "first decoder input"}
+  )
+  remask: RemaskMode = dataclasses.field(
+      default=RemaskMode.STUTTER, metadata={"help": "what is re-filled between passes"}
+  )
+  score: ScoreMode = dataclasses.field(
+      default=ScoreMode.MEAN,
+      metadata={
+          "help": "candidate score: mean or sum of its token log-probs, or GNMT length penalty "
+          "(docs/decoding.md says when each helps)"
+      },
+  )
   length_penalty_alpha: float = 0.6
   add_length_log_prob: bool = True
-  dedup: DedupMode = DedupMode.CONSECUTIVE
+  dedup: DedupMode = dataclasses.field(
+      default=DedupMode.CONSECUTIVE, metadata={"help": "final de-duplication"}
+  )
   dedup_top_k: int = 4
   vocab_low: int = FIRST_ORDINARY_ID
   vocab_high: int | None = None
   mask_id: int = MASK_ID
   min_length: int = 2
-  length_buckets: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128)
-  stutter_unit: StutterUnit = StutterUnit.WORD
+  length_buckets: tuple[int, ...] = dataclasses.field(
+      default=(16, 24, 32, 48, 64, 96, 128),
+      metadata={
+          "help": "decoded lengths are padded up to one of these (one compile each)",
+          "min": 1,
+      },
+  )
+  stutter_unit: StutterUnit = dataclasses.field(
+      default=StutterUnit.WORD,
+      metadata={
+          "help": "what stutter re-masking and consecutive dedup remove: repeated words or pieces"
+      },
+  )
   word_starts: layout.WordStarts | None = None
-  inits_per_length: int = 1
-  length_offsets: int = 0
-  prediction: PredictionMode = PredictionMode.LAST
+  inits_per_length: int = dataclasses.field(
+      default=1, metadata={"help": "random initialisations per length", "min": 1}
+  )
+  length_offsets: int = dataclasses.field(
+      default=0, metadata={"help": "also decode lengths L-r..L+r (r)", "min": 0}
+  )
+  prediction: PredictionMode = dataclasses.field(
+      default=PredictionMode.LAST,
+      metadata={"help": "argmax of the last pass's log-probs or of their sum over passes"},
+  )
   early_stopping: bool = True
-  refine_top_k: int | None = None
+  refine_top_k: int | None = dataclasses.field(
+      default=None,
+      metadata={
+          "help": "after the first pass, refine only the k best candidates (None: all)",
+          "min": 1,
+      },
+  )
 
   def __post_init__(self):
     # Frozen: store members, so a config built from names equals (and hashes as, for jit) one

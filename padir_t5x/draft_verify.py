@@ -107,13 +107,41 @@ class DraftVerifyConfig:
   """
 
   decoding: DecodingConfig = dataclasses.field(default_factory=DecodingConfig)
-  redraft_passes: int | None = None
-  verify: VerifyMode = VerifyMode.STRICT
-  top_k: int = 3
-  margin: float = 1.0
-  reuse_drafts: bool = False
-  shift_variants: bool = False
-  verify_candidates: bool = False
+  redraft_passes: int | None = dataclasses.field(
+      default=None,
+      metadata={"help": "passes of the drafts after the first (None: max_passes)", "min": 1},
+  )
+  verify: VerifyMode = dataclasses.field(
+      default=VerifyMode.STRICT,
+      metadata={"help": "strict: AR greedy exactly; tolerant: also near-best draft tokens"},
+  )
+  top_k: int = dataclasses.field(
+      default=3, metadata={"help": "tolerant: draft token in the AR top-k", "min": 1}
+  )
+  margin: float = dataclasses.field(
+      default=1.0,
+      metadata={"help": "tolerant: ... and within this many nats of the AR best", "min": 0.0},
+  )
+  reuse_drafts: bool = dataclasses.field(
+      default=False,
+      metadata={
+          "help": "after a disagreement, verify the same draft again (AR token in place) before "
+          "re-drafting"
+      },
+  )
+  shift_variants: bool = dataclasses.field(
+      default=False,
+      metadata={
+          "help": "with --reuse_drafts: also verify it shifted by one either way (one call, 3x rows)"
+      },
+  )
+  verify_candidates: bool = dataclasses.field(
+      default=False,
+      metadata={
+          "help": "verify all of the drafter's candidates in each AR call and keep the one it "
+          "agrees with longest (one call, c x rows)"
+      },
+  )
 
   def __post_init__(self):
     object.__setattr__(self, "verify", VerifyMode.coerce(self.verify, "verify"))

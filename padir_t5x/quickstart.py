@@ -276,14 +276,14 @@ FLAG_TYPES = {
     "num_stages": cli.positive_int,
     "unmasking_rate": cli.probability,
     "length_loss_weight": cli.non_negative_float,
-    "max_passes": cli.positive_int,
-    "length_beam": cli.positive_int,
     "max_eval": cli.positive_int,
     "dropout_rate": cli.probability,
     "peak_learning_rate": cli.positive_float,
     "seed": cli.seed_int,
 }
 FLAG_CHOICES = {"eval_split": ("validation", "test")}
+# QuickstartConfig fields that are DecodingConfig's: their flags come from its field metadata.
+DECODING_FLAGS = ("max_passes", "length_beam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
   for field in dataclasses.fields(QuickstartConfig):
     if field.name in OVERRIDES:
       cli.add_override_flag(parser, f"--{field.name}", OVERRIDES[field.name])
+      continue
+    if field.name in DECODING_FLAGS:  # declared by DecodingConfig; the quickstart's own default
+      cli.add_config_flags(
+          parser, decoding.DecodingConfig, (field.name,), defaults={field.name: field.default}
+      )
       continue
     parser.add_argument(
         f"--{field.name}",
