@@ -38,11 +38,11 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import length_candidates
-from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import shared_data
 from padir_t5x import vocab
+from padir_t5x.decoding_config import DecodingConfig
 
 _HOST_PRIMITIVES = ("callback", "infeed", "outfeed", "host")
 

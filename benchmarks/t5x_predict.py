@@ -29,9 +29,9 @@ from benchmarks import timing
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
-from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import shared_data
 from padir_t5x import vocab as vocab_lib
+from padir_t5x.decoding_config import DecodingConfig
 
 
 def _require_t5x():

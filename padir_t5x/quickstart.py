@@ -35,14 +35,14 @@ import sentencepiece as spm
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import metrics
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import textio
 from padir_t5x import training
 from padir_t5x import vocab
+from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.loss_config import PadirLossConfig
 
 
 @dataclasses.dataclass(frozen=True)

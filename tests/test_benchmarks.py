@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from benchmarks import accelerator
+from benchmarks import budget_config
+from benchmarks import budget_data
+from benchmarks import budget_training
 from benchmarks import common
 from benchmarks import latency
 from benchmarks import train_budget
-from benchmarks import budget_training
-from benchmarks import budget_data
-from benchmarks import budget_config
 from padir_t5x import checkpoints
 from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID

@@ -31,8 +31,8 @@ def test_training_log_line_says_the_loss_is_summed_and_gives_it_per_token():
 
 
 def test_budget_trainer_progress_line():
-  from benchmarks import budget_training
   from benchmarks import budget_config
+  from benchmarks import budget_training
 
   steps = budget_config.BudgetConfig(max_steps=400, minutes=0)
   assert budget_training.progress_line(steps, 100, 50.0) == (

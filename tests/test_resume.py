@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import train_budget
 from benchmarks import budget_data
+from benchmarks import train_budget
 from padir_t5x import corpus
 from padir_t5x import resume
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks import speed_map
-from benchmarks import speed_map_summary
 from benchmarks import speed_map_rows
+from benchmarks import speed_map_summary
 from benchmarks.accelerator import random_params
 from padir_t5x import EOS_ID
 from padir_t5x import decoders
