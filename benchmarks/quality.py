@@ -170,8 +170,8 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="benchmarks/results/quality.json")
   args = parser.parse_args(argv)
 
-  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   # Every flag is checked before a checkpoint is loaded or a sentence decoded.
   ar_beams = args.ar_beams

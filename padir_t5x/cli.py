@@ -14,12 +14,12 @@
 * Overrides of the core configs: `--loss FIELD=VALUE`, `--decoding FIELD=VALUE`, ...
 
 The quickstart and the budget trainer expose every field of `loss_config.PadirLossConfig`,
-`decoding_config.DecodingConfig` and `network_config.TransformerConfig` through one repeatable flag per config,
-so that a new option is sweepable from the command line the moment it is a config field, with no
-new flag to add. Values are parsed by the field's annotated type; a wrong field name, a value of
-the wrong type or a value the config rejects ends the command with status 2 and one line naming
-the flag, before any work starts (each command builds its configs up front and passes the
-error to argparse's `parser.error`).
+`decoding_config.DecodingConfig` and `network_config.TransformerConfig` through one repeatable flag
+per config, so that a new option is sweepable from the command line the moment it is a config
+field, with no new flag to add. Values are parsed by the field's annotated type; a wrong field
+name, a value of the wrong type or a value the config rejects ends the command with status 2 and
+one line naming the flag, before any work starts (each command builds its configs up front and
+passes the error to argparse's `parser.error`).
 
     python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none
 """

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 from padir_t5x import EOS_ID
 from padir_t5x import ar_decoding
 from padir_t5x import decoding
-from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
 from padir_t5x import drafters
+from padir_t5x.decoding_config import DecodingConfig
 
 Array = jnp.ndarray
 

@@ -12,9 +12,9 @@ Used together (speculative decoding with a non-autoregressive drafter, Xia et al
    round gains at least one token;
 4. PaDIR re-drafts the rest with the kept prefix forced (`refinement.refine_lengths`' `forced`),
    over its length beam restricted to lengths that hold the prefix and an EOS
-   (`drafters.constrained_length_beam`), in `redraft_passes` passes; or, with `reuse_drafts`, the next
-   round first verifies the same draft with the AR token in place of the rejected one (no
-   PaDIR pass), re-drafting only once the kept prefix has reached the draft's EOS;
+   (`drafters.constrained_length_beam`), in `redraft_passes` passes; or, with `reuse_drafts`,
+   the next round first verifies the same draft with the AR token in place of the rejected one
+   (no PaDIR pass), re-drafting only once the kept prefix has reached the draft's EOS;
 5. repeat until the AR model accepts an EOS or the prefix fills the table.
 
 In 'strict' mode (modes.VerifyMode) every kept token is the AR model's greedy choice given the

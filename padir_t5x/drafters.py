@@ -35,9 +35,10 @@ def constrained_length_beam(
 ) -> tuple[Array, Array]:
   """The drafter's length beam over the lengths >= min_lengths (per row).
 
-  length_candidates.length_beam on the logits with the shorter lengths at DISALLOWED_LENGTH_LOGIT (so
-  their log-prob is ~-1e9); where fewer lengths than candidates remain, the extra candidates
-  are clipped up to min_lengths (repeats, which lose on their length log-prob).
+  length_candidates.length_beam on the logits with the shorter lengths at
+  DISALLOWED_LENGTH_LOGIT (so their log-prob is ~-1e9); where fewer lengths than candidates
+  remain, the extra candidates are clipped up to min_lengths (repeats, which lose on their length
+  log-prob).
 
   Args:
     length_logits: [b, L] float.

@@ -43,7 +43,7 @@ class FillMode(Mode):
 
 
 class UnmaskingRateMode(Mode):
-  """How the stage-1 unmasking rate of each training example is chosen (loss_config.PadirLossConfig)."""
+  """How the stage-1 unmasking rate of each training example is chosen (PadirLossConfig)."""
 
   FIXED = "fixed"  # PadirLossConfig.unmasking_rate for every example (the paper's setting)
   UNIFORM = (
@@ -53,7 +53,7 @@ class UnmaskingRateMode(Mode):
 
 
 class LossPositions(Mode):
-  """Which target positions a stage's token cross-entropy is taken over (loss_config.PadirLossConfig)."""
+  """Which target positions a stage's token cross-entropy is taken over (PadirLossConfig)."""
 
   ALL = "all"  # every target position (weights: decoder_loss_weights, else targets > 0)
   CORRUPTED = "corrupted"  # positions whose stage input is corrupted, plus EOS (see losses)
@@ -104,7 +104,7 @@ class StutterUnit(Mode):
 
 
 class LengthPooling(Mode):
-  """What the PaDIR length predictor reads from the encoder (padir_t5x/network.py)."""
+  """What the PaDIR length predictor reads from the encoder (padir_t5x/length_predictor.py)."""
 
   MEAN = "mean"  # the mean of the encoder output over the non-PAD source positions, then an MLP
   TOKEN = "token"  # a learned [LENGTH] slot prepended to the encoder input (Mask-Predict)

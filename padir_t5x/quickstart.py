@@ -5,8 +5,8 @@
     python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none  # any field
 
 `--loss`, `--decoding` and `--network` (repeatable, FIELD=VALUE; padir_t5x/cli.py) set any field
-of loss_config.PadirLossConfig, decoding_config.DecodingConfig and network_config.TransformerConfig, over the flat
-flags below.
+of loss_config.PadirLossConfig, decoding_config.DecodingConfig and
+network_config.TransformerConfig, over the flat flags below.
 
 The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
 (default runs/quickstart), and the run ends by printing the `python -m padir_t5x.translate`
@@ -35,14 +35,14 @@ import sentencepiece as spm
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import metrics
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import textio
 from padir_t5x import training
 from padir_t5x import vocab
+from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.loss_config import PadirLossConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +313,8 @@ def check_decodable(
 ) -> None:
   """Raises ValueError unless the network can decode `decoding_config`'s number of lengths.
 
-  length_candidates.select_lengths checks the same at decode time, which is after the whole training.
+  length_candidates.select_lengths checks the same at decode time, which is after the whole
+  training.
   """
   # Transformer.predict_length gives logits over max_target_length lengths (offsets included).
   num_allowed = net_config.max_target_length - (decoding_config.min_length - 1)

@@ -19,10 +19,10 @@ import numpy as np
 import optax
 
 from padir_t5x import losses
-from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x import network
 from padir_t5x import progress
 from padir_t5x import schedules
+from padir_t5x.loss_config import PadirLossConfig
 
 Batch = Mapping[str, np.ndarray]
 # (params, batch, rng) -> (scalar loss, metrics): what `make_train_step` differentiates.

@@ -19,14 +19,14 @@ from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
 from padir_t5x import bucketing
 from padir_t5x import decoding
-from padir_t5x import refinement
-from padir_t5x import length_candidates
-from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import dedup
 from padir_t5x import layout
+from padir_t5x import length_candidates
 from padir_t5x import network
 from padir_t5x import network_config
+from padir_t5x import refinement
 from padir_t5x import remasking
+from padir_t5x.decoding_config import DecodingConfig
 
 V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
 LOW = 4

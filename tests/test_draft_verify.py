@@ -22,14 +22,14 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import ar_decoding
 from padir_t5x import checkpoints
-from padir_t5x import refinement
-from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x import draft_verify
 from padir_t5x import drafters
 from padir_t5x import network
 from padir_t5x import network_config
+from padir_t5x import refinement
 from padir_t5x import translate
 from padir_t5x import vocab
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x.draft_verify import DraftVerifyConfig
 
 T = 12  # max input and decode length

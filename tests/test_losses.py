@@ -19,8 +19,8 @@ from padir_t5x import EOS_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
 from padir_t5x import corruption
-from padir_t5x import losses
 from padir_t5x import cross_entropy
+from padir_t5x import losses
 from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x.modes import LossPositions
 from padir_t5x.modes import UnmaskingRateMode
