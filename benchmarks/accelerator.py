@@ -36,13 +36,14 @@ from benchmarks import timing
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import cli
 from padir_t5x import decoders
-from padir_t5x import decoding
 from padir_t5x import network
+from padir_t5x import network_config
+from padir_t5x.decoding_config import DecodingConfig
 
-SIZES = {"base": network.base_config, "tiny": network.tiny_config}
+SIZES = {"base": network_config.base_config, "tiny": network_config.tiny_config}
 
 
-def random_params(config: network.TransformerConfig, seed: int = 0):
+def random_params(config: network_config.TransformerConfig, seed: int = 0):
   """Random float32 parameters of a network of `config` (dtype does not change them)."""
   tokens = jnp.ones((1, min(config.max_input_length, config.max_target_length)), jnp.int32)
   init = jax.jit(
@@ -58,7 +59,7 @@ def fixed_work_padir(
 ) -> decoders.PadirDecoder:
   """PaDIR doing the same work whatever the weights predict: `passes` passes with early stopping
   off, over exactly `target_length` positions (no length buckets). Also benchmarks/speed_map."""
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=length_beam,
       max_passes=passes,
       early_stopping=False,

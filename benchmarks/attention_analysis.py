@@ -22,18 +22,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from padir_t5x import cli
-from padir_t5x import loading
 from padir_t5x import analysis
+from padir_t5x import cli
 from padir_t5x import decoding
+from padir_t5x import loading
+from padir_t5x import refinement
 from padir_t5x import shared_data
+from padir_t5x.decoding_config import DecodingConfig
 
 
 def analyse(
     module,
     params,
     source_ids: np.ndarray,
-    config: decoding.DecodingConfig,
+    config: DecodingConfig,
     batch_size: int = 50,
     seed: int = 0,
 ) -> dict:
@@ -51,7 +53,7 @@ def analyse(
     lengths = np.asarray(result.lengths[:, -1])
     length_mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
     out = analysis.decoder_attention(module, params, chunk, best, length_mask)
-    logits = decoding.restrict_logits(out["logits"], config.vocab_low, config.vocab_high)
+    logits = refinement.restrict_logits(out["logits"], config.vocab_low, config.vocab_high)
     again = np.asarray(jnp.argmax(logits, -1))
     content = np.arange(t)[None, :] < lengths[:, None] - 1
     fixed = np.all(np.where(content, again == best, True), axis=1)
@@ -83,8 +85,7 @@ def main(argv=None):
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--split", default="dev", help="dev (newstest2013) or dev-multi30k")
   parser.add_argument("--num_sentences", type=cli.positive_int, default=500)
-  parser.add_argument("--max_passes", type=cli.positive_int, default=4)
-  parser.add_argument("--length_beam", type=cli.positive_int, default=3)
+  cli.add_config_flags(parser, DecodingConfig, ("max_passes", "length_beam"))
   parser.add_argument("--remask_stutter", action="store_true")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
@@ -98,7 +99,7 @@ def main(argv=None):
   _, _, source_ids, _ = common.load_dev_set(
       data_dir, processor, args.num_sentences, max_length, args.split
   )
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=args.length_beam,
       max_passes=args.max_passes,
       dedup="none",

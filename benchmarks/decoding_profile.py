@@ -35,10 +35,13 @@ import numpy as np
 from benchmarks import common
 from padir_t5x import bucketing
 from padir_t5x import cli
-from padir_t5x import loading
 from padir_t5x import decoding
+from padir_t5x import length_candidates
+from padir_t5x import loading
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import shared_data
+from padir_t5x.decoding_config import DecodingConfig
 
 _HOST_PRIMITIVES = ("callback", "infeed", "outfeed", "host")
 
@@ -153,7 +156,7 @@ def memory_and_time(module, params, tokens, config, t, repeats: int = 5) -> dict
   decode_s = timed(lambda: decoding.decode_with_network(module, params, tokens, rng, config, t))
   encoded, length_logits = network.encode_and_predict_length(module, params, tokens)
   # The bucket this batch decodes in (decode_with_network picks it inside jit the same way).
-  lengths, _ = decoding.length_beam(length_logits, config, t)  # [b, c]
+  lengths, _ = length_candidates.length_beam(length_logits, config, t)  # [b, c]
   buckets = bucketing.length_buckets(
       t, config.length_buckets, config.num_lengths, config.min_length
   )
@@ -224,7 +227,7 @@ def profile(
     module,
     params,
     source_ids: np.ndarray,
-    config: decoding.DecodingConfig,
+    config: DecodingConfig,
     batch_sizes=(1, 8, 32),
     log=print,
 ) -> dict:
@@ -240,7 +243,7 @@ def profile(
   # Temporary memory must not grow with the number of passes (no per-pass stacking).
   report["temp_bytes_by_max_passes"] = {}
   for passes in (1, 10):
-    cfg = decoding.DecodingConfig(**{**config.__dict__, "max_passes": passes})
+    cfg = DecodingConfig(**{**config.__dict__, "max_passes": passes})
     analysis = (
         decoding._decode_with_network.lower(  # pylint: disable=protected-access
             module, params, first, jax.random.PRNGKey(0), cfg, t, None
@@ -263,8 +266,7 @@ def main(argv=None):
   parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--padir_checkpoint", default=None)
   parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--max_passes", type=cli.positive_int, default=4)
-  parser.add_argument("--length_beam", type=cli.positive_int, default=3)
+  cli.add_config_flags(parser, DecodingConfig, ("max_passes", "length_beam"))
   parser.add_argument("--batch_sizes", type=cli.int_list(1), default=[1, 8, 32])
   parser.add_argument("--out", default=None, help="JSON file to write")
   args = parser.parse_args(argv)
@@ -281,7 +283,7 @@ def main(argv=None):
     vocab_high = vocabulary_fields.pop("vocab_high")
     stutter = vocabulary_fields
   else:
-    cfg = network.tiny_config(dropout_rate=0.0)
+    cfg = network_config.tiny_config(dropout_rate=0.0)
     module = network.Transformer(cfg)
     vocab_high = 100
     rng = np.random.default_rng(0)
@@ -290,7 +292,7 @@ def main(argv=None):
     x = jnp.asarray(source_ids[:1])
     params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]
     stutter = {"stutter_unit": "piece"}  # random ids: no words
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=args.length_beam, max_passes=args.max_passes, vocab_high=vocab_high, **stutter
   )
   report = profile(module, params, source_ids, config, batch_sizes)

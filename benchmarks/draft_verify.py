@@ -40,11 +40,13 @@ import sacrebleu
 from benchmarks import common
 from benchmarks import latency
 from padir_t5x import cli
-from padir_t5x import loading
 from padir_t5x import decoders
 from padir_t5x import draft_verify
+from padir_t5x import drafters
+from padir_t5x import loading
 from padir_t5x import metrics as metrics_lib
 from padir_t5x import shared_data
+from padir_t5x.decoding_config import DecodingConfig
 
 EXTRA_KEYS = (
     "identical_to_ar_greedy",
@@ -169,7 +171,7 @@ def run(args, log=print) -> dict:
   def beam5(tokens):
     return {"sequences": np.asarray(beam5_decoder.decode(tokens, rng).best)}
 
-  drafter = draft_verify.PadirDrafter(padir_module)
+  drafter = drafters.PadirDrafter(padir_module)
 
   def draft_and_verify(config):
     def decode(tokens):
@@ -341,20 +343,14 @@ def main(argv=None):
   parser.add_argument("--batch_size", type=cli.positive_int, default=64, help="quality pass batch")
   # The defaults are the measured setting (README, "Draft and verify"): every one of the 15
   # candidates (5 lengths x offsets -1..1) verified, one pass per draft from random tokens.
-  parser.add_argument("--length_beam", type=cli.positive_int, default=5, help="drafter length beam")
-  parser.add_argument(
-      "--length_offsets", type=cli.non_negative_int, default=1, help="drafter length offsets"
+  cli.add_config_flags(
+      parser,
+      DecodingConfig,
+      ("length_beam", "length_offsets", "inits_per_length", "max_passes", "length_buckets", "init"),
+      defaults={"length_offsets": 1, "max_passes": 1, "length_buckets": (16, 24, 32, 48, 64)},
   )
-  parser.add_argument(
-      "--inits_per_length", type=cli.positive_int, default=1, help="drafter inits per length"
-  )
-  parser.add_argument("--max_passes", type=cli.positive_int, default=1, help="first draft's passes")
-  parser.add_argument(
-      "--redraft_passes", type=cli.positive_int, default=1, help="later drafts' passes"
-  )
-  parser.add_argument("--length_buckets", type=cli.int_list(1), default=[16, 24, 32, 48, 64])
-  parser.add_argument(
-      "--init", default="random", choices=("mask", "random"), help="drafter's first input"
+  cli.add_config_flags(
+      parser, draft_verify.DraftVerifyConfig, ("redraft_passes",), defaults={"redraft_passes": 1}
   )
   parser.add_argument(
       "--reuse_drafts",

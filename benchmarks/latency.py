@@ -48,13 +48,13 @@ import sacrebleu
 from benchmarks import common
 from benchmarks.timing import environment
 from benchmarks.timing import latency_summary
-from padir_t5x import cli
-from padir_t5x import loading
 from padir_t5x import EOS_ID
+from padir_t5x import cli
 from padir_t5x import decoders
-from padir_t5x import decoding
+from padir_t5x import loading
 from padir_t5x import metrics as metrics_lib
 from padir_t5x import shared_data
+from padir_t5x.decoding_config import DecodingConfig
 
 RESULT_KEYS = (
     "system",
@@ -130,7 +130,7 @@ def padir_system(
     length_beam: int,
     max_decode_length: int,
     vocab_high: int,
-    length_buckets: Sequence[int] = decoding.DecodingConfig.length_buckets,
+    length_buckets: Sequence[int] = DecodingConfig.length_buckets,
     seed: int = 0,
     word_starts: np.ndarray | None = None,
 ) -> System:
@@ -138,7 +138,7 @@ def padir_system(
   `length_buckets` that holds the length beam (chosen inside jit; same hypotheses), or the whole
   table when it is empty. `word_starts`: the vocabulary's word-start table (DecodingConfig.word_starts,
   for the default word-level stutter)."""
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=length_beam,
       max_passes=passes,
       vocab_high=vocab_high,
@@ -288,7 +288,7 @@ def run_benchmark(
     throughput_batch: int = 64,
     max_throughput_batch: int = 512,
     full_table: Sequence[tuple[int, int]] = (),
-    length_buckets: Sequence[int] = decoding.DecodingConfig.length_buckets,
+    length_buckets: Sequence[int] = DecodingConfig.length_buckets,
     log=print,
     split: str = "dev",
 ) -> dict:
@@ -510,7 +510,7 @@ def main(argv=None):
   parser.add_argument(
       "--length_buckets",
       type=cli.int_list(1, allow_empty=True),
-      default=list(decoding.DecodingConfig.length_buckets),
+      default=list(DecodingConfig.length_buckets),
       help="PaDIR's length buckets, comma-separated ('' refines the whole table)",
   )
   args = parser.parse_args(argv)

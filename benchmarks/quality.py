@@ -170,8 +170,8 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="benchmarks/results/quality.json")
   args = parser.parse_args(argv)
 
-  from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   # Every flag is checked before a checkpoint is loaded or a sentence decoded.
   ar_beams = args.ar_beams
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
   for spec in args.setting or ["T=4,l=5:max_passes=4;length_beam=5"]:
     try:
       name, items = parse_setting(spec)
-      settings.append((name, cli.parse_overrides(decoding.DecodingConfig, items)))
+      settings.append((name, cli.parse_overrides(DecodingConfig, items)))
     except ValueError as error:
       parser.error(f"--setting: {error}")
   systems = []

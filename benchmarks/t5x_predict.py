@@ -27,10 +27,11 @@ import numpy as np
 from benchmarks import common
 from benchmarks import timing
 from padir_t5x import cli
-from padir_t5x import loading
 from padir_t5x import decoding
+from padir_t5x import loading
 from padir_t5x import shared_data
 from padir_t5x import t5x_jobs
+from padir_t5x.decoding_config import DecodingConfig
 
 
 def _require_t5x():
@@ -52,7 +53,7 @@ def run(padir_checkpoint, data_dir, split, num_sentences, passes, length_beam, w
   params = jax.tree_util.tree_map(jnp.asarray, loaded.params)
   t = min(module.config.max_input_length, module.config.max_target_length)
   _, _, source_ids, _ = common.load_dev_set(data_dir, processor, num_sentences, t, split)
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=length_beam, max_passes=passes, **loading.vocabulary_fields(processor)
   )
   vocabulary = seqio.SentencePieceVocabulary(meta["vocab_model"])
@@ -112,8 +113,7 @@ def main(argv=None):
   parser.add_argument("--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data")
   parser.add_argument("--split", default="dev-multi30k")
   parser.add_argument("--num_sentences", type=cli.positive_int, default=200)
-  parser.add_argument("--max_passes", type=cli.positive_int, default=4)
-  parser.add_argument("--length_beam", type=cli.positive_int, default=5)
+  cli.add_config_flags(parser, DecodingConfig, ("max_passes", "length_beam"))
   parser.add_argument("--warmup", type=cli.positive_int, default=10)
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)

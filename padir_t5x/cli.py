@@ -13,13 +13,13 @@
   run never ends by failing to save, nor writes over its own input.
 * Overrides of the core configs: `--loss FIELD=VALUE`, `--decoding FIELD=VALUE`, ...
 
-The quickstart and the budget trainer expose every field of `losses.PadirLossConfig`,
-`decoding.DecodingConfig` and `network.TransformerConfig` through one repeatable flag per config,
-so that a new option is sweepable from the command line the moment it is a config field, with no
-new flag to add. Values are parsed by the field's annotated type; a wrong field name, a value of
-the wrong type or a value the config rejects ends the command with status 2 and one line naming
-the flag, before any work starts (each command builds its configs up front and passes the
-error to argparse's `parser.error`).
+The quickstart and the budget trainer expose every field of `loss_config.PadirLossConfig`,
+`decoding_config.DecodingConfig` and `network_config.TransformerConfig` through one repeatable flag
+per config, so that a new option is sweepable from the command line the moment it is a config
+field, with no new flag to add. Values are parsed by the field's annotated type; a wrong field
+name, a value of the wrong type or a value the config rejects ends the command with status 2 and
+one line naming the flag, before any work starts (each command builds its configs up front and
+passes the error to argparse's `parser.error`).
 
     python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none
 """
@@ -128,6 +128,89 @@ def add_override_flag(parser: argparse.ArgumentParser, flag: str, config_class: 
       metavar="FIELD=VALUE",
       help=f"set a field of {config_class.__module__}.{config_class.__name__} (repeatable)",
   )
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags declared on config fields. A config field that a command exposes carries its flag in its
+# metadata, dataclasses.field(default=..., metadata={"help": ..., "min": ..., "max": ...}), so
+# that translate, the quickstart and the benchmarks generate the same flag from one declaration:
+# one help text, one range, one default (the field's). The config modules stay free of argparse.
+
+
+def _flag_type(annotation: Any, metadata: Mapping[str, Any], where: str) -> dict[str, Any]:
+  """argparse keywords (type=, choices= or action=) for a field of type `annotation`."""
+  if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(options) != 1:
+      raise TypeError(f"{where}: a flag needs one type, {annotation} has {len(options)}")
+    annotation = options[0]
+  low, high = metadata.get("min"), metadata.get("max")
+  if annotation is bool:
+    return {"action": argparse.BooleanOptionalAction}
+  if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+    return {"choices": [member.value for member in annotation]}
+  if annotation is int:
+    return {"type": int_range(low, high)}
+  if annotation is float:
+    return {"type": float_range(low, high, high_open=metadata.get("high_open", False))}
+  if typing.get_origin(annotation) is tuple and typing.get_args(annotation)[0] is int:
+    return {"type": int_list(low, high)}
+  if annotation is str:
+    return {"type": str}
+  raise TypeError(f"{where}: fields of type {annotation} cannot be flags")
+
+
+def _default_text(value: Any) -> str:
+  if isinstance(value, enum.Enum):
+    return str(value.value)
+  if isinstance(value, tuple):
+    return ",".join(str(v) for v in value)
+  return str(value)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,  # pylint: disable=protected-access
+    config_class: type,
+    names: Sequence[str],
+    flag_names: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    unset: bool = False,
+) -> None:
+  """One `--NAME` flag per field of `config_class` in `names`, declared by the field's metadata.
+
+  Args:
+    parser: the parser or argument group to add the flags to.
+    config_class: a dataclass whose fields in `names` carry {"help", and optionally "min", "max",
+      "high_open"} metadata; the type comes from the field's annotation (enums: their values as
+      choices; bools: --NAME / --no-NAME; tuples of ints: comma-separated).
+    names: the fields to expose, in order.
+    flag_names: field -> flag name where they differ (draft-and-verify's 'top_k' is
+      --verify_top_k); the parsed value lands under the flag's name.
+    defaults: field -> a command's own default where it documents why it differs from the field's.
+    unset: default None (the flag was not given: the checkpoint's setting applies); the help still
+      names the config's default.
+
+  Raises:
+    TypeError: a field without flag metadata, or of a type no flag can carry (a programming error,
+      raised when the parser is built).
+  """
+  hints = typing.get_type_hints(config_class)
+  fields = {field.name: field for field in dataclasses.fields(config_class)}
+  for name in names:
+    field = fields[name]
+    where = f"{config_class.__name__}.{name}"
+    if "help" not in field.metadata:
+      raise TypeError(f"{where} declares no flag (field metadata 'help')")
+    default = (defaults or {}).get(name, field.default)
+    shown = f"{config_class.__name__} default {_default_text(field.default)}"
+    if default is not field.default:
+      shown = f"default {_default_text(default)}; {shown}"
+    parser.add_argument(
+        f"--{(flag_names or {}).get(name, name)}",
+        default=None if unset else default,
+        help=f"{field.metadata['help']} ({shown})",
+        **_flag_type(hints[name], field.metadata, where),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ given at inference (decoding starts from a length prediction, with EOS put at th
 corrupting it in training would ask the decoder to solve a problem it never faces. Padding (0)
 is never touched either: it lies past the length and is masked out of attention and loss.
 
-Training options (losses.PadirLossConfig) all go through `corrupt_targets_with_mask`:
+Training options (loss_config.PadirLossConfig) all go through `corrupt_targets_with_mask`:
 * the rate may be one number or one per example: `uniform_unmasking_rates` draws them from
   U(low, high), `glancing_unmasking_rates` derives them from a first pass's mistakes (GLAT);
 * a corrupted position is filled according to a mix (keep, random, mask) of probabilities: keep

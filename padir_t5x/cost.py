@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from padir_t5x.network import TransformerConfig
-from padir_t5x.network import base_config as network_base
+from padir_t5x.network_config import TransformerConfig
+from padir_t5x.network_config import base_config as network_base
 
 # Peak dense bfloat16 matmul throughput (FLOP/s) of the devices of the README's cost table,
 # from the vendors' data sheets: TPU v4 275 TFLOP/s per chip (a v4-32 slice is 16 chips, 32

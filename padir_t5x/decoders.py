@@ -12,7 +12,7 @@ fairseq's one iterative-refinement generator the other):
 
 `Translator` (padir_t5x/translate.py) only batches, calls `decode` and detokenises. A new
 decoder is one class with `decode`; a new drafter for draft-and-verify is one class
-implementing `draft_verify.Drafter` (draft_verify.PadirDrafter is PaDIR's).
+implementing `drafters.Drafter` (drafters.PadirDrafter is PaDIR's).
 
 Shapes: b = batch, s = source length, c = hypotheses kept per example, t = max_decode_length.
 """
@@ -30,6 +30,8 @@ from padir_t5x import EOS_ID
 from padir_t5x import ar_decoding
 from padir_t5x import decoding
 from padir_t5x import draft_verify
+from padir_t5x import drafters
+from padir_t5x.decoding_config import DecodingConfig
 
 Array = jnp.ndarray
 
@@ -109,7 +111,7 @@ class PadirDecoder(_Model):
   """PaDIR: length beam and iterative refinement (`decode_fn`, default
   decoding.decode_with_network: jitted, length buckets chosen inside jit)."""
 
-  config: decoding.DecodingConfig = decoding.DecodingConfig()
+  config: DecodingConfig = DecodingConfig()
   decode_fn: decoding.PadirDecodeFn = decoding.decode_with_network
 
   def __post_init__(self):
@@ -138,8 +140,10 @@ class ArBeamDecoder(_Model):
   """AR beam search (ar_decoding.beam_search, jitted), GNMT length penalty `alpha`; tokens
   restricted to the real vocabulary [0, vocab_high)."""
 
-  beam_size: int = 4
-  alpha: float = 0.6
+  beam_size: int = dataclasses.field(default=4, metadata={"help": "beam size", "min": 1})
+  alpha: float = dataclasses.field(
+      default=0.6, metadata={"help": "GNMT length penalty", "min": 0.0}
+  )
   vocab_high: int | None = None
   early_stopping: bool = True  # False: run all t steps (fixed-work benchmarks)
 
@@ -190,7 +194,7 @@ class DraftVerifyDecoder:
   the drafter's drafts; one hypothesis, no score. Both share one vocabulary; the decode reads
   sources and writes outputs no longer than both networks allow."""
 
-  drafter: draft_verify.Drafter
+  drafter: drafters.Drafter
   drafter_params: Any
   verifier: Any  # a network.Transformer in autoregressive mode
   verifier_params: Any

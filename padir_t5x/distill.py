@@ -30,7 +30,7 @@ import sys
 from typing import Any
 from collections.abc import Sequence
 
-from padir_t5x import cli, em, stages, t5x_jobs, textio
+from padir_t5x import cli, em, em_actions, stages, t5x_jobs, textio
 
 DISTILL_STAGES = [
     stages.Stage("prepare", "write", "prepare", (), ("data",)),
@@ -128,7 +128,7 @@ def describe(stage: stages.Stage) -> str:
       "teacher_decode": "the teacher beam-decodes the training sources",
       "write_distilled": "check the beams against the sources; write the corpus",
   }.get(stage.action)
-  return em.describe(stage) if text is None else text + stages.outputs_text(stage)
+  return em_actions.describe(stage) if text is None else text + stages.outputs_text(stage)
 
 
 def distill(
@@ -145,7 +145,7 @@ def distill(
   """
   runner = runner or t5x_jobs.T5xRunner(python=config.python, cwd=config.cwd, env=config.env)
   actions = {
-      "prepare": em.action_prepare,
+      "prepare": em_actions.action_prepare,
       "teacher_decode": _decode_action(checkpoint),
       "write_distilled": _write_action(output_dir),
   }

@@ -10,11 +10,11 @@ Used together (speculative decoding with a non-autoregressive drafter, Xia et al
    position j see draft tokens < j only) and keeps the longest prefix on which its greedy
    choice equals the draft, plus its own greedy token at the first disagreement, so that every
    round gains at least one token;
-4. PaDIR re-drafts the rest with the kept prefix forced (`decoding.refine_lengths`' `forced`),
+4. PaDIR re-drafts the rest with the kept prefix forced (`refinement.refine_lengths`' `forced`),
    over its length beam restricted to lengths that hold the prefix and an EOS
-   (`constrained_length_beam`), in `redraft_passes` passes; or, with `reuse_drafts`, the next
-   round first verifies the same draft with the AR token in place of the rejected one (no
-   PaDIR pass), re-drafting only once the kept prefix has reached the draft's EOS;
+   (`drafters.constrained_length_beam`), in `redraft_passes` passes; or, with `reuse_drafts`,
+   the next round first verifies the same draft with the AR token in place of the rejected one
+   (no PaDIR pass), re-drafting only once the kept prefix has reached the draft's EOS;
 5. repeat until the AR model accepts an EOS or the prefix fills the table.
 
 In 'strict' mode (modes.VerifyMode) every kept token is the AR model's greedy choice given the
@@ -32,7 +32,10 @@ One jitted decode (`draft_verify_decode`): the rounds are a lax.while_loop over 
 which rows finish independently (a finished row's later rounds are computed and discarded). As
 in `decoding.decode_with_network`, each round drafts and verifies only the smallest length
 bucket (DecodingConfig.length_buckets) that holds its longest candidate length, chosen inside
-jit by lax.switch (the AR verification likewise, by the draft's length). No t5x import.
+jit by lax.switch (the AR verification likewise, by the draft's length). No t5x import. The
+drafter is any `drafters.Drafter` (padir_t5x/drafters.py); `decode_with_drafter` takes one,
+`draft_verify_decode` PaDIR's, `drafters.PadirDrafter`, which this module also exposes
+(translate.py reads it as `draft_verify.PadirDrafter`).
 
 Shapes: b = batch, s = source length, c = DecodingConfig.num_candidates drafts per example,
 n = b * c, t = max_decode_length, t' = the round's bucket (<= t), L = length classes,
@@ -44,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import flax
 import jax
@@ -55,9 +58,11 @@ from padir_t5x import PAD_ID
 from padir_t5x import ar_decoding
 from padir_t5x import beam as beam_lib
 from padir_t5x import bucketing
-from padir_t5x import decoding
 from padir_t5x import layout
 from padir_t5x import network
+from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.drafters import Drafter
+from padir_t5x.drafters import PadirDrafter
 from padir_t5x.modes import VerifyMode
 
 Array = jnp.ndarray
@@ -101,18 +106,46 @@ class DraftVerifyConfig:
       call per round whatever c is; more work per call.
   """
 
-  decoding: decoding.DecodingConfig = dataclasses.field(default_factory=decoding.DecodingConfig)
-  redraft_passes: int | None = None
-  verify: VerifyMode = VerifyMode.STRICT
-  top_k: int = 3
-  margin: float = 1.0
-  reuse_drafts: bool = False
-  shift_variants: bool = False
-  verify_candidates: bool = False
+  decoding: DecodingConfig = dataclasses.field(default_factory=DecodingConfig)
+  redraft_passes: int | None = dataclasses.field(
+      default=None,
+      metadata={"help": "passes of the drafts after the first (None: max_passes)", "min": 1},
+  )
+  verify: VerifyMode = dataclasses.field(
+      default=VerifyMode.STRICT,
+      metadata={"help": "strict: AR greedy exactly; tolerant: also near-best draft tokens"},
+  )
+  top_k: int = dataclasses.field(
+      default=3, metadata={"help": "tolerant: draft token in the AR top-k", "min": 1}
+  )
+  margin: float = dataclasses.field(
+      default=1.0,
+      metadata={"help": "tolerant: ... and within this many nats of the AR best", "min": 0.0},
+  )
+  reuse_drafts: bool = dataclasses.field(
+      default=False,
+      metadata={
+          "help": "after a disagreement, verify the same draft again (AR token in place) before "
+          "re-drafting"
+      },
+  )
+  shift_variants: bool = dataclasses.field(
+      default=False,
+      metadata={
+          "help": "with --reuse_drafts: also verify it shifted by one either way (one call, 3x rows)"
+      },
+  )
+  verify_candidates: bool = dataclasses.field(
+      default=False,
+      metadata={
+          "help": "verify all of the drafter's candidates in each AR call and keep the one it "
+          "agrees with longest (one call, c x rows)"
+      },
+  )
 
   def __post_init__(self):
     object.__setattr__(self, "verify", VerifyMode.coerce(self.verify, "verify"))
-    if not isinstance(self.decoding, decoding.DecodingConfig):
+    if not isinstance(self.decoding, DecodingConfig):
       raise ValueError(f"decoding must be a DecodingConfig, got {type(self.decoding).__name__}")
     if self.redraft_passes is not None and self.redraft_passes < 1:
       raise ValueError(f"redraft_passes must be >= 1, got {self.redraft_passes}")
@@ -124,7 +157,7 @@ class DraftVerifyConfig:
       raise ValueError("shift_variants needs reuse_drafts (it varies a reused draft)")
 
   @property
-  def redraft_config(self) -> decoding.DecodingConfig:
+  def redraft_config(self) -> DecodingConfig:
     """The DecodingConfig of the drafts after the first."""
     if self.redraft_passes is None or self.redraft_passes == self.decoding.max_passes:
       return self.decoding
@@ -146,31 +179,6 @@ class DraftVerifyResult:
   def sequential_calls(self) -> Array:
     """[b] int32 sequential model calls: verify calls + PaDIR passes (encoders not counted)."""
     return self.rounds + self.passes
-
-
-def constrained_length_beam(
-    length_logits: Array, min_lengths: Array, config: decoding.DecodingConfig, t: int
-) -> tuple[Array, Array]:
-  """The drafter's length beam over the lengths >= min_lengths (per row).
-
-  decoding.length_beam on the logits with the shorter lengths at DISALLOWED_LENGTH_LOGIT (so
-  their log-prob is ~-1e9); where fewer lengths than candidates remain, the extra candidates
-  are clipped up to min_lengths (repeats, which lose on their length log-prob).
-
-  Args:
-    length_logits: [b, L] float.
-    min_lengths: [b] int32, each in 1..t.
-    config: the drafter's DecodingConfig.
-    t: max_decode_length.
-
-  Returns:
-    (lengths [b, c] int32 in min_lengths..t, log_probs [b, c] float32).
-  """
-  classes = jnp.arange(length_logits.shape[-1])[None, :] + 1  # [1, L] lengths
-  allowed = classes >= min_lengths[:, None]  # [b, L]
-  logits = jnp.where(allowed, length_logits, layout.DISALLOWED_LENGTH_LOGIT)  # [b, L]
-  lengths, log_probs = decoding.length_beam(logits, config, t)  # [b, c] each
-  return jnp.maximum(lengths, min_lengths[:, None]).astype(jnp.int32), log_probs
 
 
 def agreement(draft: Array, log_probs: Array, config: DraftVerifyConfig) -> Array:
@@ -242,121 +250,6 @@ class _State(flax.struct.PyTreeNode):
   passes: Array  # [b] int32
   accepted: Array  # [b] int32
   drafts: Array  # [b, k, t] int32 the drafts kept for reuse (k = 1, or c with verify_candidates)
-
-
-class Drafter(Protocol):
-  """What draft-and-verify needs of its drafter: whole drafts that keep a forced prefix.
-
-  A drafter is static (hashable: a jit argument); its params travel apart. `PadirDrafter` is
-  PaDIR's; another non-autoregressive model drafts by implementing these three methods.
-  `round_config` is the drafter's settings for a round (DraftVerifyConfig.decoding for the
-  first draft, .redraft_config after), opaque to the loop.
-  """
-
-  max_input_length: int
-  max_decode_length: int
-
-  def start(self, params: Any, encoder_input_tokens: Array) -> Any:
-    """Per-decode context, a pytree of what no round changes (the encoder output, ...)."""
-
-  def num_drafts(self, round_config: Any, all_candidates: bool) -> int:
-    """k: the drafts `draft` returns per example (1 unless `all_candidates`)."""
-
-  def draft(
-      self,
-      params: Any,
-      context: Any,
-      prefix: Array,
-      prefix_lengths: Array,
-      rng: Array,
-      round_config: Any,
-      all_candidates: bool,
-      max_decode_length: int,
-  ) -> tuple[Array, Array]:
-    """Drafts [b, k, t] (best last) whose first prefix_lengths [b] tokens are prefix [b, t]'s
-    and that end in EOS after them; and the sequential passes [b] each example ran."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PadirDrafter:
-  """PaDIR as a `Drafter`: its length beam restricted to lengths that hold the prefix and an
-  EOS (`constrained_length_beam`), refined with the prefix forced (decoding.refine_lengths),
-  in the smallest length bucket that holds the longest candidate (lax.switch inside jit)."""
-
-  module: Any  # a network.Transformer with decoder_mode='padir'
-
-  @property
-  def max_input_length(self) -> int:
-    return self.module.config.max_input_length
-
-  @property
-  def max_decode_length(self) -> int:
-    return self.module.config.max_target_length
-
-  def start(self, params, encoder_input_tokens: Array):
-    encoded, length_logits = network.encode_and_predict_length(
-        self.module, params, encoder_input_tokens
-    )  # [b, s(+1), d], [b, L]
-    # What no pass changes (cross-attention keys and values, ...), computed once per decode
-    # (network_refine_fn's rule: tests also draft with stand-in networks, which have none).
-    invariants = None
-    if isinstance(self.module, network.Transformer):
-      invariants = network.decoder_invariants(self.module.config, params, encoded)
-    return encoder_input_tokens, encoded, length_logits, invariants
-
-  def num_drafts(self, round_config: decoding.DecodingConfig, all_candidates: bool) -> int:
-    return round_config.num_candidates if all_candidates else 1
-
-  def draft(
-      self,
-      params,
-      context,
-      prefix: Array,
-      prefix_lengths: Array,
-      rng: Array,
-      round_config: decoding.DecodingConfig,
-      all_candidates: bool,
-      max_decode_length: int,
-  ) -> tuple[Array, Array]:
-    t = max_decode_length
-    encoder_input_tokens, encoded, length_logits, invariants = context
-    refine_fn = decoding.network_refine_fn(
-        self.module, params, encoded, encoder_input_tokens, invariants
-    )  # the decoder over the c rows of each example
-    min_lengths = jnp.minimum(jnp.maximum(prefix_lengths + 1, round_config.min_length), t)  # [b]
-    lengths, length_log_probs = constrained_length_beam(
-        length_logits, min_lengths, round_config, t
-    )  # [b, c] each
-
-    def draft_at(width: int):
-      """A draft over the first `width` positions (one lax.switch branch)."""
-
-      def branch(operands):
-        tokens, prefix_lengths, lengths, length_log_probs, round_rng = operands
-        kept_prefix = tokens[:, :width]  # [b, t']
-        forced = jnp.arange(width)[None, :] < prefix_lengths[:, None]  # [b, t']
-        drafts = decoding.refine_lengths(
-            refine_fn,
-            lengths,
-            length_log_probs,
-            round_rng,
-            round_config,
-            width,
-            table_length=t,
-            forced=forced,
-            forced_tokens=kept_prefix,
-        )  # sequences [b, c, t'], best last
-        kept = drafts.sequences if all_candidates else drafts.sequences[:, -1:, :]
-        kept = jnp.where(forced[:, None, :], kept_prefix[:, None, :], kept)  # [b, k, t']
-        return jnp.pad(kept, ((0, 0), (0, 0), (0, t - width))), drafts.passes  # [b, k, t], [b]
-
-      return branch
-
-    buckets = bucketing.length_buckets(
-        t, round_config.length_buckets, round_config.num_lengths, round_config.min_length
-    )
-    operands = (prefix, prefix_lengths, lengths, length_log_probs, rng)
-    return bucketing.switch_on_bucket(jnp.max(lengths), buckets, draft_at, operands)
 
 
 @functools.partial(jax.jit, static_argnames=("ar_module", "drafter", "config", "max_decode_length"))

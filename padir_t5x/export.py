@@ -172,7 +172,7 @@ def build_spec(config, params: dict, pieces: Sequence[str]):
   """The ctranslate2.specs.TransformerSpec of an AR network.
 
   Args:
-    config: its network.TransformerConfig (decoder_mode 'autoregressive').
+    config: its network_config.TransformerConfig (decoder_mode 'autoregressive').
     params: its parameters (nested dict of arrays, as checkpoints.load_checkpoint returns them).
     pieces: the SentencePiece pieces in id order (the real vocabulary, vocab_high of them).
 
@@ -371,7 +371,7 @@ def export_ctranslate2_params(
 
   Args:
     params: the network's parameters (nested dict of arrays).
-    config: its network.TransformerConfig (decoder_mode 'autoregressive').
+    config: its network_config.TransformerConfig (decoder_mode 'autoregressive').
     tokens: the vocabulary tokens in id order (the real vocabulary, vocab_high of them, at most
       config.vocab_size), e.g. synthetic_tokens(vocab_high); CTranslate2 reads and writes them.
     out_dir: absent, an empty directory, or (with `force`) a directory to replace.

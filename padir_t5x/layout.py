@@ -226,7 +226,7 @@ def lookup_length_log_probs(log_probs: Array, lengths: Array) -> Array:
 
 
 # ------------------------------------------------------------------------------------------------
-# Length predictors that do not classify the absolute length (network.TransformerConfig's
+# Length predictors that do not classify the absolute length (network_config.TransformerConfig's
 # length_target='offset') still hand everything downstream logits over absolute lengths; the
 # lengths they cannot predict get this logit. It is finite, so that a row whose every length is
 # out of reach (a source so long that source - K > L) gives a uniform softmax, not NaN, and

@@ -32,7 +32,7 @@ class LoadedModel:
     params: its parameters (a nested dict of arrays).
     vocabulary: the sentencepiece.SentencePieceProcessor, checked against the checkpoint.
     kind: 'padir' or 'ar'.
-    decoding: PaDIR: the decoding.DecodingConfig of its defaults (the checkpoint's recorded
+    decoding: PaDIR: the DecodingConfig of its defaults (the checkpoint's recorded
       "decoding" fields, or the T5X model's gin-bound config; DecodingConfig's own defaults for
       the rest), vocab_high and word_starts filled in from `vocabulary`. AR: None.
     path: the directory read (a T5X model directory: its latest checkpoint_N).
@@ -170,7 +170,7 @@ def load(
     CheckpointError naming the file at fault; a core checkpoint's vocabulary is checked before
     its weights are read.
   """
-  from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   if is_t5x(path, gin_file):
     model, params, checkpoint = load_t5x_model(path, gin_file)  # CheckpointError without t5x
@@ -195,9 +195,9 @@ def load(
   config = None
   if meta["kind"] == "padir":
     from_vocab = vocabulary_fields(processor)
-    fields = {f.name for f in dataclasses.fields(decoding.DecodingConfig)} - set(from_vocab)
+    fields = {f.name for f in dataclasses.fields(DecodingConfig)} - set(from_vocab)
     recorded = {k: v for k, v in meta["decoding"].items() if k in fields}
-    config = decoding.DecodingConfig(**from_vocab, **recorded)
+    config = DecodingConfig(**from_vocab, **recorded)
   module = _with_dtype(module, dtype)
   return LoadedModel(module, params, processor, meta["kind"], config, path, meta)
 

@@ -43,7 +43,7 @@ class FillMode(Mode):
 
 
 class UnmaskingRateMode(Mode):
-  """How the stage-1 unmasking rate of each training example is chosen (losses.PadirLossConfig)."""
+  """How the stage-1 unmasking rate of each training example is chosen (PadirLossConfig)."""
 
   FIXED = "fixed"  # PadirLossConfig.unmasking_rate for every example (the paper's setting)
   UNIFORM = (
@@ -53,14 +53,14 @@ class UnmaskingRateMode(Mode):
 
 
 class LossPositions(Mode):
-  """Which target positions a stage's token cross-entropy is taken over (losses.PadirLossConfig)."""
+  """Which target positions a stage's token cross-entropy is taken over (PadirLossConfig)."""
 
   ALL = "all"  # every target position (weights: decoder_loss_weights, else targets > 0)
   CORRUPTED = "corrupted"  # positions whose stage input is corrupted, plus EOS (see losses)
 
 
 class ScoreMode(Mode):
-  """How a hypothesis is scored from its content-token log-probs (decoding.score_hypotheses)."""
+  """How a hypothesis is scored from its content-token log-probs (refinement.score_hypotheses)."""
 
   MEAN = "mean"
   SUM = "sum"
@@ -104,7 +104,7 @@ class StutterUnit(Mode):
 
 
 class LengthPooling(Mode):
-  """What the PaDIR length predictor reads from the encoder (padir_t5x/network.py)."""
+  """What the PaDIR length predictor reads from the encoder (padir_t5x/length_predictor.py)."""
 
   MEAN = "mean"  # the mean of the encoder output over the non-PAD source positions, then an MLP
   TOKEN = "token"  # a learned [LENGTH] slot prepended to the encoder input (Mask-Predict)
@@ -118,7 +118,7 @@ class LengthTarget(Mode):
 
 
 class PredictionMode(Mode):
-  """Which log-probs a decoding pass's prediction is the argmax of (decoding.refinement_pass)."""
+  """Which log-probs a decoding pass's prediction is the argmax of (refinement.refinement_pass)."""
 
   LAST = "last"  # this pass's
   SUMMED = "summed"  # the sum of this and every earlier pass's (damps oscillation)

@@ -16,31 +16,9 @@ output logits. Two decoder modes share the same stacks:
   interface t5x's `EncoderDecoderModel` calls (`__call__`, `encode`, `decode` with `decode=True`
   and `max_decode_length`, the 'cache' collection), so the same code trains the AR twin/teacher.
 
-The length predictor has two choices (TransformerConfig.length_pooling and .length_target):
-
-* what it reads. 'mean' (the default): the mean of the encoder output over the non-PAD source
-  positions, then an MLP. 'token' (Mask-Predict, Ghazvininejad et al. 2019, and the released PaDIR
-  code): a learned [LENGTH] vector enters the encoder at an extra first position, attends and is
-  attended to like any source token (it is never padding), and its output h is scored against a
-  length-embedding table, logits = h . E^T / sqrt(emb_dim) + bias (scaled as the tied token
-  logits). The slot is added inside the network, not to the data: the seqio `inputs` feature stays
-  exactly the AR twin's, so the tasks, feature converters and the distillation teacher are shared
-  unchanged. The slot's vector is its own learned embedding, with no row of the encoder's position
-  table: a slot that is always first needs no separate position (token + position of a constant
-  slot would be one learned vector anyway), the table keeps max_input_length rows (a source can
-  still be that long, and the table has the shape a 'mean' model's has). `encode` then returns
-  [batch, 1 + input_length, embed], row 0 the slot; `decode` drops row 0, so the decoder's
-  cross-attention sees the source positions only (as in Mask-Predict): the slot holds no source
-  content, and the cross mask, the attention analyses and every [batch, input_length] shape
-  downstream stay as they are.
-* what it classifies. 'absolute' (the default): one class per length 1..max_target_length.
-  'offset': one class per offset target length - source length in [-K, K] (K =
-  max_length_offset, source length = non-PAD encoder tokens), turned into logits over absolute
-  lengths by `layout.offset_length_logits` (DISALLOWED_LENGTH_LOGIT outside the window or
-  outside 1..max_target_length), so that decoding, the loss and scoring read the same
-  [batch, max_target_length] logits either way.
-
-Both choices apply to decoder_mode='padir' only (the AR twin has no length predictor).
+The length predictor (what it reads, 'mean' or 'token', and what it classifies, 'absolute' or
+'offset') is padir_t5x/length_predictor.py; the layers are padir_t5x/transformer_layers.py and the
+hyperparameters `TransformerConfig` padir_t5x/network_config.py.
 
 Every parameter is created with `flax.linen.partitioning.param_with_axes` (so t5x's
 'params_axes' collection exists for its partitioner) and activations are constrained with
@@ -50,7 +28,6 @@ Every parameter is created with `flax.linen.partitioning.param_with_axes` (so t5
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 from flax import linen as nn
 import jax.numpy as jnp
@@ -59,22 +36,23 @@ from padir_t5x import layout
 from padir_t5x import masks
 from padir_t5x.layers import DenseGeneral
 from padir_t5x.layers import LayerNorm
-from padir_t5x.layers import MultiHeadAttention
 from padir_t5x.layers import PositionEmbedder
 from padir_t5x.layers import TokenEmbed
 from padir_t5x.layers import attention_logits
 from padir_t5x.layers import param_with_axes
 from padir_t5x.layers import project_heads
-from padir_t5x.modes import DecoderMode
+from padir_t5x.length_predictor import LengthPredictor
+from padir_t5x.length_predictor import LengthTokenPredictor
 from padir_t5x.modes import LengthPooling
 from padir_t5x.modes import LengthTarget
+from padir_t5x.network_config import TransformerConfig
+from padir_t5x.transformer_layers import CROSS_ATTENTION
+from padir_t5x.transformer_layers import POSITIONAL_ATTENTION
+from padir_t5x.transformer_layers import DecoderLayer
+from padir_t5x.transformer_layers import EncoderLayer
+from padir_t5x.transformer_layers import LayerInvariants
 
 Array = jnp.ndarray
-
-# Decoder sublayer names (parameter paths), read again by `decoder_invariants`.
-SELF_ATTENTION = "self_attention"
-POSITIONAL_ATTENTION = "positional_attention"
-CROSS_ATTENTION = "encoder_decoder_attention"
 
 # Module-level alias (not `nn_partitioning.with_sharding_constraint` at each call) so that a test
 # can substitute a recorder and check every activation axis name (padir_t5x.layers has its own).
@@ -95,280 +73,6 @@ LOGICAL_AXIS_NAMES = (
     "abspos_buckets",
     "length_classes",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-  """Hyperparameters of the encoder-decoder (frozen: hashable, usable as a flax attribute).
-
-  Attributes:
-    vocab_size: rows of the shared token embedding (may exceed the real vocabulary).
-    dtype: activation dtype as a string, 'float32' or 'bfloat16' (parameters stay float32;
-      attention logits, softmax and output logits are float32 regardless).
-    emb_dim: model width.
-    num_heads / head_dim: attention heads and the width of each.
-    mlp_dim: FFN hidden width.
-    num_encoder_layers / num_decoder_layers: stack depths.
-    mlp_activation: name of a flax.linen activation ('relu', 'gelu', ...), also used by the
-      length classifier.
-    dropout_rate: residual, embedding, FFN-hidden and attention-probability dropout.
-    logits_via_embedding: output logits are the shared embedding's transpose (tied).
-    max_input_length / max_target_length: sizes of the encoder / decoder position tables; the
-      length classifier has max_target_length classes.
-    decoder_mode: 'padir' (parallel, bidirectional) or 'autoregressive' (causal, cached).
-    positional_attention: add the positional-attention sublayer to PaDIR decoder layers.
-    length_hidden_dim: hidden width of the length classifier (None: emb_dim); 'mean' pooling only.
-    layer_norm_epsilon: LayerNorm epsilon.
-    length_pooling: LengthPooling (or its name): what the length predictor reads, 'mean' (the
-      mean-pooled encoder output) or 'token' (a [LENGTH] slot prepended to the encoder input; see
-      the module docstring). PaDIR mode only.
-    length_target: LengthTarget (or its name): 'absolute' lengths or 'offset' (target - source
-      length in [-max_length_offset, max_length_offset]). PaDIR mode only.
-    max_length_offset: K of the 'offset' target (2K + 1 classes). A length beam wider than the
-      lengths in reach (2K + 1, fewer near length 1 or max_target_length) fills up with lengths
-      at DISALLOWED_LENGTH_LOGIT.
-  """
-
-  vocab_size: int = 32128
-  dtype: str = "float32"
-  emb_dim: int = 512
-  num_heads: int = 8
-  head_dim: int = 64
-  mlp_dim: int = 2048
-  num_encoder_layers: int = 6
-  num_decoder_layers: int = 6
-  mlp_activation: str = "relu"
-  dropout_rate: float = 0.1
-  logits_via_embedding: bool = True
-  max_input_length: int = 256
-  max_target_length: int = 256
-  decoder_mode: DecoderMode = DecoderMode.PADIR
-  positional_attention: bool = True
-  length_hidden_dim: int | None = None
-  layer_norm_epsilon: float = 1e-6
-  length_pooling: LengthPooling = LengthPooling.MEAN
-  length_target: LengthTarget = LengthTarget.ABSOLUTE
-  max_length_offset: int = 32
-
-  def __post_init__(self):
-    # Frozen: store the member, so a config built from the name equals one built from it.
-    object.__setattr__(self, "decoder_mode", DecoderMode.coerce(self.decoder_mode, "decoder_mode"))
-    object.__setattr__(
-        self, "length_pooling", LengthPooling.coerce(self.length_pooling, "length_pooling")
-    )
-    object.__setattr__(
-        self, "length_target", LengthTarget.coerce(self.length_target, "length_target")
-    )
-    offset = self.max_length_offset
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-      raise ValueError(f"max_length_offset must be an int >= 0, got {offset!r}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-    if not hasattr(nn, self.mlp_activation):
-      raise ValueError(f"unknown flax.linen activation {self.mlp_activation!r}")
-
-  @property
-  def activation_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def is_padir(self) -> bool:
-    return self.decoder_mode is DecoderMode.PADIR
-
-  @property
-  def has_length_slot(self) -> bool:
-    """The encoder input starts with the [LENGTH] slot (PaDIR with length_pooling='token')."""
-    return self.is_padir and self.length_pooling is LengthPooling.TOKEN
-
-  @property
-  def num_length_classes(self) -> int:
-    """Classes of the length predictor's own output: lengths, or offsets -K..K."""
-    if self.length_target is LengthTarget.OFFSET:
-      return 2 * self.max_length_offset + 1
-    return self.max_target_length
-
-
-# Transformer-base sized (Vaswani et al.): about 67M parameters with the tied embedding counted
-# once, positional attention and the length classifier included.
-BASE_CONFIG = TransformerConfig()
-# For unit tests and the quickstart: compiles in seconds on a CPU.
-TINY_CONFIG = TransformerConfig(
-    vocab_size=128,
-    emb_dim=64,
-    num_heads=4,
-    head_dim=16,
-    mlp_dim=256,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    max_input_length=64,
-    max_target_length=64,
-)
-
-
-def base_config(**overrides) -> TransformerConfig:
-  return dataclasses.replace(BASE_CONFIG, **overrides)
-
-
-def tiny_config(**overrides) -> TransformerConfig:
-  return dataclasses.replace(TINY_CONFIG, **overrides)
-
-
-def tiny_config_from_sizes(
-    vocab_size: int,
-    emb_dim: int,
-    num_heads: int,
-    mlp_dim: int,
-    num_layers: int,
-    max_input_length: int,
-    max_target_length: int,
-    dropout_rate: float,
-    decoder_mode: DecoderMode | str = DecoderMode.PADIR,
-) -> TransformerConfig:
-  """`tiny_config` from the flat sizes the command lines take.
-
-  head_dim = emb_dim // num_heads (the attention width equals the model width) and the encoder
-  and decoder have `num_layers` layers each: the quickstart's and the budget trainer's shape.
-  """
-  return tiny_config(
-      vocab_size=vocab_size,
-      emb_dim=emb_dim,
-      num_heads=num_heads,
-      head_dim=emb_dim // num_heads,
-      mlp_dim=mlp_dim,
-      num_encoder_layers=num_layers,
-      num_decoder_layers=num_layers,
-      max_input_length=max_input_length,
-      max_target_length=max_target_length,
-      dropout_rate=dropout_rate,
-      decoder_mode=decoder_mode,
-  )
-
-
-class MlpBlock(nn.Module):
-  """FFN: Dense(mlp_dim) -> activation -> dropout -> Dense(embed)."""
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    """[batch, length, embed] -> [batch, length, embed]."""
-    cfg = self.config
-    h = DenseGeneral(
-        features=(cfg.mlp_dim,), kernel_axes=("embed", "mlp"), dtype=cfg.activation_dtype, name="wi"
-    )(x)
-    h = getattr(nn, cfg.mlp_activation)(h)
-    h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=deterministic)
-    h = with_sharding_constraint(h, ("batch", "length", "mlp"))
-    out = DenseGeneral(
-        features=(x.shape[-1],), kernel_axes=("mlp", "embed"), dtype=cfg.activation_dtype, name="wo"
-    )(h)
-    return with_sharding_constraint(out, ("batch", "length", "embed"))
-
-
-def _attention(cfg: TransformerConfig, name: str) -> MultiHeadAttention:
-  return MultiHeadAttention(
-      num_heads=cfg.num_heads,
-      head_dim=cfg.head_dim,
-      dropout_rate=cfg.dropout_rate,
-      dtype=cfg.activation_dtype,
-      name=name,
-  )
-
-
-def _residual(cfg: TransformerConfig, x: Array, update: Array, deterministic: bool) -> Array:
-  """Pre-LayerNorm residual: x + dropout(update) (update = sublayer(LayerNorm(x)))."""
-  update = nn.Dropout(rate=cfg.dropout_rate)(update, deterministic=deterministic)
-  return with_sharding_constraint(x + update, ("batch", "length", "embed"))
-
-
-class EncoderLayer(nn.Module):
-  """Bidirectional self-attention then FFN, both pre-LayerNorm residual."""
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
-    """x [batch, length, embed], mask bool [batch, 1, length, length] -> [batch, length, embed]."""
-    cfg = self.config
-    norm = lambda name: LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
-    h = norm("pre_attention_layer_norm")(x)
-    h = _attention(cfg, "attention")(h, h, h, mask, deterministic=deterministic)
-    x = _residual(cfg, x, h, deterministic)
-    h = norm("pre_mlp_layer_norm")(x)
-    h = MlpBlock(cfg, name="mlp")(h, deterministic=deterministic)
-    return _residual(cfg, x, h, deterministic)
-
-
-class DecoderLayer(nn.Module):
-  """Self-attention [-> positional attention] -> cross-attention -> FFN, pre-LayerNorm.
-
-  In 'padir' mode self-attention is bidirectional (the caller passes a padding mask) and,
-  with `config.positional_attention`, a positional-attention sublayer follows. In
-  'autoregressive' mode the caller passes a causal mask (or None with the decode cache).
-  """
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(
-      self,
-      x: Array,
-      encoded: Array,
-      position_embeddings: Array,
-      self_mask: Array | None,
-      cross_mask: Array,
-      deterministic: bool = True,
-      decode: bool = False,
-      invariants: LayerInvariants | None = None,
-  ) -> Array:
-    """Applies one decoder layer.
-
-    Args:
-      x: [batch, length, embed] hidden states.
-      encoded: [batch, input_length, embed] encoder output, or [b, input_length, embed] for
-        batch = b * c rows grouped per example (not read with `invariants`).
-      position_embeddings: [batch, length, embed] decoder position embeddings (positional
-        attention's queries and keys).
-      self_mask: bool [batch, 1, length, length] or None.
-      cross_mask: bool [batch, 1, length, input_length] ([b, 1, 1, input_length] grouped).
-      deterministic: disable dropout.
-      decode: autoregressive cache mode.
-      invariants: this layer's `decoder_invariants`, its positional logits cut to `length`.
-
-    Returns:
-      [batch, length, embed].
-    """
-    cfg = self.config
-    norm = lambda name: LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
-    h = norm("pre_self_attention_layer_norm")(x)
-    h = _attention(cfg, SELF_ATTENTION)(
-        h, h, h, self_mask, decode=decode, deterministic=deterministic
-    )
-    x = _residual(cfg, x, h, deterministic)
-    if cfg.is_padir and cfg.positional_attention:
-      h = norm("pre_positional_attention_layer_norm")(x)
-      h = _attention(cfg, POSITIONAL_ATTENTION)(
-          position_embeddings,
-          position_embeddings,
-          h,
-          self_mask,
-          deterministic=deterministic,
-          logits=None if invariants is None else invariants.positional_logits,
-      )
-      x = _residual(cfg, x, h, deterministic)
-    h = norm("pre_cross_attention_layer_norm")(x)
-    h = _attention(cfg, CROSS_ATTENTION)(
-        h,
-        encoded,
-        encoded,
-        cross_mask,
-        deterministic=deterministic,
-        key_value=None if invariants is None else (invariants.cross_key, invariants.cross_value),
-    )
-    x = _residual(cfg, x, h, deterministic)
-    h = norm("pre_mlp_layer_norm")(x)
-    h = MlpBlock(cfg, name="mlp")(h, deterministic=deterministic)
-    return _residual(cfg, x, h, deterministic)
 
 
 def _check_length(tokens: Array, table_size: int, what: str):
@@ -400,7 +104,7 @@ class Encoder(nn.Module):
         cfg.max_input_length, cfg.emb_dim, cfg.activation_dtype, name="position_embedder"
     )(tokens, positions)
     if cfg.has_length_slot:
-      # The [LENGTH] slot: one learned vector (its own position, see the module docstring).
+      # The [LENGTH] slot: one learned vector (its own position, see padir_t5x/length_predictor.py).
       slot = param_with_axes(
           "length_token",
           nn.initializers.normal(stddev=1.0),
@@ -488,80 +192,6 @@ class Decoder(nn.Module):
           name="logits_dense",
       )(x)
     return with_sharding_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-
-
-class LengthPredictor(nn.Module):
-  """Length classifier on the mean-pooled encoder output (length_pooling='mean').
-
-  Returns `config.num_length_classes` logits: class j stands for a target of length j + 1 (EOS
-  included), or for offset j - K with length_target='offset' (Transformer.predict_length turns
-  those into logits over lengths).
-  """
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, encoded: Array, encoder_input_tokens: Array) -> Array:
-    """encoded [batch, input_length, embed], tokens [batch, input_length] -> f32 [batch, C]."""
-    cfg = self.config
-    valid = (encoder_input_tokens > 0)[..., None].astype(jnp.float32)
-    # Guard an all-padding row (eval padding) against 0 / 0.
-    pooled = jnp.sum(encoded.astype(jnp.float32) * valid, axis=1) / jnp.maximum(
-        jnp.sum(valid, axis=1), 1.0
-    )
-    pooled = with_sharding_constraint(pooled, ("batch", "embed"))
-    hidden = DenseGeneral(
-        features=(cfg.length_hidden_dim or cfg.emb_dim,),
-        kernel_axes=("embed", "mlp"),
-        use_bias=True,
-        bias_axis="mlp",
-        dtype=jnp.float32,
-        name="hidden",
-    )(pooled)
-    hidden = getattr(nn, cfg.mlp_activation)(hidden)
-    hidden = with_sharding_constraint(hidden, ("batch", "mlp"))
-    logits = DenseGeneral(
-        features=(cfg.num_length_classes,),
-        kernel_axes=("mlp", "length_classes"),
-        use_bias=True,
-        bias_axis="length_classes",
-        dtype=jnp.float32,
-        name="logits",
-    )(hidden)
-    return with_sharding_constraint(logits, ("batch", "length_classes"))
-
-
-class LengthTokenPredictor(nn.Module):
-  """The [LENGTH] slot's encoder output scored against a length-embedding table ('token').
-
-  logits = h . E^T / sqrt(emb_dim) + bias, E [C, emb_dim] (C = `config.num_length_classes`
-  lengths or offsets, as LengthPredictor), scaled as the tied token logits (TokenEmbed.attend) so
-  that the initial logits are of order 1.
-  """
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, slot: Array) -> Array:
-    """slot [batch, embed] (the encoder output at the [LENGTH] position) -> f32 [batch, C]."""
-    cfg = self.config
-    table = param_with_axes(
-        "length_embedding",
-        nn.initializers.normal(stddev=1.0),
-        (cfg.num_length_classes, cfg.emb_dim),
-        jnp.float32,
-        axes=("length_classes", "embed"),
-    )
-    bias = param_with_axes(
-        "bias",
-        nn.initializers.zeros,
-        (cfg.num_length_classes,),
-        jnp.float32,
-        axes=("length_classes",),
-    )
-    slot = with_sharding_constraint(slot.astype(jnp.float32), ("batch", "embed"))
-    logits = jnp.dot(slot, table.T) / jnp.sqrt(jnp.float32(cfg.emb_dim)) + bias
-    return with_sharding_constraint(logits, ("batch", "length_classes"))
 
 
 def _check_length_slot(config: TransformerConfig, encoded: Array, encoder_input_tokens: Array):
@@ -833,25 +463,6 @@ def encode_and_predict_length(
 # ------------------------------------------------------------------------------------------------
 # Work done once per decode, not once per pass.
 # ------------------------------------------------------------------------------------------------
-class LayerInvariants(NamedTuple):
-  """One decoder layer's work that every refinement pass (or AR step) of a decode repeats."""
-
-  cross_key: Array  # [b, input_length, heads, kv] cross-attention keys of the encoder output
-  cross_value: Array  # [b, input_length, heads, kv] and values
-  positional_logits: Array | None  # float32 [heads, t, t]; None without positional attention
-
-  def cut_to(self, length: int) -> LayerInvariants:
-    """The same with positional logits over the first `length` positions (a length bucket)."""
-    if self.positional_logits is None:
-      return self
-    if self.positional_logits.shape[-1] < length:
-      raise ValueError(
-          f"decoder invariants cover {self.positional_logits.shape[-1]} positions, "
-          f"the decoder input has {length}"
-      )
-    return self._replace(positional_logits=self.positional_logits[:, :length, :length])
-
-
 def decoder_invariants(
     config: TransformerConfig, params, encoded: Array, target_length: int | None = None
 ) -> tuple[LayerInvariants, ...]:

@@ -5,8 +5,8 @@
     python -m padir_t5x.quickstart --loss unmasking_rate=0.5 --decoding remask=none  # any field
 
 `--loss`, `--decoding` and `--network` (repeatable, FIELD=VALUE; padir_t5x/cli.py) set any field
-of losses.PadirLossConfig, decoding.DecodingConfig and network.TransformerConfig, over the flat
-flags below.
+of loss_config.PadirLossConfig, decoding_config.DecodingConfig and
+network_config.TransformerConfig, over the flat flags below.
 
 The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
 (default runs/quickstart), and the run ends by printing the `python -m padir_t5x.translate`
@@ -35,12 +35,14 @@ import sentencepiece as spm
 from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import decoding
-from padir_t5x import losses
 from padir_t5x import metrics
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import textio
 from padir_t5x import training
 from padir_t5x import vocab
+from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.loss_config import PadirLossConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +76,15 @@ class QuickstartConfig:
 
 # The override fields and the config each one sets.
 OVERRIDES = {
-    "loss": losses.PadirLossConfig,
-    "decoding": decoding.DecodingConfig,
-    "network": network.TransformerConfig,
+    "loss": PadirLossConfig,
+    "decoding": DecodingConfig,
+    "network": network_config.TransformerConfig,
 }
 
 
 def build_configs(
     config: QuickstartConfig, real_vocab: int, word_starts=None
-) -> tuple[network.TransformerConfig, losses.PadirLossConfig, decoding.DecodingConfig]:
+) -> tuple[network_config.TransformerConfig, PadirLossConfig, DecodingConfig]:
   """The network, loss and decoding configs of `config` for a `real_vocab`-piece vocabulary.
 
   `word_starts`: the vocabulary's word-start table (vocab.word_start_table), for 'word' stutter.
@@ -102,7 +104,7 @@ def build_configs(
   net_config = built(
       "network",
       lambda: dataclasses.replace(
-          network.tiny_config_from_sizes(
+          network_config.tiny_config_from_sizes(
               vocab_size=vocab.padded_vocab_size(real_vocab),
               emb_dim=config.emb_dim,
               num_heads=config.num_heads,
@@ -117,7 +119,7 @@ def build_configs(
   )
   loss_config = built(
       "loss",
-      lambda: losses.PadirLossConfig(
+      lambda: PadirLossConfig(
           **{
               "num_stages": config.num_stages,
               "unmasking_rate": config.unmasking_rate,
@@ -129,7 +131,7 @@ def build_configs(
   )
   decoding_config = built(
       "decoding",
-      lambda: decoding.DecodingConfig(
+      lambda: DecodingConfig(
           **{
               "max_passes": config.max_passes,
               "length_beam": config.length_beam,
@@ -274,14 +276,14 @@ FLAG_TYPES = {
     "num_stages": cli.positive_int,
     "unmasking_rate": cli.probability,
     "length_loss_weight": cli.non_negative_float,
-    "max_passes": cli.positive_int,
-    "length_beam": cli.positive_int,
     "max_eval": cli.positive_int,
     "dropout_rate": cli.probability,
     "peak_learning_rate": cli.positive_float,
     "seed": cli.seed_int,
 }
 FLAG_CHOICES = {"eval_split": ("validation", "test")}
+# QuickstartConfig fields that are DecodingConfig's: their flags come from its field metadata.
+DECODING_FLAGS = ("max_passes", "length_beam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
   for field in dataclasses.fields(QuickstartConfig):
     if field.name in OVERRIDES:
       cli.add_override_flag(parser, f"--{field.name}", OVERRIDES[field.name])
+      continue
+    if field.name in DECODING_FLAGS:  # declared by DecodingConfig; the quickstart's own default
+      cli.add_config_flags(
+          parser, decoding.DecodingConfig, (field.name,), defaults={field.name: field.default}
+      )
       continue
     parser.add_argument(
         f"--{field.name}",
@@ -302,11 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_decodable(
-    net_config: network.TransformerConfig, decoding_config: decoding.DecodingConfig
+    net_config: network_config.TransformerConfig, decoding_config: DecodingConfig
 ) -> None:
   """Raises ValueError unless the network can decode `decoding_config`'s number of lengths.
 
-  decoding.select_lengths checks the same at decode time, which is after the whole training.
+  length_candidates.select_lengths checks the same at decode time, which is after the whole
+  training.
   """
   # Transformer.predict_length gives logits over max_target_length lengths (offsets included).
   num_allowed = net_config.max_target_length - (decoding_config.min_length - 1)

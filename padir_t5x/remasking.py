@@ -18,7 +18,7 @@ from padir_t5x import layout
 from padir_t5x.modes import RemaskMode
 
 if TYPE_CHECKING:
-  from padir_t5x.decoding import DecodingConfig
+  from padir_t5x.decoding_config import DecodingConfig
 
 Array = jnp.ndarray
 

@@ -3,7 +3,7 @@
 T5X is the way to train at scale (gin/ and padir_t5x/models.py). This module exists so that the
 core can be trained and checked anywhere: the quickstart main job and the toy-task test run
 `train`; the equal-budget trainer (benchmarks/train_budget.py) runs its own wall-clock loop on the
-same pieces (`network.tiny_config_from_sizes`, `init_train_state`, `make_injected_optimizer`,
+same pieces (`network_config.tiny_config_from_sizes`, `init_train_state`, `make_injected_optimizer`,
 `make_train_step` with `padir_loss_fn` or its AR loss).
 """
 
@@ -22,6 +22,7 @@ from padir_t5x import losses
 from padir_t5x import network
 from padir_t5x import progress
 from padir_t5x import schedules
+from padir_t5x.loss_config import PadirLossConfig
 
 Batch = Mapping[str, np.ndarray]
 # (params, batch, rng) -> (scalar loss, metrics): what `make_train_step` differentiates.
@@ -128,7 +129,7 @@ def init_train_state(
 
 
 def padir_loss_fn(
-    module: network.Transformer, loss_config: losses.PadirLossConfig, enable_dropout: bool = True
+    module: network.Transformer, loss_config: PadirLossConfig, enable_dropout: bool = True
 ) -> LossFn:
   """PaDIR's multi-stage loss (losses.multi_stage_loss) as a `LossFn`."""
 
@@ -224,7 +225,7 @@ def _log_line(
 
 def train(
     module: network.Transformer,
-    loss_config: losses.PadirLossConfig,
+    loss_config: PadirLossConfig,
     train_config: TrainConfig,
     batches: Iterator[Batch],
     log: Callable[[str], None] | None = print,

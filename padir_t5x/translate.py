@@ -80,13 +80,6 @@ from padir_t5x import loading
 from padir_t5x import progress
 from padir_t5x import textio
 from padir_t5x.checkpoints import CheckpointError
-from padir_t5x.modes import DedupMode
-from padir_t5x.modes import FillMode
-from padir_t5x.modes import PredictionMode
-from padir_t5x.modes import RemaskMode
-from padir_t5x.modes import ScoreMode
-from padir_t5x.modes import StutterUnit
-from padir_t5x.modes import VerifyMode
 
 # The PaDIR decoding fields the translator exposes (flags of the same names).
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")
@@ -98,6 +91,8 @@ AR_OPTIONS = ("beam_size", "alpha")
 # redraft_passes, reuse_drafts, shift_variants, verify_candidates.
 VERIFY_OPTIONS = ("verify", "verify_top_k", "verify_margin", "redraft_passes")
 VERIFY_OPTIONS += ("reuse_drafts", "shift_variants", "verify_candidates")
+# The flags whose DraftVerifyConfig field has another name.
+VERIFY_FIELDS = {"verify_top_k": "top_k", "verify_margin": "margin"}
 TOLERANT_OPTIONS = ("verify_top_k", "verify_margin")
 # Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
 # compile per width used), capped at the model's input length. Steps of 4, not 2: Multi30k dev
@@ -310,8 +305,8 @@ class Translator:
       kind: str,
       vocab_high: int,
       decoding_config=None,
-      beam_size: int = 4,
-      alpha: float = 0.6,
+      beam_size: int | None = None,
+      alpha: float | None = None,
       batch_size: int = 32,
       seed: int = 0,
       strict: bool = False,
@@ -324,6 +319,12 @@ class Translator:
       raise ValueError("a drafter (draft-and-verify) needs an AR model to verify its drafts")
     if drafter is not None and keep_candidates:
       raise ValueError("draft-and-verify keeps one hypothesis per sentence: no candidates to keep")
+    from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
+
+    # The AR defaults are ArBeamDecoder's fields (declared once, the --beam_size/--alpha flags' too).
+    ar_defaults = {f.name: f.default for f in dataclasses.fields(decoders.ArBeamDecoder)}
+    beam_size = ar_defaults["beam_size"] if beam_size is None else beam_size
+    alpha = ar_defaults["alpha"] if alpha is None else alpha
     for name, value in (("batch_size", batch_size), ("beam_size", beam_size)):
       if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
@@ -659,43 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
       "--kind", choices=checkpoints.KINDS, help="fail unless the checkpoint is of this kind"
   )
+  # The decoding flags are generated from the config fields that declare them (cli.add_config_flags):
+  # one help text, range and default each, shared with the benchmarks. Unset flags keep the
+  # checkpoint's recorded setting.
+  from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
+  from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
+
   padir = parser.add_argument_group("PaDIR decoding (default: the checkpoint's setting)")
-  padir.add_argument("--length_beam", type=cli.positive_int, help="target lengths decoded (l)")
-  padir.add_argument("--max_passes", type=cli.positive_int, help="refinement passes at most (T)")
-  padir.add_argument("--init", choices=[m.value for m in FillMode], help="first decoder input")
-  padir.add_argument("--remask", choices=[m.value for m in RemaskMode], help="between passes")
-  padir.add_argument("--dedup", choices=[m.value for m in DedupMode], help="final de-duplication")
-  padir.add_argument(
-      "--stutter_unit",
-      choices=[m.value for m in StutterUnit],
-      help="what --remask stutter and --dedup consecutive remove: repeated words or pieces",
-  )
-  padir.add_argument(
-      "--inits_per_length", type=cli.positive_int, help="random initialisations per length"
-  )
-  padir.add_argument(
-      "--length_offsets", type=cli.non_negative_int, help="also decode lengths L-r..L+r (r)"
-  )
-  padir.add_argument(
-      "--prediction",
-      choices=[m.value for m in PredictionMode],
-      help="argmax of the last pass's log-probs or of their sum over passes",
-  )
-  padir.add_argument(
-      "--score",
-      choices=[m.value for m in ScoreMode],
-      help="candidate score: mean or sum of its token log-probs, or GNMT length penalty "
-      "('sum' helped models distilled from AR greedy output, +0.2-0.4 BLEU, but not those "
-      "distilled from beam 5: benchmarks/README.md)",
-  )
-  padir.add_argument(
-      "--refine_top_k",
-      type=cli.positive_int,
-      help="after the first pass, refine only the k best candidates (default: all)",
-  )
+  cli.add_config_flags(padir, DecodingConfig, PADIR_OPTIONS, unset=True)
   ar = parser.add_argument_group("AR decoding")
-  ar.add_argument("--beam_size", type=cli.positive_int, help="beam size (default 4)")
-  ar.add_argument("--alpha", type=cli.non_negative_float, help="length penalty (default 0.6)")
+  cli.add_config_flags(ar, decoders.ArBeamDecoder, AR_OPTIONS, unset=True)
   dv = parser.add_argument_group(
       "draft and verify (AR greedy with PaDIR drafts; the PaDIR flags set the drafter's decoding)"
   )
@@ -704,41 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="PaDIR checkpoint that drafts for the AR --checkpoint (core, or T5X with t5x)",
   )
   dv.add_argument("--draft_gin_file", help="T5X: the gin config of the drafter")
-  dv.add_argument(
-      "--verify",
-      choices=[m.value for m in VerifyMode],
-      help="strict: AR greedy exactly (default); tolerant: also near-best draft tokens",
-  )
-  dv.add_argument(
-      "--verify_top_k", type=cli.positive_int, help="tolerant: draft token in the AR top-k"
-  )
-  dv.add_argument(
-      "--verify_margin",
-      type=cli.non_negative_float,
-      help="tolerant: ... and within this many nats of the AR best",
-  )
-  dv.add_argument(
-      "--redraft_passes", type=cli.positive_int, help="passes of the drafts after the first"
-  )
-  dv.add_argument(
-      "--reuse_drafts",
-      action="store_true",
-      default=None,
-      help="after a disagreement, verify the same draft again (AR token in place) before "
-      "re-drafting",
-  )
-  dv.add_argument(
-      "--shift_variants",
-      action="store_true",
-      default=None,
-      help="with --reuse_drafts: also verify it shifted by one either way (one call, 3x rows)",
-  )
-  dv.add_argument(
-      "--verify_candidates",
-      action="store_true",
-      default=None,
-      help="verify all of the drafter's candidates (--length_beam x ...) in each AR call and "
-      "keep the one it agrees with longest (one call, c x rows)",
+  cli.add_config_flags(
+      dv,
+      draft_verify.DraftVerifyConfig,
+      [VERIFY_FIELDS.get(name, name) for name in VERIFY_OPTIONS],
+      flag_names={field: flag for flag, field in VERIFY_FIELDS.items()},
+      unset=True,
   )
   parser.add_argument("--batch_size", type=cli.positive_int, default=32)
   parser.add_argument(

@@ -8,6 +8,7 @@ import pytest
 from padir_t5x import analysis
 from padir_t5x import layers
 from padir_t5x import network
+from padir_t5x import network_config
 
 
 def _hand_made():
@@ -61,7 +62,7 @@ def test_row_filter_and_empty_mean_is_nan():
 def test_decoder_attention_reproduces_the_network():
   """The recomputed weights, applied to the captured values and output projection, give the
   sublayer output the network computed."""
-  cfg = network.tiny_config(
+  cfg = network_config.tiny_config(
       vocab_size=32,
       emb_dim=16,
       num_heads=2,

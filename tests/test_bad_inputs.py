@@ -22,6 +22,7 @@ from padir_t5x import checkpoints
 from padir_t5x import cli
 from padir_t5x import corpus
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import quickstart
 from padir_t5x import translate
 
@@ -32,7 +33,7 @@ SECONDS = 5.0  # in-process refusals: far less than loading and decoding, let al
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, tiny_vocab_path):
   """A tiny random PaDIR core checkpoint (with its vocabulary's vocab_sha256)."""
-  cfg = network.tiny_config(
+  cfg = network_config.tiny_config(
       vocab_size=256,
       emb_dim=32,
       num_heads=2,

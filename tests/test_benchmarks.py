@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks import accelerator
+from benchmarks import budget_config
+from benchmarks import budget_data
+from benchmarks import budget_training
 from benchmarks import common
 from benchmarks import latency
 from benchmarks import train_budget
@@ -17,11 +20,12 @@ from padir_t5x import checkpoints
 from padir_t5x import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import translate
 
 
 def _ar_net(vocab_size, seed=0, max_length=8):
-  cfg = network.tiny_config(
+  cfg = network_config.tiny_config(
       vocab_size=vocab_size,
       emb_dim=32,
       num_heads=2,
@@ -139,7 +143,7 @@ def test_accelerator_benchmark_rejects_bad_flags_before_any_work(argv, message, 
 
 
 def test_beam_search_rejects_padir_network():
-  module = network.Transformer(network.tiny_config())
+  module = network.Transformer(network_config.tiny_config())
   with pytest.raises(ValueError, match="autoregressive"):
     ar_decoding.beam_search(module, {}, jnp.ones((1, 4), jnp.int32), 2, 4)
 
@@ -173,7 +177,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_ar_loss_is_teacher_forced_cross_entropy():
   module, params, enc = _ar_net(vocab_size=16)
   targets = jnp.array([[5, 6, 1, 0], [7, 1, 0, 0], [4, 4, 4, 1]], jnp.int32)
-  loss, metrics = train_budget.ar_loss(
+  loss, metrics = budget_training.ar_loss(
       module,
       params,
       {"encoder_input_tokens": enc, "decoder_target_tokens": targets},
@@ -184,7 +188,7 @@ def test_ar_loss_is_teacher_forced_cross_entropy():
   # The training loss is over the unrestricted vocabulary (sequence_log_prob restricts it),
   # so the reference is computed directly.
   logits = module.apply(
-      {"params": params}, enc, train_budget.shift_right(targets), targets, enable_dropout=False
+      {"params": params}, enc, budget_training.shift_right(targets), targets, enable_dropout=False
   )
   picked = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
   expected = -jnp.sum(picked * (targets > 0)) / jnp.sum(targets > 0)
@@ -193,15 +197,15 @@ def test_ar_loss_is_teacher_forced_cross_entropy():
 
 
 def test_time_schedule_and_buckets():
-  config = train_budget.BudgetConfig(
+  config = budget_config.BudgetConfig(
       peak_learning_rate=1.0, warmup_fraction=0.1, final_learning_rate_fraction=0.1
   )
-  assert train_budget.time_schedule(config, 0.05) == pytest.approx(0.5)
-  assert train_budget.time_schedule(config, 0.1) == pytest.approx(1.0)
-  assert train_budget.time_schedule(config, 1.0) == pytest.approx(0.1)
+  assert budget_training.time_schedule(config, 0.05) == pytest.approx(0.5)
+  assert budget_training.time_schedule(config, 0.1) == pytest.approx(1.0)
+  assert budget_training.time_schedule(config, 1.0) == pytest.approx(0.1)
   inputs = [[5] * n + [1] for n in (2, 3, 9, 10, 2, 3)]
   targets = [[6] * n + [1] for n in (3, 2, 2, 12, 3, 2)]
-  batches = train_budget.bucket_batches(inputs, targets, buckets=((5, 2), (16, 2)), seed=0)
+  batches = budget_data.bucket_batches(inputs, targets, buckets=((5, 2), (16, 2)), seed=0)
   for _ in range(6):
     batch = next(batches)
     shape = batch["encoder_input_tokens"].shape
@@ -215,7 +219,7 @@ def test_time_schedule_and_buckets():
 def save_tiny_checkpoints(directory, vocab_path: str, vocab_high: int) -> None:
   """Random-init tiny AR and PaDIR core checkpoints in directory/ar and directory/padir."""
   for kind in ("ar", "padir"):
-    cfg = network.tiny_config(
+    cfg = network_config.tiny_config(
         vocab_size=256,
         emb_dim=32,
         num_heads=2,
@@ -340,13 +344,13 @@ def test_throughput_search(monkeypatch, fits, overhead, start, expected_batches)
 # ------------------------------------------------------------------------------------------------
 # Step budgets, distillation and the quality table (issue 17's benchmark).
 def test_step_budget_schedule_follows_steps_not_time():
-  steps = train_budget.BudgetConfig(max_steps=200, minutes=0)
-  clock = train_budget.BudgetConfig(minutes=10)
+  steps = budget_config.BudgetConfig(max_steps=200, minutes=0)
+  clock = budget_config.BudgetConfig(minutes=10)
   assert (steps.budget_kind, clock.budget_kind) == ("steps", "wall_clock")
   # Half the steps after 1 s of a 10-minute allowance: the step budget is half spent.
-  assert train_budget.budget_fraction(steps, 100, elapsed_seconds=1.0) == pytest.approx(0.5)
-  assert train_budget.budget_fraction(clock, 100, elapsed_seconds=300.0) == pytest.approx(0.5)
-  assert train_budget.budget_fraction(clock, 5, elapsed_seconds=60.0) == pytest.approx(0.1)
+  assert budget_training.budget_fraction(steps, 100, elapsed_seconds=1.0) == pytest.approx(0.5)
+  assert budget_training.budget_fraction(clock, 100, elapsed_seconds=300.0) == pytest.approx(0.5)
+  assert budget_training.budget_fraction(clock, 5, elapsed_seconds=60.0) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(
@@ -376,12 +380,12 @@ def test_train_budget_rejects_bad_flags_before_any_work(argv, message, capsys, t
 
 
 def test_train_budget_loss_and_network_overrides_reach_the_configs():
-  config = train_budget.BudgetConfig(
+  config = budget_config.BudgetConfig(
       max_steps=5, loss=("unmasking_rate=0.5", "corruption=mask"), network=("num_heads=2",)
   )
-  loss_config = train_budget.padir_loss_config(config, vocab_high=100)
+  loss_config = budget_config.padir_loss_config(config, vocab_high=100)
   assert (loss_config.unmasking_rate, loss_config.corruption.value) == (0.5, "mask")
-  assert train_budget.transformer_config(config, vocab_high=100).num_heads == 2
+  assert budget_config.transformer_config(config, vocab_high=100).num_heads == 2
 
 
 def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_path):
@@ -389,7 +393,7 @@ def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_pat
   save_tiny_checkpoints(tmp_path, tiny_vocab_path, vocab_high=200)
   _, ar_params, ar_meta = checkpoints.load_checkpoint(str(tmp_path / "ar"))
   sizes = dict(emb_dim=32, num_heads=2, mlp_dim=64, num_layers=1, max_length=40, dropout_rate=0)
-  config = train_budget.BudgetConfig(
+  config = budget_config.BudgetConfig(
       model="padir", max_steps=1, minutes=0, init_from=str(tmp_path / "ar"), **sizes
   )
   import sentencepiece as spm
@@ -419,7 +423,7 @@ def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_pat
   rng = np.random.default_rng(0)
   inputs = [list(rng.integers(4, 200, 6)) + [EOS_ID] for _ in range(20)]
   targets = [list(rng.integers(4, 200, 5)) + [EOS_ID] for _ in range(20)]
-  _, params, record, _ = train_budget.train(
+  _, params, record, _ = budget_training.train(
       config,
       inputs,
       targets,
@@ -441,7 +445,7 @@ def test_train_budget_warm_starts_from_an_ar_checkpoint(tmp_path, tiny_vocab_pat
   checkpoints.save_checkpoint(
       str(tmp_path / "warm"),
       params,
-      train_budget.transformer_config(config, 200),
+      budget_config.transformer_config(config, 200),
       "padir",
       train_record=record,
   )

@@ -7,10 +7,10 @@ import pathlib
 import pytest
 
 from padir_t5x import cli
-from padir_t5x import decoding
-from padir_t5x import losses
-from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import quickstart
+from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x.modes import FillMode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def test_values_parse_by_the_field_type():
   overrides = cli.parse_overrides(
-      decoding.DecodingConfig,
+      DecodingConfig,
       [
           "length_beam=3",
           "length_penalty_alpha=0.8",
@@ -36,14 +36,16 @@ def test_values_parse_by_the_field_type():
       "vocab_high": None,
       "length_buckets": (8, 16),
   }
-  assert cli.parse_overrides(losses.PadirLossConfig, ["loss_normalizing_factor=none"]) == {
+  assert cli.parse_overrides(PadirLossConfig, ["loss_normalizing_factor=none"]) == {
       "loss_normalizing_factor": None
   }
   # Fixed-size tuples (corruption_mix is (keep, random, mask)) and variable ones side by side.
   assert cli.parse_overrides(
-      losses.PadirLossConfig, ["corruption_mix=0.1,0.1,0.8", "unmasking_rate_range=0,1"]
+      PadirLossConfig, ["corruption_mix=0.1,0.1,0.8", "unmasking_rate_range=0,1"]
   ) == {"corruption_mix": (0.1, 0.1, 0.8), "unmasking_rate_range": (0.0, 1.0)}
-  assert cli.parse_overrides(network.TransformerConfig, ["dtype=bfloat16"]) == {"dtype": "bfloat16"}
+  assert cli.parse_overrides(network_config.TransformerConfig, ["dtype=bfloat16"]) == {
+      "dtype": "bfloat16"
+  }
 
 
 @pytest.mark.parametrize(
@@ -58,12 +60,12 @@ def test_values_parse_by_the_field_type():
 )
 def test_bad_items_name_the_field(item, message):
   with pytest.raises(ValueError, match=message):
-    cli.parse_overrides(decoding.DecodingConfig, [item])
+    cli.parse_overrides(DecodingConfig, [item])
 
 
 def test_a_fixed_size_tuple_needs_every_value():
   with pytest.raises(ValueError, match="corruption_mix: expected 3 comma-separated values, got 2"):
-    cli.parse_overrides(losses.PadirLossConfig, ["corruption_mix=0.5,0.5"])
+    cli.parse_overrides(PadirLossConfig, ["corruption_mix=0.5,0.5"])
 
 
 @pytest.mark.parametrize(
@@ -270,3 +272,69 @@ def test_every_command_has_verbose_and_one_line_errors():
     assert hasattr(main, "__wrapped__"), f"{module}.main is not a cli.entry_point"
     source = inspect.getsource(inspect.getmodule(main))
     assert "argparse.ArgumentParser(" not in source, f"{module}: use cli.ArgumentParser"
+
+
+def _config_parser(**kwargs) -> argparse.ArgumentParser:
+  parser = cli.ArgumentParser(prog="prog")
+  names = ("length_beam", "init", "refine_top_k", "length_buckets")
+  cli.add_config_flags(parser, DecodingConfig, names, **kwargs)
+  return parser
+
+
+def test_config_flags_take_type_range_help_and_default_from_the_field(capsys):
+  args = _config_parser().parse_args([])
+  assert (args.length_beam, args.init, args.refine_top_k) == (5, FillMode.RANDOM, None)
+  args = _config_parser().parse_args(
+      ["--length_beam", "2", "--init", "mask", "--refine_top_k", "1", "--length_buckets", "8,16"]
+  )
+  config = DecodingConfig(
+      length_beam=args.length_beam,
+      init=args.init,
+      refine_top_k=args.refine_top_k,
+      length_buckets=tuple(args.length_buckets),
+  )
+  assert (config.length_beam, config.init, config.refine_top_k) == (2, FillMode.MASK, 1)
+  assert config.length_buckets == (8, 16)
+  for argv, message in (
+      (["--length_beam", "0"], "must be an integer >= 1, got 0"),
+      (["--init", "zeros"], "invalid choice: 'zeros'"),
+  ):
+    with pytest.raises(SystemExit) as exit_info:
+      _config_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+  help_text = _config_parser().format_help()
+  assert "target lengths decoded (l) (DecodingConfig default 5)" in " ".join(help_text.split())
+
+
+def test_config_flags_unset_and_command_defaults():
+  assert _config_parser(unset=True).parse_args([]).length_beam is None
+  args = _config_parser(defaults={"length_beam": 3}).parse_args([])
+  assert args.length_beam == 3
+  help_text = " ".join(_config_parser(defaults={"length_beam": 3}).format_help().split())
+  assert "(default 3; DecodingConfig default 5)" in help_text
+
+
+def test_config_flags_refuse_a_field_without_flag_metadata():
+  with pytest.raises(TypeError, match="DecodingConfig.vocab_high declares no flag"):
+    cli.add_config_flags(argparse.ArgumentParser(), DecodingConfig, ("vocab_high",))
+
+
+def test_translate_decoding_flags_are_the_configs():
+  """translate's PaDIR, AR and draft-and-verify flags are generated from the config fields."""
+  import dataclasses
+
+  from padir_t5x import decoders, draft_verify, translate
+
+  parser = translate.build_parser()
+  flags = {action.dest: action for action in parser._actions}  # pylint: disable=protected-access
+  for config_class, names in (
+      (DecodingConfig, translate.PADIR_OPTIONS),
+      (decoders.ArBeamDecoder, translate.AR_OPTIONS),
+  ):
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    for name in names:
+      assert fields[name].metadata["help"] in flags[name].help
+      assert flags[name].default is None  # unset: the checkpoint's setting applies
+  top_k = {f.name: f for f in dataclasses.fields(draft_verify.DraftVerifyConfig)}["top_k"]
+  assert top_k.metadata["help"] in flags["verify_top_k"].help

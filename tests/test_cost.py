@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from padir_t5x import cost, network
+from padir_t5x import cost, network_config
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -37,7 +37,7 @@ def test_tiny_training_step_flops_match_a_hand_count():
   step = 3 * (2 * encoder_layer + length_classifier) + 2 * 3 * decoder_pass
   assert step == 36_028_416
 
-  config = network.tiny_config()
+  config = network_config.tiny_config()
   parts = cost.forward_flops(config, b, s, t)
   assert parts == cost.ForwardFlops(2 * encoder_layer, length_classifier, decoder_pass)
   assert cost.training_step_flops(config, b, s, t, num_stages=2) == step
@@ -49,8 +49,8 @@ def test_tiny_training_step_flops_match_a_hand_count():
 
 
 def test_ar_twin_has_no_positional_attention_or_length_classifier():
-  config = network.tiny_config(decoder_mode="autoregressive")
-  padir = cost.forward_flops(network.tiny_config(), 2, 8, 6)
+  config = network_config.tiny_config(decoder_mode="autoregressive")
+  padir = cost.forward_flops(network_config.tiny_config(), 2, 8, 6)
   ar = cost.forward_flops(config, 2, 8, 6)
   self_attention = 4 * 2 * 2 * 6 * 64 * 64 + 2 * 2 * 2 * 6 * 6 * 64
   assert ar.length_classifier == 0
@@ -60,9 +60,9 @@ def test_ar_twin_has_no_positional_attention_or_length_classifier():
 
 
 def test_length_slot_adds_a_source_position():
-  config = network.tiny_config(length_pooling="token")
+  config = network_config.tiny_config(length_pooling="token")
   slot = cost.forward_flops(config, 2, 8, 6)
-  assert slot.encoder == cost.forward_flops(network.tiny_config(), 2, 9, 6).encoder
+  assert slot.encoder == cost.forward_flops(network_config.tiny_config(), 2, 9, 6).encoder
   assert slot.length_classifier == 2 * 2 * 64 * 64
 
 

@@ -1,5 +1,5 @@
 """The decoding seam (padir_t5x/decoders.py): every decoder returns Hypotheses of one shape, and a
-new drafter for draft-and-verify is one class implementing draft_verify.Drafter."""
+new drafter for draft-and-verify is one class implementing drafters.Drafter."""
 
 import dataclasses
 
@@ -12,6 +12,7 @@ from padir_t5x import EOS_ID
 from padir_t5x import ar_decoding
 from padir_t5x import decoders
 from padir_t5x import draft_verify
+from padir_t5x import drafters
 from test_draft_verify import (  # tests/test_draft_verify.py: its tiny networks and drafts
     AR,
     BATCH,
@@ -55,7 +56,7 @@ def test_every_decoder_returns_hypotheses_of_one_shape():
       "beam": decoders.ArBeamDecoder(AR, ar_params, beam_size=3, vocab_high=VOCAB_HIGH),
       "greedy": decoders.ArGreedyDecoder(AR, ar_params, vocab_high=VOCAB_HIGH),
       "draft_verify": decoders.DraftVerifyDecoder(
-          draft_verify.PadirDrafter(PADIR),
+          drafters.PadirDrafter(PADIR),
           padir_params,
           AR,
           ar_params,

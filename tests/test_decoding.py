@@ -21,8 +21,12 @@ from padir_t5x import bucketing
 from padir_t5x import decoding
 from padir_t5x import dedup
 from padir_t5x import layout
+from padir_t5x import length_candidates
 from padir_t5x import network
+from padir_t5x import network_config
+from padir_t5x import refinement
 from padir_t5x import remasking
+from padir_t5x.decoding_config import DecodingConfig
 
 V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
 LOW = 4
@@ -43,7 +47,7 @@ def _config(**overrides):
       stutter_unit="piece",  # the toy ids have no words
   )
   defaults.update(overrides)
-  return decoding.DecodingConfig(**defaults)
+  return DecodingConfig(**defaults)
 
 
 def _length_logits(lengths_by_preference, num_classes=8):
@@ -116,7 +120,7 @@ def test_random_init_without_vocab_high_fails_when_decoding():
 
 def test_length_beam_larger_than_decodable_lengths_is_an_error():
   with pytest.raises(ValueError, match="length_beam"):
-    decoding.select_lengths(jnp.zeros((1, 8)), length_beam=4, max_decode_length=3)
+    length_candidates.select_lengths(jnp.zeros((1, 8)), length_beam=4, max_decode_length=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,7 +278,7 @@ def test_summed_prediction_is_the_argmax_of_the_summed_log_probs():
   result = _decode(refine, _length_logits([[6, 4]]), config)
   assert len(seen) == result.passes[0] > 1
   log_probs = np.stack(
-      [jax.nn.log_softmax(decoding.restrict_logits(random_refine(x, None), LOW, V)) for x in seen]
+      [jax.nn.log_softmax(refinement.restrict_logits(random_refine(x, None), LOW, V)) for x in seen]
   )  # [passes, 2, T, V]
   summed = np.argmax(log_probs.sum(axis=0), axis=-1)  # [2, T]
   for j, length in enumerate(result.lengths[0]):
@@ -339,7 +343,7 @@ def test_length_offsets_give_distinct_clipped_lengths_with_their_own_log_probs()
   config = _config(length_beam=2, length_offsets=1, min_length=2, init="random")
   config = dataclasses.replace(config, inits_per_length=2)
   assert (config.num_lengths, config.num_candidates) == (6, 12)
-  lengths, log_probs = jax.tree.map(np.asarray, decoding.length_beam(logits, config, 8))
+  lengths, log_probs = jax.tree.map(np.asarray, length_candidates.length_beam(logits, config, 8))
   # Around 8: 7, 8 and 9, clipped to 8, already taken, so the most likely free length (3);
   # around 3: 2, then 3 (taken: the most likely free one, 5), then 4. Adjacent initialisations.
   np.testing.assert_array_equal(lengths[0], np.repeat([7, 8, 3, 2, 5, 4], 2))
@@ -349,10 +353,10 @@ def test_length_offsets_give_distinct_clipped_lengths_with_their_own_log_probs()
   np.testing.assert_array_equal(np.sort(result.lengths[0]), np.sort(lengths[0]))
   _check_layout(result)
   # Without offsets: the top-l lengths.
-  plain, _ = decoding.length_beam(logits, dataclasses.replace(config, length_offsets=0), 8)
+  plain, _ = length_candidates.length_beam(logits, dataclasses.replace(config, length_offsets=0), 8)
   np.testing.assert_array_equal(plain[0], [8, 8, 3, 3])
   with pytest.raises(ValueError, match="length_offsets 2 asks for 10 distinct lengths"):
-    decoding.length_beam(logits, dataclasses.replace(config, length_offsets=2), 8)
+    length_candidates.length_beam(logits, dataclasses.replace(config, length_offsets=2), 8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,7 +498,7 @@ def test_min_length_keeps_the_empty_hypothesis_out_of_the_beam():
 
 
 def test_defaults_are_the_papers_headline_setting():
-  config = decoding.DecodingConfig(vocab_high=V)
+  config = DecodingConfig(vocab_high=V)
   assert (config.length_beam, config.max_passes, config.remask) == (5, 4, "stutter")
   assert config.min_length == 2 and config.add_length_log_prob
   assert (config.dedup, config.stutter_unit, config.word_starts) == ("consecutive", "word", None)
@@ -580,13 +584,13 @@ def test_default_options_decode_as_the_plain_algorithm():
   config = _config(init="random", remask="stutter", length_beam=2, max_passes=6, score="sum")
   logits = _length_logits([[6, 4]])
   result = _decode(_mixing_refine, logits, config, rng=7)
-  lengths, _ = decoding.select_lengths(logits, 2, T)
+  lengths, _ = length_candidates.select_lengths(logits, 2, T)
   content, eos, length_mask = layout.length_layout(lengths[0], T)
   init_rng, loop_rng = jax.random.split(jax.random.PRNGKey(7))
   inputs = layout.frame_tokens(config.fill(init_rng, (2, T)), content, eos)
   previous = inputs
   for step in range(config.max_passes):
-    log_probs = jax.nn.log_softmax(decoding.restrict_logits(_mixing_refine(inputs, None), LOW, V))
+    log_probs = jax.nn.log_softmax(refinement.restrict_logits(_mixing_refine(inputs, None), LOW, V))
     predictions = layout.frame_tokens(jnp.argmax(log_probs, axis=-1), content, eos)
     if step and np.array_equal(predictions, previous):
       break
@@ -686,7 +690,7 @@ def make_tiny_network(max_target_length, **overrides):
   """
   network = pytest.importorskip("padir_t5x.network")
   module = network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=16,
           emb_dim=32,
           num_heads=2,
@@ -715,7 +719,7 @@ def tiny_network():
 
 def test_decode_with_network(tiny_network):
   module, params, inputs = tiny_network
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=3,
       max_passes=3,
       vocab_high=14,
@@ -743,7 +747,7 @@ def test_decode_with_network(tiny_network):
   variables = {"params": params}
   encoded = module.apply(variables, inputs, enable_dropout=False, method=type(module).encode)
   length_logits = module.apply(variables, encoded, inputs, method=type(module).predict_length)
-  expected_lengths, _ = decoding.select_lengths(length_logits, 3, 8)
+  expected_lengths, _ = length_candidates.select_lengths(length_logits, 3, 8)
   np.testing.assert_array_equal(
       np.sort(result.lengths, axis=1), np.sort(np.asarray(expected_lengths), axis=1)
   )
@@ -767,7 +771,7 @@ def test_decode_with_network_and_each_length_predictor(pooling, target):
   module, params, inputs = make_tiny_network(
       8, length_pooling=pooling, length_target=target, max_length_offset=k
   )
-  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14, stutter_unit="piece")
+  config = DecodingConfig(length_beam=3, max_passes=2, vocab_high=14, stutter_unit="piece")
   decode = functools.partial(
       decoding.decode_with_network, module, params, inputs, jax.random.PRNGKey(1), config, 8
   )
@@ -820,7 +824,7 @@ def test_bucketed_decoding_matches_the_full_length_decode(favoured, init):
   params = jax.tree.map(lambda x: x, params)
   params["length_predictor"]["logits"]["bias"] = jnp.asarray(bias)
   params["length_predictor"]["logits"]["kernel"] = jnp.zeros((32, 24))
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=3, max_passes=3, init=init, vocab_high=14, length_buckets=(), stutter_unit="piece"
   )
   bucketed = dataclasses.replace(config, length_buckets=(8, 12, 16))
@@ -841,7 +845,7 @@ def test_bucketed_decoding_matches_the_full_length_decode(favoured, init):
 
 def test_bucketed_decode_compiles_one_branch_per_bucket():
   module, params, inputs = make_tiny_network(24)
-  config = decoding.DecodingConfig(length_beam=3, max_passes=2, vocab_high=14, stutter_unit="piece")
+  config = DecodingConfig(length_beam=3, max_passes=2, vocab_high=14, stutter_unit="piece")
   jaxpr = jax.make_jaxpr(
       lambda p, x, r: decoding._decode_with_network.__wrapped__(
           module, p, x, r, dataclasses.replace(config, length_buckets=(8, 12, 16)), 24, None
@@ -872,7 +876,7 @@ def favouring_network():
 )
 def test_decode_with_network_options_bucketed_and_not(options, favouring_network):
   module, params, inputs = favouring_network
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=2, max_passes=3, vocab_high=14, length_buckets=(), stutter_unit="piece", **options
   )
   bucketed = dataclasses.replace(config, length_buckets=(8,))
@@ -919,7 +923,7 @@ def test_network_refine_fn_equals_the_plain_decoder_pass(tiny_network):
     )
 
   fast = decoding.network_refine_fn(module, params, encoded, inputs)
-  config = decoding.DecodingConfig(length_beam=c, max_passes=3, vocab_high=14, stutter_unit="piece")
+  config = DecodingConfig(length_beam=c, max_passes=3, vocab_high=14, stutter_unit="piece")
   plain_result, fast_result = (
       jax.tree.map(
           np.asarray,
@@ -934,7 +938,7 @@ def test_network_refine_fn_equals_the_plain_decoder_pass(tiny_network):
 
 def test_early_stopping_off_runs_every_pass_and_keeps_fixed_points(tiny_network):
   module, params, inputs = tiny_network
-  stopping = decoding.DecodingConfig(
+  stopping = DecodingConfig(
       length_beam=2, max_passes=6, vocab_high=14, init="mask", remask="none", stutter_unit="piece"
   )
   fixed = dataclasses.replace(stopping, early_stopping=False)
@@ -956,7 +960,7 @@ def test_refine_top_k_with_the_network(favouring_network):
   """Pruning through decode_with_network (bucketed, the decoder's rows grouped per example):
   k = c gives the unpruned hypotheses; k = 1 keeps the [b, c, t] shape, sorted."""
   module, params, inputs = favouring_network
-  config = decoding.DecodingConfig(
+  config = DecodingConfig(
       length_beam=3, max_passes=3, vocab_high=14, length_buckets=(8,), stutter_unit="piece"
   )
   rng = jax.random.PRNGKey(4)

@@ -22,11 +22,14 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import ar_decoding
 from padir_t5x import checkpoints
-from padir_t5x import decoding
 from padir_t5x import draft_verify
+from padir_t5x import drafters
 from padir_t5x import network
+from padir_t5x import network_config
+from padir_t5x import refinement
 from padir_t5x import translate
 from padir_t5x import vocab
+from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x.draft_verify import DraftVerifyConfig
 
 T = 12  # max input and decode length
@@ -36,8 +39,8 @@ BATCH = 6
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(kind: str) -> network.TransformerConfig:
-  return network.tiny_config(
+def _config(kind: str) -> network_config.TransformerConfig:
+  return network_config.tiny_config(
       vocab_size=VOCAB_SIZE,
       emb_dim=32,
       num_heads=2,
@@ -78,11 +81,11 @@ def _sources(seed: int, batch: int = BATCH) -> np.ndarray:
   return tokens
 
 
-def _decoding(**overrides) -> decoding.DecodingConfig:
+def _decoding(**overrides) -> DecodingConfig:
   fields = dict(
       length_beam=2, max_passes=2, vocab_high=VOCAB_HIGH, stutter_unit="piece", length_buckets=(6,)
   )
-  return decoding.DecodingConfig(**{**fields, **overrides})
+  return DecodingConfig(**{**fields, **overrides})
 
 
 def _steps(sequences: np.ndarray) -> np.ndarray:
@@ -217,7 +220,7 @@ class OracleDrafter:
   `useless`.
   """
 
-  config: network.TransformerConfig
+  config: network_config.TransformerConfig
   useless: bool = False
   shorter_first: bool = False
 
@@ -400,9 +403,7 @@ def test_accept_keeps_the_agreed_prefix_plus_the_ar_token():
 def test_constrained_length_beam_holds_the_prefix():
   logits = jnp.asarray(np.random.RandomState(0).randn(3, T), jnp.float32)
   config = _decoding(length_beam=3)
-  lengths, log_probs = draft_verify.constrained_length_beam(
-      logits, jnp.asarray([2, 7, 11]), config, T
-  )
+  lengths, log_probs = drafters.constrained_length_beam(logits, jnp.asarray([2, 7, 11]), config, T)
   lengths = np.asarray(lengths)
   assert np.all(lengths >= [[2], [7], [11]]) and np.all(lengths <= T)
   assert len(set(lengths[1].tolist())) == 3  # enough lengths left: distinct
@@ -432,7 +433,7 @@ def test_forced_positions_are_kept_by_refine_lengths():
   forced_tokens = jnp.full((BATCH, T), 9, jnp.int32)  # a stutter run: never de-duplicated
   forced = jnp.arange(T)[None, :] < jnp.arange(BATCH)[:, None]  # prefix of row i: i tokens
   lengths = jnp.stack([jnp.arange(BATCH) + 2, jnp.arange(BATCH) + 4], axis=1)
-  result = decoding.refine_lengths(
+  result = refinement.refine_lengths(
       refine_fn,
       lengths,
       jnp.zeros(lengths.shape),
@@ -446,10 +447,10 @@ def test_forced_positions_are_kept_by_refine_lengths():
   for row in range(BATCH):
     np.testing.assert_array_equal(sequences[row, :, :row], 9)
   # No forced positions: the decode of before.
-  plain = decoding.refine_lengths(
+  plain = refinement.refine_lengths(
       refine_fn, lengths, jnp.zeros(lengths.shape), jax.random.PRNGKey(0), config, T
   )
-  no_force = decoding.refine_lengths(
+  no_force = refinement.refine_lengths(
       refine_fn,
       lengths,
       jnp.zeros(lengths.shape),

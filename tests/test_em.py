@@ -14,7 +14,7 @@ import zlib
 import gin
 import pytest
 
-from padir_t5x import distill, em, stages, t5x_jobs, textio
+from padir_t5x import distill, em, em_actions, stages, t5x_jobs, textio
 
 
 class Killed(Exception):
@@ -216,7 +216,7 @@ def test_plan_extends_when_rounds_grow():
 
 
 def test_check_plan_rejects_unknown_input():
-  with pytest.raises(em.EmError, match="reads \\['nope'\\]"):
+  with pytest.raises(em_actions.EmError, match="reads \\['nope'\\]"):
     stages.check_plan([stages.Stage("a", "write", "prepare", ("nope",), ())])
 
 
@@ -234,7 +234,7 @@ def test_config_validation(field, value, message):
       run_dir="r", train_files=("a", "b"), beam_size=4, num_candidates=4, ar_steps=5
   )
   config = dataclasses.replace(config, **{field: value})
-  with pytest.raises(em.EmError, match=message):
+  with pytest.raises(em_actions.EmError, match=message):
     config.validate()
 
 
@@ -247,27 +247,27 @@ def cand(i, r, target="t"):
 def test_select_best_argmax_and_tie_goes_to_lowest_rank():
   candidates = [cand(0, 0), cand(0, 1), cand(0, 2), cand(1, 2), cand(1, 0), cand(1, 1)]
   scores = [-3.0, -1.0, -2.0, 5.0, 5.0, 4.0]
-  chosen = em.select_best(candidates, scores, 2)
+  chosen = em_actions.select_best(candidates, scores, 2)
   assert [(c.source_index, c.rank, s) for c, s in chosen] == [(0, 1, -1.0), (1, 0, 5.0)]
 
 
 def test_select_best_missing_source_names_index():
-  with pytest.raises(em.EmError, match="source index 1 has no candidate"):
-    em.select_best([cand(0, 0), cand(2, 0)], [0.0, 0.0], 3)
+  with pytest.raises(em_actions.EmError, match="source index 1 has no candidate"):
+    em_actions.select_best([cand(0, 0), cand(2, 0)], [0.0, 0.0], 3)
 
 
 def test_select_best_duplicate_names_source_and_rank():
-  with pytest.raises(em.EmError, match="source index 0 rank 1 appears twice"):
-    em.select_best([cand(0, 1), cand(0, 1)], [0.0, 1.0], 1)
+  with pytest.raises(em_actions.EmError, match="source index 0 rank 1 appears twice"):
+    em_actions.select_best([cand(0, 1), cand(0, 1)], [0.0, 1.0], 1)
 
 
 def test_select_best_rejects_nan_out_of_range_and_length_mismatch():
-  with pytest.raises(em.EmError, match="source index 0, rank 0.*not a number"):
-    em.select_best([cand(0, 0)], [float("nan")], 1)
-  with pytest.raises(em.EmError, match="source index 3 is outside"):
-    em.select_best([cand(3, 0)], [0.0], 2)
-  with pytest.raises(em.EmError, match="2 candidates but 1 scores"):
-    em.select_best([cand(0, 0), cand(0, 1)], [0.0], 1)
+  with pytest.raises(em_actions.EmError, match="source index 0, rank 0.*not a number"):
+    em_actions.select_best([cand(0, 0)], [float("nan")], 1)
+  with pytest.raises(em_actions.EmError, match="source index 3 is outside"):
+    em_actions.select_best([cand(3, 0)], [0.0], 2)
+  with pytest.raises(em_actions.EmError, match="2 candidates but 1 scores"):
+    em_actions.select_best([cand(0, 0), cand(0, 1)], [0.0], 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_candidates_from_decodes_detects_reordering(tmp_path):
   )
   records = list(t5x_jobs.iter_infer_records(path, "predict_with_aux"))
   with pytest.raises(
-      em.EmError,
+      em_actions.EmError,
       match=r"out: line 1: inputs.inputs_pretokenized 'second' " r"differs from example 0",
   ):
     t5x_jobs.candidates_from_decodes([("first", ""), ("second", "")], records, 1)
@@ -313,16 +313,16 @@ def test_candidates_from_decodes_needs_the_whole_beam_and_all_lines(tmp_path):
   one_text = write_jsonl(
       tmp_path / "a", [{"inputs": {"inputs_pretokenized": "s"}, "prediction": "only top-1"}]
   )
-  with pytest.raises(em.EmError, match="return_all_decodes"):
+  with pytest.raises(em_actions.EmError, match="return_all_decodes"):
     t5x_jobs.candidates_from_decodes(
         [("s", "")], list(t5x_jobs.iter_infer_records(one_text, "p")), 1
     )
   short = write_jsonl(
       tmp_path / "b", [{"inputs": {"inputs_pretokenized": "s"}, "prediction": ["x"]}]
   )
-  with pytest.raises(em.EmError, match="1 beams, need 2"):
+  with pytest.raises(em_actions.EmError, match="1 beams, need 2"):
     t5x_jobs.candidates_from_decodes([("s", "")], list(t5x_jobs.iter_infer_records(short, "p")), 2)
-  with pytest.raises(em.EmError, match="1 lines for 2 input examples"):
+  with pytest.raises(em_actions.EmError, match="1 lines for 2 input examples"):
     t5x_jobs.candidates_from_decodes(
         [("s", ""), ("t", "")], list(t5x_jobs.iter_infer_records(short, "p")), 1
     )
@@ -333,22 +333,22 @@ def test_scores_from_records_checks_targets(tmp_path):
       tmp_path / "s",
       [{"inputs": {"inputs_pretokenized": "s0", "targets_pretokenized": "other"}, "score": -1.5}],
   )
-  with pytest.raises(em.EmError, match="s: line 1: inputs.targets_pretokenized 'other'"):
+  with pytest.raises(em_actions.EmError, match="s: line 1: inputs.targets_pretokenized 'other'"):
     t5x_jobs.scores_from_records([cand(0, 0)], list(t5x_jobs.iter_infer_records(path, "score")))
 
 
 def test_iter_infer_records_names_file_and_line(tmp_path):
   path = tmp_path / "bad"
   path.write_text('{"inputs": {}, "score": 1}\nnot json\n')
-  with pytest.raises(em.EmError, match="bad: line 2 is not valid JSON"):
+  with pytest.raises(em_actions.EmError, match="bad: line 2 is not valid JSON"):
     list(t5x_jobs.iter_infer_records(str(path), "score"))
   path.write_text('{"inputs": {}, "prediction": "x"}\n')
-  with pytest.raises(em.EmError, match="bad: line 1: no 'score' field"):
+  with pytest.raises(em_actions.EmError, match="bad: line 1: no 'score' field"):
     list(t5x_jobs.iter_infer_records(str(path), "score"))
 
 
 def test_infer_output_path_wants_exactly_one_file(tmp_path):
-  with pytest.raises(em.EmError, match="found none"):
+  with pytest.raises(em_actions.EmError, match="found none"):
     t5x_jobs.infer_output_path(str(tmp_path), "score")
   (tmp_path / "t-score.jsonl-00000-of-00001").write_text("")
   assert t5x_jobs.infer_output_path(str(tmp_path), "score").endswith("t-score.jsonl-00000-of-00001")
@@ -523,7 +523,7 @@ def test_partial_python_stage_is_discarded(tmp_path):
 def test_rerun_with_other_config_names_the_field(tmp_path):
   config, _ = make_config(tmp_path, n=3)
   run(config, FakeRunner())
-  with pytest.raises(em.EmError, match="num_candidates: 3 -> 2"):
+  with pytest.raises(em_actions.EmError, match="num_candidates: 3 -> 2"):
     run(dataclasses.replace(config, num_candidates=2), FakeRunner())
 
 
@@ -585,19 +585,19 @@ def test_baseline_and_eval_stages_run_report_and_resume(tmp_path):
 
 
 def test_read_eval_metrics_names_missing_and_bad_files(tmp_path):
-  with pytest.raises(em.EmError, match="no '\\*-metrics.jsonl' written by t5x.eval"):
+  with pytest.raises(em_actions.EmError, match="no '\\*-metrics.jsonl' written by t5x.eval"):
     t5x_jobs.read_eval_metrics(str(tmp_path))
   directory = tmp_path / "inference_eval"
   directory.mkdir()
   (directory / "t-metrics.jsonl").write_text('{"step": 1, "bleu": 2}\n{"bleu": \n')
-  with pytest.raises(em.EmError, match="t-metrics.jsonl: line 2 is not valid JSON"):
+  with pytest.raises(em_actions.EmError, match="t-metrics.jsonl: line 2 is not valid JSON"):
     t5x_jobs.read_eval_metrics(str(tmp_path))
 
 
 def test_stage_dir_without_marker_is_an_error(tmp_path):
   config, _ = make_config(tmp_path, n=3)
   os.makedirs(stages.stage_dir(config.run_dir, "prepare"))
-  with pytest.raises(em.EmError, match="prepare exists without DONE.json"):
+  with pytest.raises(em_actions.EmError, match="prepare exists without DONE.json"):
     run(config, FakeRunner())
 
 
@@ -711,7 +711,7 @@ def test_training_pairs_from_a_seqio_task_match_its_files():
   expected = textio.read_parallel_files(
       os.path.join(data_dir, "train.de"), os.path.join(data_dir, "train.en")
   )[:5]
-  assert em.read_training_pairs(config) == expected
+  assert em_actions.read_training_pairs(config) == expected
 
 
 def test_read_candidates_names_bad_meta_line(tmp_path):
@@ -719,7 +719,8 @@ def test_read_candidates_names_bad_meta_line(tmp_path):
   meta = tmp_path / "candidates.meta.jsonl"
   meta.write_text(meta.read_text().splitlines()[0] + '\n{"index": 1}\n')
   with pytest.raises(
-      em.EmError, match=r"candidates.meta.jsonl: line 2: not a candidate " r"record \(KeyError"
+      em_actions.EmError,
+      match=r"candidates.meta.jsonl: line 2: not a candidate " r"record \(KeyError",
   ):
     t5x_jobs.read_candidates(str(tmp_path))
 

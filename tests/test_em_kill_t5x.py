@@ -28,7 +28,7 @@ import pytest
 
 pytest.importorskip("t5x")
 
-from padir_t5x import em, textio  # noqa: E402
+from padir_t5x import em, t5x_jobs, textio  # noqa: E402
 import tiny_em  # noqa: E402  (tests/tiny_em.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,7 +252,7 @@ def test_ten_kills_change_nothing(tmp_path, train_files):
       ("r1_select", "selected"),
   ):
     assert [s for s, _ in textio.read_distilled_shards(stage(name, output), "train")] == sources
-  candidates = em.read_candidates(stage("r1_candidates"))
+  candidates = t5x_jobs.read_candidates(stage("r1_candidates"))
   assert [(c.source_index, c.rank) for c in candidates] == [
       (i, r) for i in range(LIMIT) for r in range(2)
   ]

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("t5x")
 
-from padir_t5x import em, textio  # noqa: E402
+from padir_t5x import em, t5x_jobs, textio  # noqa: E402
 import tiny_em  # noqa: E402  (tests/tiny_em.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_every_source_selected_once_in_order(em_run, train_files):
   distilled = textio.read_distilled_shards(stage("r1_candidates", "distilled"), "train")
   selected = textio.read_distilled_shards(stage("r1_select", "selected"), "train")
   assert [s for s, _ in distilled] == sources and [s for s, _ in selected] == sources
-  candidates = em.read_candidates(stage("r1_candidates"))
+  candidates = t5x_jobs.read_candidates(stage("r1_candidates"))
   assert [(c.source_index, c.rank) for c in candidates] == [
       (i, r) for i in range(LIMIT) for r in range(2)
   ]
@@ -140,8 +140,8 @@ def test_every_source_selected_once_in_order(em_run, train_files):
   assert [t for _, t in selected] == [by_key[(s["index"], s["rank"])] for s in selection]
   done = em.read_done(run_dir, "r1_ar_train")
   assert done["counts"]["train_examples"] == LIMIT
-  assert os.path.isdir(em.final_checkpoint(run_dir, "r1_ar_train"))
-  assert os.path.isdir(em.final_checkpoint(run_dir, "r1_nar_train"))
+  assert os.path.isdir(t5x_jobs.final_checkpoint(run_dir, "r1_ar_train"))
+  assert os.path.isdir(t5x_jobs.final_checkpoint(run_dir, "r1_nar_train"))
 
 
 def test_distill_command_writes_where_distilled_tasks_read(em_run, train_files, tmp_path):
@@ -151,7 +151,7 @@ def test_distill_command_writes_where_distilled_tasks_read(em_run, train_files, 
       sys.executable,
       "-m",
       "padir_t5x.distill",
-      f"--checkpoint={em.final_checkpoint(run_dir, 'r0_ar_train')}",
+      f"--checkpoint={t5x_jobs.final_checkpoint(run_dir, 'r0_ar_train')}",
       "--train_files",
       *train_files,
       "--limit=16",

@@ -23,6 +23,7 @@ from padir_t5x import ar_decoding  # noqa: E402
 from padir_t5x import checkpoints  # noqa: E402
 from padir_t5x import export  # noqa: E402
 from padir_t5x import network  # noqa: E402
+from padir_t5x import network_config  # noqa: E402
 from padir_t5x import vocab  # noqa: E402
 from padir_t5x.shared_data import find_data_dir  # noqa: E402
 
@@ -41,7 +42,7 @@ VARIANTS = {
 }
 
 
-def _tiny_config(vocab_size: int, **overrides) -> network.TransformerConfig:
+def _tiny_config(vocab_size: int, **overrides) -> network_config.TransformerConfig:
   fields = dict(
       vocab_size=vocab_size,
       decoder_mode="autoregressive",  # positional_attention stays True: AR layers have none
@@ -51,7 +52,7 @@ def _tiny_config(vocab_size: int, **overrides) -> network.TransformerConfig:
       max_input_length=32,
       max_target_length=24,
   )
-  return network.tiny_config(**{**fields, **overrides})
+  return network_config.tiny_config(**{**fields, **overrides})
 
 
 def _random_params(module, seed: int) -> dict:

@@ -26,7 +26,7 @@ from t5x import models as t5x_models  # noqa: E402
 from t5x import utils as t5x_utils  # noqa: E402
 
 import tasks  # noqa: E402,F401  (registers the padir_* tasks)
-from padir_t5x import models, network, shared_data  # noqa: E402
+from padir_t5x import models, network, network_config, shared_data  # noqa: E402
 import t5x_subprocess  # noqa: E402  (tests/t5x_subprocess.py)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -135,16 +135,17 @@ def test_model_gin_builds_and_initialises(name):
 
 def test_padir_base_gin_defaults_are_the_library_defaults():
   """The gin macros exist for overrides; their values must not become a second set of defaults."""
-  from padir_t5x import decoding, losses
+  from padir_t5x.decoding_config import DecodingConfig
+  from padir_t5x.loss_config import PadirLossConfig
 
   bindings = ["DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'"] + TINY_NETWORK
   model = _parse([GIN / "models" / "padir_base.gin"], bindings)["model"]
   vocab = {"vocab_high": model.vocab_high}
-  assert model.loss_config == losses.PadirLossConfig(**vocab)
-  assert model.decoding_config == decoding.DecodingConfig(**vocab, word_starts=model.word_starts)
+  assert model.loss_config == PadirLossConfig(**vocab)
+  assert model.decoding_config == DecodingConfig(**vocab, word_starts=model.word_starts)
   assert model.word_starts is not None  # filled in from the SentencePiece vocabulary
   length_fields = ("length_pooling", "length_target", "max_length_offset")
-  library = network.TransformerConfig()
+  library = network_config.TransformerConfig()
   for field in length_fields:
     assert getattr(model.module.config, field) == getattr(library, field), field
 

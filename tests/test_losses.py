@@ -19,7 +19,9 @@ from padir_t5x import EOS_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
 from padir_t5x import corruption
+from padir_t5x import cross_entropy
 from padir_t5x import losses
+from padir_t5x.loss_config import PadirLossConfig
 from padir_t5x.modes import LossPositions
 from padir_t5x.modes import UnmaskingRateMode
 
@@ -63,7 +65,7 @@ def _ce_example():
 )
 def test_token_cross_entropy_matches_hand_computation(ce_example, label_smoothing, z_loss):
   logits, targets, weights = ce_example
-  loss, z_term, weight_sum = losses.token_cross_entropy(
+  loss, z_term, weight_sum = cross_entropy.token_cross_entropy(
       jnp.asarray(logits),
       jnp.asarray(targets),
       jnp.asarray(weights),
@@ -81,9 +83,11 @@ def test_token_cross_entropy_matches_hand_computation(ce_example, label_smoothin
 def test_perfect_smoothed_prediction_costs_nothing():
   targets = jnp.array([[0, 3, 2]])
   soft = jax.nn.one_hot(targets, 5) * (0.9 - 0.1 / 4) + 0.1 / 4
-  loss, _, _ = losses.token_cross_entropy(jnp.log(soft), targets, None, label_smoothing=0.1)
+  loss, _, _ = cross_entropy.token_cross_entropy(jnp.log(soft), targets, None, label_smoothing=0.1)
   assert abs(float(loss)) < 1e-5
-  worse, _, _ = losses.token_cross_entropy(jnp.log(soft) * 2, targets, None, label_smoothing=0.1)
+  worse, _, _ = cross_entropy.token_cross_entropy(
+      jnp.log(soft) * 2, targets, None, label_smoothing=0.1
+  )
   assert float(worse) > 1e-3
 
 
@@ -100,7 +104,7 @@ def test_perfect_smoothed_prediction_costs_nothing():
 def test_loss_normalizing_factor_variants(ce_example, factor, divisor):
   logits, targets, weights = ce_example
   expected_loss, expected_z = _numpy_cross_entropy(logits, targets, weights, 0.1, 1e-2)
-  loss, z_term, weight_sum = losses.token_cross_entropy(
+  loss, z_term, weight_sum = cross_entropy.token_cross_entropy(
       jnp.asarray(logits),
       jnp.asarray(targets),
       jnp.asarray(weights),
@@ -117,7 +121,7 @@ def test_loss_normalizing_factor_variants(ce_example, factor, divisor):
 def test_bad_loss_normalizing_factor_raises(ce_example, factor):
   logits, targets, weights = ce_example
   with pytest.raises(ValueError, match="loss_normalizing_factor"):
-    losses.token_cross_entropy(
+    cross_entropy.token_cross_entropy(
         jnp.asarray(logits),
         jnp.asarray(targets),
         jnp.asarray(weights),
@@ -135,7 +139,7 @@ def test_length_cross_entropy_hand_example():
           ]
       )
   )  # length 9 clipped to class 2: right
-  loss, correct = losses.length_cross_entropy(length_logits, jnp.array([2, 3, 9]))
+  loss, correct = cross_entropy.length_cross_entropy(length_logits, jnp.array([2, 3, 9]))
   np.testing.assert_allclose(np.asarray(loss), -np.log([0.7, 0.25, 0.6]), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(correct), [True, False, True])
 
@@ -162,7 +166,7 @@ def test_length_accuracy_within_1_and_out_of_window_targets():
   length_logits[3] = [off, 0.5, 0.0, -0.5, off, off, off, off]
   lengths = [3, 5, 3, 7, 0]  # exact, off by one, off by three, out of reach, all-PAD row
   outputs, batch = _length_outputs(length_logits, lengths)
-  config = losses.PadirLossConfig(num_stages=1, vocab_high=VOCAB_SIZE, z_loss=0.0)
+  config = PadirLossConfig(num_stages=1, vocab_high=VOCAB_SIZE, z_loss=0.0)
   _, metrics = losses.loss_from_outputs(outputs, batch, config)
   assert float(metrics["num_examples"]) == 4
   assert float(metrics["length_correct"]) == 1 and float(metrics["length_within_1_correct"]) == 2
@@ -219,11 +223,11 @@ def test_next_stage_inputs_pads_past_length_and_restores_eos():
 )
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    losses.PadirLossConfig(**kwargs)
+    PadirLossConfig(**kwargs)
 
 
 def test_mask_corruption_needs_no_vocab_high():
-  assert losses.PadirLossConfig(corruption="mask").vocab_high is None
+  assert PadirLossConfig(corruption="mask").vocab_high is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,9 +284,10 @@ class FakePadirNetwork(nn.Module):
 
 def _real_network():
   from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x import network_config  # pylint: disable=g-import-not-at-top
   # tiny_config, shrunk further: these tests check wiring, not capacity, on a shared CPU.
   return network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=VOCAB_SIZE,
           max_input_length=LENGTH,
           max_target_length=LENGTH,
@@ -348,7 +353,7 @@ def _forward(module, config, enable_dropout=True):
   )
 
 
-CONFIG = losses.PadirLossConfig(
+CONFIG = PadirLossConfig(
     num_stages=3,
     unmasking_rate=0.5,
     vocab_high=VOCAB_SIZE,
@@ -410,15 +415,13 @@ def test_random_corruption_without_vocab_high_fails_in_the_loss(fake_module):
   batch = _copy_batch()
   params = _init(fake_module, batch)
   with pytest.raises(ValueError, match="vocab_high"):
-    losses.multi_stage_loss(
-        fake_module, params, batch, jax.random.PRNGKey(0), losses.PadirLossConfig()
-    )
+    losses.multi_stage_loss(fake_module, params, batch, jax.random.PRNGKey(0), PadirLossConfig())
 
 
 def test_mask_corruption_feeds_mask_ids(fake_module):
   batch = _copy_batch()
   params = _init(fake_module, batch)
-  config = losses.PadirLossConfig(num_stages=1, unmasking_rate=0.0, corruption="mask")
+  config = PadirLossConfig(num_stages=1, unmasking_rate=0.0, corruption="mask")
   outputs = losses.multi_stage_forward(fake_module, params, batch, jax.random.PRNGKey(0), config)
   targets = np.asarray(batch["decoder_target_tokens"])
   inside = (targets != PAD_ID) & (targets != EOS_ID)
@@ -478,9 +481,7 @@ def test_stage_two_gradient_flows_only_through_its_own_pass(module):
   batch = _copy_batch()
   params = _init(module, batch)
   rng = jax.random.PRNGKey(3)
-  config = losses.PadirLossConfig(
-      num_stages=2, vocab_high=VOCAB_SIZE, label_smoothing=0.1, z_loss=1e-3
-  )
+  config = PadirLossConfig(num_stages=2, vocab_high=VOCAB_SIZE, label_smoothing=0.1, z_loss=1e-3)
   rngs = losses.split_loss_rngs(rng, 2)
   stage2_input = _forward(module, config)(params, batch, rng).stage_inputs[1]
   targets = batch["decoder_target_tokens"]
@@ -490,7 +491,7 @@ def test_stage_two_gradient_flows_only_through_its_own_pass(module):
 
   def stage2_loss_on_constant_input(p):
     logits = _decode(module, p, batch, stage2_input, rngs.encoder_dropout, rngs.stage_dropout[1])
-    return losses.token_cross_entropy(
+    return cross_entropy.token_cross_entropy(
         logits, targets, (targets > 0).astype(jnp.float32), label_smoothing=0.1, z_loss=1e-3
     )[0]
 
@@ -528,7 +529,7 @@ def test_loss_is_sum_of_reported_terms(module):
     assert float(metrics[f"stage{s}_correct"]) == correct
     assert float(metrics[f"stage{s}_accuracy"]) == pytest.approx(correct / np.sum(targets > 0))
   lengths = np.sum(targets > 0, -1)
-  length_loss, length_correct = losses.length_cross_entropy(
+  length_loss, length_correct = cross_entropy.length_cross_entropy(
       outputs.length_logits, jnp.asarray(lengths)
   )
   real = lengths > 0
@@ -551,7 +552,7 @@ def test_loss_normalizing_factor_scales_the_whole_loss(fake_module):
       ("NUM_REAL_TARGET_TOKENS", float(metrics["num_tokens"])),
       ("NUMBER_OF_ALL_DECODER_TOKENS", float(4 * LENGTH)),
   ]:
-    config = losses.PadirLossConfig(**{**CONFIG.__dict__, "loss_normalizing_factor": factor})
+    config = PadirLossConfig(**{**CONFIG.__dict__, "loss_normalizing_factor": factor})
     normalised, normalised_metrics = losses.multi_stage_loss(
         fake_module, params, batch, rng, config
     )
@@ -582,7 +583,7 @@ def test_packed_batch_is_rejected(fake_module):
 def test_short_training_run_decreases_the_loss(module):
   batch = _copy_batch(seed=1, batch=8)
   params = _init(module, batch)
-  config = losses.PadirLossConfig(
+  config = PadirLossConfig(
       num_stages=2, unmasking_rate=0.3, vocab_high=VOCAB_SIZE, length_loss_weight=0.5
   )
   optimizer = optax.adam(1e-2)
@@ -611,13 +612,13 @@ def test_short_training_run_decreases_the_loss(module):
 
 def test_option_fields_from_names_and_lists_equal_members_and_tuples():
   # gin and command lines give names and lists; the config stores members and tuples.
-  from_names = losses.PadirLossConfig(
+  from_names = PadirLossConfig(
       unmasking_rate_mode="uniform",
       unmasking_rate_range=[0, 1],
       corruption_mix=[0.1, 0.1, 0.8],
       loss_positions="corrupted",
   )
-  from_members = losses.PadirLossConfig(
+  from_members = PadirLossConfig(
       unmasking_rate_mode=UnmaskingRateMode.UNIFORM,
       unmasking_rate_range=(0.0, 1.0),
       corruption_mix=(0.1, 0.1, 0.8),
@@ -625,8 +626,8 @@ def test_option_fields_from_names_and_lists_equal_members_and_tuples():
   )
   assert from_names == from_members and hash(from_names) == hash(from_members)
   assert from_names.replacement_mix == (0.1, 0.1, 0.8)
-  assert losses.PadirLossConfig().replacement_mix == corruption.RANDOM_MIX
-  assert losses.PadirLossConfig(corruption="mask").replacement_mix == corruption.MASK_MIX
+  assert PadirLossConfig().replacement_mix == corruption.RANDOM_MIX
+  assert PadirLossConfig(corruption="mask").replacement_mix == corruption.MASK_MIX
 
 
 def _legacy_multi_stage_loss(module, params, batch, rng, config):
@@ -649,7 +650,7 @@ def _legacy_multi_stage_loss(module, params, batch, rng, config):
     logits = _decode(
         module, params, batch, decoder_input, rngs.encoder_dropout, rngs.stage_dropout[stage]
     )
-    total += losses.token_cross_entropy(
+    total += cross_entropy.token_cross_entropy(
         logits, targets, weights, config.label_smoothing, config.z_loss
     )[0]
   encoded = module.apply(
@@ -662,7 +663,9 @@ def _legacy_multi_stage_loss(module, params, batch, rng, config):
       {"params": params}, encoded, batch["encoder_input_tokens"], method=type(module).predict_length
   )
   lengths = jnp.sum(targets > 0, -1)
-  length_loss = jnp.sum(losses.length_cross_entropy(length_logits, lengths)[0] * (lengths > 0))
+  length_loss = jnp.sum(
+      cross_entropy.length_cross_entropy(length_logits, lengths)[0] * (lengths > 0)
+  )
   return total + config.length_loss_weight * length_loss
 
 
@@ -672,7 +675,7 @@ def test_defaults_reproduce_the_loss_before_the_options(fake_module, fill):
   # random draw and change no weight. (Checked bit for bit against the previous commit too.)
   batch = _copy_batch()
   params = _init(fake_module, batch)
-  config = losses.PadirLossConfig(**{**CONFIG.__dict__, "corruption": fill})
+  config = PadirLossConfig(**{**CONFIG.__dict__, "corruption": fill})
   for seed in range(3):
     rng = jax.random.PRNGKey(seed)
     loss, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, config)
@@ -689,7 +692,7 @@ def _kept_counts(stage_input, targets):
 def test_uniform_rate_mode_draws_each_row_its_own_rate(fake_module):
   batch = _copy_batch(batch=16)
   params = _init(fake_module, batch)
-  config = losses.PadirLossConfig(
+  config = PadirLossConfig(
       num_stages=1,
       corruption="mask",
       unmasking_rate_mode="uniform",
@@ -712,18 +715,18 @@ def test_uniform_rate_mode_draws_each_row_its_own_rate(fake_module):
 def test_corruption_mix_reaches_the_stage_one_input(fake_module):
   batch = _copy_batch(batch=64)
   params = _init(fake_module, batch)
-  config = losses.PadirLossConfig(
+  config = PadirLossConfig(
       num_stages=1, unmasking_rate=0.0, vocab_high=VOCAB_SIZE, corruption_mix=(0.0, 0.0, 1.0)
   )
   rng = jax.random.PRNGKey(0)
   outputs = losses.multi_stage_forward(fake_module, params, batch, rng, config)
-  mask_config = losses.PadirLossConfig(num_stages=1, unmasking_rate=0.0, corruption="mask")
+  mask_config = PadirLossConfig(num_stages=1, unmasking_rate=0.0, corruption="mask")
   mask_outputs = losses.multi_stage_forward(fake_module, params, batch, rng, mask_config)
   # The mix overrides `corruption` ('random' here): (0, 0, 1) is the mask fill, number for number.
   np.testing.assert_array_equal(
       np.asarray(outputs.stage_inputs[0]), np.asarray(mask_outputs.stage_inputs[0])
   )
-  bert = losses.PadirLossConfig(**{**config.__dict__, "corruption_mix": (0.2, 0.2, 0.6)})
+  bert = PadirLossConfig(**{**config.__dict__, "corruption_mix": (0.2, 0.2, 0.6)})
   _, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, bert)
   assert 0.4 < float(metrics["corrupted_mask_fraction"]) < 0.8
   assert 0.05 < float(metrics["corrupted_unchanged_fraction"]) < 0.4
@@ -736,7 +739,7 @@ def test_corrupted_only_weights_are_the_replaced_positions_plus_eos(fake_module)
   user_weights[1] *= 0.5  # decoder_loss_weights multiply
   batch = {**batch, "decoder_loss_weights": jnp.asarray(user_weights)}
   params = _init(fake_module, batch)
-  config = losses.PadirLossConfig(
+  config = PadirLossConfig(
       **{**CONFIG.__dict__, "unmasking_rate": 0.4, "loss_positions": "corrupted"}
   )
   rng = jax.random.PRNGKey(6)
@@ -761,7 +764,7 @@ def test_corrupted_only_weights_are_the_replaced_positions_plus_eos(fake_module)
   loss, metrics = losses.multi_stage_loss(fake_module, params, batch, rng, config, False)
   total = 0.0
   for stage, weights in enumerate(expected, start=1):
-    stage_loss, _, _ = losses.token_cross_entropy(
+    stage_loss, _, _ = cross_entropy.token_cross_entropy(
         outputs.stage_logits[stage - 1], jnp.asarray(targets), jnp.asarray(weights), 0.1, 1e-3
     )
     assert float(metrics[f"stage{stage}_loss"]) == pytest.approx(float(stage_loss), rel=1e-6)
@@ -801,7 +804,7 @@ def _glancing_setup(**overrides):
   batch = _copy_batch(seed=3, batch=12)
   params = _init(module, batch)
   fields = dict(num_stages=2, corruption="mask", unmasking_rate_mode="glancing")
-  config = losses.PadirLossConfig(**{**fields, **overrides})
+  config = PadirLossConfig(**{**fields, **overrides})
   targets = np.asarray(batch["decoder_target_tokens"])
   content = (targets != PAD_ID) & (targets != EOS_ID)
   wrong = np.sum(content & (np.arange(LENGTH) % 2 == 0), -1)
@@ -846,9 +849,7 @@ def test_glancing_ratio_anneals_with_the_step_feature():
   np.testing.assert_allclose(
       np.asarray(losses.glancing_ratio(config, jnp.array([0, 5, 10, 20]))), [1.0, 0.5, 0.0, 0.0]
   )
-  assert float(losses.glancing_ratio(losses.PadirLossConfig(glancing_ratio=0.3))) == (
-      pytest.approx(0.3)
-  )
+  assert float(losses.glancing_ratio(PadirLossConfig(glancing_ratio=0.3))) == (pytest.approx(0.3))
   with pytest.raises(ValueError, match="glancing_anneal_steps"):
     losses.multi_stage_forward(module, params, batch, jax.random.PRNGKey(0), config)
   stepped = {**batch, losses.TRAIN_STEP_FEATURE: jnp.int32(5)}
@@ -890,8 +891,8 @@ def test_padir_base_gin_loss_macros_name_config_fields_with_its_defaults():
       for name, value in re.findall(r"^([A-Z_]+) = (.*)$", text, flags=re.M)
       if name in entries.values()
   }
-  assert set(entries) <= {f.name for f in dataclasses.fields(losses.PadirLossConfig)}
+  assert set(entries) <= {f.name for f in dataclasses.fields(PadirLossConfig)}
   for field in ("unmasking_rate_mode", "corruption_mix", "loss_positions", "glancing_ratio"):
     assert entries[field] == field.upper()
-  config = losses.PadirLossConfig(**{field: macros[m] for field, m in entries.items()})
-  assert config == losses.PadirLossConfig()
+  config = PadirLossConfig(**{field: macros[m] for field, m in entries.items()})
+  assert config == PadirLossConfig()

@@ -11,6 +11,7 @@ import pytest
 
 from padir_t5x import checkpoints
 from padir_t5x import network
+from padir_t5x import network_config
 
 CARD = {
     "name": "test",
@@ -27,7 +28,7 @@ CARD = {
 
 
 def _tiny():
-  config = network.tiny_config(vocab_size=64, decoder_mode="autoregressive")
+  config = network_config.tiny_config(vocab_size=64, decoder_mode="autoregressive")
   module = network.Transformer(config)
   x = jnp.ones((1, 4), jnp.int32)
   params = module.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)["params"]

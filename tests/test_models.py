@@ -20,7 +20,7 @@ from t5x import decoding as t5x_decoding  # noqa: E402
 from t5x import models as t5x_models  # noqa: E402
 
 from padir_t5x import EOS_ID, FIRST_ORDINARY_ID, MASK_ID, PAD_ID  # noqa: E402
-from padir_t5x import decoding, losses, models, network  # noqa: E402
+from padir_t5x import decoding, losses, models, network, network_config  # noqa: E402
 
 VOCAB = 60  # real vocabulary; the embedding table has 64 rows
 MAX_LEN = 16
@@ -30,7 +30,7 @@ DECODING = {"length_beam": 2, "max_passes": 3, "stutter_unit": "piece"}
 
 def _module(**overrides):
   return network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=64,
           max_input_length=MAX_LEN,
           max_target_length=MAX_LEN,
@@ -124,7 +124,7 @@ def test_constructor_validates_arguments():
     _model(decoding_config={"beam": 3})
   with pytest.raises(ValueError, match="decoder_mode='padir'"):
     models.PadirModel(
-        network.Transformer(network.tiny_config(decoder_mode="autoregressive")),
+        network.Transformer(network_config.tiny_config(decoder_mode="autoregressive")),
         seqio.PassThroughVocabulary(VOCAB),
         seqio.PassThroughVocabulary(VOCAB),
         adafactor.Adafactor(),
@@ -470,7 +470,7 @@ def test_adafactor_factors_every_large_matrix_without_fallback(caplog):
   (logging a fallback per parameter); its heuristic factors a matrix whose two dimensions are
   both >= 128 and keeps a full second moment for anything smaller.
   """
-  module = network.Transformer(network.base_config())
+  module = network.Transformer(network_config.base_config())
   shapes = {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)}
   model = models.PadirModel(
       module,
@@ -507,7 +507,7 @@ def test_adafactor_factors_every_large_matrix_without_fallback(caplog):
 def test_ar_twin_with_t5x_encoder_decoder_model():
   """The AR twin needs no adapter: t5x's own model trains and beam-searches it."""
   module = network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=64,
           max_input_length=MAX_LEN,
           max_target_length=MAX_LEN,

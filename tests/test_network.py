@@ -15,8 +15,9 @@ from flax import traverse_util
 from padir_t5x import layers
 from padir_t5x import layout
 from padir_t5x import network
+from padir_t5x import network_config
 
-TINY = network.tiny_config(dropout_rate=0.1)
+TINY = network_config.tiny_config(dropout_rate=0.1)
 AR_TINY = dataclasses.replace(TINY, decoder_mode="autoregressive")
 BATCH, IN_LEN, OUT_LEN = 2, 7, 6
 
@@ -64,7 +65,7 @@ def _ar_apply(variables, dec_in, tgt=TGT):
 
 
 def test_base_parameter_count():
-  module = network.Transformer(network.BASE_CONFIG)
+  module = network.Transformer(network_config.BASE_CONFIG)
   tokens = jnp.ones((1, 8), jnp.int32)
   shapes = jax.eval_shape(
       lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False)
@@ -78,13 +79,17 @@ def test_base_parameter_count():
 
 
 def test_configs_and_presets():
-  assert network.tiny_config(vocab_size=32).vocab_size == 32
-  assert network.base_config(dtype="bfloat16").activation_dtype == jnp.bfloat16
-  assert network.BASE_CONFIG.num_encoder_layers == network.BASE_CONFIG.num_decoder_layers == 6
+  assert network_config.tiny_config(vocab_size=32).vocab_size == 32
+  assert network_config.base_config(dtype="bfloat16").activation_dtype == jnp.bfloat16
+  assert (
+      network_config.BASE_CONFIG.num_encoder_layers
+      == network_config.BASE_CONFIG.num_decoder_layers
+      == 6
+  )
   with pytest.raises(ValueError, match="decoder_mode"):
-    network.tiny_config(decoder_mode="ctc")
+    network_config.tiny_config(decoder_mode="ctc")
   with pytest.raises(ValueError, match="dtype"):
-    network.tiny_config(dtype="float16")
+    network_config.tiny_config(dtype="float16")
 
 
 def test_padir_forward_shapes(padir_vars):
@@ -121,7 +126,7 @@ def test_autoregressive_forward_shapes(ar_vars):
 
 
 def test_bfloat16_activations_keep_float32_logits():
-  module = network.Transformer(network.tiny_config(dtype="bfloat16"))
+  module = network.Transformer(network_config.tiny_config(dtype="bfloat16"))
   out = jax.eval_shape(
       lambda: module.init_with_output(
           jax.random.PRNGKey(0), ENC, DEC_IN, TGT, enable_dropout=False, return_length_logits=True
@@ -252,7 +257,7 @@ def test_autoregressive_cache_matches_teacher_forcing(ar_vars):
 
 def test_positional_attention_can_be_disabled():
   with_pa = network.Transformer(TINY)
-  without_pa = network.Transformer(network.tiny_config(positional_attention=False))
+  without_pa = network.Transformer(network_config.tiny_config(positional_attention=False))
   shapes = lambda m: jax.eval_shape(
       lambda: m.init(jax.random.PRNGKey(0), ENC, TGT, TGT, enable_dropout=False)
   )["params"]
@@ -370,7 +375,7 @@ SOURCE_LENGTHS = np.sum(np.asarray(ENC) > 0, axis=-1)  # [5, 7]
 
 def _variant(pooling, target):
   # Smaller than TINY (1+1 layers, width 32): four variants are initialised and differentiated.
-  return network.tiny_config(
+  return network_config.tiny_config(
       emb_dim=32,
       num_heads=2,
       head_dim=16,
@@ -401,22 +406,24 @@ def _class_logits(module, variables, encoded):
 
 
 def test_length_config_fields_are_coerced_and_checked():
-  cfg = network.tiny_config(length_pooling="token", length_target="offset", max_length_offset=5)
+  cfg = network_config.tiny_config(
+      length_pooling="token", length_target="offset", max_length_offset=5
+  )
   assert cfg.length_pooling is network.LengthPooling.TOKEN
-  assert cfg == network.tiny_config(
+  assert cfg == network_config.tiny_config(
       length_pooling=network.LengthPooling.TOKEN,
       length_target=network.LengthTarget.OFFSET,
       max_length_offset=5,
   )
-  assert cfg.num_length_classes == 11 and network.TINY_CONFIG.num_length_classes == 64
-  assert network.TINY_CONFIG.length_pooling == "mean"  # today's predictor stays the default
-  assert network.TINY_CONFIG.length_target == "absolute"
+  assert cfg.num_length_classes == 11 and network_config.TINY_CONFIG.num_length_classes == 64
+  assert network_config.TINY_CONFIG.length_pooling == "mean"  # today's predictor stays the default
+  assert network_config.TINY_CONFIG.length_target == "absolute"
   for field, value in [("length_pooling", "cls"), ("length_target", "ratio")]:
     with pytest.raises(ValueError, match=field):
-      network.tiny_config(**{field: value})
+      network_config.tiny_config(**{field: value})
   for bad in (-1, 2.0, True):
     with pytest.raises(ValueError, match="max_length_offset"):
-      network.tiny_config(max_length_offset=bad)
+      network_config.tiny_config(max_length_offset=bad)
 
 
 @pytest.mark.parametrize("variant", LENGTH_VARIANTS, ids="-".join)
@@ -611,7 +618,7 @@ def _decode(config, variables, encoded, enc, dec_in, tgt, **kwargs):
     ids=["default", "no-positional", "length-slot", "bfloat16"],
 )
 def test_invariants_and_grouped_rows_give_the_plain_decoder_logits(overrides):
-  config = network.tiny_config(**overrides)
+  config = network_config.tiny_config(**overrides)
   variables = _init(config)
   module = network.Transformer(config)
   encoded = module.apply(variables, ENC, enable_dropout=False, method="encode")

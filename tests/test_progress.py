@@ -31,13 +31,14 @@ def test_training_log_line_says_the_loss_is_summed_and_gives_it_per_token():
 
 
 def test_budget_trainer_progress_line():
-  from benchmarks import train_budget
+  from benchmarks import budget_config
+  from benchmarks import budget_training
 
-  steps = train_budget.BudgetConfig(max_steps=400, minutes=0)
-  assert train_budget.progress_line(steps, 100, 50.0) == (
+  steps = budget_config.BudgetConfig(max_steps=400, minutes=0)
+  assert budget_training.progress_line(steps, 100, 50.0) == (
       "step 100/400  25% [00:50<02:30, 2.00 step/s]"
   )
-  clock = train_budget.BudgetConfig(minutes=10)
-  assert train_budget.progress_line(clock, 120, 60.0) == (
+  clock = budget_config.BudgetConfig(minutes=10)
+  assert budget_training.progress_line(clock, 120, 60.0) == (
       "step 120 [01:00, 2.00 step/s]  10% of 10 min, ETA 09:00"
   )

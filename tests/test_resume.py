@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import budget_data
 from benchmarks import train_budget
 from padir_t5x import corpus
 from padir_t5x import resume
@@ -157,7 +158,7 @@ def test_train_budget_refuses_a_missing_state_before_any_work(tmp_path):
 
 
 def test_buckets_end_at_max_length():
-  assert train_budget.buckets_for(80) == train_budget.DEFAULT_BUCKETS
-  assert train_budget.buckets_for(32) == ((32, 64),)
-  assert train_budget.buckets_for(100) == ((32, 64), (80, 24), (100, 19))
-  assert train_budget.buckets_for(16) == ((16, 120),)
+  assert budget_data.buckets_for(80) == budget_data.DEFAULT_BUCKETS
+  assert budget_data.buckets_for(32) == ((32, 64),)
+  assert budget_data.buckets_for(100) == ((32, 64), (80, 24), (100, 19))
+  assert budget_data.buckets_for(16) == ((16, 120),)

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks import speed_map
+from benchmarks import speed_map_rows
+from benchmarks import speed_map_summary
 from benchmarks.accelerator import random_params
 from padir_t5x import EOS_ID
 from padir_t5x import decoders
@@ -26,7 +28,7 @@ TINY = ["--sizes", "tiny", "--reps", "2", "--target_length", "8", "--source_leng
 
 
 def _has_ctranslate2() -> bool:
-  return speed_map.ctranslate2_unavailable() is None
+  return speed_map_rows.ctranslate2_unavailable() is None
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +88,17 @@ def test_tiny_run_has_every_row_with_sane_fields(tiny_run):
 def test_table_and_crossover_are_computed_from_the_rows(tiny_run):
   report, _, _ = tiny_run
   rows = [r for r in report["results"] if "skipped" not in r]
-  entries = speed_map.summary(report["results"])
+  entries = speed_map_summary.summary(report["results"])
   assert [(e["size"], e["batch"]) for e in entries] == [("tiny", 1), ("tiny", 2)]
   for e in entries:
     mine = [r for r in rows if r["batch"] == e["batch"]]
     greedy = min(r["latency_ms"]["median"] for r in mine if r["setting"] == "greedy")
     l1 = min(r["latency_ms"]["median"] for r in mine if r["setting"] == "T=4,l=1")
     assert e["ar_greedy/padir_l1"] == pytest.approx(greedy / l1)
-    assert (e["size"] if greedy / l1 > 1 else None) == speed_map.crossover(entries)[e["batch"]]
-  table = speed_map.markdown_table(entries)
+    assert (e["size"] if greedy / l1 > 1 else None) == speed_map_summary.crossover(entries)[
+        e["batch"]
+    ]
+  table = speed_map_summary.markdown_table(entries)
   assert table.count("\n| tiny |") == 2
   assert f"{entries[0]['ar_greedy/padir_l1']:.2f}x" in table
 
@@ -140,7 +144,7 @@ def test_summary_and_crossover_on_hand_made_rows():
   for row in rows:
     if row["size"] == "small" and row["batch"] == 8 and row["setting"] == "greedy":
       row["latency_ms"] = {k: v / 8 for k, v in row["latency_ms"].items()}
-  entries = speed_map.summary(rows)
+  entries = speed_map_summary.summary(rows)
   assert [(e["size"], e["batch"]) for e in entries] == [
       (s, b) for s in ("tiny", "small", "base") for b in (1, 8)
   ]
@@ -150,18 +154,20 @@ def test_summary_and_crossover_on_hand_made_rows():
   assert small1["ar_greedy/padir_l5"] == pytest.approx(12.0 / 18.0)
   assert small1["ar_beam5/padir_l5"] == pytest.approx(36.0 / 18.0)
   assert entries[0]["ar_greedy/padir_l1"] == pytest.approx(0.5)
-  assert speed_map.crossover(entries) == {1: "small", 8: "base"}
-  table = speed_map.markdown_table(entries)
+  assert speed_map_summary.crossover(entries) == {1: "small", 8: "base"}
+  table = speed_map_summary.markdown_table(entries)
   assert "| small | 1 | 6.00 (jax float32) | 18.00 (jax float32) | 12.00 (ct2 int8) |" in table
   assert "| 2.00x | 0.67x | 2.00x |" in table
-  line = speed_map.crossover_line(entries)
+  line = speed_map_summary.crossover_line(entries)
   assert line.endswith("batch 1: from small; batch 8: from base")
   # No AR row at all: the ratios are n/a, and no crossover.
   padir_only = [r for r in rows if r["system"] == "padir" and r["size"] == "tiny"]
-  entries = speed_map.summary(padir_only)
-  assert entries[0]["ar_greedy/padir_l1"] is None and "n/a" in speed_map.markdown_table(entries)
-  assert speed_map.crossover(entries) == {1: None, 8: None}
-  assert "batch 1: none up to tiny" in speed_map.crossover_line(entries)
+  entries = speed_map_summary.summary(padir_only)
+  assert entries[0]["ar_greedy/padir_l1"] is None and "n/a" in speed_map_summary.markdown_table(
+      entries
+  )
+  assert speed_map_summary.crossover(entries) == {1: None, 8: None}
+  assert "batch 1: none up to tiny" in speed_map_summary.crossover_line(entries)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +196,7 @@ def test_bad_flags_exit_2_before_any_work(argv, message, capsys, monkeypatch):
 def test_unwritable_out_and_plot_directories_are_refused(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(speed_map, "run", lambda *a, **k: pytest.fail("work started"))
   # Root may write anywhere, so the refusal is exercised through os.access.
-  monkeypatch.setattr(speed_map.os, "access", lambda path, mode: path != str(tmp_path))
+  monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path))
   for flag in ("--out", "--plot"):
     with pytest.raises(SystemExit) as exit_info:
       speed_map.main([flag, str(tmp_path / "x")])
@@ -214,10 +220,10 @@ def test_greedy_that_stops_early_is_retimed_as_beam_1_without_early_stopping(mon
           jnp.ones((b, 1, 8), jnp.int32), None, jnp.ones((b, 1), jnp.int32), jnp.ones((b,))
       )
 
-  monkeypatch.setattr(speed_map.decoders, "ArGreedyDecoder", EndsAtOnce)
+  monkeypatch.setattr(decoders, "ArGreedyDecoder", EndsAtOnce)
   argv = TINY + ["--batch_sizes", "1", "--reps", "1", "--dtypes", "float32"]
   args = speed_map.parse_args(argv + ["--systems", "jax_greedy"])
-  (row,) = speed_map.run(args, log=lambda line: None)["results"]
+  (row,) = speed_map_rows.run(args, log=lambda line: None)["results"]
   assert row["fallback"].startswith("ArBeamDecoder(beam_size=1, early_stopping=False)")
   assert row["setting"] == "greedy" and row["fixed_work"] is True
   assert row["decoder_passes_per_sentence"] == 8
@@ -262,7 +268,7 @@ def test_ctranslate2_model_from_random_params_decodes_as_jax_greedy(tmp_path):
   """The CT2 rows time the network the JAX rows time: same greedy tokens (no forced length),
   same first-step logits."""
   pytest.importorskip("ctranslate2")
-  make_config, vocab_high = speed_map.SIZES["tiny"]
+  make_config, vocab_high = speed_map_rows.SIZES["tiny"]
   config = make_config(9, 8)
   ar_config = dataclasses.replace(config, decoder_mode="autoregressive")
   params = random_params(ar_config)
@@ -277,9 +283,9 @@ def test_ctranslate2_model_from_random_params_decodes_as_jax_greedy(tmp_path):
   ]
   assert export.read_sidecar(out)["source_checkpoint"] is None
   module = network.Transformer(ar_config)
-  ids = speed_map.sources_for(3, 6, 8, vocab_high)
+  ids = speed_map_rows.sources_for(3, 6, 8, vocab_high)
   ours = decoders.ArGreedyDecoder(module, params, max_decode_length=8, vocab_high=vocab_high)
-  ours = np.asarray(ours.decode(speed_map.with_eos(ids), None).best)
+  ours = np.asarray(ours.decode(speed_map_rows.with_eos(ids), None).best)
   translator = export.ctranslate2_translator(out, intra_threads=1)
   tokens = [[f"t{i}" for i in row] for row in ids.tolist()]
   results = translator.translate_batch(tokens, return_end_token=True, **export.greedy_options(out))
@@ -292,7 +298,7 @@ def test_ctranslate2_model_from_random_params_decodes_as_jax_greedy(tmp_path):
   )
   theirs = np.stack([np.asarray(r.logits[0][0]) for r in first])
   start = jnp.zeros((len(ids), 1), jnp.int32)
-  logits = module.apply({"params": params}, speed_map.with_eos(ids), start, start + 1)
+  logits = module.apply({"params": params}, speed_map_rows.with_eos(ids), start, start + 1)
   logits = np.array(logits)[:, 0, :vocab_high]
   logits[:, list(export.NEVER_EMITTED)] += export.DISALLOWED_BIAS
   np.testing.assert_allclose(theirs, logits, rtol=1e-4, atol=1e-3)

@@ -8,9 +8,11 @@ import jax
 import numpy as np
 
 from padir_t5x import decoding
-from padir_t5x import losses
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import training
+from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.loss_config import PadirLossConfig
 
 VOCAB_HIGH = 24  # ordinary tokens are [4, 24)
 MAX_LENGTH = 12
@@ -37,11 +39,11 @@ def test_tiny_padir_learns_copy_and_reverse():
   train_inputs, train_targets = _reverse_task(20000, seed=0)
   test_inputs, test_targets = _reverse_task(200, seed=1)
   module = network.Transformer(
-      network.tiny_config(
+      network_config.tiny_config(
           vocab_size=32, max_input_length=MAX_LENGTH, max_target_length=MAX_LENGTH, dropout_rate=0.0
       )
   )
-  loss_config = losses.PadirLossConfig(
+  loss_config = PadirLossConfig(
       num_stages=2, unmasking_rate=0.3, vocab_high=VOCAB_HIGH, length_loss_weight=0.5
   )
   train_config = training.TrainConfig(
@@ -58,9 +60,7 @@ def test_tiny_padir_learns_copy_and_reverse():
   # The library's defaults otherwise: the paper's 5 length candidates, stutter re-masking,
   # consecutive de-duplication, mean token log-prob plus length log-prob as the score. The toy
   # ids have no words: stutter is by piece.
-  decoding_config = decoding.DecodingConfig(
-      max_passes=4, vocab_high=VOCAB_HIGH, stutter_unit="piece"
-  )
+  decoding_config = DecodingConfig(max_passes=4, vocab_high=VOCAB_HIGH, stutter_unit="piece")
   result = decoding.decode_with_network(
       module,
       params,

@@ -20,6 +20,7 @@ import pytest
 from padir_t5x import checkpoints
 from padir_t5x import corpus
 from padir_t5x import network
+from padir_t5x import network_config
 from padir_t5x import translate
 from padir_t5x.translate import Translator
 
@@ -41,7 +42,7 @@ LINES = [SHORT[0], "", LONG, SHORT[1], "   ", SHORT[2], SHORT[4], SHORT[3]]
 
 
 def _write_checkpoint(directory, kind, vocab_path, vocab_high):
-  cfg = network.tiny_config(
+  cfg = network_config.tiny_config(
       vocab_size=256,
       emb_dim=64,
       num_heads=2,

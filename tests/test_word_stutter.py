@@ -12,6 +12,7 @@ import pytest
 
 from padir_t5x import EOS_ID, MASK_ID, PAD_ID
 from padir_t5x import decoding, dedup, layout, remasking, vocab
+from padir_t5x.decoding_config import DecodingConfig
 
 # A hand-made vocabulary: the specials (0-3) begin words, and so does every '▁' piece.
 PIECES = ["<pad>", "</s>", "<unk>", "<mask>", "▁a", "p", "le", "s", "▁the", "▁ab", "c", "▁x"]
@@ -121,7 +122,7 @@ def test_consecutive_dedup_honours_the_unit():
 
 def _config(**overrides):
   fields = dict(init="mask", remask="stutter", dedup="consecutive", vocab_high=V, length_beam=1)
-  return decoding.DecodingConfig(**{**fields, **overrides})
+  return DecodingConfig(**{**fields, **overrides})
 
 
 def test_remask_stutter_honours_the_unit():
@@ -224,8 +225,8 @@ def test_apples_and_books_survive_word_stutter_and_not_piece_stutter(quickstart_
   content, _, _ = layout.length_layout(jnp.asarray([len(i) + 1 for i in ids]), width)
   tokens = jnp.asarray(tokens)
   base = dict(vocab_high=processor.get_piece_size(), init="mask", length_beam=1)
-  word = decoding.DecodingConfig(**base, word_starts=vocab.word_start_table(processor))
-  piece = decoding.DecodingConfig(**base, stutter_unit="piece")
+  word = DecodingConfig(**base, word_starts=vocab.word_start_table(processor))
+  piece = DecodingConfig(**base, stutter_unit="piece")
 
   def deduplicated(config):
     rows, _ = _dedup(tokens, content, config.stutter_word_starts())
