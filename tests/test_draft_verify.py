@@ -28,6 +28,7 @@ from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import refinement
 from padir_t5x import translate
+from padir_t5x import translator as translator_lib
 from padir_t5x import vocab
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x.draft_verify import DraftVerifyConfig
@@ -524,7 +525,7 @@ def test_translator_draft_verify_equals_ar_greedy(ckpts):
       assert translation.text == "" and translation.passes == 0
       continue
     # The translator's input width (padding masked, but the same shape is the same program).
-    width = translate._smallest_at_least(len(ids) + 1, translate.INPUT_WIDTHS, T)
+    width = translator_lib._smallest_at_least(len(ids) + 1, translator_lib.INPUT_WIDTHS, T)
     tokens = np.zeros((1, width), np.int32)
     tokens[0, : len(ids)] = ids
     tokens[0, len(ids)] = EOS_ID

@@ -22,6 +22,7 @@ from padir_t5x import corpus
 from padir_t5x import network
 from padir_t5x import network_config
 from padir_t5x import translate
+from padir_t5x import translator as translator_lib
 from padir_t5x.translate import Translator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -238,7 +239,7 @@ def test_keep_candidates_lists_every_hypothesis_best_first(ckpts, kind, options)
         "ar",
         keeping.vocab_high,
         keep_candidates=True,
-        drafter=translate.Drafter(plain.module, plain.params, None),
+        drafter=translator_lib.Drafter(plain.module, plain.params, None),
     )
   with pytest.raises(ValueError, match="no candidates to keep"):
     Translator.draft_verify_from_checkpoints(ckpts["ar"], ckpts["padir"], keep_candidates=True)
