@@ -97,7 +97,8 @@ def load_t5x_model(directory: str, gin_file: str | None = None, params: bool = T
   checkpoints. CheckpointError naming the directory or file otherwise.
   """
   try:
-    from padir_t5x import models  # pylint: disable=g-import-not-at-top
+    from padir_t5x import models  # noqa: F401  (the adapter: ImportError without t5x)
+    from padir_t5x import t5x_restore  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CheckpointError(
         f"{directory} is a T5X checkpoint, which needs t5x installed ({e}): "
@@ -107,8 +108,8 @@ def load_t5x_model(directory: str, gin_file: str | None = None, params: bool = T
   gin_file = gin_file or os.path.join(os.path.dirname(os.path.abspath(path)), "config.gin")
   try:
     if not params:
-      return models.model_from_gin(gin_file), None, path
-    model, variables = models.load_for_inference(path, gin_file)
+      return t5x_restore.model_from_gin(gin_file), None, path
+    model, variables = t5x_restore.load_for_inference(path, gin_file)
   except (FileNotFoundError, ValueError) as e:
     raise CheckpointError(f"{path}: {e}") from None
   return model, variables, path

@@ -1,4 +1,4 @@
-"""The core never imports t5x: only padir_t5x/models.py (the adapter) may.
+"""The core never imports t5x: only the adapter (padir_t5x/models.py, t5x_restore.py) may.
 
 Reads the import statements of every Python file in the package, tasks/ and benchmarks/ with `ast`,
 so a lazy `import t5x` inside a function is caught as well as a top-level one.
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ADAPTERS = {REPO / "padir_t5x" / "models.py"}
+ADAPTERS = {REPO / "padir_t5x" / "models.py", REPO / "padir_t5x" / "t5x_restore.py"}
 
 
 def _imported_modules(path: pathlib.Path) -> set[str]:
