@@ -55,10 +55,17 @@ def random_params(config: network_config.TransformerConfig, seed: int = 0):
 
 
 def fixed_work_padir(
-    module, params, target_length: int, passes: int, length_beam: int, vocab_high: int
+    module,
+    params,
+    target_length: int,
+    passes: int,
+    length_beam: int,
+    vocab_high: int,
+    refine_top_k: int | None = None,
 ) -> decoders.PadirDecoder:
   """PaDIR doing the same work whatever the weights predict: `passes` passes with early stopping
-  off, over exactly `target_length` positions (no length buckets). Also benchmarks/speed_map."""
+  off, over exactly `target_length` positions (no length buckets); `refine_top_k` prunes the
+  candidates after the first pass. Also benchmarks/speed_map."""
   config = DecodingConfig(
       length_beam=length_beam,
       max_passes=passes,
@@ -66,6 +73,7 @@ def fixed_work_padir(
       length_buckets=(),
       vocab_high=vocab_high,
       stutter_unit="piece",  # no vocabulary here, so no word boundaries
+      refine_top_k=refine_top_k,
   )
   return decoders.PadirDecoder(module, params, max_decode_length=target_length, config=config)
 

@@ -14,6 +14,8 @@ network. Systems (--systems, a subset of these names):
 
 * padir_l1, padir_l3, padir_l5 (jax): decoders.PadirDecoder, T = 4 passes with early stopping
   off, l = 1, 3, 5 length candidates, over exactly --target_length positions (no buckets).
+* padir_l5_k1, padir_l5_k2 (jax): l = 5 with candidate pruning (DecodingConfig.refine_top_k):
+  the first pass over the 5 candidates, the other 3 over the best k only.
 * jax_greedy: decoders.ArGreedyDecoder. Greedy search stops once every row has emitted EOS; a
   random network repeats one ordinary token and never does, so it runs all t steps. Each row
   checks it (the batch's decoder steps == t); a row where it did not is re-timed with
@@ -128,7 +130,7 @@ def parse_args(argv=None):
       parser, "--ct2_compute_types", args.ct2_compute_types, CT2_COMPUTE_TYPES
   )
   args.systems = _names(parser, "--systems", args.systems, SYSTEMS)
-  lengths = max((PADIR_SYSTEMS[s] for s in args.systems if s in PADIR_SYSTEMS), default=1)
+  lengths = max((PADIR_SYSTEMS[s][0] for s in args.systems if s in PADIR_SYSTEMS), default=1)
   min_target = lengths + DecodingConfig().min_length - 1
   if args.target_length < min_target:
     parser.error(

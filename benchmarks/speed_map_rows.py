@@ -35,11 +35,24 @@ ALPHA = 0.6
 CT2_INSTALL = "pip install 'padir-t5x[ctranslate2]'"
 JAX_DTYPES = ("float32", "bfloat16")
 CT2_COMPUTE_TYPES = ("float32", "int8", "int8_float32", "int16", "float16", "bfloat16")
-PADIR_SYSTEMS = {"padir_l1": 1, "padir_l3": 3, "padir_l5": 5}
+# name -> (length candidates l, refine_top_k): l=5 pruned to its k best after the first pass
+# (DecodingConfig.refine_top_k) does 1 pass over 5 candidates and 3 over k.
+PADIR_SYSTEMS = {
+    "padir_l1": (1, None),
+    "padir_l3": (3, None),
+    "padir_l5": (5, None),
+    "padir_l5_k1": (5, 1),
+    "padir_l5_k2": (5, 2),
+}
 AR_JAX_SYSTEMS = ("jax_greedy", "jax_beam5")
 CT2_SYSTEMS = {"ct2_greedy": 1, "ct2_beam5": BEAM}
 SYSTEMS = (*PADIR_SYSTEMS, *AR_JAX_SYSTEMS, *CT2_SYSTEMS)
 GREEDY = "greedy"
+
+
+def padir_setting(length_beam: int, refine_top_k: int | None = None) -> str:
+  """A PaDIR row's setting: 'T=4,l=5', or 'T=4,l=5,k=1' when pruned to the k best."""
+  return f"T={PASSES},l={length_beam}" + ("" if refine_top_k is None else f",k={refine_top_k}")
 BEAM_SETTING = f"beam={BEAM}"
 
 
@@ -171,11 +184,15 @@ def _jax_rows(size, config, vocab_high, padir_params, ar_params, args, log) -> l
         dataclasses.replace(config, dtype=dtype, decoder_mode="autoregressive")
     )
     systems = []  # (name, system, setting, params, decoder)
-    for name, length_beam in PADIR_SYSTEMS.items():
+    for name, (length_beam, top_k) in PADIR_SYSTEMS.items():
       if name in args.systems:
-        decoder = fixed_work_padir(padir_module, padir_params, t, PASSES, length_beam, vocab_high)
+        decoder = fixed_work_padir(
+            padir_module, padir_params, t, PASSES, length_beam, vocab_high, refine_top_k=top_k
+        )
         params = {"max_passes": PASSES, "length_beam": length_beam, "early_stopping": False}
-        systems.append((name, "padir", f"T={PASSES},l={length_beam}", params, decoder))
+        if top_k is not None:
+          params["refine_top_k"] = top_k
+        systems.append((name, "padir", padir_setting(length_beam, top_k), params, decoder))
     if "jax_greedy" in args.systems:
       decoder = decoders.ArGreedyDecoder(
           ar_module, ar_params, max_decode_length=t, vocab_high=vocab_high

@@ -10,6 +10,17 @@ from benchmarks.speed_map_rows import BEAM
 from benchmarks.speed_map_rows import BEAM_SETTING
 from benchmarks.speed_map_rows import GREEDY
 from benchmarks.speed_map_rows import PASSES
+from benchmarks.speed_map_rows import padir_setting
+
+# (AR kind, PaDIR kind) pairs whose median ratio each entry carries: l=1 against greedy (the
+# speed claim), l=5 and its pruned variants against beam 5 (the quality setting's claim).
+RATIOS = (
+    ("ar_greedy", "padir_l1"),
+    ("ar_greedy", "padir_l5"),
+    ("ar_beam5", "padir_l5"),
+    ("ar_beam5", "padir_l5_k1"),
+    ("ar_beam5", "padir_l5_k2"),
+)
 
 
 def _fastest(rows, predicate):
@@ -38,18 +49,16 @@ def summary(rows) -> list[dict]:
       entry = {
           "size": size,
           "batch": batch,
-          "padir_l1": _fastest(mine, lambda r: r["setting"] == f"T={PASSES},l=1"),
-          "padir_l5": _fastest(mine, lambda r: r["setting"] == f"T={PASSES},l=5"),
+          "padir_l1": _fastest(mine, lambda r: r["setting"] == padir_setting(1)),
+          "padir_l5": _fastest(mine, lambda r: r["setting"] == padir_setting(5)),
+          "padir_l5_k1": _fastest(mine, lambda r: r["setting"] == padir_setting(5, 1)),
+          "padir_l5_k2": _fastest(mine, lambda r: r["setting"] == padir_setting(5, 2)),
           "ar_greedy": _fastest(mine, lambda r: r["system"] == "ar" and r["setting"] == GREEDY),
           "ar_beam5": _fastest(
               mine, lambda r: r["system"] == "ar" and r["setting"] == BEAM_SETTING
           ),
       }
-      for ar, padir in (
-          ("ar_greedy", "padir_l1"),
-          ("ar_greedy", "padir_l5"),
-          ("ar_beam5", "padir_l5"),
-      ):
+      for ar, padir in RATIOS:
         a, p = entry[ar], entry[padir]
         entry[f"{ar}/{padir}"] = (
             None
@@ -91,15 +100,17 @@ def markdown_table(entries) -> str:
   """One line per (size, batch) of `summary`'s entries: median ms (runtime, dtype) and ratios."""
   lines = [
       f"| size | batch | PaDIR T={PASSES},l=1 ms | PaDIR T={PASSES},l=5 ms | best AR greedy ms "
-      f"| best AR beam {BEAM} ms | greedy / l=1 | greedy / l=5 | beam {BEAM} / l=5 |",
-      "|---|---|---|---|---|---|---|---|---|",
+      f"| best AR beam {BEAM} ms | greedy / l=1 | greedy / l=5 | beam {BEAM} / l=5 "
+      f"| beam {BEAM} / l=5,k=1 | beam {BEAM} / l=5,k=2 |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for e in entries:
     lines.append(
         f"| {e['size']} | {e['batch']} | {_cell(e['padir_l1'])} | {_cell(e['padir_l5'])} | "
         f"{_cell(e['ar_greedy'])} | {_cell(e['ar_beam5'])} | "
         f"{_ratio(e['ar_greedy/padir_l1'])} | {_ratio(e['ar_greedy/padir_l5'])} | "
-        f"{_ratio(e['ar_beam5/padir_l5'])} |"
+        f"{_ratio(e['ar_beam5/padir_l5'])} | {_ratio(e['ar_beam5/padir_l5_k1'])} | "
+        f"{_ratio(e['ar_beam5/padir_l5_k2'])} |"
     )
   return "\n".join(lines)
 

@@ -52,7 +52,8 @@ def test_tiny_run_has_every_row_with_sane_fields(tiny_run):
   report, log, _ = tiny_run
   rows = report["results"]
   keys = sorted((r["name"], r["dtype"], r["batch"]) for r in rows)
-  expected = [(n, "float32", b) for n in ("padir_l1", "padir_l3", "padir_l5") for b in (1, 2)]
+  padir = ("padir_l1", "padir_l3", "padir_l5", "padir_l5_k1", "padir_l5_k2")
+  expected = [(n, "float32", b) for n in padir for b in (1, 2)]
   expected += [(n, "float32", b) for n in ("jax_greedy", "jax_beam5") for b in (1, 2)]
   expected += [
       (n, c, b) for n in ("ct2_greedy", "ct2_beam5") for c in ("float32", "int8") for b in (1, 2)
@@ -78,6 +79,9 @@ def test_tiny_run_has_every_row_with_sane_fields(tiny_run):
       assert row["params"]["min_decoding_length"] == row["params"]["max_decoding_length"] == 8
     else:
       assert row["runtime"] == "jax" and row.get("fallback") is None
+    if row["name"].startswith("padir_l5_k"):
+      k = int(row["name"][-1])
+      assert row["params"]["refine_top_k"] == k and row["setting"] == f"T=4,l=5,k={k}"
   assert report["environment"]["devices"] and report["environment"]["cpu_count"]
   if _has_ctranslate2():
     assert report["environment"]["ctranslate2"]
@@ -95,6 +99,9 @@ def test_table_and_crossover_are_computed_from_the_rows(tiny_run):
     greedy = min(r["latency_ms"]["median"] for r in mine if r["setting"] == "greedy")
     l1 = min(r["latency_ms"]["median"] for r in mine if r["setting"] == "T=4,l=1")
     assert e["ar_greedy/padir_l1"] == pytest.approx(greedy / l1)
+    beam = min(r["latency_ms"]["median"] for r in mine if r["setting"] == "beam=5")
+    k1 = min(r["latency_ms"]["median"] for r in mine if r["setting"] == "T=4,l=5,k=1")
+    assert e["ar_beam5/padir_l5_k1"] == pytest.approx(beam / k1)
     assert (e["size"] if greedy / l1 > 1 else None) == speed_map_summary.crossover(entries)[
         e["batch"]
     ]
