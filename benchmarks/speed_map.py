@@ -121,6 +121,13 @@ def parse_args(argv=None):
   parser.add_argument("--target_length", type=cli.positive_int, default=32)
   parser.add_argument("--seed", type=cli.seed_int, default=0)
   parser.add_argument("--out", default=None, help="JSON file to write (rows and environment)")
+  parser.add_argument(
+      "--extend",
+      default=None,
+      help="an earlier --out file whose rows join this run's (this run's row wins where both "
+      "time the same size, system, dtype and batch); may be --out itself, so that a map too "
+      "long for one sitting is built batch by batch",
+  )
   parser.add_argument("--plot", default=None, help="PNG file to draw the speed ratios into")
   args = parser.parse_args(argv)
   # Every refusal before any work: exit 2, one line naming the flag.
@@ -137,6 +144,7 @@ def parse_args(argv=None):
         f"argument --target_length: PaDIR l={lengths} needs >= {min_target}, got "
         f"{args.target_length}"
     )
+  args.extend_rows, args.extend_environments = _read_extend(parser, args.extend)
   cli.check_output_path(parser, "--out", args.out)
   cli.check_output_path(parser, "--plot", args.plot, inputs={"--out": args.out})
   if args.plot is not None:
@@ -149,12 +157,46 @@ def parse_args(argv=None):
   return args
 
 
+def _row_key(row) -> tuple:
+  return (row["size"], row["name"], row["dtype"], row["batch"])
+
+
+def _read_extend(parser, path: str | None) -> tuple[list[dict], list[dict]]:
+  """(rows, environments) of an earlier map (--extend), read before any work."""
+  if path is None:
+    return [], []
+  try:
+    with open(path, encoding="utf-8") as f:
+      earlier = json.load(f)
+    rows = earlier["results"]
+    environments = [*earlier.get("earlier_environments", []), earlier["environment"]]
+    for row in rows:
+      _row_key(row)
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    parser.error(f"argument --extend: {path}: not a speed map's JSON ({error!r})")
+  return rows, environments
+
+
+def extend(report: dict, rows: list[dict], environments: list[dict]) -> dict:
+  """`report` with the earlier `rows` it does not re-time added before its own, and the earlier
+  runs' environments kept (each row keeps its own load average)."""
+  mine = {_row_key(r) for r in report["results"]}
+  kept = [r for r in rows if _row_key(r) not in mine]
+  return {
+      "results": kept + report["results"],
+      "environment": report["environment"],
+      "earlier_environments": environments,
+  }
+
+
 @cli.entry_point
 def main(argv=None):
   args = parse_args(argv)
   log = print
   log(f"devices {jax.devices()}  load average {timing.load_average()}")
   report = run(args, log=log)
+  if args.extend is not None:
+    report = extend(report, args.extend_rows, args.extend_environments)
   entries = summary(report["results"])
   log(markdown_table(entries))
   log(crossover_line(entries))

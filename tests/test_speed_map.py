@@ -309,3 +309,41 @@ def test_ctranslate2_model_from_random_params_decodes_as_jax_greedy(tmp_path):
   logits = np.array(logits)[:, 0, :vocab_high]
   logits[:, list(export.NEVER_EMITTED)] += export.DISALLOWED_BIAS
   np.testing.assert_allclose(theirs, logits, rtol=1e-4, atol=1e-3)
+
+
+def test_extend_refuses_a_file_that_is_not_a_map_before_any_work(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(speed_map, "run", lambda *a, **k: pytest.fail("work started"))
+  bad = tmp_path / "bad.json"
+  bad.write_text('{"results": [{"size": "tiny"}]}')
+  for path in (bad, tmp_path / "missing.json"):
+    with pytest.raises(SystemExit) as exit_info:
+      speed_map.main(["--extend", str(path)])
+    assert exit_info.value.code == 2
+    assert f"--extend: {path}: not a speed map's JSON" in capsys.readouterr().err
+
+
+def test_extend_keeps_earlier_rows_this_run_does_not_retime(tmp_path, monkeypatch):
+  """A map built batch by batch: --extend with --out the same file adds this run's rows; a row
+  timed again (same size, name, dtype, batch) is replaced, every other earlier row kept."""
+
+  def row(name, batch, median):
+    setting = "greedy" if name == "jax_greedy" else "T=4,l=1"
+    return {
+        "size": "tiny", "name": name, "dtype": "float32", "batch": batch, "setting": setting,
+        "system": "ar" if name == "jax_greedy" else "padir", "runtime": "jax",
+        "latency_ms": {"median": median, "p90": median, "p99": median},
+    }
+
+  path = tmp_path / "map.json"
+  earlier = {"results": [row("padir_l1", 1, 5.0), row("jax_greedy", 1, 10.0)],
+             "environment": {"devices": ["cpu"], "run": 1}}
+  path.write_text(json.dumps(earlier))
+  fresh = {"results": [row("padir_l1", 1, 4.0), row("padir_l1", 8, 7.0)],
+           "environment": {"devices": ["cpu"], "run": 2}}
+  monkeypatch.setattr(speed_map, "run", lambda *a, **k: fresh)
+  report = speed_map.main(["--sizes", "tiny", "--extend", str(path), "--out", str(path)])
+  assert json.loads(path.read_text()) == report
+  medians = {(r["name"], r["batch"]): r["latency_ms"]["median"] for r in report["results"]}
+  assert medians == {("jax_greedy", 1): 10.0, ("padir_l1", 1): 4.0, ("padir_l1", 8): 7.0}
+  assert report["environment"]["run"] == 2
+  assert [e["run"] for e in report["earlier_environments"]] == [1]
