@@ -49,13 +49,17 @@ FALLBACK = "falls back to heuristics"
 # Bound after the experiment's files: fixed data order and seeds, one loss per step, a learning
 # rate schedule that does not depend on TRAIN_STEPS (so that a 4-step and a 6-step run share
 # their first steps), no evaluation, the dataset iterator in the checkpoint (so that a resumed
-# run reads the batches the uninterrupted one reads).
+# run reads the batches the uninterrupted one reads), and the WMT recipe's Adafactor (bound in
+# padir_base.gin and ar_base.gin; the quickstart itself trains with the core's AdamW), whose
+# factored second moments the partition specs are checked for.
 OVERRIDES = """\
 from __gin__ import dynamic_registration
 import __main__ as train_script
 from padir_t5x import schedules
+from t5x import adafactor
 from t5x import utils
 QUICKSTART_STEPS = {steps}
+OPTIMIZER = @adafactor.Adafactor()
 CHECKPOINT_PERIOD = {steps}
 WARMUP_STEPS = 2
 RANDOM_SEED = 0
