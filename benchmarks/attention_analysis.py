@@ -25,7 +25,7 @@ from benchmarks import common
 from padir_t5x import analysis
 from padir_t5x import cli
 from padir_t5x import decoding
-from padir_t5x import loading
+from padir_t5x.core import loading
 from padir_t5x import refinement
 from padir_t5x import shared_data
 from padir_t5x.decoding_config import DecodingConfig

@@ -37,9 +37,9 @@ from padir_t5x import bucketing
 from padir_t5x import cli
 from padir_t5x import decoding
 from padir_t5x import length_candidates
-from padir_t5x import loading
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import loading
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 from padir_t5x import shared_data
 from padir_t5x.decoding_config import DecodingConfig
 

@@ -168,7 +168,7 @@ def main(argv=None) -> int:
   if selection is Selection.REFERENCE and args.beam_size < 2:
     parser.error("--select reference: needs --beam_size 2 or more (one hypothesis: no choice)")
 
-  from padir_t5x import checkpoints  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import checkpoints  # pylint: disable=g-import-not-at-top
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
 
   try:

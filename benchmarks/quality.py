@@ -34,10 +34,10 @@ import time
 import numpy as np
 
 from benchmarks import timing
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import loading
-from padir_t5x import layout
+from padir_t5x.core import loading
+from padir_t5x.core import layout
 from padir_t5x import metrics
 from padir_t5x import shared_data
 from padir_t5x import textio
@@ -90,7 +90,7 @@ def read_dev_pairs(parser, args, paths=None) -> tuple[list[str], list[str]]:
 def length_accuracy(translator, sources: list[str], references: list[str]) -> dict[str, float]:
   """The length predictor's dev accuracy: argmax length == reference length (EOS included), and
   within +-1. Sources are encoded (and truncated) as translate encodes them."""
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   encoded, _ = translator.encode(sources)
   width = translator.max_input_length

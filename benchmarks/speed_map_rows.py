@@ -26,8 +26,8 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import decoders
 from padir_t5x import export
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 
 PASSES = 4
 BEAM = 5

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from padir_t5x import layers
-from padir_t5x import masks as masks_lib
-from padir_t5x import network
+from padir_t5x.core import layers
+from padir_t5x.core import masks as masks_lib
+from padir_t5x.core import network
 
 SUBLAYERS = ("self_attention", "encoder_decoder_attention")
 

@@ -1,4 +1,4 @@
-"""Cached beam search for the autoregressive mode of padir_t5x.network.Transformer, no t5x.
+"""Cached beam search for the autoregressive mode of padir_t5x.core.network.Transformer, no t5x.
 
 It follows t5x.decoding.beam_search: the encoder runs once and its output is repeated for the
 beam; each step feeds one token per hypothesis through the decoder with the key/value cache
@@ -22,7 +22,7 @@ import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
-from padir_t5x import network
+from padir_t5x.core import network
 
 Array = jnp.ndarray
 NEG_INF = -1.0e7  # as t5x: finite, so that NEG_INF + log-prob stays ordered and NaN-free
@@ -84,7 +84,7 @@ def beam_search(
   """Beam search (see the module docstring). Pure: jit it with module, sizes static.
 
   Args:
-    module: a padir_t5x.network.Transformer with decoder_mode='autoregressive'.
+    module: a padir_t5x.core.network.Transformer with decoder_mode='autoregressive'.
     params: its 'params'.
     encoder_input_tokens: int32 [b, s].
     beam_size: k.

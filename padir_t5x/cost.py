@@ -9,7 +9,7 @@ Counted, for a `TransformerConfig` and a padded batch (`batch` rows of `input_le
 * not counted: embedding gathers, softmax, LayerNorm, activations, dropout, the loss and
   Adafactor's update (elementwise, O(parameters) or O(activations): a few percent at Base).
 
-A PaDIR training step (padir_t5x.losses.multi_stage_forward) encodes once, predicts the length
+A PaDIR training step (padir_t5x.core.losses.multi_stage_forward) encodes once, predicts the length
 once and runs the decoder `num_stages` times. Stage s + 1 reads stage s's argmax under
 stop_gradient, so no gradient flows *between* stages, but every stage has its own loss that
 trains the decoder (and, through cross-attention, the encoder): each stage pays a full decoder
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from padir_t5x.network_config import TransformerConfig
-from padir_t5x.network_config import base_config as network_base
+from padir_t5x.core.network_config import TransformerConfig
+from padir_t5x.core.network_config import base_config as network_base
 
 # Peak dense bfloat16 matmul throughput (FLOP/s) of the devices of the README's cost table,
 # from the vendors' data sheets: TPU v4 275 TFLOP/s per chip (a v4-32 slice is 16 chips, 32

@@ -16,7 +16,7 @@ padir_t5x/length_candidates.py), `refinement_pass` (one decoder call over every 
 a lax.while_loop) and `finalise` (dedup, score, sort; both padir_t5x/refinement.py); with
 `refine_top_k` (candidate pruning) the passes after the first refine only each example's k best
 candidates. It takes the decoder as a plain `RefineFn`, so it can be tested with hand-made
-functions; `decode_with_network` wires in `padir_t5x.network.Transformer` and is the default
+functions; `decode_with_network` wires in `padir_t5x.core.network.Transformer` and is the default
 `PadirDecodeFn` of padir_t5x/models.py, which adapts the output (best hypothesis last along the
 beam axis, increasing score: the t5x convention). No t5x import. The settings are
 `DecodingConfig` (padir_t5x/decoding_config.py), which this module also exposes: models.py and
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from padir_t5x import PAD_ID
 from padir_t5x import bucketing
-from padir_t5x import network
+from padir_t5x.core import network
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x.length_candidates import length_beam
 from padir_t5x.refinement import DecodeResult
@@ -52,7 +52,7 @@ class PadirDecodeFn(Protocol):
   """A whole PaDIR decode from source tokens (`PadirModel(decode_fn=...)`).
 
   Args:
-    module: the network (a padir_t5x.network.Transformer in padir mode).
+    module: the network (a padir_t5x.core.network.Transformer in padir mode).
     params: its 'params' collection.
     encoder_input_tokens: [b, s] int32.
     rng: PRNG key.
@@ -219,7 +219,7 @@ def decode_with_network(
   `PadirDecodeFn`.
 
   Args:
-    module: a padir_t5x.network.Transformer (hashable flax module).
+    module: a padir_t5x.core.network.Transformer (hashable flax module).
     params: its 'params' collection.
     encoder_input_tokens: [b, s] int32.
     rng: PRNG key (random initial tokens, re-masking).

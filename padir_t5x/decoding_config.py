@@ -1,7 +1,7 @@
 """`DecodingConfig`: every setting of PaDIR decoding, validated on construction.
 
 Frozen and hashable, so that one config is a static jit argument; mode fields take the
-padir_t5x.modes member or its name. The decode that reads it is padir_t5x/decoding.py (length
+padir_t5x.core.modes member or its name. The decode that reads it is padir_t5x/decoding.py (length
 candidates: padir_t5x/length_candidates.py; the refinement passes: padir_t5x/refinement.py).
 """
 
@@ -16,13 +16,13 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
-from padir_t5x import layout
-from padir_t5x.modes import DedupMode
-from padir_t5x.modes import FillMode
-from padir_t5x.modes import PredictionMode
-from padir_t5x.modes import RemaskMode
-from padir_t5x.modes import ScoreMode
-from padir_t5x.modes import StutterUnit
+from padir_t5x.core import layout
+from padir_t5x.core.modes import DedupMode
+from padir_t5x.core.modes import FillMode
+from padir_t5x.core.modes import PredictionMode
+from padir_t5x.core.modes import RemaskMode
+from padir_t5x.core.modes import ScoreMode
+from padir_t5x.core.modes import StutterUnit
 
 Array = jnp.ndarray
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from padir_t5x import layout
+from padir_t5x.core import layout
 
 Array = jnp.ndarray
 

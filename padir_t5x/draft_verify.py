@@ -58,12 +58,12 @@ from padir_t5x import PAD_ID
 from padir_t5x import ar_decoding
 from padir_t5x import beam as beam_lib
 from padir_t5x import bucketing
-from padir_t5x import layout
-from padir_t5x import network
+from padir_t5x.core import layout
+from padir_t5x.core import network
 from padir_t5x.decoding_config import DecodingConfig
 from padir_t5x.drafters import Drafter
 from padir_t5x.drafters import PadirDrafter
-from padir_t5x.modes import VerifyMode
+from padir_t5x.core.modes import VerifyMode
 
 Array = jnp.ndarray
 

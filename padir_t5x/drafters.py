@@ -21,9 +21,9 @@ import jax.numpy as jnp
 
 from padir_t5x import bucketing
 from padir_t5x import decoding
-from padir_t5x import layout
+from padir_t5x.core import layout
 from padir_t5x import length_candidates
-from padir_t5x import network
+from padir_t5x.core import network
 from padir_t5x import refinement
 from padir_t5x.decoding_config import DecodingConfig
 

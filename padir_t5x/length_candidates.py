@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from padir_t5x import layout
+from padir_t5x.core import layout
 from padir_t5x.decoding_config import DecodingConfig
 
 Array = jnp.ndarray

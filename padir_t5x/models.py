@@ -1,7 +1,7 @@
 """T5X adapter: `PadirModel`, a t5x `EncoderDecoderModel` that trains and decodes PaDIR.
 
 This module and padir_t5x/t5x_restore.py are the only ones that import t5x. It wires the core
-(padir_t5x.network, .corruption, .losses, .decoding) into t5x's model interface, so that t5x's
+(padir_t5x.core.network, .corruption, .losses, .decoding) into t5x's model interface, so that t5x's
 train.py, eval.py and
 infer.py (and gin configs under gin/) run PaDIR like any other encoder-decoder:
 
@@ -14,7 +14,7 @@ infer.py (and gin configs under gin/) run PaDIR like any other encoder-decoder:
   input (see `score_batch`).
 
 The autoregressive twin/teacher needs no adapter: use `t5x.models.EncoderDecoderModel` with
-`padir_t5x.network.Transformer(config=TransformerConfig(decoder_mode='autoregressive'))`
+`padir_t5x.core.network.Transformer(config=TransformerConfig(decoder_mode='autoregressive'))`
 (gin/models/ar_base.gin).
 
 Packing is not supported (one example per row: the length classifier and the parallel decoder
@@ -39,13 +39,13 @@ from t5x import optimizers
 
 from padir_t5x import PAD_ID
 from padir_t5x import decoding
-from padir_t5x import layout
-from padir_t5x import losses
-from padir_t5x import network
+from padir_t5x.core import layout
+from padir_t5x.core import losses
+from padir_t5x.core import network
 from padir_t5x import vocab as vocab_lib
-from padir_t5x.modes import DecoderMode
-from padir_t5x.modes import FillMode
-from padir_t5x.modes import UnmaskingRateMode
+from padir_t5x.core.modes import DecoderMode
+from padir_t5x.core.modes import FillMode
+from padir_t5x.core.modes import UnmaskingRateMode
 from padir_t5x.t5x_restore import load_for_inference
 from padir_t5x.t5x_restore import model_from_gin
 
@@ -55,8 +55,8 @@ PyTree = Any
 _Config = TypeVar("_Config", losses.PadirLossConfig, decoding.DecodingConfig)
 
 
-# Logical axis names of padir_t5x.network that t5x's standard rules do not know, and how to treat
-# them. Partitioning: the length classifier's output axis is small, replicate it.
+# Logical axis names of padir_t5x.core.network that t5x's standard rules do not know, and how to
+# treat them. Partitioning: the length classifier's output axis is small, replicate it.
 ADDITIONAL_LOGICAL_AXIS_RULES = (("length_classes", None),)
 
 

@@ -25,13 +25,13 @@ import jax.numpy as jnp
 
 from padir_t5x import beam as beam_lib
 from padir_t5x import dedup as dedup_lib
-from padir_t5x import layout
+from padir_t5x.core import layout
 from padir_t5x import remasking
 from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.modes import DedupMode
-from padir_t5x.modes import PredictionMode
-from padir_t5x.modes import RemaskMode
-from padir_t5x.modes import ScoreMode
+from padir_t5x.core.modes import DedupMode
+from padir_t5x.core.modes import PredictionMode
+from padir_t5x.core.modes import RemaskMode
+from padir_t5x.core.modes import ScoreMode
 
 Array = jnp.ndarray
 
@@ -105,7 +105,7 @@ def initial_tokens(
 
 
 class RowLayout(NamedTuple):
-  """The layout of the n hypothesis rows (padir_t5x/layout.py), fixed for the whole decode."""
+  """The layout of the n hypothesis rows (padir_t5x/core/layout.py), fixed for the whole decode."""
 
   lengths: Array  # [n] int32, EOS included
   content: Array  # [n, t] bool

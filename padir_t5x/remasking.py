@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 
-from padir_t5x import layout
-from padir_t5x.modes import RemaskMode
+from padir_t5x.core import layout
+from padir_t5x.core.modes import RemaskMode
 
 if TYPE_CHECKING:
   from padir_t5x.decoding_config import DecodingConfig

@@ -1,5 +1,5 @@
 """Trained T5X checkpoints outside t5x.train / t5x.infer: the model a run's gin config builds,
-and its parameters restored as t5x.infer restores them (padir_t5x.loading reads T5X checkpoints
+and its parameters restored as t5x.infer restores them (padir_t5x.core.loading reads T5X checkpoints
 through these). Part of the T5X adapter with padir_t5x/models.py: t5x is imported inside the
 functions, so that this module loads without it.
 """

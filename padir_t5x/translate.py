@@ -4,7 +4,7 @@
     python -m padir_t5x.translate --checkpoint runs/quickstart --input in.de --output out.en
     echo "drei katzen schlafen" | python -m padir_t5x.translate --checkpoint runs/quickstart
 
-The checkpoint is a core checkpoint (padir_t5x/checkpoints.py: params.npz + config.json +
+The checkpoint is a core checkpoint (padir_t5x/core/checkpoints.py: params.npz + config.json +
 vocab.model), as written by `python -m padir_t5x.quickstart` and benchmarks/train_budget.py, or,
 with t5x installed, a T5X checkpoint_N (or model) directory: the model comes from the config.gin
 t5x.train wrote (or --gin_file), the parameters from padir_t5x.t5x_restore.load_for_inference.
@@ -68,12 +68,12 @@ import time
 from collections.abc import Sequence
 
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import loading
+from padir_t5x.core import loading
 from padir_t5x import progress
 from padir_t5x import textio
-from padir_t5x.checkpoints import CheckpointError
+from padir_t5x.core.checkpoints import CheckpointError
 from padir_t5x.translator import AR_OPTIONS
 from padir_t5x.translator import PADIR_OPTIONS
 from padir_t5x.translator import TOLERANT_OPTIONS

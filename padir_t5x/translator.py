@@ -25,8 +25,8 @@ import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
-from padir_t5x import checkpoints
-from padir_t5x import loading
+from padir_t5x.core import checkpoints
+from padir_t5x.core import loading
 
 # The PaDIR decoding fields the translator exposes (flags of the same names).
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from padir_t5x import analysis
-from padir_t5x import layers
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import layers
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 
 
 def _hand_made():

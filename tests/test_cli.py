@@ -7,11 +7,11 @@ import pathlib
 import pytest
 
 from padir_t5x import cli
-from padir_t5x import network_config
+from padir_t5x.core import network_config
 from padir_t5x import quickstart
 from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.loss_config import PadirLossConfig
-from padir_t5x.modes import FillMode
+from padir_t5x.core.loss_config import PadirLossConfig
+from padir_t5x.core.modes import FillMode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

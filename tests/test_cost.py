@@ -4,7 +4,8 @@ import pathlib
 
 import pytest
 
-from padir_t5x import cost, network_config
+from padir_t5x import cost
+from padir_t5x.core import network_config
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -20,10 +20,10 @@ from padir_t5x import PAD_ID
 from padir_t5x import bucketing
 from padir_t5x import decoding
 from padir_t5x import dedup
-from padir_t5x import layout
+from padir_t5x.core import layout
 from padir_t5x import length_candidates
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 from padir_t5x import refinement
 from padir_t5x import remasking
 from padir_t5x.decoding_config import DecodingConfig
@@ -688,7 +688,7 @@ def make_tiny_network(max_target_length, **overrides):
 
   `overrides`: more TransformerConfig fields (e.g. the length predictor's).
   """
-  network = pytest.importorskip("padir_t5x.network")
+  network = pytest.importorskip("padir_t5x.core.network")
   module = network.Transformer(
       network_config.tiny_config(
           vocab_size=16,

@@ -21,11 +21,11 @@ import pytest
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import ar_decoding
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import draft_verify
 from padir_t5x import drafters
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 from padir_t5x import refinement
 from padir_t5x import translate
 from padir_t5x import translator as translator_lib

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from padir_t5x import EOS_ID, MASK_ID, PAD_ID
-from padir_t5x import decoding, dedup, layout, remasking, vocab
+from padir_t5x import decoding, dedup, remasking, vocab
+from padir_t5x.core import layout
 from padir_t5x.decoding_config import DecodingConfig
 
 # A hand-made vocabulary: the specials (0-3) begin words, and so does every '▁' piece.

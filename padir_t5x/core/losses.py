@@ -1,13 +1,13 @@
 """PaDIR training losses: multi-stage token cross-entropy plus target-length cross-entropy.
 
 PaDIR (Li et al. 2024, Sec. 3 and App. L) trains the decoder to refine its own outputs. Stage 1
-reads the corrupted target (`padir_t5x.corruption`); stage s+1 reads the argmax of stage s, as at
-inference, and every stage is trained with cross-entropy against the true target. The encoder
+reads the corrupted target (`padir_t5x.core.corruption`); stage s+1 reads the argmax of stage s, as
+at inference, and every stage is trained with cross-entropy against the true target. The encoder
 runs once and also feeds a length classifier, trained with cross-entropy on the target length.
 
-The settings are `PadirLossConfig` (padir_t5x/loss_config.py), which this module also exposes:
+The settings are `PadirLossConfig` (padir_t5x/core/loss_config.py), which this module also exposes:
 models.py reads it as `losses.PadirLossConfig`. The cross-entropies themselves, t5x's arithmetic,
-are padir_t5x/cross_entropy.py.
+are padir_t5x/core/cross_entropy.py.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import jax.numpy as jnp
 
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
-from padir_t5x import corruption
-from padir_t5x import layout
-from padir_t5x import network
-from padir_t5x.cross_entropy import length_cross_entropy
-from padir_t5x.cross_entropy import resolve_loss_normalizing_factor
-from padir_t5x.cross_entropy import token_cross_entropy
-from padir_t5x.loss_config import PadirLossConfig
-from padir_t5x.modes import LossPositions
-from padir_t5x.modes import UnmaskingRateMode
+from padir_t5x.core import corruption
+from padir_t5x.core import layout
+from padir_t5x.core import network
+from padir_t5x.core.cross_entropy import length_cross_entropy
+from padir_t5x.core.cross_entropy import resolve_loss_normalizing_factor
+from padir_t5x.core.cross_entropy import token_cross_entropy
+from padir_t5x.core.loss_config import PadirLossConfig
+from padir_t5x.core.modes import LossPositions
+from padir_t5x.core.modes import UnmaskingRateMode
 
 Array = jnp.ndarray
 
@@ -332,7 +332,7 @@ def multi_stage_loss(
   with cross-entropy), and averaging would shrink the gradient per stage as stages are added.
 
   Args:
-    module: a flax module with `encode`, `predict_length` and `decode` (padir_t5x.network).
+    module: a flax module with `encode`, `predict_length` and `decode` (padir_t5x.core.network).
     params: its 'params' collection.
     batch: 'encoder_input_tokens' [b, s], 'decoder_target_tokens' [b, t], optionally
       'decoder_loss_weights' [b, t] and TRAIN_STEP_FEATURE (an annealed glancing ratio needs

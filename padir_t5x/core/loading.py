@@ -3,7 +3,7 @@
     loaded = loading.load("models/caption_ar_teacher")
     loaded.module, loaded.params, loaded.vocabulary, loaded.kind, loaded.decoding
 
-`load` reads a core checkpoint (padir_t5x.checkpoints: params.npz + config.json + vocab.model,
+`load` reads a core checkpoint (padir_t5x.core.checkpoints: params.npz + config.json + vocab.model,
 numpy only) or a T5X one (a `checkpoint_N` directory or a model directory, built from its gin
 config; needs t5x), checks its vocabulary against it, and fills in what decoding needs from the
 vocabulary: `vocab_high` (the real vocabulary size, below the padded embedding table) and the
@@ -18,9 +18,9 @@ import dataclasses
 import os
 from typing import Any
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import t5x_jobs
-from padir_t5x.checkpoints import CheckpointError
+from padir_t5x.core.checkpoints import CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +206,6 @@ def load(
 def _with_dtype(module, dtype: str | None):
   if dtype is None:
     return module
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   return network.with_activation_dtype(module, dtype)

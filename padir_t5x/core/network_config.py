@@ -3,7 +3,7 @@
 Frozen and validated on construction, so that one config is a hashable flax attribute and a static
 jit argument; the presets: `base_config` (Transformer-base, about 67M parameters), `tiny_config`
 (unit tests, the quickstart) and `tiny_config_from_sizes` (the flat sizes of the command lines).
-The network that reads it is padir_t5x/network.py.
+The network that reads it is padir_t5x/core/network.py.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import dataclasses
 from flax import linen as nn
 import jax.numpy as jnp
 
-from padir_t5x.modes import DecoderMode
-from padir_t5x.modes import LengthPooling
-from padir_t5x.modes import LengthTarget
+from padir_t5x.core.modes import DecoderMode
+from padir_t5x.core.modes import LengthPooling
+from padir_t5x.core.modes import LengthTarget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ class TransformerConfig:
     layer_norm_epsilon: LayerNorm epsilon.
     length_pooling: LengthPooling (or its name): what the length predictor reads, 'mean' (the
       mean-pooled encoder output) or 'token' (a [LENGTH] slot prepended to the encoder input; see
-      padir_t5x/length_predictor.py). PaDIR mode only.
+      padir_t5x/core/length_predictor.py). PaDIR mode only.
     length_target: LengthTarget (or its name): 'absolute' lengths or 'offset' (target - source
       length in [-max_length_offset, max_length_offset]). PaDIR mode only.
     max_length_offset: K of the 'offset' target (2K + 1 classes). A length beam wider than the

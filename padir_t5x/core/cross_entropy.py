@@ -3,7 +3,7 @@
 No t5x import: `token_cross_entropy` mirrors t5x.losses.compute_weighted_cross_entropy (and
 t5x.losses.cross_entropy_with_logits for the z-loss), so the numbers match a t5x model's;
 `resolve_loss_normalizing_factor` turns t5x's normalising factors (a number or a special string)
-into a divisor. padir_t5x/losses.py sums them over the stages into the multi-stage loss.
+into a divisor. padir_t5x/core/losses.py sums them over the stages into the multi-stage loss.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from padir_t5x import layout
+from padir_t5x.core import layout
 
 Array = jnp.ndarray
 LossNormalizingFactor = float | int | str | None

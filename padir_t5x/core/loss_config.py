@@ -1,8 +1,8 @@
 """`PadirLossConfig`: how PaDIR is trained (stages, corruption, loss weights), validated.
 
-Frozen and hashable; mode fields take the padir_t5x.modes member or its name, so that gin and the
-command lines (`--loss FIELD=VALUE`) build equal configs. The loss that reads it is
-padir_t5x/losses.py.
+Frozen and hashable; mode fields take the padir_t5x.core.modes member or its name, so that gin and
+the command lines (`--loss FIELD=VALUE`) build equal configs. The loss that reads it is
+padir_t5x/core/losses.py.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import dataclasses
 
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import MASK_ID
-from padir_t5x import corruption
-from padir_t5x.cross_entropy import SPECIAL_LOSS_NORMALIZING_FACTORS
-from padir_t5x.cross_entropy import LossNormalizingFactor
-from padir_t5x.modes import FillMode
-from padir_t5x.modes import LossPositions
-from padir_t5x.modes import UnmaskingRateMode
+from padir_t5x.core import corruption
+from padir_t5x.core.cross_entropy import SPECIAL_LOSS_NORMALIZING_FACTORS
+from padir_t5x.core.cross_entropy import LossNormalizingFactor
+from padir_t5x.core.modes import FillMode
+from padir_t5x.core.modes import LossPositions
+from padir_t5x.core.modes import UnmaskingRateMode
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Each parameter is created with `param_with_axes` (t5x's 'params_axes' collection, for its
 partitioner) and each activation is constrained with `with_sharding_constraint`, under the logical
-axis names of padir_t5x.network.LOGICAL_AXIS_NAMES. No t5x import. Masks are flax's
+axis names of padir_t5x.core.network.LOGICAL_AXIS_NAMES. No t5x import. Masks are flax's
 (`nn.make_attention_mask`, `nn.combine_masks`) as bool arrays [batch, 1, len_q, len_kv].
 """
 

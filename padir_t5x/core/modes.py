@@ -3,7 +3,7 @@
 Each enum is a `str` enum, so a config field accepts the member or its value: gin files and
 command lines bind modes by name (`DECODING_INIT = 'mask'`), and `FillMode("mask")` is
 `FillMode.MASK`. padir_t5x/models.py also registers the members as gin constants
-(`%padir_t5x.modes.FillMode.MASK`). Configs store members, so a config compares and hashes the
+(`%padir_t5x.core.modes.FillMode.MASK`). Configs store members, so a config compares and hashes the
 same whether it was built from a name or a member (jit caches on it).
 """
 
@@ -86,7 +86,7 @@ class RemaskMode(Mode):
 
 
 class DecoderMode(Mode):
-  """How the network's decoder attends (padir_t5x/network.py)."""
+  """How the network's decoder attends (padir_t5x/core/network.py)."""
 
   PADIR = "padir"  # parallel, bidirectional, positional attention; length classifier
   AUTOREGRESSIVE = "autoregressive"  # causal with a key/value cache: the AR twin and teacher
@@ -104,7 +104,7 @@ class StutterUnit(Mode):
 
 
 class LengthPooling(Mode):
-  """What the PaDIR length predictor reads from the encoder (padir_t5x/length_predictor.py)."""
+  """What the PaDIR length predictor reads from the encoder (padir_t5x/core/length_predictor.py)."""
 
   MEAN = "mean"  # the mean of the encoder output over the non-PAD source positions, then an MLP
   TOKEN = "token"  # a learned [LENGTH] slot prepended to the encoder input (Mask-Predict)

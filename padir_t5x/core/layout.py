@@ -22,7 +22,7 @@ import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
-from padir_t5x.modes import FillMode
+from padir_t5x.core.modes import FillMode
 
 Array = jnp.ndarray
 

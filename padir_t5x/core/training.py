@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from padir_t5x import losses
-from padir_t5x import network
+from padir_t5x.core import losses
+from padir_t5x.core import network
 from padir_t5x import progress
-from padir_t5x import schedules
-from padir_t5x.loss_config import PadirLossConfig
+from padir_t5x.core import schedules
+from padir_t5x.core.loss_config import PadirLossConfig
 
 Batch = Mapping[str, np.ndarray]
 # (params, batch, rng) -> (scalar loss, metrics): what `make_train_step` differentiates.
@@ -50,7 +50,7 @@ class TrainConfig:
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
   """Linear warm-up then cosine decay to a floor: the paper's schedule shape.
 
-  The t5x recipe's schedule (padir_t5x.schedules), so a warm-up longer than the run is clamped
+  The t5x recipe's schedule (padir_t5x.core.schedules), so a warm-up longer than the run is clamped
   to it the same way.
   """
   return schedules.warmup_cosine_decay(

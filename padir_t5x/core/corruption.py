@@ -3,7 +3,7 @@
 PaDIR (Li et al. 2024, Sec. 3) trains the decoder to map a partially wrong target to the right one.
 The first stage's input is the target with a fraction of its tokens kept and the rest replaced by
 uniformly random tokens (or by [MASK] in the masked variant); later stages are fed the previous
-stage's own argmax (see `padir_t5x.losses`).
+stage's own argmax (see `padir_t5x.core.losses`).
 
 EOS handling: EOS (and any id in `keep_ids`) is never corrupted and does not count among the
 tokens that the unmasking rate applies to. EOS marks the predicted length, which the decoder is
@@ -31,8 +31,8 @@ import numpy as np
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import PAD_ID
-from padir_t5x import layout
-from padir_t5x.modes import FillMode
+from padir_t5x.core import layout
+from padir_t5x.core.modes import FillMode
 
 # A mix is (keep, random, mask): the probabilities with which a position selected for corruption
 # keeps its correct token, gets a uniform random ordinary token, or gets [MASK].

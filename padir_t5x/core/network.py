@@ -17,8 +17,8 @@ output logits. Two decoder modes share the same stacks:
   and `max_decode_length`, the 'cache' collection), so the same code trains the AR twin/teacher.
 
 The length predictor (what it reads, 'mean' or 'token', and what it classifies, 'absolute' or
-'offset') is padir_t5x/length_predictor.py; the layers are padir_t5x/transformer_layers.py and the
-hyperparameters `TransformerConfig` padir_t5x/network_config.py.
+'offset') is padir_t5x/core/length_predictor.py; the layers are padir_t5x/core/transformer_layers.py
+and the hyperparameters `TransformerConfig` padir_t5x/core/network_config.py.
 
 Every parameter is created with `flax.linen.partitioning.param_with_axes` (so t5x's
 'params_axes' collection exists for its partitioner) and activations are constrained with
@@ -32,30 +32,31 @@ import dataclasses
 from flax import linen as nn
 import jax.numpy as jnp
 
-from padir_t5x import layout
-from padir_t5x import masks
-from padir_t5x.layers import DenseGeneral
-from padir_t5x.layers import LayerNorm
-from padir_t5x.layers import PositionEmbedder
-from padir_t5x.layers import TokenEmbed
-from padir_t5x.layers import attention_logits
-from padir_t5x.layers import param_with_axes
-from padir_t5x.layers import project_heads
-from padir_t5x.length_predictor import LengthPredictor
-from padir_t5x.length_predictor import LengthTokenPredictor
-from padir_t5x.modes import LengthPooling
-from padir_t5x.modes import LengthTarget
-from padir_t5x.network_config import TransformerConfig
-from padir_t5x.transformer_layers import CROSS_ATTENTION
-from padir_t5x.transformer_layers import POSITIONAL_ATTENTION
-from padir_t5x.transformer_layers import DecoderLayer
-from padir_t5x.transformer_layers import EncoderLayer
-from padir_t5x.transformer_layers import LayerInvariants
+from padir_t5x.core import layout
+from padir_t5x.core import masks
+from padir_t5x.core.layers import DenseGeneral
+from padir_t5x.core.layers import LayerNorm
+from padir_t5x.core.layers import PositionEmbedder
+from padir_t5x.core.layers import TokenEmbed
+from padir_t5x.core.layers import attention_logits
+from padir_t5x.core.layers import param_with_axes
+from padir_t5x.core.layers import project_heads
+from padir_t5x.core.length_predictor import LengthPredictor
+from padir_t5x.core.length_predictor import LengthTokenPredictor
+from padir_t5x.core.modes import LengthPooling
+from padir_t5x.core.modes import LengthTarget
+from padir_t5x.core.network_config import TransformerConfig
+from padir_t5x.core.transformer_layers import CROSS_ATTENTION
+from padir_t5x.core.transformer_layers import POSITIONAL_ATTENTION
+from padir_t5x.core.transformer_layers import DecoderLayer
+from padir_t5x.core.transformer_layers import EncoderLayer
+from padir_t5x.core.transformer_layers import LayerInvariants
 
 Array = jnp.ndarray
 
 # Module-level alias (not `nn_partitioning.with_sharding_constraint` at each call) so that a test
-# can substitute a recorder and check every activation axis name (padir_t5x.layers has its own).
+# can substitute a recorder and check every activation axis name (padir_t5x.core.layers has its
+# own).
 with_sharding_constraint = nn.partitioning.with_sharding_constraint
 
 # Every logical axis name a parameter or an activation of this network uses. 'length_classes' is
@@ -104,7 +105,8 @@ class Encoder(nn.Module):
         cfg.max_input_length, cfg.emb_dim, cfg.activation_dtype, name="position_embedder"
     )(tokens, positions)
     if cfg.has_length_slot:
-      # The [LENGTH] slot: one learned vector (its own position, see padir_t5x/length_predictor.py).
+      # The [LENGTH] slot: one learned vector (its own position, see
+      # padir_t5x/core/length_predictor.py).
       slot = param_with_axes(
           "length_token",
           nn.initializers.normal(stddev=1.0),

@@ -43,7 +43,7 @@ from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
 from padir_t5x import UNK_ID
 
-# padir_t5x.network (jax, flax) is imported where a config is built, so that a command reading
+# padir_t5x.core.network (jax, flax) is imported where a config is built, so that a command reading
 # only config.json (translate's flag checks) does not pay for it.
 
 KINDS = ("padir", "ar")
@@ -285,7 +285,7 @@ def _check_config_types(meta: dict, path: str) -> None:
       raise CheckpointError(f"{path}: field {field!r} is {value!r}, not {wanted}")
   if not isinstance(meta["transformer"], dict):
     raise CheckpointError(f"{path}: field 'transformer' is not a JSON object")
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   hints = typing.get_type_hints(network.TransformerConfig)
   for name, value in meta["transformer"].items():
@@ -302,7 +302,7 @@ def _check_config_types(meta: dict, path: str) -> None:
 
 def transformer_config(meta: dict):
   """The network.TransformerConfig of a config.json dict that `read_config` returned."""
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   return network.TransformerConfig(**meta["transformer"])
 
@@ -365,7 +365,7 @@ def load_checkpoint(directory: str) -> tuple[Any, dict, dict]:
   against the shapes the config's network has (jax.eval_shape, nothing is run), so a params.npz
   that belongs to another config fails here, naming it, not later inside jit.
   """
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   meta = read_config(directory)
   config = transformer_config(meta)

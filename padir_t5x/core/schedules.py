@@ -1,7 +1,7 @@
 """The learning-rate schedule of every training run: linear warm-up, then cosine decay to a floor.
 
 gin/experiments/recipe/train.gin binds `warmup_cosine_decay` as t5x's learning_rate_fn (with
-WARMUP_STEPS and TRAIN_STEPS); padir_t5x.training's core loop builds the same schedule. No t5x
+WARMUP_STEPS and TRAIN_STEPS); padir_t5x.core.training's core loop builds the same schedule. No t5x
 import: gin configures it by dynamic registration (`from padir_t5x import schedules`).
 
 Why not optax.warmup_cosine_decay_schedule directly: a run shorter than its warm-up (a 20-step

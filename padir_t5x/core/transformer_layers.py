@@ -5,7 +5,7 @@ An encoder layer is bidirectional self-attention then the FFN. A decoder layer i
 positional attention (queries and keys from the decoder position embeddings, values from the
 hidden states), then cross-attention to the encoder, then the FFN. `LayerInvariants` is what a
 decoder layer can be handed precomputed once per decode (network.decoder_invariants). The stacks
-and the model that hold these layers are padir_t5x/network.py.
+and the model that hold these layers are padir_t5x/core/network.py.
 
 Activations are constrained through `layers.with_sharding_constraint`, looked up at each call,
 so that a test substituting a recorder for it sees these layers' axis names too.
@@ -18,11 +18,11 @@ from typing import NamedTuple
 from flax import linen as nn
 import jax.numpy as jnp
 
-from padir_t5x import layers
-from padir_t5x.layers import DenseGeneral
-from padir_t5x.layers import LayerNorm
-from padir_t5x.layers import MultiHeadAttention
-from padir_t5x.network_config import TransformerConfig
+from padir_t5x.core import layers
+from padir_t5x.core.layers import DenseGeneral
+from padir_t5x.core.layers import LayerNorm
+from padir_t5x.core.layers import MultiHeadAttention
+from padir_t5x.core.network_config import TransformerConfig
 
 Array = jnp.ndarray
 

@@ -37,10 +37,10 @@ from __future__ import annotations
 from flax import linen as nn
 import jax.numpy as jnp
 
-from padir_t5x import layers
-from padir_t5x.layers import DenseGeneral
-from padir_t5x.layers import param_with_axes
-from padir_t5x.network_config import TransformerConfig
+from padir_t5x.core import layers
+from padir_t5x.core.layers import DenseGeneral
+from padir_t5x.core.layers import param_with_axes
+from padir_t5x.core.network_config import TransformerConfig
 
 Array = jnp.ndarray
 
