@@ -24,11 +24,11 @@ import numpy as np
 from benchmarks import common
 from padir_t5x import analysis
 from padir_t5x import cli
-from padir_t5x import decoding
+from padir_t5x.decoders import decoding
 from padir_t5x.core import loading
-from padir_t5x import refinement
+from padir_t5x.decoders import refinement
 from padir_t5x import shared_data
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 
 def analyse(

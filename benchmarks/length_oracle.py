@@ -57,7 +57,7 @@ def decode_at_lengths(module, params, tokens, rng, config, max_decode_length, le
     tokens: [b, s] int32 EOS-terminated sources.
     lengths: [b, l'] int32 lengths to decode, or None for the predictor's top-l.
   """
-  from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders import decoding  # pylint: disable=g-import-not-at-top
   from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   encoded, length_logits = network.encode_and_predict_length(module, params, tokens)  # [b, s, d]

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
-  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   # Every flag is checked before a checkpoint is loaded or a sentence decoded.
   ar_beams = args.ar_beams

@@ -27,11 +27,11 @@ import numpy as np
 from benchmarks import common
 from benchmarks import timing
 from padir_t5x import cli
-from padir_t5x import decoding
+from padir_t5x.decoders import decoding
 from padir_t5x.core import loading
 from padir_t5x import shared_data
 from padir_t5x import t5x_jobs
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 
 def _require_t5x():

@@ -17,8 +17,9 @@ and the translate_batch options below). Translate with CTranslate2 (`pip install
     texts = [sp.decode(r.hypotheses[0]) for r in results]
 
 `greedy_options` (beam_size=1, min_decoding_length=0, the model's input and output lengths)
-decodes as padir_t5x.ar_decoding.greedy_search does, token for token (tests/test_export.py);
-beam_size > 1 is CTranslate2's own beam search (its length penalty differs from ours).
+decodes as padir_t5x.decoders.ar_decoding.greedy_search does, token for token
+(tests/test_export.py); beam_size > 1 is CTranslate2's own beam search (its length penalty differs
+from ours).
 
 How the network maps (padir_t5x/core/network.py -> ctranslate2.specs.TransformerSpec, pre-norm):
 * token_embedder: the encoder and decoder embeddings and, with logits_via_embedding, the output

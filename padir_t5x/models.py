@@ -38,7 +38,7 @@ from t5x import models as t5x_models
 from t5x import optimizers
 
 from padir_t5x import PAD_ID
-from padir_t5x import decoding
+from padir_t5x.decoders import decoding
 from padir_t5x.core import layout
 from padir_t5x.core import losses
 from padir_t5x.core import network

@@ -13,11 +13,11 @@ short sentences refines only the positions its predicted lengths need); AR model
 search. Decoding defaults are those the checkpoint records (the quickstart's evaluation
 setting), else DecodingConfig's; the flags override them.
 
-Draft and verify (padir_t5x/draft_verify.py): with --draft_checkpoint PADIR, the AR model of
---checkpoint decodes greedily with PaDIR drafts that it verifies in one pass each; --verify strict
-(the default) gives AR greedy's translation exactly in fewer sequential calls, --verify tolerant
-(--verify_top_k, --verify_margin) trades exactness for fewer rounds. The PaDIR flags set the
-drafter's decoding (--max_passes: the first draft's passes; --redraft_passes: the later ones'):
+Draft and verify (padir_t5x/decoders/draft_verify.py): with --draft_checkpoint PADIR, the AR model
+of --checkpoint decodes greedily with PaDIR drafts that it verifies in one pass each; --verify
+strict (the default) gives AR greedy's translation exactly in fewer sequential calls, --verify
+tolerant (--verify_top_k, --verify_margin) trades exactness for fewer rounds. The PaDIR flags set
+the drafter's decoding (--max_passes: the first draft's passes; --redraft_passes: the later ones'):
 
     python -m padir_t5x.translate --checkpoint runs/budget/ar_800 \\
         --draft_checkpoint runs/budget/padir_distilled_800 --length_beam 5 --max_passes 1 \\
@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
   # The decoding flags are generated from the config fields that declare them (cli.add_config_flags):
   # one help text, range and default each, shared with the benchmarks. Unset flags keep the
   # checkpoint's recorded setting.
-  from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
-  from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
-  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders import decoders  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders import draft_verify  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   padir = parser.add_argument_group("PaDIR decoding (default: the checkpoint's setting)")
   cli.add_config_flags(padir, DecodingConfig, PADIR_OPTIONS, unset=True)

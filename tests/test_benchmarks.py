@@ -17,7 +17,7 @@ from benchmarks import common
 from benchmarks import latency
 from benchmarks import train_budget
 from padir_t5x.core import checkpoints
-from padir_t5x import ar_decoding
+from padir_t5x.decoders import ar_decoding
 from padir_t5x import EOS_ID
 from padir_t5x.core import network
 from padir_t5x.core import network_config

@@ -9,7 +9,7 @@ import pytest
 from padir_t5x import cli
 from padir_t5x.core import network_config
 from padir_t5x import quickstart
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders.decoding_config import DecodingConfig
 from padir_t5x.core.loss_config import PadirLossConfig
 from padir_t5x.core.modes import FillMode
 
@@ -324,7 +324,8 @@ def test_translate_decoding_flags_are_the_configs():
   """translate's PaDIR, AR and draft-and-verify flags are generated from the config fields."""
   import dataclasses
 
-  from padir_t5x import decoders, draft_verify, translate
+  from padir_t5x.decoders import decoders, draft_verify
+  from padir_t5x import translate
 
   parser = translate.build_parser()
   flags = {action.dest: action for action in parser._actions}  # pylint: disable=protected-access

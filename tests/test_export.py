@@ -19,7 +19,7 @@ pytest.importorskip("ctranslate2")
 
 from padir_t5x import EOS_ID  # noqa: E402
 from padir_t5x import FIRST_ORDINARY_ID  # noqa: E402
-from padir_t5x import ar_decoding  # noqa: E402
+from padir_t5x.decoders import ar_decoding  # noqa: E402
 from padir_t5x.core import checkpoints  # noqa: E402
 from padir_t5x import export  # noqa: E402
 from padir_t5x.core import network  # noqa: E402

@@ -136,7 +136,7 @@ def test_model_gin_builds_and_initialises(name):
 
 def test_padir_base_gin_defaults_are_the_library_defaults():
   """The gin macros exist for overrides; their values must not become a second set of defaults."""
-  from padir_t5x.decoding_config import DecodingConfig
+  from padir_t5x.decoders.decoding_config import DecodingConfig
   from padir_t5x.core.loss_config import PadirLossConfig
 
   bindings = ["DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'"] + TINY_NETWORK

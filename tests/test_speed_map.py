@@ -19,7 +19,7 @@ from benchmarks import speed_map_rows
 from benchmarks import speed_map_summary
 from benchmarks.accelerator import random_params
 from padir_t5x import EOS_ID
-from padir_t5x import decoders
+from padir_t5x.decoders import decoders
 from padir_t5x import export
 from padir_t5x.core import network
 

@@ -171,7 +171,7 @@ def load(
     CheckpointError naming the file at fault; a core checkpoint's vocabulary is checked before
     its weights are read.
   """
-  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   if is_t5x(path, gin_file):
     model, params, checkpoint = load_t5x_model(path, gin_file)  # CheckpointError without t5x

@@ -68,7 +68,7 @@ class ScoreMode(Mode):
 
 
 class DedupMode(Mode):
-  """The final de-duplication of repeated neighbouring tokens (padir_t5x/dedup.py)."""
+  """The final de-duplication of repeated neighbouring tokens (padir_t5x/decoders/dedup.py)."""
 
   NONE = "none"
   CONSECUTIVE = "consecutive"  # drop stutter (StutterUnit: a repeated piece or whole word)
@@ -125,7 +125,7 @@ class PredictionMode(Mode):
 
 
 class VerifyMode(Mode):
-  """How the AR model checks a PaDIR draft (padir_t5x/draft_verify.py)."""
+  """How the AR model checks a PaDIR draft (padir_t5x/decoders/draft_verify.py)."""
 
   STRICT = "strict"  # a draft token is kept only if it is the AR greedy choice: AR greedy exactly
   # Also a draft token among the AR model's top-k within a log-prob margin of its best one:

@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from padir_t5x import EOS_ID
-from padir_t5x import ar_decoding
-from padir_t5x import decoding
-from padir_t5x import draft_verify
-from padir_t5x import drafters
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import ar_decoding
+from padir_t5x.decoders import decoding
+from padir_t5x.decoders import draft_verify
+from padir_t5x.decoders import drafters
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 Array = jnp.ndarray
 
@@ -190,8 +190,8 @@ class ArGreedyDecoder(_Model):
 
 @dataclasses.dataclass(frozen=True)
 class DraftVerifyDecoder:
-  """Draft-and-verify (padir_t5x/draft_verify.py): the verifier's greedy output ('strict') from
-  the drafter's drafts; one hypothesis, no score. Both share one vocabulary; the decode reads
+  """Draft-and-verify (padir_t5x/decoders/draft_verify.py): the verifier's greedy output ('strict')
+  from the drafter's drafts; one hypothesis, no score. Both share one vocabulary; the decode reads
   sources and writes outputs no longer than both networks allow."""
 
   drafter: drafters.Drafter

@@ -33,7 +33,7 @@ which rows finish independently (a finished row's later rounds are computed and 
 in `decoding.decode_with_network`, each round drafts and verifies only the smallest length
 bucket (DecodingConfig.length_buckets) that holds its longest candidate length, chosen inside
 jit by lax.switch (the AR verification likewise, by the draft's length). No t5x import. The
-drafter is any `drafters.Drafter` (padir_t5x/drafters.py); `decode_with_drafter` takes one,
+drafter is any `drafters.Drafter` (padir_t5x/decoders/drafters.py); `decode_with_drafter` takes one,
 `draft_verify_decode` PaDIR's, `drafters.PadirDrafter`, which this module also exposes
 (translate.py reads it as `draft_verify.PadirDrafter`).
 
@@ -55,14 +55,14 @@ import jax.numpy as jnp
 
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
-from padir_t5x import ar_decoding
-from padir_t5x import beam as beam_lib
-from padir_t5x import bucketing
+from padir_t5x.decoders import ar_decoding
+from padir_t5x.decoders import beam as beam_lib
+from padir_t5x.decoders import bucketing
 from padir_t5x.core import layout
 from padir_t5x.core import network
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.drafters import Drafter
-from padir_t5x.drafters import PadirDrafter
+from padir_t5x.decoders.decoding_config import DecodingConfig
+from padir_t5x.decoders.drafters import Drafter
+from padir_t5x.decoders.drafters import PadirDrafter
 from padir_t5x.core.modes import VerifyMode
 
 Array = jnp.ndarray

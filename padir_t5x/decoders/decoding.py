@@ -5,22 +5,22 @@ once; a length classifier proposes the `length_beam` most likely target lengths 
 widened by `length_offsets` around each, and each decoded from `inits_per_length` random
 initialisations: the candidates); for each candidate, the decoder starts from an initial guess
 (uniform random tokens or [MASK]) with EOS at the end and PAD after it, and refines it: each pass
-reads the previous pass's argmax (re-masked, padir_t5x/remasking.py) and predicts every position
-again. Decoding stops for an example once a pass no longer changes any of its hypotheses, or
-after `max_passes`. Hypotheses are then ranked by their (mean) token log-probability and,
+reads the previous pass's argmax (re-masked, padir_t5x/decoders/remasking.py) and predicts every
+position again. Decoding stops for an example once a pass no longer changes any of its hypotheses,
+or after `max_passes`. Hypotheses are then ranked by their (mean) token log-probability and,
 optionally, repeated tokens (the typical failure of parallel decoding) are removed
-(padir_t5x/dedup.py).
+(padir_t5x/decoders/dedup.py).
 
 `iterative_refinement_decode` is three steps: `length_beam` (which lengths;
-padir_t5x/length_candidates.py), `refinement_pass` (one decoder call over every hypothesis, inside
-a lax.while_loop) and `finalise` (dedup, score, sort; both padir_t5x/refinement.py); with
-`refine_top_k` (candidate pruning) the passes after the first refine only each example's k best
+padir_t5x/decoders/length_candidates.py), `refinement_pass` (one decoder call over every hypothesis,
+inside a lax.while_loop) and `finalise` (dedup, score, sort; both padir_t5x/decoders/refinement.py);
+with `refine_top_k` (candidate pruning) the passes after the first refine only each example's k best
 candidates. It takes the decoder as a plain `RefineFn`, so it can be tested with hand-made
 functions; `decode_with_network` wires in `padir_t5x.core.network.Transformer` and is the default
 `PadirDecodeFn` of padir_t5x/models.py, which adapts the output (best hypothesis last along the
 beam axis, increasing score: the t5x convention). No t5x import. The settings are
-`DecodingConfig` (padir_t5x/decoding_config.py), which this module also exposes: models.py and
-translate.py read it as `decoding.DecodingConfig`.
+`DecodingConfig` (padir_t5x/decoders/decoding_config.py), which this module also exposes: models.py
+and translate.py read it as `decoding.DecodingConfig`.
 
 Shapes: b = batch, l = length_beam, c = DecodingConfig.num_candidates hypotheses per example
 (l unless length_offsets or inits_per_length are set), n = b * c hypothesis rows,
@@ -37,13 +37,13 @@ import jax
 import jax.numpy as jnp
 
 from padir_t5x import PAD_ID
-from padir_t5x import bucketing
+from padir_t5x.decoders import bucketing
 from padir_t5x.core import network
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.length_candidates import length_beam
-from padir_t5x.refinement import DecodeResult
-from padir_t5x.refinement import RefineFn
-from padir_t5x.refinement import refine_lengths
+from padir_t5x.decoders.decoding_config import DecodingConfig
+from padir_t5x.decoders.length_candidates import length_beam
+from padir_t5x.decoders.refinement import DecodeResult
+from padir_t5x.decoders.refinement import RefineFn
+from padir_t5x.decoders.refinement import refine_lengths
 
 Array = jnp.ndarray
 

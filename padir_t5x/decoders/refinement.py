@@ -3,13 +3,13 @@
 For each candidate length the decoder starts from an initial guess (uniform random tokens or
 [MASK]) with EOS at the end and PAD after it, and refines it: each pass (`refinement_pass`, one
 decoder call over every hypothesis row, inside a lax.while_loop) reads the previous pass's argmax
-(re-masked, padir_t5x/remasking.py) and predicts every position again. Decoding stops for an
-example once a pass no longer changes any of its hypotheses, or after `max_passes`; with
+(re-masked, padir_t5x/decoders/remasking.py) and predicts every position again. Decoding stops for
+an example once a pass no longer changes any of its hypotheses, or after `max_passes`; with
 `refine_top_k` (candidate pruning) the passes after the first refine only each example's k best
-candidates. `finalise` then de-duplicates (padir_t5x/dedup.py), scores and sorts the hypotheses.
-`refine_lengths` runs both steps; the decoder is a plain `RefineFn`, so that it can be tested with
-hand-made functions. The length beam is padir_t5x/length_candidates.py; padir_t5x/decoding.py
-puts the steps together and wires in the network.
+candidates. `finalise` then de-duplicates (padir_t5x/decoders/dedup.py), scores and sorts the
+hypotheses. `refine_lengths` runs both steps; the decoder is a plain `RefineFn`, so that it can be
+tested with hand-made functions. The length beam is padir_t5x/decoders/length_candidates.py;
+padir_t5x/decoders/decoding.py puts the steps together and wires in the network.
 
 Shapes: b = batch, c = DecodingConfig.num_candidates hypotheses per example, n = b * c hypothesis
 rows, t = max_decode_length, V = vocabulary size (network output), k = dedup_top_k.
@@ -23,11 +23,11 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from padir_t5x import beam as beam_lib
-from padir_t5x import dedup as dedup_lib
+from padir_t5x.decoders import beam as beam_lib
+from padir_t5x.decoders import dedup as dedup_lib
 from padir_t5x.core import layout
-from padir_t5x import remasking
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import remasking
+from padir_t5x.decoders.decoding_config import DecodingConfig
 from padir_t5x.core.modes import DedupMode
 from padir_t5x.core.modes import PredictionMode
 from padir_t5x.core.modes import RemaskMode
@@ -345,7 +345,7 @@ def refine_lengths(
     table_length: T >= t over which random fills are drawn (default t): a bucketed decode at
       t < T passes the full table's T so that its hypotheses equal the full table's.
     forced: optional [b, t] bool positions whose token is given (e.g. a prefix already
-      accepted: padir_t5x/draft_verify.py), shared by the example's c hypotheses; only its
+      accepted: padir_t5x/decoders/draft_verify.py), shared by the example's c hypotheses; only its
       content positions count (a position at or past a hypothesis's EOS stays EOS / PAD). Every
       pass reads the given token there and predicts it (scored with the pass's log-prob of it);
       re-masking and 'consecutive' de-duplication never remove it. None: nothing forced (the

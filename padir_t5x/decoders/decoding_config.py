@@ -1,8 +1,9 @@
 """`DecodingConfig`: every setting of PaDIR decoding, validated on construction.
 
 Frozen and hashable, so that one config is a static jit argument; mode fields take the
-padir_t5x.core.modes member or its name. The decode that reads it is padir_t5x/decoding.py (length
-candidates: padir_t5x/length_candidates.py; the refinement passes: padir_t5x/refinement.py).
+padir_t5x.core.modes member or its name. The decode that reads it is padir_t5x/decoders/decoding.py
+(length candidates: padir_t5x/decoders/length_candidates.py; the refinement passes:
+padir_t5x/decoders/refinement.py).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class DecodingConfig:
       right picked a wrong length for 9-14% of examples with 3 candidates on the mean token
       log-prob alone, and none with the length log-prob added).
     dedup: DedupMode, the final de-duplication: 'none', 'consecutive' or 'optimal'
-      (padir_t5x/dedup.py).
+      (padir_t5x/decoders/dedup.py).
     dedup_top_k: candidates per position for 'optimal' (>= 2, so a solution always exists).
     vocab_low: first ordinary id; ids below it (PAD, EOS, UNK, MASK) are never predicted at
       content positions, and random tokens are drawn from [vocab_low, vocab_high).

@@ -18,7 +18,7 @@ from padir_t5x.core import layout
 from padir_t5x.core.modes import RemaskMode
 
 if TYPE_CHECKING:
-  from padir_t5x.decoding_config import DecodingConfig
+  from padir_t5x.decoders.decoding_config import DecodingConfig
 
 Array = jnp.ndarray
 

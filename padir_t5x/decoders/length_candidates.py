@@ -3,7 +3,7 @@
 The length classifier's top-l lengths (`select_lengths`), optionally widened by
 DecodingConfig.length_offsets around each into distinct lengths (`offset_lengths`), each repeated
 for DecodingConfig.inits_per_length initialisations (`length_beam`), with their log-probs
-renormalised over the decodable lengths. padir_t5x/refinement.py decodes them.
+renormalised over the decodable lengths. padir_t5x/decoders/refinement.py decodes them.
 
 Shapes: b = batch, l = length_beam, c = DecodingConfig.num_candidates, L = number of length
 classes, t = max_decode_length.
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from padir_t5x.core import layout
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 Array = jnp.ndarray
 

@@ -248,8 +248,8 @@ def greedy_search(
 
   Exactly `greedy_reference`'s rule (rows finish independently; the loop runs until every row
   has ended or t steps), with one cached decoder step per token instead of a full pass. The AR
-  greedy baseline of draft-and-verify decoding (padir_t5x/draft_verify.py). Pure: jit it with
-  module, max_decode_length and vocab_high static (`jit_greedy_search`).
+  greedy baseline of draft-and-verify decoding (padir_t5x/decoders/draft_verify.py). Pure: jit it
+  with module, max_decode_length and vocab_high static (`jit_greedy_search`).
 
   Args:
     module: a Transformer with decoder_mode='autoregressive'.

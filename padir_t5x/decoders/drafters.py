@@ -1,5 +1,5 @@
-"""Drafters of draft-and-verify decoding (padir_t5x/draft_verify.py): whole drafts that keep a
-forced prefix.
+"""Drafters of draft-and-verify decoding (padir_t5x/decoders/draft_verify.py): whole drafts that
+keep a forced prefix.
 
 `Drafter` is what the draft-and-verify loop needs of its drafter (three methods: `start`,
 `num_drafts`, `draft`); `PadirDrafter` is PaDIR's: its length beam restricted to the lengths that
@@ -19,13 +19,13 @@ from typing import Any, Protocol
 
 import jax.numpy as jnp
 
-from padir_t5x import bucketing
-from padir_t5x import decoding
+from padir_t5x.decoders import bucketing
+from padir_t5x.decoders import decoding
 from padir_t5x.core import layout
-from padir_t5x import length_candidates
+from padir_t5x.decoders import length_candidates
 from padir_t5x.core import network
-from padir_t5x import refinement
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import refinement
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 Array = jnp.ndarray
 
