@@ -27,7 +27,7 @@ from padir_t5x import cli
 from padir_t5x.decoders import decoding
 from padir_t5x.core import loading
 from padir_t5x.decoders import refinement
-from padir_t5x import shared_data
+from padir_t5x.data import shared_data
 from padir_t5x.decoders.decoding_config import DecodingConfig
 
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from padir_t5x import EOS_ID
-from padir_t5x import textio
+from padir_t5x.data import textio
 from padir_t5x import vocab
 
 

@@ -40,7 +40,7 @@ from padir_t5x.decoders import length_candidates
 from padir_t5x.core import loading
 from padir_t5x.core import network
 from padir_t5x.core import network_config
-from padir_t5x import shared_data
+from padir_t5x.data import shared_data
 from padir_t5x.decoders.decoding_config import DecodingConfig
 
 _HOST_PRIMITIVES = ("callback", "infeed", "outfeed", "host")

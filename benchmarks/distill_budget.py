@@ -39,8 +39,8 @@ from collections.abc import Sequence
 
 from padir_t5x import cli
 from padir_t5x import progress
-from padir_t5x import shared_data
-from padir_t5x import textio
+from padir_t5x.data import shared_data
+from padir_t5x.data import textio
 
 
 class Selection(enum.Enum):

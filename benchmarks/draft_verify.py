@@ -44,8 +44,8 @@ from padir_t5x.decoders import decoders
 from padir_t5x.decoders import draft_verify
 from padir_t5x.decoders import drafters
 from padir_t5x.core import loading
-from padir_t5x import metrics as metrics_lib
-from padir_t5x import shared_data
+from padir_t5x.data import metrics as metrics_lib
+from padir_t5x.data import shared_data
 from padir_t5x.decoders.decoding_config import DecodingConfig
 
 EXTRA_KEYS = (

@@ -33,8 +33,8 @@ from benchmarks import timing
 from padir_t5x.core import checkpoints
 from padir_t5x import cli
 from padir_t5x import EOS_ID
-from padir_t5x import metrics
-from padir_t5x import textio
+from padir_t5x.data import metrics
+from padir_t5x.data import textio
 
 
 def length_windows(centres: np.ndarray, radius: int, max_length: int) -> np.ndarray:

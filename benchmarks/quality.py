@@ -13,7 +13,7 @@ DecodingConfig field over the checkpoint's recorded decoding defaults). Sources 
 model's input table are truncated, as translate does (counted in the output); references are never
 filtered.
 
-Per row: SacreBLEU (13a), chrF, the word-level stutter rate (padir_t5x.metrics), decoder passes
+Per row: SacreBLEU (13a), chrF, the word-level stutter rate (padir_t5x.data.metrics), decoder passes
 per sentence (PaDIR: refinement passes after early stopping; AR: output tokens with EOS, the
 sequential steps of greedy search, a lower bound for beam search), and the training budget read
 from the checkpoint (steps, minutes, target tokens, 'steps' or 'wall_clock'). PaDIR rows also get
@@ -38,9 +38,9 @@ from padir_t5x.core import checkpoints
 from padir_t5x import cli
 from padir_t5x.core import loading
 from padir_t5x.core import layout
-from padir_t5x import metrics
-from padir_t5x import shared_data
-from padir_t5x import textio
+from padir_t5x.data import metrics
+from padir_t5x.data import shared_data
+from padir_t5x.data import textio
 
 
 def parse_setting(spec: str) -> tuple[str, list[str]]:

@@ -62,7 +62,7 @@ from padir_t5x import cli
 from padir_t5x.core import network
 from padir_t5x.core import network_config
 from padir_t5x.core import resume as resume_lib
-from padir_t5x import shared_data
+from padir_t5x.data import shared_data
 from padir_t5x import vocab as vocab_lib
 from padir_t5x.core.loss_config import PadirLossConfig
 

@@ -27,7 +27,7 @@ killed one is redone or, for t5x stages, resumed by t5x. t5x runs go through a `
 (padir_t5x.t5x_jobs: `T5xRunner` shells out to `python -m t5x.train` / `t5x.infer` /
 `t5x.eval`; tests use a fake), so this module never imports t5x.
 
-Order: every dataset is a set of JSON-lines shards (padir_t5x.textio: {"index", "source",
+Order: every dataset is a set of JSON-lines shards (padir_t5x.data.textio: {"index", "source",
 "target"}, order preserved, tabs/newlines safe), read by the seqio task that
 `padir_t5x.distill.shards_task` registers (with the model's `VOCABULARY` gin macro as its
 vocabulary, as t5x requires equal vocabularies; this project's and t5x's model files define

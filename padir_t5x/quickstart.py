@@ -35,10 +35,10 @@ import sentencepiece as spm
 from padir_t5x.core import checkpoints
 from padir_t5x import cli
 from padir_t5x.decoders import decoding
-from padir_t5x import metrics
+from padir_t5x.data import metrics
 from padir_t5x.core import network
 from padir_t5x.core import network_config
-from padir_t5x import textio
+from padir_t5x.data import textio
 from padir_t5x.core import training
 from padir_t5x import vocab
 from padir_t5x.decoders.decoding_config import DecodingConfig

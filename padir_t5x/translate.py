@@ -27,7 +27,7 @@ An EM run's final models are T5X model directories (`python -m padir_t5x.em` pri
 ar_model and nar_model): --checkpoint AR_MODEL --draft_checkpoint NAR_MODEL (needs t5x; their
 config.gin build the models, or --gin_file / --draft_gin_file).
 
-Lines are read as UTF-8 and split on '\\n' only (padir_t5x.textio). Sentences are sorted by
+Lines are read as UTF-8 and split on '\\n' only (padir_t5x.data.textio). Sentences are sorted by
 length into batches and the translations written back in input order; an empty line gives an
 empty translation. A line longer than the model's input length is truncated (with a warning
 counting such lines) or, with --strict, is an error. --output is written only when the whole run
@@ -72,7 +72,7 @@ from padir_t5x.core import checkpoints
 from padir_t5x import cli
 from padir_t5x.core import loading
 from padir_t5x import progress
-from padir_t5x import textio
+from padir_t5x.data import textio
 from padir_t5x.core.checkpoints import CheckpointError
 from padir_t5x.translator import AR_OPTIONS
 from padir_t5x.translator import PADIR_OPTIONS

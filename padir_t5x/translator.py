@@ -52,7 +52,7 @@ INPUT_WIDTHS = (16, 64, 256, 1024)
 # (at most three row counts per width) and a second run finds them in the compilation cache.
 SMALL_BATCH_ROWS = (1, 8)
 # JAX's persistent compilation cache: --compilation_cache, else $PADIR_COMPILATION_CACHE, else
-# this directory under padir_t5x.shared_data.padir_cache_dir(); '' turns it off.
+# this directory under padir_t5x.data.shared_data.padir_cache_dir(); '' turns it off.
 COMPILATION_CACHE_SUBDIR = "jax_cache"
 COMPILATION_CACHE_VARIABLE = "PADIR_COMPILATION_CACHE"
 
@@ -154,7 +154,7 @@ def _smallest_at_least(value: int, sizes: Sequence[int], cap: int) -> int:
 def default_compilation_cache() -> str:
   """$PADIR_COMPILATION_CACHE if set ('' = none), else $PADIR_CACHE_DIR/jax_cache (default
   ~/.cache/padir_t5x/jax_cache)."""
-  from padir_t5x import shared_data  # pylint: disable=g-import-not-at-top
+  from padir_t5x.data import shared_data  # pylint: disable=g-import-not-at-top
 
   if COMPILATION_CACHE_VARIABLE in os.environ:
     return os.environ[COMPILATION_CACHE_VARIABLE]

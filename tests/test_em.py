@@ -14,7 +14,8 @@ import zlib
 import gin
 import pytest
 
-from padir_t5x import distill, em, em_actions, stages, t5x_jobs, textio
+from padir_t5x import distill, em, em_actions, stages, t5x_jobs
+from padir_t5x.data import textio
 
 
 class Killed(Exception):

@@ -26,7 +26,8 @@ from t5x import models as t5x_models  # noqa: E402
 from t5x import utils as t5x_utils  # noqa: E402
 
 import tasks  # noqa: E402,F401  (registers the padir_* tasks)
-from padir_t5x import models, shared_data  # noqa: E402
+from padir_t5x import models  # noqa: E402
+from padir_t5x.data import shared_data  # noqa: E402
 from padir_t5x.core import network, network_config  # noqa: E402
 import t5x_subprocess  # noqa: E402  (tests/t5x_subprocess.py)
 

@@ -55,7 +55,7 @@ def test_detector_sees_nested_imports(tmp_path):
 # TensorFlow (they only read and write files; seqio/TensorFlow are imported where a seqio task is
 # read). `sys.modules['tensorflow'] = None` makes any `import tensorflow` raise ImportError.
 TENSORFLOW_FREE = (
-    "padir_t5x.textio",
+    "padir_t5x.data.textio",
     "padir_t5x.stages",
     "padir_t5x.t5x_jobs",
     "padir_t5x.em_config",

@@ -6,7 +6,7 @@
   {'inputs', 'targets'}, and one that counts and logs the examples too long for their feature
   length (`count_truncated`), which seqio would cut silently.
 
-The files themselves are read and validated by padir_t5x.textio, which needs no TensorFlow:
+The files themselves are read and validated by padir_t5x.data.textio, which needs no TensorFlow:
 callers that only read text import it, not this module.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from padir_t5x import textio
+from padir_t5x.data import textio
 
 
 # ---------------------------------------------------------------------------------------------

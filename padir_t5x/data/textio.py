@@ -13,7 +13,7 @@ str.splitlines() would also split on form feeds and U+2028, which occur in web-c
 
 This module imports no TensorFlow (tests/test_imports.py checks it), so the EM pipeline, the
 vocabulary builder and the benchmarks read corpora without loading it; the tf.data datasets over
-the same files are in padir_t5x.pipelines.
+the same files are in padir_t5x.data.pipelines.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ import os
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "padir_t5x")
 
-# In a source checkout (pip install -e .), the package sits at <repo>/padir_t5x.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# In a source checkout (pip install -e .), the package sits at <repo>/padir_t5x (this file at
+# <repo>/padir_t5x/data/shared_data.py).
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def find_data_dir() -> str | None:
