@@ -16,7 +16,8 @@ shard order = corpus order), exactly where the padir_*_distilled tasks read it. 
 resumable pipeline (padir_t5x.stages): prepare (sources as shards) -> decode (t5x.infer, shuffle
 off, beam search) -> write; rerunning after a kill resumes; work files are kept in
 `{output_dir}/{corpus}.work`. The order of t5x's outputs is checked line by line against the
-sources (see padir_t5x.t5x_jobs), so a reordered or truncated output fails instead of mispairing.
+sources (see padir_t5x.t5x_adapter.jobs), so a reordered or truncated output fails instead of
+mispairing.
 
 `shards_task` (below) is the seqio task over such shards that every em/distill t5x stage uses.
 """
@@ -30,7 +31,8 @@ import sys
 from typing import Any
 from collections.abc import Sequence
 
-from padir_t5x import cli, em, em_actions, stages, t5x_jobs
+from padir_t5x import cli, em, em_actions, stages
+from padir_t5x.t5x_adapter import jobs as t5x_jobs
 from padir_t5x.data import textio
 
 DISTILL_STAGES = [

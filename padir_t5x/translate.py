@@ -7,11 +7,11 @@
 The checkpoint is a core checkpoint (padir_t5x/core/checkpoints.py: params.npz + config.json +
 vocab.model), as written by `python -m padir_t5x.quickstart` and benchmarks/train_budget.py, or,
 with t5x installed, a T5X checkpoint_N (or model) directory: the model comes from the config.gin
-t5x.train wrote (or --gin_file), the parameters from padir_t5x.t5x_restore.load_for_inference.
-PaDIR models decode by iterative refinement over a length beam (length-bucketed, so a batch of
-short sentences refines only the positions its predicted lengths need); AR models by cached beam
-search. Decoding defaults are those the checkpoint records (the quickstart's evaluation
-setting), else DecodingConfig's; the flags override them.
+t5x.train wrote (or --gin_file), the parameters from
+padir_t5x.t5x_adapter.restore.load_for_inference. PaDIR models decode by iterative refinement over a
+length beam (length-bucketed, so a batch of short sentences refines only the positions its predicted
+lengths need); AR models by cached beam search. Decoding defaults are those the checkpoint records
+(the quickstart's evaluation setting), else DecodingConfig's; the flags override them.
 
 Draft and verify (padir_t5x/decoders/draft_verify.py): with --draft_checkpoint PADIR, the AR model
 of --checkpoint decodes greedily with PaDIR drafts that it verifies in one pass each; --verify

@@ -1,4 +1,4 @@
-"""The core never imports t5x: only the adapter (padir_t5x/models.py, t5x_restore.py) may.
+"""The core never imports t5x: only the adapter (padir_t5x/t5x_adapter/models.py, restore.py) may.
 
 Reads the import statements of every Python file in the package, tasks/ and benchmarks/ with `ast`,
 so a lazy `import t5x` inside a function is caught as well as a top-level one.
@@ -12,7 +12,10 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ADAPTERS = {REPO / "padir_t5x" / "models.py", REPO / "padir_t5x" / "t5x_restore.py"}
+ADAPTERS = {
+    REPO / "padir_t5x" / "t5x_adapter" / "models.py",
+    REPO / "padir_t5x" / "t5x_adapter" / "restore.py",
+}
 
 
 def _imported_modules(path: pathlib.Path) -> set[str]:
@@ -42,7 +45,7 @@ def test_core_module_does_not_import_t5x(path):
   offending = sorted(m for m in _imported_modules(path) if m == "t5x" or m.startswith("t5x."))
   assert (
       not offending
-  ), f"{path.relative_to(REPO)} imports {offending}; only padir_t5x/models.py may"
+  ), f"{path.relative_to(REPO)} imports {offending}; only padir_t5x/t5x_adapter/models.py may"
 
 
 def test_detector_sees_nested_imports(tmp_path):
@@ -57,7 +60,7 @@ def test_detector_sees_nested_imports(tmp_path):
 TENSORFLOW_FREE = (
     "padir_t5x.data.textio",
     "padir_t5x.stages",
-    "padir_t5x.t5x_jobs",
+    "padir_t5x.t5x_adapter.jobs",
     "padir_t5x.em_config",
     "padir_t5x.em_report",
     "padir_t5x.em",

@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from padir_t5x.core import checkpoints
-from padir_t5x import t5x_jobs
+from padir_t5x.t5x_adapter import jobs as t5x_jobs
 from padir_t5x.core.checkpoints import CheckpointError
 
 
@@ -97,8 +97,8 @@ def load_t5x_model(directory: str, gin_file: str | None = None, params: bool = T
   checkpoints. CheckpointError naming the directory or file otherwise.
   """
   try:
-    from padir_t5x import models  # noqa: F401  (the adapter: ImportError without t5x)
-    from padir_t5x import t5x_restore  # pylint: disable=g-import-not-at-top
+    from padir_t5x.t5x_adapter import models  # noqa: F401  (the adapter: ImportError without t5x)
+    from padir_t5x.t5x_adapter import restore as t5x_restore  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CheckpointError(
         f"{directory} is a T5X checkpoint, which needs t5x installed ({e}): "
@@ -116,7 +116,7 @@ def load_t5x_model(directory: str, gin_file: str | None = None, params: bool = T
 
 
 def _t5x_kind(model, checkpoint: str, expected: str | None) -> str:
-  from padir_t5x import models  # pylint: disable=g-import-not-at-top
+  from padir_t5x.t5x_adapter import models  # pylint: disable=g-import-not-at-top
 
   found = "padir" if isinstance(model, models.PadirModel) else "ar"
   if expected is not None and expected != found:

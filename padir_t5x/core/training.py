@@ -1,7 +1,7 @@
 """The one PaDIR train step, and a minimal optax training loop on in-memory token arrays, no t5x.
 
-T5X is the way to train at scale (gin/ and padir_t5x/models.py). This module exists so that the
-core can be trained and checked anywhere: the quickstart main job and the toy-task test run
+T5X is the way to train at scale (gin/ and padir_t5x/t5x_adapter/models.py). This module exists so
+that the core can be trained and checked anywhere: the quickstart main job and the toy-task test run
 `train`; the equal-budget trainer (benchmarks/train_budget.py) runs its own wall-clock loop on the
 same pieces (`network_config.tiny_config_from_sizes`, `init_train_state`, `make_injected_optimizer`,
 `make_train_step` with `padir_loss_fn` or its AR loss).

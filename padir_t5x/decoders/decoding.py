@@ -17,8 +17,8 @@ inside a lax.while_loop) and `finalise` (dedup, score, sort; both padir_t5x/deco
 with `refine_top_k` (candidate pruning) the passes after the first refine only each example's k best
 candidates. It takes the decoder as a plain `RefineFn`, so it can be tested with hand-made
 functions; `decode_with_network` wires in `padir_t5x.core.network.Transformer` and is the default
-`PadirDecodeFn` of padir_t5x/models.py, which adapts the output (best hypothesis last along the
-beam axis, increasing score: the t5x convention). No t5x import. The settings are
+`PadirDecodeFn` of padir_t5x/t5x_adapter/models.py, which adapts the output (best hypothesis last
+along the beam axis, increasing score: the t5x convention). No t5x import. The settings are
 `DecodingConfig` (padir_t5x/decoders/decoding_config.py), which this module also exposes: models.py
 and translate.py read it as `decoding.DecodingConfig`.
 

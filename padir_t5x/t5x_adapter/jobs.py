@@ -29,7 +29,7 @@ from padir_t5x import progress
 from padir_t5x.data import textio
 from padir_t5x.stages import DONE_FILE, StageContext, StageError, read_done, stage_dir
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---------------------------------------------------------------------------------------------

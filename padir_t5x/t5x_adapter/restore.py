@@ -1,7 +1,7 @@
 """Trained T5X checkpoints outside t5x.train / t5x.infer: the model a run's gin config builds,
 and its parameters restored as t5x.infer restores them (padir_t5x.core.loading reads T5X checkpoints
-through these). Part of the T5X adapter with padir_t5x/models.py: t5x is imported inside the
-functions, so that this module loads without it.
+through these). Part of the T5X adapter with padir_t5x/t5x_adapter/models.py: t5x is imported inside
+the functions, so that this module loads without it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def model_from_gin(gin_file: str) -> Any:
   # A run's config.gin binds `__main__.train` (`import __main__ as train_script`).
   if not hasattr(__main__, "train"):
     __main__.train = t5x_train.train
-  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   for path in (repo_root, os.path.dirname(os.path.dirname(t5x_train.__file__))):
     gin.add_config_file_search_path(path)
   gin.clear_config()

@@ -1,9 +1,9 @@
 """T5X adapter: `PadirModel`, a t5x `EncoderDecoderModel` that trains and decodes PaDIR.
 
-This module and padir_t5x/t5x_restore.py are the only ones that import t5x. It wires the core
-(padir_t5x.core.network, .corruption, .losses, .decoding) into t5x's model interface, so that t5x's
-train.py, eval.py and
-infer.py (and gin configs under gin/) run PaDIR like any other encoder-decoder:
+This module and padir_t5x/t5x_adapter/restore.py are the only ones that import t5x (gin files and
+users reach it as `padir_t5x.models`). It wires the core (padir_t5x.core.network, .corruption,
+.losses; padir_t5x.decoders.decoding) into t5x's model interface, so that t5x's train.py, eval.py
+and infer.py (and gin configs under gin/) run PaDIR like any other encoder-decoder:
 
 * `loss_fn` / `eval_fn`: the core multi-stage loss (stage 1 on a corrupted target, later stages
   on the previous stage's argmax, plus the length cross-entropy) under one `PadirLossConfig`;
@@ -46,8 +46,8 @@ from padir_t5x import vocab as vocab_lib
 from padir_t5x.core.modes import DecoderMode
 from padir_t5x.core.modes import FillMode
 from padir_t5x.core.modes import UnmaskingRateMode
-from padir_t5x.t5x_restore import load_for_inference
-from padir_t5x.t5x_restore import model_from_gin
+from padir_t5x.t5x_adapter.restore import load_for_inference
+from padir_t5x.t5x_adapter.restore import model_from_gin
 
 Array = jnp.ndarray
 PyTree = Any
