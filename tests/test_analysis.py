@@ -1,11 +1,12 @@
-"""Tests of padir_t5x/analysis.py: stutter/attention statistics and attention extraction."""
+"""Tests of padir_t5x/research/analysis.py: stutter/attention statistics and attention
+extraction."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from padir_t5x import analysis
+from padir_t5x.research import analysis
 from padir_t5x.core import layers
 from padir_t5x.core import network
 from padir_t5x.core import network_config

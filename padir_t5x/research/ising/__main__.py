@@ -1,4 +1,5 @@
-"""python -m padir_t5x.ising --output_dir DIR [--quick] [--fit_method M]: both Ising experiments.
+"""python -m padir_t5x.research.ising --output_dir DIR [--quick] [--fit_method M]: both Ising
+experiments.
 
 Writes experiment{1,2}.{csv,png} and prints a summary.
 """
@@ -7,13 +8,13 @@ import dataclasses
 import os
 
 from padir_t5x import cli
-from padir_t5x.ising import estimation
-from padir_t5x.ising import experiments
+from padir_t5x.research.ising import estimation
+from padir_t5x.research.ising import experiments
 
 
 @cli.entry_point
 def main(argv=None) -> None:
-  parser = cli.ArgumentParser(prog="python -m padir_t5x.ising", description=__doc__)
+  parser = cli.ArgumentParser(prog="python -m padir_t5x.research.ising", description=__doc__)
   parser.add_argument(
       "--output_dir",
       required=True,

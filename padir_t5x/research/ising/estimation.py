@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from padir_t5x.ising import model
+from padir_t5x.research.ising import model
 
 
 def k_pseudo_log_likelihood(params: model.IsingParams, samples: jax.Array, k: int) -> jax.Array:

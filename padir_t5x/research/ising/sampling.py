@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from padir_t5x.ising import model
+from padir_t5x.research.ising import model
 
 StepFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, x (n,)) -> x (n,)
 

@@ -5,5 +5,5 @@
   sampling    k-Gibbs and the independent parallel sampler; exact transition matrices.
   experiments Experiment 1 (parameter error vs k) and 2 (steps to the larger mode), CSV/PNG.
 
-Run both experiments with `python -m padir_t5x.ising --output_dir DIR [--quick]`.
+Run both experiments with `python -m padir_t5x.research.ising --output_dir DIR [--quick]`.
 """

@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from padir_t5x.ising import estimation
-from padir_t5x.ising import model
-from padir_t5x.ising import sampling
+from padir_t5x.research.ising import estimation
+from padir_t5x.research.ising import model
+from padir_t5x.research.ising import sampling
 
 # ----------------------------------------------------------------------------------------------
 # Experiment 1: parameter error of k-MPLE against k.
