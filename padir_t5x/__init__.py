@@ -1,7 +1,9 @@
 """padir-t5x: non-autoregressive translation by Parallel Decoding with Iterative Refinement.
 
-The core modules (network, corruption, losses, decoding, vocab, metrics, textio, pipelines, corpus,
-ising) never import t5x; only `padir_t5x.models` does.
+The applications (translate, quickstart, distill, em, export, vocab, corpus) and their plumbing sit
+at the top; core/ holds the model and its training, decoders/ inference, data/ data and metrics,
+t5x_adapter/ the T5X adapter and job runner, research/ the Ising, analysis and cost code. Only
+t5x_adapter/ imports t5x; gin files and users reach the adapter as `padir_t5x.models`.
 """
 
 # Special token ids, shared by the vocabulary builder, the corruption, the network and decoding.

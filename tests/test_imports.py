@@ -98,7 +98,7 @@ def _module_level_imports(path: pathlib.Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "path", sorted((REPO / "padir_t5x").glob("*.py")), ids=lambda p: str(p.relative_to(REPO))
+    "path", sorted((REPO / "padir_t5x").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO))
 )
 def test_package_does_not_import_tasks_at_module_level(path):
   # Layering: padir_t5x (the core) <- tasks. `tasks` imports the core, so a module-level import

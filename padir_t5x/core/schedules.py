@@ -2,7 +2,7 @@
 
 gin/experiments/recipe/train.gin binds `warmup_cosine_decay` as t5x's learning_rate_fn (with
 WARMUP_STEPS and TRAIN_STEPS); padir_t5x.core.training's core loop builds the same schedule. No t5x
-import: gin configures it by dynamic registration (`from padir_t5x import schedules`).
+import: gin configures it by dynamic registration (`from padir_t5x.core import schedules`).
 
 Why not optax.warmup_cosine_decay_schedule directly: a run shorter than its warm-up (a 20-step
 smoke run of a recipe with 100 or 10000 warm-up steps) makes optax fail inside t5x with
