@@ -124,3 +124,21 @@ def test_accelerator_benchmark_needs_only_jax_flax_numpy_and_the_core():
       [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
   )
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_module_paths_that_earlier_t5x_runs_recorded_still_import():
+  """A T5X run's config.gin keeps the gin files' imports of its day (`from padir_t5x import
+  network`, `schedules`): they import the modules at their new homes, the very same objects."""
+  code = (
+      "import sys\n"
+      "import padir_t5x\n"
+      "assert 'padir_t5x.core.network' not in sys.modules\n"
+      "from padir_t5x import network, schedules\n"
+      "from padir_t5x.core import network as core_network, schedules as core_schedules\n"
+      "assert network is core_network and schedules is core_schedules\n"
+      "assert network.__spec__.name == 'padir_t5x.core.network'\n"
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
