@@ -55,7 +55,7 @@ from padir_t5x.em_config import EmConfig
 from padir_t5x.stages import EventHook, Stage, check_plan, read_done, run_plan, stage_dir
 from padir_t5x.t5x_adapter.jobs import REPO_ROOT, StageRunner, T5xRunner
 
-# Kept reachable as em.NAME: they lived here before padir_t5x.stages and .t5x_jobs existed.
+# Kept reachable as em.NAME: they lived here before padir_t5x.stages and the job runner existed.
 from padir_t5x.stages import DONE_FILE as DONE_FILE
 from padir_t5x.stages import PARTIAL_PREFIX as PARTIAL_PREFIX
 from padir_t5x.stages import RESUMABLE_KINDS as RESUMABLE_KINDS
