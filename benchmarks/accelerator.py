@@ -35,10 +35,10 @@ import numpy as np
 from benchmarks import timing
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import cli
-from padir_t5x import decoders
-from padir_t5x import network
-from padir_t5x import network_config
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import decoders
+from padir_t5x.core import network
+from padir_t5x.core import network_config
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 SIZES = {"base": network_config.base_config, "tiny": network_config.tiny_config}
 

@@ -6,9 +6,9 @@
 Decodes dev sentences with the checkpoint (de-duplication off, so stutter stays visible;
 stutter re-masking off by default, so the analysed pass is the one that produced the output),
 then re-runs one decoder pass whose input is the decoded output and records its attention
-(padir_t5x.analysis.decoder_attention). For an example whose decoding converged (the last pass
-reproduced its own input) this pass is exactly the one that produced the output; only rows where
-the re-run pass reproduces the output are kept (`fixed_point_rows`), the rest are counted and
+(padir_t5x.research.analysis.decoder_attention). For an example whose decoding converged (the last
+pass reproduced its own input) this pass is exactly the one that produced the output; only rows
+where the re-run pass reproduces the output are kept (`fixed_point_rows`), the rest are counted and
 left out. Prints the per-layer tables: decoder self-attention between adjacent stuttering vs
 non-stuttering positions, and TV / cosine distance between their cross-attention distributions.
 """
@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from padir_t5x import analysis
+from padir_t5x.research import analysis
 from padir_t5x import cli
-from padir_t5x import decoding
-from padir_t5x import loading
-from padir_t5x import refinement
-from padir_t5x import shared_data
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import decoding
+from padir_t5x.core import loading
+from padir_t5x.decoders import refinement
+from padir_t5x.data import shared_data
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 
 def analyse(

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import cross_entropy
-from padir_t5x import network_config
+from padir_t5x.core import cross_entropy
+from padir_t5x.core import network_config
 from padir_t5x import vocab as vocab_lib
-from padir_t5x.loss_config import PadirLossConfig
+from padir_t5x.core.loss_config import PadirLossConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from benchmarks import common
-from padir_t5x import textio
+from padir_t5x.data import textio
 
 # (padded length, batch size): about 2k target tokens per batch in each bucket; two shapes,
 # so two compilations, instead of padding every short Multi30k/Tatoeba sentence to 80.

@@ -1,10 +1,10 @@
 """The equal-budget trainer's loop (benchmarks/train_budget.py): train for a step or wall-clock
 budget, the learning rate following the spent fraction of it.
 
-The train step is padir_t5x.training's, compiled ahead of time for every bucket shape before the
-clock starts (`compile_per_bucket`); the loss is PaDIR's multi-stage loss or, for the AR model,
+The train step is padir_t5x.core.training's, compiled ahead of time for every bucket shape before
+the clock starts (`compile_per_bucket`); the loss is PaDIR's multi-stage loss or, for the AR model,
 `ar_loss` (teacher-forced cross-entropy of the targets shifted right), both per real target token.
-`train` can save the whole run state every few minutes and resume from it (padir_t5x.resume).
+`train` can save the whole run state every few minutes and resume from it (padir_t5x.core.resume).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from benchmarks.budget_config import padir_loss_config
 from benchmarks.budget_config import transformer_config
 from benchmarks.budget_data import DEFAULT_BUCKETS
 from benchmarks.budget_data import bucket_batches
-from padir_t5x import checkpoints
-from padir_t5x import cross_entropy
-from padir_t5x import network
+from padir_t5x.core import checkpoints
+from padir_t5x.core import cross_entropy
+from padir_t5x.core import network
 from padir_t5x import progress
-from padir_t5x import resume as resume_lib
-from padir_t5x import training
+from padir_t5x.core import resume as resume_lib
+from padir_t5x.core import training
 
 
 def shift_right(targets: jnp.ndarray) -> jnp.ndarray:
@@ -163,8 +163,8 @@ def train(
   network (checkpoints.warm_start); the optimiser state starts fresh either way.
 
   With `run_dir` and `checkpoint_minutes` > 0 the whole run state is saved there atomically
-  (padir_t5x.resume) every `checkpoint_minutes` of training; `resume` continues from that state:
-  parameters, optimiser state, PRNG key and step count restored, the data order replayed to the
+  (padir_t5x.core.resume) every `checkpoint_minutes` of training; `resume` continues from that
+  state: parameters, optimiser state, PRNG key and step count restored, the data order replayed to the
   same batch, so the run goes on as if never stopped (a step budget's schedule then matches
   exactly; a wall-clock budget counts the training seconds of every part). `settings` (the
   run's flags and data) are stored with the state and must match on resume.

@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the real de-en data, tokenisation.
 
-Checkpoints are the package's core format (padir_t5x/checkpoints.py: params.npz + config.json +
+Checkpoints are the package's core format (padir_t5x/core/checkpoints.py: params.npz + config.json +
 vocab.model, read with numpy alone), the same that the quickstart writes and
 `python -m padir_t5x.translate` reads.
 """
@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from padir_t5x import EOS_ID
-from padir_t5x import textio
+from padir_t5x.data import textio
 from padir_t5x import vocab
 
 

@@ -1,4 +1,4 @@
-"""Profile of PaDIR decoding (padir_t5x.decoding.decode_with_network): structure and cost.
+"""Profile of PaDIR decoding (padir_t5x.decoders.decoding.decode_with_network): structure and cost.
 
     python -m benchmarks.decoding_profile --padir_checkpoint runs/budget/padir --out runs/profile.json
     python -m benchmarks.decoding_profile            # a random-init tiny network
@@ -33,15 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from padir_t5x import bucketing
+from padir_t5x.decoders import bucketing
 from padir_t5x import cli
-from padir_t5x import decoding
-from padir_t5x import length_candidates
-from padir_t5x import loading
-from padir_t5x import network
-from padir_t5x import network_config
-from padir_t5x import shared_data
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import decoding
+from padir_t5x.decoders import length_candidates
+from padir_t5x.core import loading
+from padir_t5x.core import network
+from padir_t5x.core import network_config
+from padir_t5x.data import shared_data
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 _HOST_PRIMITIVES = ("callback", "infeed", "outfeed", "host")
 

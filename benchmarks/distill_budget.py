@@ -39,8 +39,8 @@ from collections.abc import Sequence
 
 from padir_t5x import cli
 from padir_t5x import progress
-from padir_t5x import shared_data
-from padir_t5x import textio
+from padir_t5x.data import shared_data
+from padir_t5x.data import textio
 
 
 class Selection(enum.Enum):
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
   if selection is Selection.REFERENCE and args.beam_size < 2:
     parser.error("--select reference: needs --beam_size 2 or more (one hypothesis: no choice)")
 
-  from padir_t5x import checkpoints  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import checkpoints  # pylint: disable=g-import-not-at-top
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
 
   try:

@@ -40,13 +40,13 @@ import sacrebleu
 from benchmarks import common
 from benchmarks import latency
 from padir_t5x import cli
-from padir_t5x import decoders
-from padir_t5x import draft_verify
-from padir_t5x import drafters
-from padir_t5x import loading
-from padir_t5x import metrics as metrics_lib
-from padir_t5x import shared_data
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import decoders
+from padir_t5x.decoders import draft_verify
+from padir_t5x.decoders import drafters
+from padir_t5x.core import loading
+from padir_t5x.data import metrics as metrics_lib
+from padir_t5x.data import shared_data
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 EXTRA_KEYS = (
     "identical_to_ar_greedy",

@@ -50,11 +50,11 @@ from benchmarks.timing import environment
 from benchmarks.timing import latency_summary
 from padir_t5x import EOS_ID
 from padir_t5x import cli
-from padir_t5x import decoders
-from padir_t5x import loading
-from padir_t5x import metrics as metrics_lib
-from padir_t5x import shared_data
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import decoders
+from padir_t5x.core import loading
+from padir_t5x.data import metrics as metrics_lib
+from padir_t5x.data import shared_data
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 RESULT_KEYS = (
     "system",

@@ -30,11 +30,11 @@ import numpy as np
 
 from benchmarks import quality
 from benchmarks import timing
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
 from padir_t5x import EOS_ID
-from padir_t5x import metrics
-from padir_t5x import textio
+from padir_t5x.data import metrics
+from padir_t5x.data import textio
 
 
 def length_windows(centres: np.ndarray, radius: int, max_length: int) -> np.ndarray:
@@ -57,8 +57,8 @@ def decode_at_lengths(module, params, tokens, rng, config, max_decode_length, le
     tokens: [b, s] int32 EOS-terminated sources.
     lengths: [b, l'] int32 lengths to decode, or None for the predictor's top-l.
   """
-  from padir_t5x import decoding  # pylint: disable=g-import-not-at-top
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders import decoding  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   encoded, length_logits = network.encode_and_predict_length(module, params, tokens)  # [b, s, d]
   refine_fn = decoding.network_refine_fn(module, params, encoded, tokens)

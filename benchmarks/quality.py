@@ -13,7 +13,7 @@ DecodingConfig field over the checkpoint's recorded decoding defaults). Sources 
 model's input table are truncated, as translate does (counted in the output); references are never
 filtered.
 
-Per row: SacreBLEU (13a), chrF, the word-level stutter rate (padir_t5x.metrics), decoder passes
+Per row: SacreBLEU (13a), chrF, the word-level stutter rate (padir_t5x.data.metrics), decoder passes
 per sentence (PaDIR: refinement passes after early stopping; AR: output tokens with EOS, the
 sequential steps of greedy search, a lower bound for beam search), and the training budget read
 from the checkpoint (steps, minutes, target tokens, 'steps' or 'wall_clock'). PaDIR rows also get
@@ -34,13 +34,13 @@ import time
 import numpy as np
 
 from benchmarks import timing
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import loading
-from padir_t5x import layout
-from padir_t5x import metrics
-from padir_t5x import shared_data
-from padir_t5x import textio
+from padir_t5x.core import loading
+from padir_t5x.core import layout
+from padir_t5x.data import metrics
+from padir_t5x.data import shared_data
+from padir_t5x.data import textio
 
 
 def parse_setting(spec: str) -> tuple[str, list[str]]:
@@ -90,7 +90,7 @@ def read_dev_pairs(parser, args, paths=None) -> tuple[list[str], list[str]]:
 def length_accuracy(translator, sources: list[str], references: list[str]) -> dict[str, float]:
   """The length predictor's dev accuracy: argmax length == reference length (EOS included), and
   within +-1. Sources are encoded (and truncated) as translate encodes them."""
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
 
   encoded, _ = translator.encode(sources)
   width = translator.max_input_length
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
-  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   # Every flag is checked before a checkpoint is loaded or a sentence decoded.
   ar_beams = args.ar_beams

@@ -21,7 +21,7 @@ import os
 import platform
 import shutil
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
 
 MODELS_DIR = "models"

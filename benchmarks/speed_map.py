@@ -79,7 +79,7 @@ from benchmarks.speed_map_summary import markdown_table
 from benchmarks.speed_map_summary import plot
 from benchmarks.speed_map_summary import summary
 from padir_t5x import cli
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """What the speed map (benchmarks/speed_map.py) times: the sizes, the systems, one row each.
 
 `run` times every requested (size, system, dtype, batch): JAX rows (PaDIR at fixed work, AR greedy
-and beam search) through padir_t5x.decoders, CTranslate2 rows through a model exported from the
-very AR parameters the JAX rows run; each row is a latency summary, compile seconds, throughput
+and beam search) through padir_t5x.decoders.decoders, CTranslate2 rows through a model exported from
+the very AR parameters the JAX rows run; each row is a latency summary, compile seconds, throughput
 and the load average, in benchmarks/results/results.json's schema (the module docstring of
 benchmarks/speed_map.py lists the systems, sizes and fields).
 """
@@ -24,10 +24,10 @@ from benchmarks.accelerator import fixed_work_padir
 from benchmarks.accelerator import random_params
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
-from padir_t5x import decoders
+from padir_t5x.decoders import decoders
 from padir_t5x import export
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 
 PASSES = 4
 BEAM = 5

@@ -3,8 +3,8 @@
     python -m benchmarks.t5x_predict --padir_checkpoint benchmarks/checkpoints/padir_raw \
         --split dev-multi30k --num_sentences 200
 
-Needs t5x and seqio (the adapter, padir_t5x.models). One run times, sentence by sentence on the
-same dev sources padded to one shape:
+Needs t5x and seqio (the adapter, padir_t5x.t5x_adapter.models). One run times, sentence by
+sentence on the same dev sources padded to one shape:
 
 * core: `decoding.decode_with_network` (what translate and the latency benchmark call);
 * t5x: `PadirModel.predict_batch` jitted as t5x.infer runs it, with the same DecodingConfig and
@@ -27,16 +27,16 @@ import numpy as np
 from benchmarks import common
 from benchmarks import timing
 from padir_t5x import cli
-from padir_t5x import decoding
-from padir_t5x import loading
-from padir_t5x import shared_data
-from padir_t5x import t5x_jobs
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import decoding
+from padir_t5x.core import loading
+from padir_t5x.data import shared_data
+from padir_t5x.t5x_adapter import jobs as t5x_jobs
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 
 def _require_t5x():
   try:
-    from padir_t5x import models  # pylint: disable=g-import-not-at-top
+    from padir_t5x.t5x_adapter import models  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise cli.UsageError(
         f"t5x_predict needs t5x and seqio ({e}): {t5x_jobs.T5X_INSTALL_HINT}"

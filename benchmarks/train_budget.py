@@ -6,10 +6,10 @@
     python -m benchmarks.train_budget --model padir --max_steps 1000 \
         --train_data_dir runs/budget/distilled --out runs/budget/padir_distilled_1k
 
-Both models share the network code (padir_t5x.network; AR = decoder_mode='autoregressive'), the
+Both models share the network code (padir_t5x.core.network; AR = decoder_mode='autoregressive'), the
 SentencePiece vocabulary (built once from the training text and cached under --vocab_dir), the
 data, the batches (same seed, same length buckets), the optimiser, the schedule and the train
-step (padir_t5x.training, which the quickstart uses too; only the loss differs). The budget is
+step (padir_t5x.core.training, which the quickstart uses too; only the loss differs). The budget is
 wall-clock time of training steps: the step function is compiled ahead of time for every bucket
 shape before the clock starts (the compile time is recorded apart), because on a small shared CPU
 compiling PaDIR's two-stage loss takes minutes and would otherwise eat a large, load-dependent
@@ -29,12 +29,12 @@ set any field of loss_config.PadirLossConfig and network_config.TransformerConfi
 
 --init_from DIR warm-starts the run from a core checkpoint: an AR checkpoint of the same sizes
 shares every parameter with a PaDIR network but the positional attention and the length
-predictor, which start fresh (padir_t5x.checkpoints.warm_start); the optimiser state and the
+predictor, which start fresh (padir_t5x.core.checkpoints.warm_start); the optimiser state and the
 schedule start from zero as in any run. A student warm-started from its teacher carries the
 teacher's steps in its weights: its record says so ("warm_start"), and benchmarks/README.md
 counts those steps beside its own.
 
-Losses: PaDIR uses the core multi-stage loss (padir_t5x.losses.multi_stage_loss); AR uses the
+Losses: PaDIR uses the core multi-stage loss (padir_t5x.core.losses.multi_stage_loss); AR uses the
 teacher-forced cross-entropy of the targets shifted right (BOS = PAD = 0),
 `budget_training.ar_loss`. Both are normalised per real target token, with the same z-loss.
 
@@ -57,14 +57,14 @@ from benchmarks.budget_config import transformer_config
 from benchmarks.budget_data import buckets_for
 from benchmarks.budget_data import load_training_pairs
 from benchmarks.budget_training import train
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import network
-from padir_t5x import network_config
-from padir_t5x import resume as resume_lib
-from padir_t5x import shared_data
+from padir_t5x.core import network
+from padir_t5x.core import network_config
+from padir_t5x.core import resume as resume_lib
+from padir_t5x.data import shared_data
 from padir_t5x import vocab as vocab_lib
-from padir_t5x.loss_config import PadirLossConfig
+from padir_t5x.core.loss_config import PadirLossConfig
 
 # The training loss of every step, float32 [steps], saved beside the finished checkpoint.
 LOSS_CURVE_FILE = "loss_curve.npy"

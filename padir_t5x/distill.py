@@ -10,13 +10,14 @@
         --teacher_gin=gin/partitioning/data_parallel.gin --teacher_binding="VOCAB_PAIR = 'de_en'" \
         --output_dir=/data/distilled --corpus=wmt14_de_en --num_shards=16
 
-The result is `{output_dir}/{corpus}/train.jsonl-NNNNN-of-NNNNN` (padir_t5x.textio format:
+The result is `{output_dir}/{corpus}/train.jsonl-NNNNN-of-NNNNN` (padir_t5x.data.textio format:
 {"index", "source", "target"}, JSON-escaped, so tabs and newlines inside sentences survive;
 shard order = corpus order), exactly where the padir_*_distilled tasks read it. It runs as a
 resumable pipeline (padir_t5x.stages): prepare (sources as shards) -> decode (t5x.infer, shuffle
 off, beam search) -> write; rerunning after a kill resumes; work files are kept in
 `{output_dir}/{corpus}.work`. The order of t5x's outputs is checked line by line against the
-sources (see padir_t5x.t5x_jobs), so a reordered or truncated output fails instead of mispairing.
+sources (see padir_t5x.t5x_adapter.jobs), so a reordered or truncated output fails instead of
+mispairing.
 
 `shards_task` (below) is the seqio task over such shards that every em/distill t5x stage uses.
 """
@@ -30,7 +31,9 @@ import sys
 from typing import Any
 from collections.abc import Sequence
 
-from padir_t5x import cli, em, em_actions, stages, t5x_jobs, textio
+from padir_t5x import cli, em, em_actions, stages
+from padir_t5x.t5x_adapter import jobs as t5x_jobs
+from padir_t5x.data import textio
 
 DISTILL_STAGES = [
     stages.Stage("prepare", "write", "prepare", (), ("data",)),
@@ -61,7 +64,8 @@ def shards_task(
   `MIXTURE_OR_TASK_NAME = @distill.shards_task()`.
   """
   import seqio
-  from padir_t5x import pipelines  # TensorFlow: only the t5x processes that read the task need it
+  # TensorFlow: only the t5x processes that read the task need it
+  from padir_t5x.data import pipelines
   from tasks import common
 
   name = name or shards_task_name(directory, split)

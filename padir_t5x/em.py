@@ -24,15 +24,15 @@ Design: `plan(config)` is a pure list of `Stage`s, `ACTIONS` (padir_t5x/em_actio
 the E-step's `select_best`) says what runs each one, and `run` hands both to
 padir_t5x.stages.run_plan, the resumable engine: a finished stage (its DONE marker) is skipped, a
 killed one is redone or, for t5x stages, resumed by t5x. t5x runs go through a `StageRunner`
-(padir_t5x.t5x_jobs: `T5xRunner` shells out to `python -m t5x.train` / `t5x.infer` /
+(padir_t5x.t5x_adapter.jobs: `T5xRunner` shells out to `python -m t5x.train` / `t5x.infer` /
 `t5x.eval`; tests use a fake), so this module never imports t5x.
 
-Order: every dataset is a set of JSON-lines shards (padir_t5x.textio: {"index", "source",
+Order: every dataset is a set of JSON-lines shards (padir_t5x.data.textio: {"index", "source",
 "target"}, order preserved, tabs/newlines safe), read by the seqio task that
 `padir_t5x.distill.shards_task` registers (with the model's `VOCABULARY` gin macro as its
 vocabulary, as t5x requires equal vocabularies; this project's and t5x's model files define
-it). t5x's outputs are checked line by line against the examples fed in (padir_t5x.t5x_jobs),
-so a reordered or truncated output fails instead of mispairing.
+it). t5x's outputs are checked line by line against the examples fed in
+(padir_t5x.t5x_adapter.jobs), so a reordered or truncated output fails instead of mispairing.
 """
 
 from __future__ import annotations
@@ -46,24 +46,25 @@ from typing import Any
 
 import gin
 
-from padir_t5x import cli, em_report, t5x_jobs
+from padir_t5x import cli, em_report
+from padir_t5x.t5x_adapter import jobs as t5x_jobs
 from padir_t5x.cli import UsageError
 from padir_t5x.em_actions import ACTIONS, EmError, describe
 from padir_t5x.em_config import GIN_LIST_FIELDS
 from padir_t5x.em_config import EmConfig
 from padir_t5x.stages import EventHook, Stage, check_plan, read_done, run_plan, stage_dir
-from padir_t5x.t5x_jobs import REPO_ROOT, StageRunner, T5xRunner
+from padir_t5x.t5x_adapter.jobs import REPO_ROOT, StageRunner, T5xRunner
 
-# Kept reachable as em.NAME: they lived here before padir_t5x.stages and .t5x_jobs existed.
+# Kept reachable as em.NAME: they lived here before padir_t5x.stages and the job runner existed.
 from padir_t5x.stages import DONE_FILE as DONE_FILE
 from padir_t5x.stages import PARTIAL_PREFIX as PARTIAL_PREFIX
 from padir_t5x.stages import RESUMABLE_KINDS as RESUMABLE_KINDS
 from padir_t5x.stages import STAGE_KINDS as STAGE_KINDS
 from padir_t5x.stages import partial_dir as partial_dir
-from padir_t5x.t5x_jobs import InferJob as InferJob
-from padir_t5x.t5x_jobs import eval_stage_gin as eval_stage_gin
-from padir_t5x.t5x_jobs import infer_stage_gin as infer_stage_gin
-from padir_t5x.t5x_jobs import train_stage_gin as train_stage_gin
+from padir_t5x.t5x_adapter.jobs import InferJob as InferJob
+from padir_t5x.t5x_adapter.jobs import eval_stage_gin as eval_stage_gin
+from padir_t5x.t5x_adapter.jobs import infer_stage_gin as infer_stage_gin
+from padir_t5x.t5x_adapter.jobs import train_stage_gin as train_stage_gin
 
 
 # ---------------------------------------------------------------------------------------------

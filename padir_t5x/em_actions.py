@@ -2,9 +2,9 @@
 
 `ACTIONS` maps a stage's action to the function that runs it; each works in `ctx.work` (the
 stage's partial directory) and returns the counts its DONE marker records. The t5x stages go
-through `ctx.runner` (padir_t5x.t5x_jobs), so this module never imports t5x. The data sets are
-JSON-lines shards (padir_t5x.textio), read and written here. `select_best` is the E-step's argmax,
-pure; `describe` is a stage's log line. padir_t5x/em.py plans the stages and runs them.
+through `ctx.runner` (padir_t5x.t5x_adapter.jobs), so this module never imports t5x. The data sets
+are JSON-lines shards (padir_t5x.data.textio), read and written here. `select_best` is the E-step's
+argmax, pure; `describe` is a stage's log line. padir_t5x/em.py plans the stages and runs them.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from padir_t5x import textio
+from padir_t5x.data import textio
 from padir_t5x.em_config import EmConfig
 from padir_t5x.stages import Action, Stage, StageContext, StageError, outputs_text
-from padir_t5x.t5x_jobs import (
+from padir_t5x.t5x_adapter.jobs import (
     Candidate,
     EvalJob,
     TrainJob,

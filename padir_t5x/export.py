@@ -17,10 +17,11 @@ and the translate_batch options below). Translate with CTranslate2 (`pip install
     texts = [sp.decode(r.hypotheses[0]) for r in results]
 
 `greedy_options` (beam_size=1, min_decoding_length=0, the model's input and output lengths)
-decodes as padir_t5x.ar_decoding.greedy_search does, token for token (tests/test_export.py);
-beam_size > 1 is CTranslate2's own beam search (its length penalty differs from ours).
+decodes as padir_t5x.decoders.ar_decoding.greedy_search does, token for token
+(tests/test_export.py); beam_size > 1 is CTranslate2's own beam search (its length penalty differs
+from ours).
 
-How the network maps (padir_t5x/network.py -> ctranslate2.specs.TransformerSpec, pre-norm):
+How the network maps (padir_t5x/core/network.py -> ctranslate2.specs.TransformerSpec, pre-norm):
 * token_embedder: the encoder and decoder embeddings and, with logits_via_embedding, the output
   projection (one tensor in model.bin: CTranslate2 aliases equal variables); no sqrt(d) input
   scaling (scale_embeddings False); the tied logits' 1/sqrt(emb_dim) is the decoder's
@@ -65,9 +66,9 @@ from padir_t5x import EOS_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
 from padir_t5x import UNK_ID
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import loading
+from padir_t5x.core import loading
 
 INSTALL_HINT = "pip install 'padir-t5x[ctranslate2]'"
 SIDECAR_FILE = "padir_export.json"

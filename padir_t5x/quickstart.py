@@ -8,13 +8,13 @@
 of loss_config.PadirLossConfig, decoding_config.DecodingConfig and
 network_config.TransformerConfig, over the flat flags below.
 
-The trained model is saved as a core checkpoint (padir_t5x/checkpoints.py) in --output_dir
+The trained model is saved as a core checkpoint (padir_t5x/core/checkpoints.py) in --output_dir
 (default runs/quickstart), and the run ends by printing the `python -m padir_t5x.translate`
 command that translates a sentence of your own with it.
 
 No download and no t5x: the embedded German->English numbers corpus (padir_t5x.corpus) and its
 SentencePiece vocabulary are generated on first use (tasks.ensure_quickstart_data), the network is
-trained with the core multi-stage loss in a plain optax loop (padir_t5x.training), and the test
+trained with the core multi-stage loss in a plain optax loop (padir_t5x.core.training), and the test
 split is decoded by iterative refinement and scored with SacreBLEU. The same run through T5X is
 `python -m t5x.train --gin_file=gin/experiments/quickstart.gin` (see the README).
 """
@@ -32,17 +32,17 @@ import jax
 import numpy as np
 import sentencepiece as spm
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import decoding
-from padir_t5x import metrics
-from padir_t5x import network
-from padir_t5x import network_config
-from padir_t5x import textio
-from padir_t5x import training
+from padir_t5x.decoders import decoding
+from padir_t5x.data import metrics
+from padir_t5x.core import network
+from padir_t5x.core import network_config
+from padir_t5x.data import textio
+from padir_t5x.core import training
 from padir_t5x import vocab
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.loss_config import PadirLossConfig
+from padir_t5x.decoders.decoding_config import DecodingConfig
+from padir_t5x.core.loss_config import PadirLossConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,7 +76,7 @@ class StageContext:
   directory it writes into."""
 
   config: Any  # the caller's config (padir_t5x.em.EmConfig)
-  runner: Any  # the caller's runner (padir_t5x.t5x_jobs.StageRunner)
+  runner: Any  # the caller's runner (padir_t5x.t5x_adapter.jobs.StageRunner)
   stage: Stage
   work: str
 

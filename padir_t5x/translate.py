@@ -4,20 +4,20 @@
     python -m padir_t5x.translate --checkpoint runs/quickstart --input in.de --output out.en
     echo "drei katzen schlafen" | python -m padir_t5x.translate --checkpoint runs/quickstart
 
-The checkpoint is a core checkpoint (padir_t5x/checkpoints.py: params.npz + config.json +
+The checkpoint is a core checkpoint (padir_t5x/core/checkpoints.py: params.npz + config.json +
 vocab.model), as written by `python -m padir_t5x.quickstart` and benchmarks/train_budget.py, or,
 with t5x installed, a T5X checkpoint_N (or model) directory: the model comes from the config.gin
-t5x.train wrote (or --gin_file), the parameters from padir_t5x.t5x_restore.load_for_inference.
-PaDIR models decode by iterative refinement over a length beam (length-bucketed, so a batch of
-short sentences refines only the positions its predicted lengths need); AR models by cached beam
-search. Decoding defaults are those the checkpoint records (the quickstart's evaluation
-setting), else DecodingConfig's; the flags override them.
+t5x.train wrote (or --gin_file), the parameters from
+padir_t5x.t5x_adapter.restore.load_for_inference. PaDIR models decode by iterative refinement over a
+length beam (length-bucketed, so a batch of short sentences refines only the positions its predicted
+lengths need); AR models by cached beam search. Decoding defaults are those the checkpoint records
+(the quickstart's evaluation setting), else DecodingConfig's; the flags override them.
 
-Draft and verify (padir_t5x/draft_verify.py): with --draft_checkpoint PADIR, the AR model of
---checkpoint decodes greedily with PaDIR drafts that it verifies in one pass each; --verify strict
-(the default) gives AR greedy's translation exactly in fewer sequential calls, --verify tolerant
-(--verify_top_k, --verify_margin) trades exactness for fewer rounds. The PaDIR flags set the
-drafter's decoding (--max_passes: the first draft's passes; --redraft_passes: the later ones'):
+Draft and verify (padir_t5x/decoders/draft_verify.py): with --draft_checkpoint PADIR, the AR model
+of --checkpoint decodes greedily with PaDIR drafts that it verifies in one pass each; --verify
+strict (the default) gives AR greedy's translation exactly in fewer sequential calls, --verify
+tolerant (--verify_top_k, --verify_margin) trades exactness for fewer rounds. The PaDIR flags set
+the drafter's decoding (--max_passes: the first draft's passes; --redraft_passes: the later ones'):
 
     python -m padir_t5x.translate --checkpoint runs/budget/ar_800 \\
         --draft_checkpoint runs/budget/padir_distilled_800 --length_beam 5 --max_passes 1 \\
@@ -27,7 +27,7 @@ An EM run's final models are T5X model directories (`python -m padir_t5x.em` pri
 ar_model and nar_model): --checkpoint AR_MODEL --draft_checkpoint NAR_MODEL (needs t5x; their
 config.gin build the models, or --gin_file / --draft_gin_file).
 
-Lines are read as UTF-8 and split on '\\n' only (padir_t5x.textio). Sentences are sorted by
+Lines are read as UTF-8 and split on '\\n' only (padir_t5x.data.textio). Sentences are sorted by
 length into batches and the translations written back in input order; an empty line gives an
 empty translation. A line longer than the model's input length is truncated (with a warning
 counting such lines) or, with --strict, is an error. --output is written only when the whole run
@@ -68,12 +68,12 @@ import time
 from collections.abc import Sequence
 
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
-from padir_t5x import loading
+from padir_t5x.core import loading
 from padir_t5x import progress
-from padir_t5x import textio
-from padir_t5x.checkpoints import CheckpointError
+from padir_t5x.data import textio
+from padir_t5x.core.checkpoints import CheckpointError
 from padir_t5x.translator import AR_OPTIONS
 from padir_t5x.translator import PADIR_OPTIONS
 from padir_t5x.translator import TOLERANT_OPTIONS
@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
   # The decoding flags are generated from the config fields that declare them (cli.add_config_flags):
   # one help text, range and default each, shared with the benchmarks. Unset flags keep the
   # checkpoint's recorded setting.
-  from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
-  from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
-  from padir_t5x.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders import decoders  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders import draft_verify  # pylint: disable=g-import-not-at-top
+  from padir_t5x.decoders.decoding_config import DecodingConfig  # pylint: disable=g-import-not-at-top
 
   padir = parser.add_argument_group("PaDIR decoding (default: the checkpoint's setting)")
   cli.add_config_flags(padir, DecodingConfig, PADIR_OPTIONS, unset=True)

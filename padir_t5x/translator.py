@@ -25,8 +25,8 @@ import numpy as np
 
 from padir_t5x import EOS_ID
 from padir_t5x import PAD_ID
-from padir_t5x import checkpoints
-from padir_t5x import loading
+from padir_t5x.core import checkpoints
+from padir_t5x.core import loading
 
 # The PaDIR decoding fields the translator exposes (flags of the same names).
 PADIR_OPTIONS = ("length_beam", "max_passes", "init", "remask", "dedup", "stutter_unit")
@@ -52,7 +52,7 @@ INPUT_WIDTHS = (16, 64, 256, 1024)
 # (at most three row counts per width) and a second run finds them in the compilation cache.
 SMALL_BATCH_ROWS = (1, 8)
 # JAX's persistent compilation cache: --compilation_cache, else $PADIR_COMPILATION_CACHE, else
-# this directory under padir_t5x.shared_data.padir_cache_dir(); '' turns it off.
+# this directory under padir_t5x.data.shared_data.padir_cache_dir(); '' turns it off.
 COMPILATION_CACHE_SUBDIR = "jax_cache"
 COMPILATION_CACHE_VARIABLE = "PADIR_COMPILATION_CACHE"
 
@@ -154,7 +154,7 @@ def _smallest_at_least(value: int, sizes: Sequence[int], cap: int) -> int:
 def default_compilation_cache() -> str:
   """$PADIR_COMPILATION_CACHE if set ('' = none), else $PADIR_CACHE_DIR/jax_cache (default
   ~/.cache/padir_t5x/jax_cache)."""
-  from padir_t5x import shared_data  # pylint: disable=g-import-not-at-top
+  from padir_t5x.data import shared_data  # pylint: disable=g-import-not-at-top
 
   if COMPILATION_CACHE_VARIABLE in os.environ:
     return os.environ[COMPILATION_CACHE_VARIABLE]
@@ -266,7 +266,7 @@ class Translator:
       raise ValueError("a drafter (draft-and-verify) needs an AR model to verify its drafts")
     if drafter is not None and keep_candidates:
       raise ValueError("draft-and-verify keeps one hypothesis per sentence: no candidates to keep")
-    from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
+    from padir_t5x.decoders import decoders  # pylint: disable=g-import-not-at-top
 
     # The AR defaults are ArBeamDecoder's fields (declared once, the --beam_size/--alpha flags' too).
     ar_defaults = {f.name: f.default for f in dataclasses.fields(decoders.ArBeamDecoder)}
@@ -294,8 +294,8 @@ class Translator:
 
   def _build_decoder(self):
     """The `decoders.Decoder` of this model and its settings."""
-    from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
-    from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
+    from padir_t5x.decoders import decoders  # pylint: disable=g-import-not-at-top
+    from padir_t5x.decoders import draft_verify  # pylint: disable=g-import-not-at-top
 
     if self.drafter is not None:
       return decoders.DraftVerifyDecoder(
@@ -397,7 +397,7 @@ class Translator:
       **options: batch_size, seed, strict, and the drafter's PaDIR decoding options (as
         from_checkpoint's; max_passes is the first draft's).
     """
-    from padir_t5x import draft_verify  # pylint: disable=g-import-not-at-top
+    from padir_t5x.decoders import draft_verify  # pylint: disable=g-import-not-at-top
 
     own = {k: options.pop(k) for k in TRANSLATOR_OPTIONS if k in options}
     wrong = sorted(set(options) & set(AR_OPTIONS))
@@ -529,7 +529,7 @@ class Translator:
 
     candidates: per row, () or (with keep_candidates) every kept hypothesis, best first.
     """
-    from padir_t5x import decoders  # pylint: disable=g-import-not-at-top
+    from padir_t5x.decoders import decoders  # pylint: disable=g-import-not-at-top
     from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
 
     n = len(sequences)
@@ -568,7 +568,7 @@ class Translator:
     """
     if not self.keep_candidates:
       return [()] * n
-    from padir_t5x import ar_decoding  # pylint: disable=g-import-not-at-top
+    from padir_t5x.decoders import ar_decoding  # pylint: disable=g-import-not-at-top
     from padir_t5x import vocab  # pylint: disable=g-import-not-at-top
 
     sequences = np.asarray(sequences)[:n, ::-1, :]  # [n, c, t], best first

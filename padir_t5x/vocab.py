@@ -30,7 +30,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from padir_t5x import EOS_ID, MASK_ID, PAD_ID, UNK_ID, cli, textio
+from padir_t5x import EOS_ID, MASK_ID, PAD_ID, UNK_ID, cli
+from padir_t5x.data import textio
 
 MASK_PIECE = "<mask>"
 DEFAULT_VOCAB_SIZE = 32000

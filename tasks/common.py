@@ -20,7 +20,7 @@ import gin
 import seqio
 from seqio import vocabularies as seqio_vocabularies
 
-from padir_t5x import metrics, pipelines, shared_data
+from padir_t5x.data import metrics, pipelines, shared_data
 
 DEFAULT_VOCAB_DIR = os.path.join("~", ".cache", "padir_t5x", "vocab")
 DEFAULT_CACHE_DIR = shared_data.DEFAULT_CACHE_DIR
@@ -46,7 +46,7 @@ def padir_distilled_dir(directory: str | None = None) -> str:
 
 
 def padir_cache_dir() -> str:
-  """$PADIR_CACHE_DIR, default ~/.cache/padir_t5x (padir_t5x.shared_data.padir_cache_dir)."""
+  """$PADIR_CACHE_DIR, default ~/.cache/padir_t5x (padir_t5x.data.shared_data.padir_cache_dir)."""
   return shared_data.padir_cache_dir()
 
 

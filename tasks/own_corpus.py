@@ -34,7 +34,8 @@ import functools
 import gin
 import seqio
 
-from padir_t5x import pipelines, textio, vocab
+from padir_t5x.data import pipelines, textio
+from padir_t5x import vocab
 from tasks import common
 
 FilePair = tuple[str, str]

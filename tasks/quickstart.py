@@ -18,7 +18,8 @@ import tempfile
 import gin
 import seqio
 
-from padir_t5x import corpus, pipelines, vocab
+from padir_t5x import corpus, vocab
+from padir_t5x.data import pipelines
 from tasks import common
 
 TASK_NAME = "padir_quickstart_de_en"

@@ -23,7 +23,8 @@ import os
 
 import seqio
 
-from padir_t5x import pipelines, shared_data, vocab
+from padir_t5x.data import pipelines, shared_data
+from padir_t5x import vocab
 from tasks import common
 
 TASK_NAME = "padir_shared_de_en"

@@ -33,7 +33,7 @@ import functools
 
 import seqio
 
-from padir_t5x import pipelines
+from padir_t5x.data import pipelines
 from tasks import common
 
 # (year, tfds config, non-English language).

@@ -2,7 +2,7 @@
 
 import pytest
 
-from padir_t5x.shared_data import find_data_dir
+from padir_t5x.data.shared_data import find_data_dir
 
 # The environment variables of the caches the package (and the libraries it uses) write.
 CACHE_VARIABLES = (

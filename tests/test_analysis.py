@@ -1,14 +1,15 @@
-"""Tests of padir_t5x/analysis.py: stutter/attention statistics and attention extraction."""
+"""Tests of padir_t5x/research/analysis.py: stutter/attention statistics and attention
+extraction."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from padir_t5x import analysis
-from padir_t5x import layers
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.research import analysis
+from padir_t5x.core import layers
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 
 
 def _hand_made():

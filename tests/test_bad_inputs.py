@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import cli
 from padir_t5x import corpus
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 from padir_t5x import quickstart
 from padir_t5x import translate
 

@@ -16,11 +16,11 @@ from benchmarks import budget_training
 from benchmarks import common
 from benchmarks import latency
 from benchmarks import train_budget
-from padir_t5x import checkpoints
-from padir_t5x import ar_decoding
+from padir_t5x.core import checkpoints
+from padir_t5x.decoders import ar_decoding
 from padir_t5x import EOS_ID
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 from padir_t5x import translate
 
 

@@ -7,11 +7,11 @@ import pathlib
 import pytest
 
 from padir_t5x import cli
-from padir_t5x import network_config
+from padir_t5x.core import network_config
 from padir_t5x import quickstart
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.loss_config import PadirLossConfig
-from padir_t5x.modes import FillMode
+from padir_t5x.decoders.decoding_config import DecodingConfig
+from padir_t5x.core.loss_config import PadirLossConfig
+from padir_t5x.core.modes import FillMode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -232,7 +232,7 @@ def _main_of(module_name):
         ("padir_t5x.corpus", ["--output_dir", "{tmp}", "--num_train", "0"], "--num_train: must be"),
         ("padir_t5x.translate", ["--checkpoint", "{tmp}", "--batch_size", "0"], "--batch_size: must"),
         ("padir_t5x.translate", ["--checkpoint", "{tmp}", "--seed", "-1"], "--seed: must be an"),
-        ("padir_t5x.ising.__main__", ["--output_dir", "{tmp}/file"], "--output_dir: not a directory"),
+        ("padir_t5x.research.ising.__main__", ["--output_dir", "{tmp}/file"], "--output_dir: not a directory"),
         ("benchmarks.attention_analysis", ["--padir_checkpoint", "{tmp}", "--max_passes", "0"], "--max_passes: must be"),
         ("benchmarks.decoding_profile", ["--batch_sizes", "1,0"], "--batch_sizes: each item must be an integer >= 1"),
         ("benchmarks.distill_budget", ["--teacher", "{tmp}", "--out", "{tmp}/o", "--beam_size", "0"], "--beam_size: must be"),
@@ -266,7 +266,7 @@ def test_every_command_has_verbose_and_one_line_errors():
       for path in (REPO / folder).rglob("*.py")
       if "\ndef main(" in path.read_text(encoding="utf-8")
   )
-  assert "benchmarks.accelerator" in modules and "padir_t5x.ising.__main__" in modules
+  assert "benchmarks.accelerator" in modules and "padir_t5x.research.ising.__main__" in modules
   for module in modules:
     main = _main_of(module)
     assert hasattr(main, "__wrapped__"), f"{module}.main is not a cli.entry_point"
@@ -324,7 +324,8 @@ def test_translate_decoding_flags_are_the_configs():
   """translate's PaDIR, AR and draft-and-verify flags are generated from the config fields."""
   import dataclasses
 
-  from padir_t5x import decoders, draft_verify, translate
+  from padir_t5x.decoders import decoders, draft_verify
+  from padir_t5x import translate
 
   parser = translate.build_parser()
   flags = {action.dest: action for action in parser._actions}  # pylint: disable=protected-access

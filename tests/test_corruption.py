@@ -1,4 +1,4 @@
-"""Tests of padir_t5x.corruption: what is kept, what is replaced, by what."""
+"""Tests of padir_t5x.core.corruption: what is kept, what is replaced, by what."""
 
 import functools
 
@@ -11,7 +11,7 @@ from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
-from padir_t5x import corruption
+from padir_t5x.core import corruption
 
 VOCAB_HIGH = 50
 

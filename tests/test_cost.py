@@ -1,10 +1,12 @@
-"""padir_t5x.cost: matmul FLOPs of a training step against a hand count; the README's table."""
+"""padir_t5x.research.cost: matmul FLOPs of a training step against a hand count; the README's
+table."""
 
 import pathlib
 
 import pytest
 
-from padir_t5x import cost, network_config
+from padir_t5x.research import cost
+from padir_t5x.core import network_config
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,5 +1,5 @@
-"""The decoding seam (padir_t5x/decoders.py): every decoder returns Hypotheses of one shape, and a
-new drafter for draft-and-verify is one class implementing drafters.Drafter."""
+"""The decoding seam (padir_t5x/decoders/decoders.py): every decoder returns Hypotheses of one
+shape, and a new drafter for draft-and-verify is one class implementing drafters.Drafter."""
 
 import dataclasses
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from padir_t5x import EOS_ID
-from padir_t5x import ar_decoding
-from padir_t5x import decoders
-from padir_t5x import draft_verify
-from padir_t5x import drafters
+from padir_t5x.decoders import ar_decoding
+from padir_t5x.decoders import decoders
+from padir_t5x.decoders import draft_verify
+from padir_t5x.decoders import drafters
 from test_draft_verify import (  # tests/test_draft_verify.py: its tiny networks and drafts
     AR,
     BATCH,

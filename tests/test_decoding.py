@@ -1,4 +1,4 @@
-"""Tests of PaDIR inference (padir_t5x/decoding.py) with hand-made refine functions.
+"""Tests of PaDIR inference (padir_t5x/decoders/decoding.py) with hand-made refine functions.
 
 A refine function is a pure function of the decoder input, so the tests encode "what pass is
 this" in the tokens themselves (e.g. a counter that advances by one each pass) and read the
@@ -17,16 +17,16 @@ import pytest
 from padir_t5x import EOS_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
-from padir_t5x import bucketing
-from padir_t5x import decoding
-from padir_t5x import dedup
-from padir_t5x import layout
-from padir_t5x import length_candidates
-from padir_t5x import network
-from padir_t5x import network_config
-from padir_t5x import refinement
-from padir_t5x import remasking
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import bucketing
+from padir_t5x.decoders import decoding
+from padir_t5x.decoders import dedup
+from padir_t5x.core import layout
+from padir_t5x.decoders import length_candidates
+from padir_t5x.core import network
+from padir_t5x.core import network_config
+from padir_t5x.decoders import refinement
+from padir_t5x.decoders import remasking
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 V = 12  # network vocabulary in these tests; ordinary ids are [4, 12)
 LOW = 4
@@ -688,7 +688,7 @@ def make_tiny_network(max_target_length, **overrides):
 
   `overrides`: more TransformerConfig fields (e.g. the length predictor's).
   """
-  network = pytest.importorskip("padir_t5x.network")
+  network = pytest.importorskip("padir_t5x.core.network")
   module = network.Transformer(
       network_config.tiny_config(
           vocab_size=16,

@@ -1,4 +1,4 @@
-"""Draft and verify (padir_t5x/draft_verify.py): strict mode is AR greedy decoding exactly.
+"""Draft and verify (padir_t5x/decoders/draft_verify.py): strict mode is AR greedy decoding exactly.
 
 Random tiny AR + PaDIR pairs (weights scaled up so that greedy outputs vary, and the EOS
 embedding scaled so that rows end at different steps, some never), plus hand-made drafters
@@ -20,18 +20,18 @@ import pytest
 
 from padir_t5x import EOS_ID
 from padir_t5x import FIRST_ORDINARY_ID
-from padir_t5x import ar_decoding
-from padir_t5x import checkpoints
-from padir_t5x import draft_verify
-from padir_t5x import drafters
-from padir_t5x import network
-from padir_t5x import network_config
-from padir_t5x import refinement
+from padir_t5x.decoders import ar_decoding
+from padir_t5x.core import checkpoints
+from padir_t5x.decoders import draft_verify
+from padir_t5x.decoders import drafters
+from padir_t5x.core import network
+from padir_t5x.core import network_config
+from padir_t5x.decoders import refinement
 from padir_t5x import translate
 from padir_t5x import translator as translator_lib
 from padir_t5x import vocab
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.draft_verify import DraftVerifyConfig
+from padir_t5x.decoders.decoding_config import DecodingConfig
+from padir_t5x.decoders.draft_verify import DraftVerifyConfig
 
 T = 12  # max input and decode length
 VOCAB_SIZE = 48

@@ -14,7 +14,9 @@ import zlib
 import gin
 import pytest
 
-from padir_t5x import distill, em, em_actions, stages, t5x_jobs, textio
+from padir_t5x import distill, em, em_actions, stages
+from padir_t5x.t5x_adapter import jobs as t5x_jobs
+from padir_t5x.data import textio
 
 
 class Killed(Exception):

@@ -28,7 +28,9 @@ import pytest
 
 pytest.importorskip("t5x")
 
-from padir_t5x import em, t5x_jobs, textio  # noqa: E402
+from padir_t5x import em  # noqa: E402
+from padir_t5x.t5x_adapter import jobs as t5x_jobs  # noqa: E402
+from padir_t5x.data import textio  # noqa: E402
 import tiny_em  # noqa: E402  (tests/tiny_em.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,13 +19,13 @@ pytest.importorskip("ctranslate2")
 
 from padir_t5x import EOS_ID  # noqa: E402
 from padir_t5x import FIRST_ORDINARY_ID  # noqa: E402
-from padir_t5x import ar_decoding  # noqa: E402
-from padir_t5x import checkpoints  # noqa: E402
+from padir_t5x.decoders import ar_decoding  # noqa: E402
+from padir_t5x.core import checkpoints  # noqa: E402
 from padir_t5x import export  # noqa: E402
-from padir_t5x import network  # noqa: E402
-from padir_t5x import network_config  # noqa: E402
+from padir_t5x.core import network  # noqa: E402
+from padir_t5x.core import network_config  # noqa: E402
 from padir_t5x import vocab  # noqa: E402
-from padir_t5x.shared_data import find_data_dir  # noqa: E402
+from padir_t5x.data.shared_data import find_data_dir  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_AR = os.path.join(REPO, "benchmarks", "checkpoints", "ar_dropout0")

@@ -26,7 +26,9 @@ from t5x import models as t5x_models  # noqa: E402
 from t5x import utils as t5x_utils  # noqa: E402
 
 import tasks  # noqa: E402,F401  (registers the padir_* tasks)
-from padir_t5x import models, network, network_config, shared_data  # noqa: E402
+from padir_t5x import models  # noqa: E402
+from padir_t5x.data import shared_data  # noqa: E402
+from padir_t5x.core import network, network_config  # noqa: E402
 import t5x_subprocess  # noqa: E402  (tests/t5x_subprocess.py)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -40,7 +42,7 @@ EXPERIMENTS = sorted(
 WMT_EXPERIMENTS = [n for n in EXPERIMENTS if "_wmt" in n]
 # Shrinks any network a gin file builds, so that initialising it stays cheap.
 TINY_NETWORK = [
-    f"padir_t5x.network.TransformerConfig.{k} = {v}"
+    f"padir_t5x.core.network.TransformerConfig.{k} = {v}"
     for k, v in dict(
         emb_dim=16,
         num_heads=2,
@@ -135,8 +137,8 @@ def test_model_gin_builds_and_initialises(name):
 
 def test_padir_base_gin_defaults_are_the_library_defaults():
   """The gin macros exist for overrides; their values must not become a second set of defaults."""
-  from padir_t5x.decoding_config import DecodingConfig
-  from padir_t5x.loss_config import PadirLossConfig
+  from padir_t5x.decoders.decoding_config import DecodingConfig
+  from padir_t5x.core.loss_config import PadirLossConfig
 
   bindings = ["DROPOUT_RATE = 0.0", f"VOCAB_PATH = '{_quickstart_vocab_path()}'"] + TINY_NETWORK
   model = _parse([GIN / "models" / "padir_base.gin"], bindings)["model"]

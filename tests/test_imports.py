@@ -1,4 +1,4 @@
-"""The core never imports t5x: only the adapter (padir_t5x/models.py, t5x_restore.py) may.
+"""The core never imports t5x: only the adapter (padir_t5x/t5x_adapter/models.py, restore.py) may.
 
 Reads the import statements of every Python file in the package, tasks/ and benchmarks/ with `ast`,
 so a lazy `import t5x` inside a function is caught as well as a top-level one.
@@ -12,7 +12,10 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ADAPTERS = {REPO / "padir_t5x" / "models.py", REPO / "padir_t5x" / "t5x_restore.py"}
+ADAPTERS = {
+    REPO / "padir_t5x" / "t5x_adapter" / "models.py",
+    REPO / "padir_t5x" / "t5x_adapter" / "restore.py",
+}
 
 
 def _imported_modules(path: pathlib.Path) -> set[str]:
@@ -42,7 +45,7 @@ def test_core_module_does_not_import_t5x(path):
   offending = sorted(m for m in _imported_modules(path) if m == "t5x" or m.startswith("t5x."))
   assert (
       not offending
-  ), f"{path.relative_to(REPO)} imports {offending}; only padir_t5x/models.py may"
+  ), f"{path.relative_to(REPO)} imports {offending}; only padir_t5x/t5x_adapter/models.py may"
 
 
 def test_detector_sees_nested_imports(tmp_path):
@@ -55,16 +58,16 @@ def test_detector_sees_nested_imports(tmp_path):
 # TensorFlow (they only read and write files; seqio/TensorFlow are imported where a seqio task is
 # read). `sys.modules['tensorflow'] = None` makes any `import tensorflow` raise ImportError.
 TENSORFLOW_FREE = (
-    "padir_t5x.textio",
+    "padir_t5x.data.textio",
     "padir_t5x.stages",
-    "padir_t5x.t5x_jobs",
+    "padir_t5x.t5x_adapter.jobs",
     "padir_t5x.em_config",
     "padir_t5x.em_report",
     "padir_t5x.em",
     "padir_t5x.distill",
     "padir_t5x.vocab",
-    "padir_t5x.checkpoints",
-    "padir_t5x.ar_decoding",
+    "padir_t5x.core.checkpoints",
+    "padir_t5x.decoders.ar_decoding",
     "padir_t5x.translate",
 )
 
@@ -95,7 +98,7 @@ def _module_level_imports(path: pathlib.Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "path", sorted((REPO / "padir_t5x").glob("*.py")), ids=lambda p: str(p.relative_to(REPO))
+    "path", sorted((REPO / "padir_t5x").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO))
 )
 def test_package_does_not_import_tasks_at_module_level(path):
   # Layering: padir_t5x (the core) <- tasks. `tasks` imports the core, so a module-level import
@@ -113,7 +116,28 @@ def test_accelerator_benchmark_needs_only_jax_flax_numpy_and_the_core():
   code = "import sys\n"
   code += "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
   code += "from benchmarks import accelerator\n"
-  code += "assert 'padir_t5x.network' in sys.modules and 'padir_t5x.ar_decoding' in sys.modules\n"
+  code += (
+      "assert 'padir_t5x.core.network' in sys.modules"
+      " and 'padir_t5x.decoders.ar_decoding' in sys.modules\n"
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_module_paths_that_earlier_t5x_runs_recorded_still_import():
+  """A T5X run's config.gin keeps the gin files' imports of its day (`from padir_t5x import
+  network`, `schedules`): they import the modules at their new homes, the very same objects."""
+  code = (
+      "import sys\n"
+      "import padir_t5x\n"
+      "assert 'padir_t5x.core.network' not in sys.modules\n"
+      "from padir_t5x import network, schedules\n"
+      "from padir_t5x.core import network as core_network, schedules as core_schedules\n"
+      "assert network is core_network and schedules is core_schedules\n"
+      "assert network.__spec__.name == 'padir_t5x.core.network'\n"
+  )
   result = subprocess.run(
       [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
   )

@@ -1,4 +1,5 @@
-"""padir_t5x.ising: exact conditionals, k-MPLE, samplers and the two experiments' trends."""
+"""padir_t5x.research.ising: exact conditionals, k-MPLE, samplers and the two experiments'
+trends."""
 
 import csv
 import itertools
@@ -8,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from padir_t5x.ising import estimation
-from padir_t5x.ising import experiments
-from padir_t5x.ising import model
-from padir_t5x.ising import sampling
-from padir_t5x.ising.__main__ import main
+from padir_t5x.research.ising import estimation
+from padir_t5x.research.ising import experiments
+from padir_t5x.research.ising import model
+from padir_t5x.research.ising import sampling
+from padir_t5x.research.ising.__main__ import main
 
 # Jitted once for the module: eager (op-by-op) calls of these dominated the run time, and tests of
 # equal shapes share one compilation.
@@ -214,8 +215,8 @@ def test_experiment2_larger_k_reaches_the_larger_mode_sooner():
 
 
 def test_command_writes_csvs_and_plots(tmp_path, capsys):
-  # In-process (`python -m padir_t5x.ising` only calls main): no second JAX start-up, and the
-  # compilations shared with the other tests are reused.
+  # In-process (`python -m padir_t5x.research.ising` only calls main): no second JAX start-up, and
+  # the compilations shared with the other tests are reused.
   main(["--output_dir", str(tmp_path), "--quick"])
   stdout = capsys.readouterr().out
   assert "Experiment 1" in stdout and "Experiment 2" in stdout

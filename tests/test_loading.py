@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from padir_t5x import checkpoints
-from padir_t5x import loading
+from padir_t5x.core import checkpoints
+from padir_t5x.core import loading
 from padir_t5x import vocab
 from tests.test_benchmarks import save_tiny_checkpoints
 

@@ -1,8 +1,8 @@
-"""Tests of padir_t5x.losses: cross-entropies against hand computations, the multi-stage loss.
+"""Tests of padir_t5x.core.losses: cross-entropies against hand computations, the multi-stage loss.
 
 The multi-stage tests run on a tiny fake flax module with the network's three methods (so they do
-not depend on padir_t5x.network) and, when padir_t5x/network.py exists, on the real Transformer
-with tiny_config().
+not depend on padir_t5x.core.network) and, when padir_t5x/core/network.py exists, on the real
+Transformer with tiny_config().
 """
 
 import dataclasses
@@ -18,16 +18,16 @@ import pytest
 from padir_t5x import EOS_ID
 from padir_t5x import MASK_ID
 from padir_t5x import PAD_ID
-from padir_t5x import corruption
-from padir_t5x import cross_entropy
-from padir_t5x import losses
-from padir_t5x.loss_config import PadirLossConfig
-from padir_t5x.modes import LossPositions
-from padir_t5x.modes import UnmaskingRateMode
+from padir_t5x.core import corruption
+from padir_t5x.core import cross_entropy
+from padir_t5x.core import losses
+from padir_t5x.core.loss_config import PadirLossConfig
+from padir_t5x.core.modes import LossPositions
+from padir_t5x.core.modes import UnmaskingRateMode
 
 VOCAB_SIZE = 16  # ordinary tokens [4, 16)
 LENGTH = 8
-NETWORK_FILE = pathlib.Path(__file__).resolve().parents[1] / "padir_t5x" / "network.py"
+NETWORK_FILE = pathlib.Path(__file__).resolve().parents[1] / "padir_t5x" / "core" / "network.py"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def _length_outputs(length_logits, lengths):
 
 
 def test_length_accuracy_within_1_and_out_of_window_targets():
-  from padir_t5x import layout  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import layout  # pylint: disable=g-import-not-at-top
 
   off = layout.DISALLOWED_LENGTH_LOGIT
   length_logits = np.log(np.full((5, LENGTH), 0.01, np.float32))
@@ -235,7 +235,7 @@ def test_mask_corruption_needs_no_vocab_high():
 
 
 class FakePadirNetwork(nn.Module):
-  """Smallest module with the padir_t5x.network.Transformer methods: each output position reads
+  """Smallest module with the padir_t5x.core.network.Transformer methods: each output position reads
   its own input position (enough to learn copying) and the length head reads the mean encoding."""
 
   vocab_size: int = VOCAB_SIZE
@@ -283,8 +283,8 @@ class FakePadirNetwork(nn.Module):
 
 
 def _real_network():
-  from padir_t5x import network  # pylint: disable=g-import-not-at-top
-  from padir_t5x import network_config  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import network_config  # pylint: disable=g-import-not-at-top
   # tiny_config, shrunk further: these tests check wiring, not capacity, on a shared CPU.
   return network.Transformer(
       network_config.tiny_config(
@@ -308,7 +308,7 @@ def _module(request):
   if request.param == "fake":
     return FakePadirNetwork()
   if not NETWORK_FILE.exists():
-    pytest.skip("padir_t5x/network.py has not landed yet")
+    pytest.skip("padir_t5x/core/network.py has not landed yet")
   return _real_network()  # imported only now, so a broken network.py fails loudly
 
 
@@ -859,7 +859,7 @@ def test_glancing_ratio_anneals_with_the_step_feature():
 
 
 def test_make_train_step_supplies_the_optimizer_step():
-  from padir_t5x import training  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import training  # pylint: disable=g-import-not-at-top
 
   def loss_fn(params, batch, rng):
     del rng
@@ -883,7 +883,7 @@ def test_padir_base_gin_loss_macros_name_config_fields_with_its_defaults():
   import ast  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
 
-  text = (NETWORK_FILE.parents[1] / "gin" / "models" / "padir_base.gin").read_text()
+  text = (NETWORK_FILE.parents[2] / "gin" / "models" / "padir_base.gin").read_text()
   block = re.search(r"loss_config = \{(.*?)\}", text, flags=re.S).group(1)
   entries = dict(re.findall(r"'(\w+)': %(\w+)", block))
   macros = {

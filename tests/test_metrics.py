@@ -1,9 +1,9 @@
-"""Tests for padir_t5x.metrics: BLEU/chrF against sacrebleu, stutter, BLEURT errors."""
+"""Tests for padir_t5x.data.metrics: BLEU/chrF against sacrebleu, stutter, BLEURT errors."""
 
 import pytest
 import sacrebleu
 
-from padir_t5x import metrics
+from padir_t5x.data import metrics
 
 REFS = ["The cat sat on the mat.", "He bought forty-two red apples today.", "Very very good."]
 HYPS = ["The cat sat on the the mat.", "He bought forty two apples today.", "Very very good."]

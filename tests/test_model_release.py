@@ -9,9 +9,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from padir_t5x import checkpoints
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import checkpoints
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 
 CARD = {
     "name": "test",

@@ -20,7 +20,9 @@ from t5x import decoding as t5x_decoding  # noqa: E402
 from t5x import models as t5x_models  # noqa: E402
 
 from padir_t5x import EOS_ID, FIRST_ORDINARY_ID, MASK_ID, PAD_ID  # noqa: E402
-from padir_t5x import decoding, losses, models, network, network_config  # noqa: E402
+from padir_t5x.decoders import decoding  # noqa: E402
+from padir_t5x import models  # noqa: E402
+from padir_t5x.core import losses, network, network_config  # noqa: E402
 
 VOCAB = 60  # real vocabulary; the embedding table has 64 rows
 MAX_LEN = 16

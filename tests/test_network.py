@@ -1,4 +1,4 @@
-"""Tests of padir_t5x.network: sizes, masks, (non-)causality, the AR cache, partitioning axes.
+"""Tests of padir_t5x.core.network: sizes, masks, (non-)causality, the AR cache, partitioning axes.
 
 Tiny shapes, mostly un-jitted applies (a jit compile per shape would cost more than it saves).
 """
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from padir_t5x import layers
-from padir_t5x import layout
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import layers
+from padir_t5x.core import layout
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 
 TINY = network_config.tiny_config(dropout_rate=0.1)
 AR_TINY = dataclasses.replace(TINY, decoder_mode="autoregressive")
@@ -548,7 +548,7 @@ def test_offset_length_logits_mask_exactly_the_unreachable_lengths():
 
 
 def test_core_checkpoint_carries_the_length_fields(tmp_path, variant_vars):
-  from padir_t5x import checkpoints  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import checkpoints  # pylint: disable=g-import-not-at-top
 
   variant = ("token", "offset")
   cfg = _variant(*variant)
@@ -575,7 +575,7 @@ def test_core_checkpoint_carries_the_length_fields(tmp_path, variant_vars):
 
 
 def test_warm_start_copies_every_ar_leaf_and_keeps_padir_only_ones_fresh():
-  from padir_t5x import checkpoints  # pylint: disable=g-import-not-at-top
+  from padir_t5x.core import checkpoints  # pylint: disable=g-import-not-at-top
 
   ar = _flat(_init(AR_TINY, dec=AR_IN)["params"])
   fresh = _init(dataclasses.replace(TINY, dropout_rate=0.0))["params"]

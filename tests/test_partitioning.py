@@ -31,7 +31,8 @@ t5x = pytest.importorskip(
 
 from t5x import partitioning  # noqa: E402
 
-from padir_t5x import models, network  # noqa: E402
+from padir_t5x import models  # noqa: E402
+from padir_t5x.core import network  # noqa: E402
 import t5x_subprocess  # noqa: E402  (tests/t5x_subprocess.py)
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ FALLBACK = "falls back to heuristics"
 OVERRIDES = """\
 from __gin__ import dynamic_registration
 import __main__ as train_script
-from padir_t5x import schedules
+from padir_t5x.core import schedules
 from t5x import adafactor
 from t5x import utils
 QUICKSTART_STEPS = {steps}

@@ -1,4 +1,4 @@
-"""Tests for padir_t5x.pipelines: validated parallel files, datasets, distilled shards."""
+"""Tests for padir_t5x.data.pipelines: validated parallel files, datasets, distilled shards."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from padir_t5x import pipelines, textio
+from padir_t5x.data import pipelines, textio
 
 
 def _write(path, data):

@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from padir_t5x import progress
-from padir_t5x import training
+from padir_t5x.core import training
 
 
 def test_progress_text_is_tqdm_like():

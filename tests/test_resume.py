@@ -1,5 +1,5 @@
 """Resumable training: a budget run killed mid-way (SIGKILL, a real subprocess) and resumed draws
-the loss curve of an uninterrupted run; the run state's refusals (padir_t5x.resume)."""
+the loss curve of an uninterrupted run; the run state's refusals (padir_t5x.core.resume)."""
 
 import os
 import signal
@@ -15,7 +15,7 @@ import pytest
 from benchmarks import budget_data
 from benchmarks import train_budget
 from padir_t5x import corpus
-from padir_t5x import resume
+from padir_t5x.core import resume
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny shapes: a few ms a step, so the run outlives its first periodic saves by a wide margin.

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from padir_t5x import schedules, training
+from padir_t5x.core import schedules, training
 
 RECIPE = dict(peak_value=0.01, end_value=0.0005, init_value=0.0)
 

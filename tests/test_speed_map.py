@@ -19,9 +19,9 @@ from benchmarks import speed_map_rows
 from benchmarks import speed_map_summary
 from benchmarks.accelerator import random_params
 from padir_t5x import EOS_ID
-from padir_t5x import decoders
+from padir_t5x.decoders import decoders
 from padir_t5x import export
-from padir_t5x import network
+from padir_t5x.core import network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--sizes", "tiny", "--reps", "2", "--target_length", "8", "--source_length", "8"]

@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 
 import padir_t5x
 import tasks
-from padir_t5x import corpus, textio, vocab
+from padir_t5x import corpus, vocab
+from padir_t5x.data import textio
 from tasks import common, own_corpus, quickstart, shared_corpus
 
 LENGTHS = {"inputs": 32, "targets": 32}

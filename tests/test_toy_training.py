@@ -7,12 +7,12 @@ predicted from the source, which is what the parallel decoder has to learn on re
 import jax
 import numpy as np
 
-from padir_t5x import decoding
-from padir_t5x import network
-from padir_t5x import network_config
-from padir_t5x import training
-from padir_t5x.decoding_config import DecodingConfig
-from padir_t5x.loss_config import PadirLossConfig
+from padir_t5x.decoders import decoding
+from padir_t5x.core import network
+from padir_t5x.core import network_config
+from padir_t5x.core import training
+from padir_t5x.decoders.decoding_config import DecodingConfig
+from padir_t5x.core.loss_config import PadirLossConfig
 
 VOCAB_HIGH = 24  # ordinary tokens are [4, 24)
 MAX_LENGTH = 12

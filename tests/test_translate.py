@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from padir_t5x import checkpoints
+from padir_t5x.core import checkpoints
 from padir_t5x import corpus
-from padir_t5x import network
-from padir_t5x import network_config
+from padir_t5x.core import network
+from padir_t5x.core import network_config
 from padir_t5x import translate
 from padir_t5x import translator as translator_lib
 from padir_t5x.translate import Translator
@@ -187,7 +187,7 @@ def test_second_run_reads_the_compilation_cache(ckpts, tmp_path):
 
 def test_batches_are_padded_to_few_row_counts(ckpts, monkeypatch):
   """A batch has batch_size rows, a last small one 1 or 8 (SMALL_BATCH_ROWS)."""
-  from padir_t5x import decoders
+  from padir_t5x.decoders import decoders
 
   shapes = []
   decode = decoders.PadirDecoder.decode

@@ -22,7 +22,7 @@ What stands in for the real thing, and nothing else:
 * the 32k vocabularies: conftest's 200-piece SentencePiece model (built on the fly from the
   synthetic corpus, PaDIR's special ids) as $PADIR_VOCAB_DIR/{de_en,ro_en,zh_en}.32k.model, so
   VOCAB_SIZE = 256;
-* the distilled corpora: JSON-lines shards written by padir_t5x.textio.write_distilled_shards,
+* the distilled corpora: JSON-lines shards written by padir_t5x.data.textio.write_distilled_shards,
   the writer padir_t5x.distill ends with, under $PADIR_DISTILLED_DIR/wmt{..}_{src}_{tgt}/. Every
   target is longer than the training target length, so the task's truncation count
   ("... train: 1 of 1 examples truncated ...") shows that training read the shards;
@@ -142,7 +142,8 @@ def _infer_from_eval(args):
 @pytest.fixture(scope="module")
 def wmt_env(tmp_path_factory, tiny_vocab_path):
   """Environment of the t5x subprocesses: vocabularies, distilled shards, a compilation cache."""
-  from padir_t5x import corpus, textio, vocab
+  from padir_t5x import corpus, vocab
+  from padir_t5x.data import textio
 
   root = tmp_path_factory.mktemp("wmt")
   vocab_dir = root / "vocab"

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from padir_t5x import EOS_ID, MASK_ID, PAD_ID
-from padir_t5x import decoding, dedup, layout, remasking, vocab
-from padir_t5x.decoding_config import DecodingConfig
+from padir_t5x.decoders import decoding, dedup, remasking
+from padir_t5x import vocab
+from padir_t5x.core import layout
+from padir_t5x.decoders.decoding_config import DecodingConfig
 
 # A hand-made vocabulary: the specials (0-3) begin words, and so does every '▁' piece.
 PIECES = ["<pad>", "</s>", "<unk>", "<mask>", "▁a", "p", "le", "s", "▁the", "▁ab", "c", "▁x"]
