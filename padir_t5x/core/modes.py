@@ -2,9 +2,9 @@
 
 Each enum is a `str` enum, so a config field accepts the member or its value: gin files and
 command lines bind modes by name (`DECODING_INIT = 'mask'`), and `FillMode("mask")` is
-`FillMode.MASK`. padir_t5x/t5x_adapter/models.py also registers the members as gin constants
-(`%padir_t5x.core.modes.FillMode.MASK`). Configs store members, so a config compares and hashes the
-same whether it was built from a name or a member (jit caches on it).
+`FillMode.MASK`. (No gin constants are registered: a name is all a gin file needs.) Configs store
+members, so a config compares and hashes the same whether it was built from a name or a member
+(jit caches on it).
 """
 
 from __future__ import annotations
