@@ -53,6 +53,8 @@ GREEDY = "greedy"
 def padir_setting(length_beam: int, refine_top_k: int | None = None) -> str:
   """A PaDIR row's setting: 'T=4,l=5', or 'T=4,l=5,k=1' when pruned to the k best."""
   return f"T={PASSES},l={length_beam}" + ("" if refine_top_k is None else f",k={refine_top_k}")
+
+
 BEAM_SETTING = f"beam={BEAM}"
 
 

@@ -329,17 +329,26 @@ def test_extend_keeps_earlier_rows_this_run_does_not_retime(tmp_path, monkeypatc
   def row(name, batch, median):
     setting = "greedy" if name == "jax_greedy" else "T=4,l=1"
     return {
-        "size": "tiny", "name": name, "dtype": "float32", "batch": batch, "setting": setting,
-        "system": "ar" if name == "jax_greedy" else "padir", "runtime": "jax",
+        "size": "tiny",
+        "name": name,
+        "dtype": "float32",
+        "batch": batch,
+        "setting": setting,
+        "system": "ar" if name == "jax_greedy" else "padir",
+        "runtime": "jax",
         "latency_ms": {"median": median, "p90": median, "p99": median},
     }
 
   path = tmp_path / "map.json"
-  earlier = {"results": [row("padir_l1", 1, 5.0), row("jax_greedy", 1, 10.0)],
-             "environment": {"devices": ["cpu"], "run": 1}}
+  earlier = {
+      "results": [row("padir_l1", 1, 5.0), row("jax_greedy", 1, 10.0)],
+      "environment": {"devices": ["cpu"], "run": 1},
+  }
   path.write_text(json.dumps(earlier))
-  fresh = {"results": [row("padir_l1", 1, 4.0), row("padir_l1", 8, 7.0)],
-           "environment": {"devices": ["cpu"], "run": 2}}
+  fresh = {
+      "results": [row("padir_l1", 1, 4.0), row("padir_l1", 8, 7.0)],
+      "environment": {"devices": ["cpu"], "run": 2},
+  }
   monkeypatch.setattr(speed_map, "run", lambda *a, **k: fresh)
   report = speed_map.main(["--sizes", "tiny", "--extend", str(path), "--out", str(path)])
   assert json.loads(path.read_text()) == report
