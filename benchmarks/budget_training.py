@@ -220,7 +220,8 @@ def train(
         step,
         losses_so_far,
         settings or {},
-        {"seconds": seconds_before + now - start, "target_tokens_seen": tokens_seen},
+        # `now` is already this part's training seconds (perf_counter() - start).
+        {"seconds": seconds_before + now, "target_tokens_seen": tokens_seen},
     )
 
   time_limit = config.minutes * 60.0 if config.minutes > 0 else math.inf

@@ -1,6 +1,7 @@
 """Resumable training: a budget run killed mid-way (SIGKILL, a real subprocess) and resumed draws
 the loss curve of an uninterrupted run; the run state's refusals (padir_t5x.core.resume)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +63,7 @@ def test_a_killed_and_resumed_run_draws_the_uninterrupted_loss_curve(tiny_data, 
 
   # Saves about every 0.1 s of training; killed (no chance to clean up) after its second save.
   broken = str(tmp_path / "broken")
+  started = time.monotonic()
   process = subprocess.Popen(
       _command(tiny_data, broken, vocab_dir, "--checkpoint_minutes", "0.0015"),
       cwd=REPO,
@@ -81,6 +83,10 @@ def test_a_killed_and_resumed_run_draws_the_uninterrupted_loss_curve(tiny_data, 
   assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
   killed_at = resume.read_meta(broken)["step"]
   assert 0 < killed_at < 1000
+  # The saved training seconds are this run's, not a clock reading: positive and at most the
+  # wall time since the run started.
+  killed_seconds = resume.read_meta(broken)["progress"]["seconds"]
+  assert 0 < killed_seconds < time.monotonic() - started
   assert not os.path.exists(os.path.join(broken, "config.json"))
 
   # Without --resume the unfinished run is refused, not overwritten.
@@ -99,6 +105,9 @@ def test_a_killed_and_resumed_run_draws_the_uninterrupted_loss_curve(tiny_data, 
 
   resumed = _run(_command(tiny_data, broken, vocab_dir, "--resume"))
   assert f"resumed at step {killed_at}" in resumed.stdout
+  assert f"({killed_seconds:.0f}s trained)" in resumed.stdout
+  with open(os.path.join(broken, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["train"]["seconds"] > killed_seconds
   curve = np.load(os.path.join(broken, train_budget.LOSS_CURVE_FILE))
   np.testing.assert_allclose(curve, expected, rtol=1e-5, atol=1e-6)
   whole_params, resumed_params = (np.load(os.path.join(d, "params.npz")) for d in (whole, broken))
