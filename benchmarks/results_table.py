@@ -44,6 +44,7 @@ class Row:
 EQUAL_STEPS = "equal steps"
 EQUAL_STEPS_LONGER = "equal steps, longer training"
 EQUAL_WALL_CLOCK = "equal wall-clock, each alone"
+CAPTION = "the released caption translator and its student (models/)"
 
 ROWS = (
     Row(EQUAL_STEPS, ("ar_dropout0",), "beam=1", "AR, greedy"),
@@ -72,6 +73,20 @@ ROWS = (
         ("padir_wall3.5_drop0_s1",),
         "T=4,l=5",
         "PaDIR, 1 training stage, distilled from AR beam 5",
+    ),
+    Row(CAPTION, ("caption_ar_teacher",), "beam=1", "AR teacher, greedy"),
+    Row(CAPTION, ("caption_ar_teacher",), "beam=5", "AR teacher, beam 5", reference=True),
+    Row(
+        CAPTION,
+        ("caption_padir_student",),
+        "T=4,l=5",
+        "PaDIR student, 2 stages, distilled from the teacher's beam 5",
+    ),
+    Row(
+        CAPTION,
+        ("caption_padir_student",),
+        "T=4,l=5,k=1",
+        "the same, the 3 later passes over the best length only",
     ),
 )
 
