@@ -9,6 +9,7 @@ from __future__ import annotations
 from benchmarks.speed_map_rows import BEAM
 from benchmarks.speed_map_rows import BEAM_SETTING
 from benchmarks.speed_map_rows import GREEDY
+from benchmarks.speed_map_rows import PADIR_SYSTEMS
 from benchmarks.speed_map_rows import PASSES
 from benchmarks.speed_map_rows import padir_setting
 
@@ -49,15 +50,15 @@ def summary(rows) -> list[dict]:
       entry = {
           "size": size,
           "batch": batch,
-          "padir_l1": _fastest(mine, lambda r: r["setting"] == padir_setting(1)),
-          "padir_l5": _fastest(mine, lambda r: r["setting"] == padir_setting(5)),
-          "padir_l5_k1": _fastest(mine, lambda r: r["setting"] == padir_setting(5, 1)),
-          "padir_l5_k2": _fastest(mine, lambda r: r["setting"] == padir_setting(5, 2)),
           "ar_greedy": _fastest(mine, lambda r: r["system"] == "ar" and r["setting"] == GREEDY),
           "ar_beam5": _fastest(
               mine, lambda r: r["system"] == "ar" and r["setting"] == BEAM_SETTING
           ),
       }
+      # Each PaDIR kind a ratio names, found by the setting its speed_map_rows entry times.
+      for name in dict.fromkeys(padir for _, padir in RATIOS):
+        setting = padir_setting(*PADIR_SYSTEMS[name])
+        entry[name] = _fastest(mine, lambda r, setting=setting: r["setting"] == setting)
       for ar, padir in RATIOS:
         a, p = entry[ar], entry[padir]
         entry[f"{ar}/{padir}"] = (
