@@ -42,7 +42,8 @@ Compiling: each batch shape (rows: --batch_size, or 1 or 8 for a last small batc
 input width) compiles once per process, and the compiled programs are kept in JAX's persistent
 compilation cache (--compilation_cache DIR, default $PADIR_CACHE_DIR/jax_cache, i.e.
 ~/.cache/padir_t5x/jax_cache; '' turns it off), so that the next run reads them instead of
-compiling again. The closing line says how much of the wall time was compiling ("compile N s").
+compiling again; the traced programs are kept beside them (DIR/exported,
+padir_t5x/decoders/exported.py), so that the next run does not trace them either. The closing line says how much of the wall time was compiling ("compile N s").
 --refine_top_k k (PaDIR) refines only the k best length candidates after the first pass.
 
 With --init random (the paper's setting), the random initial tokens are drawn per batch from
@@ -75,6 +76,7 @@ from padir_t5x import progress
 from padir_t5x.data import textio
 from padir_t5x.core.checkpoints import CheckpointError
 from padir_t5x.translator import AR_OPTIONS
+from padir_t5x.translator import EXPORTED_SUBDIR
 from padir_t5x.translator import PADIR_OPTIONS
 from padir_t5x.translator import TOLERANT_OPTIONS
 from padir_t5x.translator import VERIFY_FIELDS
@@ -243,8 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   prog = "translate"
   cache = default_compilation_cache() if args.compilation_cache is None else args.compilation_cache
+  exported_dir = None
   try:
-    enable_compilation_cache(cache)
+    cache = enable_compilation_cache(cache)
+    if cache:  # the traced programs beside the compiled ones: a warm run neither traces nor lowers
+      exported_dir = os.path.join(cache, EXPORTED_SUBDIR)
   except OSError as e:  # an unwritable cache directory costs compile time, not the run
     print(f"{prog}: warning: no compilation cache: {e}", file=sys.stderr)
   try:
@@ -277,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         strict=args.strict,
+        exported_dir=exported_dir,
         **options,
     )
     load_seconds = time.perf_counter() - load_start

@@ -54,6 +54,8 @@ SMALL_BATCH_ROWS = (1, 8)
 # JAX's persistent compilation cache: --compilation_cache, else $PADIR_COMPILATION_CACHE, else
 # this directory under padir_t5x.data.shared_data.padir_cache_dir(); '' turns it off.
 COMPILATION_CACHE_SUBDIR = "jax_cache"
+# translate keeps its exported (traced and lowered) programs here, under the compilation cache.
+EXPORTED_SUBDIR = "exported"
 COMPILATION_CACHE_VARIABLE = "PADIR_COMPILATION_CACHE"
 
 
@@ -129,11 +131,11 @@ def truncation_warning(lines: Sequence[int], max_length: int, name: str) -> str:
 
 
 # The Translator's own keyword options (the rest of from_checkpoint's are decoding options).
-TRANSLATOR_OPTIONS = ("batch_size", "seed", "strict", "keep_candidates")
+TRANSLATOR_OPTIONS = ("batch_size", "seed", "strict", "keep_candidates", "exported_dir")
 
 
 def _split_options(options: dict, kind: str, where: str) -> dict:
-  """Pops the Translator's own options (batch_size, seed, strict, keep_candidates) out of
+  """Pops the Translator's own options (TRANSLATOR_OPTIONS) out of
   `options` and returns them; the rest must be decoding options of a `kind` model (ValueError
   naming `where`)."""
   own = {k: options.pop(k) for k in TRANSLATOR_OPTIONS if k in options}
@@ -209,6 +211,13 @@ class CompileClock:
       for clock in cls._active:
         clock.spans.append((start, end))
 
+  @classmethod
+  def record_span(cls, start: float, end: float) -> None:
+    """Counts [start, end] (time.perf_counter seconds) as compile time: reading a program that
+    JAX does not time itself (decoders/exported.py)."""
+    for clock in cls._active:
+      clock.spans.append((start, end))
+
   @property
   def seconds(self) -> float:
     total, reach = 0.0, float("-inf")
@@ -259,6 +268,7 @@ class Translator:
       strict: bool = False,
       drafter: Drafter | None = None,
       keep_candidates: bool = False,
+      exported_dir: str | None = None,
   ):
     if kind not in checkpoints.KINDS:
       raise ValueError(f"kind must be one of {checkpoints.KINDS}, got {kind!r}")
@@ -288,6 +298,7 @@ class Translator:
     self.strict = strict
     self.drafter = drafter
     self.keep_candidates = keep_candidates
+    self.exported_dir = exported_dir
     self.decoder = self._build_decoder()  # its settings are checked now, not at the first batch
     self.max_input_length = self.decoder.max_input_length
     self.max_decode_length = self.decoder.max_decode_length
@@ -296,8 +307,9 @@ class Translator:
     """The `decoders.Decoder` of this model and its settings."""
     from padir_t5x.decoders import decoders  # pylint: disable=g-import-not-at-top
     from padir_t5x.decoders import draft_verify  # pylint: disable=g-import-not-at-top
+    from padir_t5x.decoders import exported  # pylint: disable=g-import-not-at-top
 
-    if self.drafter is not None:
+    if self.drafter is not None:  # Python between its calls: not one exportable program
       return decoders.DraftVerifyDecoder(
           draft_verify.PadirDrafter(self.drafter.module),
           self.drafter.params,
@@ -306,14 +318,18 @@ class Translator:
           self.drafter.config,
       )
     if self.kind == "padir":
-      return decoders.PadirDecoder(self.module, self.params, config=self.decoding_config)
-    return decoders.ArBeamDecoder(
-        self.module,
-        self.params,
-        beam_size=self.beam_size,
-        alpha=self.alpha,
-        vocab_high=self.vocab_high,
-    )
+      decoder = decoders.PadirDecoder(self.module, self.params, config=self.decoding_config)
+    else:
+      decoder = decoders.ArBeamDecoder(
+          self.module,
+          self.params,
+          beam_size=self.beam_size,
+          alpha=self.alpha,
+          vocab_high=self.vocab_high,
+      )
+    if self.exported_dir:  # a later process reads the traced programs instead of tracing
+      decoder = exported.ExportedDecoder(decoder, self.exported_dir, CompileClock.record_span)
+    return decoder
 
   @classmethod
   def from_checkpoint(
@@ -338,10 +354,10 @@ class Translator:
         None keeps the checkpoint's. Parameters stay float32 either way.
       **options: length_beam, max_passes, init, remask, dedup, stutter_unit, inits_per_length,
         length_offsets, prediction, score, refine_top_k (PaDIR; any other DecodingConfig field
-        too), beam_size, alpha
-        (AR), batch_size, seed, strict, keep_candidates. PaDIR decoding defaults are the checkpoint's recorded
-        "decoding" fields, then DecodingConfig's; vocab_high and word_starts come from the
-        vocabulary.
+        too), beam_size, alpha (AR), batch_size, seed, strict, keep_candidates, exported_dir
+        (a directory of exported programs, decoders/exported.py; None: trace each run). PaDIR
+        decoding defaults are the checkpoint's recorded "decoding" fields, then
+        DecodingConfig's; vocab_high and word_starts come from the vocabulary.
     """
     if not loading.is_t5x(path, gin_file):
       # A core checkpoint's kind and the options are checked before its weights are read.

@@ -170,19 +170,25 @@ def _compile_seconds(result) -> float:
 
 def test_second_run_reads_the_compilation_cache(ckpts, tmp_path):
   """The command keeps its compiled programs in $PADIR_CACHE_DIR/jax_cache (or
-  --compilation_cache DIR), where a second run in a fresh process finds them: it reports fewer
-  compile seconds. --compilation_cache '' writes none."""
+  --compilation_cache DIR) and its exported (traced) ones in DIR/exported, where a second run
+  in a fresh process finds them: it reports fewer compile seconds, and the same translations.
+  --compilation_cache '' writes none."""
   source = _write_lines(tmp_path / "in.de", SHORT)
-  run = ("--checkpoint", ckpts["padir"], "--input", source, "--output", str(tmp_path / "out.en"))
+  output = tmp_path / "out.en"
+  run = ("--checkpoint", ckpts["padir"], "--input", source, "--output", str(output))
   cache_dir = tmp_path / "cache"
   # The default, $PADIR_COMPILATION_CACHE unset (conftest.py sets it to '': the cache off).
   env = {"PADIR_CACHE_DIR": str(cache_dir), "PADIR_COMPILATION_CACHE": None}
   assert _compile_seconds(_run(*run, "--compilation_cache", "", env=env)) > 0
   assert not cache_dir.exists()
+  uncached = output.read_text()
   first = _compile_seconds(_run(*run, env=env))
   assert [p for p in (cache_dir / "jax_cache").rglob("*") if p.is_file()], "no cache written"
+  assert list((cache_dir / "jax_cache" / "exported").glob("*.jaxexport")), "no program exported"
+  assert output.read_text() == uncached
   second = _compile_seconds(_run(*run, "--compilation_cache", str(cache_dir / "jax_cache")))
   assert second < first
+  assert output.read_text() == uncached
 
 
 def test_batches_are_padded_to_few_row_counts(ckpts, monkeypatch):
