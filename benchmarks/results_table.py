@@ -44,7 +44,8 @@ class Row:
 EQUAL_STEPS = "equal steps"
 EQUAL_STEPS_LONGER = "equal steps, longer training"
 EQUAL_WALL_CLOCK = "equal wall-clock, each alone"
-CAPTION = "the released caption translator and its student (models/)"
+CAPTION = "the released caption teacher (models/)"
+STUDENTS = "its students, equal steps on its beam-5 translations (models/)"
 
 ROWS = (
     Row(EQUAL_STEPS, ("ar_dropout0",), "beam=1", "AR, greedy"),
@@ -76,14 +77,11 @@ ROWS = (
     ),
     Row(CAPTION, ("caption_ar_teacher",), "beam=1", "AR teacher, greedy"),
     Row(CAPTION, ("caption_ar_teacher",), "beam=5", "AR teacher, beam 5", reference=True),
+    Row(STUDENTS, ("caption_ar_student",), "beam=1", "AR student, greedy"),
+    Row(STUDENTS, ("caption_ar_student",), "beam=5", "AR student, beam 5", reference=True),
+    Row(STUDENTS, ("caption_padir_student",), "T=4,l=5", "PaDIR student, 2 training stages"),
     Row(
-        CAPTION,
-        ("caption_padir_student",),
-        "T=4,l=5",
-        "PaDIR student, 2 stages, distilled from the teacher's beam 5",
-    ),
-    Row(
-        CAPTION,
+        STUDENTS,
         ("caption_padir_student",),
         "T=4,l=5,k=1",
         "the same, the 3 later passes over the best length only",

@@ -7,7 +7,7 @@ The library behind `python -m padir_t5x.translate` (the command line lives there
     translator.translate(["Ein Hund läuft über den Strand."])   # -> ['A dog runs across ...']
 
 A Translator only batches (sentences sorted by length, rows padded to a few fixed shapes so that
-each compiles once, INPUT_WIDTHS x {batch_size, SMALL_BATCH_ROWS}), calls its `decoders.Decoder`
+each compiles once, INPUT_WIDTHS[kind] x {batch_size, SMALL_BATCH_ROWS}), calls its `decoders.Decoder`
 and detokenises. Checkpoints are read by `loading.load`; JAX's persistent compilation cache and
 the compile-time clock of the closing report line are here too.
 """
@@ -41,12 +41,17 @@ VERIFY_OPTIONS += ("reuse_drafts", "shift_variants", "verify_candidates")
 # The flags whose DraftVerifyConfig field has another name.
 VERIFY_FIELDS = {"verify_top_k": "top_k", "verify_margin": "margin"}
 TOLERANT_OPTIONS = ("verify_top_k", "verify_margin")
-# Encoder input widths: a batch is padded to the smallest that holds its longest sentence (one
-# compile per width used), capped at the model's input length. Steps of 4, not 2: Multi30k dev
-# (1,014 sentences, 4-51 pieces) then compiles 2 shapes instead of 3 (PaDIR T=4 l=5, 2-core
-# CPU: compile 32 s instead of 56 s, decode time unchanged within noise; the padded source
-# positions cost only the encoder and cross-attention, the length-bucketed decoder dominates).
-INPUT_WIDTHS = (16, 64, 256, 1024)
+# Encoder input widths per decoder kind (Translator.report_kind): a batch is padded to the
+# smallest that holds its longest sentence (one compile per width used), capped at the model's
+# input length. PaDIR compiles a refinement loop per length bucket (~9 s a width for the caption
+# student on the 2-core CPU) while the padded source positions cost only its encoder and
+# cross-attention, so it uses one width up to 64: on the 1,014 Multi30k captions (4-51 pieces)
+# widths (16, 64) -> (64) took cold compile 19.3 s -> 8.6 s and warm decode 14.9 s -> 14.2 s
+# (l=5). AR compiles in ~1.5 s a width but pays cross-attention at every step: widths (16, 64)
+# beat (64) warm, 8.7 s against 10.7 s (beam 5, batch 32, load 1.6-1.8; issue 30).
+# Draft-and-verify keeps the AR widths (not measured).
+AR_WIDTHS = (16, 64, 256, 1024)
+INPUT_WIDTHS = {"padir": (64, 256, 1024), "ar": AR_WIDTHS, "draft_verify": AR_WIDTHS}
 # Row counts of a batch besides batch_size: a last batch of n < batch_size sentences is padded to
 # the smallest that holds it (or to batch_size), so that any file compiles the same few shapes
 # (at most three row counts per width) and a second run finds them in the compilation cache.
@@ -554,7 +559,7 @@ class Translator:
     # dropped afterwards.
     num_rows = _smallest_at_least(n, SMALL_BATCH_ROWS, self.batch_size)
     width = _smallest_at_least(
-        max(len(s) for s in sequences) + 1, INPUT_WIDTHS, self.max_input_length
+        max(len(s) for s in sequences) + 1, INPUT_WIDTHS[self.report_kind], self.max_input_length
     )
     tokens = np.zeros((num_rows, width), np.int32)
     tokens[:, 0] = EOS_ID

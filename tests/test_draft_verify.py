@@ -525,7 +525,9 @@ def test_translator_draft_verify_equals_ar_greedy(ckpts):
       assert translation.text == "" and translation.passes == 0
       continue
     # The translator's input width (padding masked, but the same shape is the same program).
-    width = translator_lib._smallest_at_least(len(ids) + 1, translator_lib.INPUT_WIDTHS, T)
+    width = translator_lib._smallest_at_least(
+        len(ids) + 1, translator_lib.INPUT_WIDTHS["draft_verify"], T
+    )
     tokens = np.zeros((1, width), np.int32)
     tokens[0, : len(ids)] = ids
     tokens[0, len(ids)] = EOS_ID
