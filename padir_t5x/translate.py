@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       lines = [line for _, line in textio.iter_text_lines(args.input, allow_empty_lines=True)]
     meta = {"kind": loading.checkpoint_kind(args.checkpoint, args.gin_file)}
     if args.draft_checkpoint is not None:
-      return _draft_verify_main(parser, args, lines, meta["kind"])
+      return _draft_verify_main(parser, args, lines, meta["kind"], exported_dir)
     decoder_flags = AR_OPTIONS if meta["kind"] == "ar" else PADIR_OPTIONS
     options = {k: getattr(args, k) for k in decoder_flags if getattr(args, k) is not None}
     if args.kind is None:
@@ -297,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
-def _draft_verify_main(parser, args, lines: list[str], kind: str) -> int:
+def _draft_verify_main(
+    parser, args, lines: list[str], kind: str, exported_dir: str | None = None
+) -> int:
   """main() with --draft_checkpoint: kind checks (exit 2), then load both and translate.
 
   Raises what main() turns into exit status 1 (CheckpointError, ...).
@@ -325,6 +327,7 @@ def _draft_verify_main(parser, args, lines: list[str], kind: str) -> int:
       batch_size=args.batch_size,
       seed=args.seed,
       strict=args.strict,
+      exported_dir=exported_dir,
       **verify,
       **options,
   )

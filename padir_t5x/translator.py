@@ -314,15 +314,15 @@ class Translator:
     from padir_t5x.decoders import draft_verify  # pylint: disable=g-import-not-at-top
     from padir_t5x.decoders import exported  # pylint: disable=g-import-not-at-top
 
-    if self.drafter is not None:  # Python between its calls: not one exportable program
-      return decoders.DraftVerifyDecoder(
+    if self.drafter is not None:
+      decoder = decoders.DraftVerifyDecoder(
           draft_verify.PadirDrafter(self.drafter.module),
           self.drafter.params,
           self.module,
           self.params,
           self.drafter.config,
       )
-    if self.kind == "padir":
+    elif self.kind == "padir":
       decoder = decoders.PadirDecoder(self.module, self.params, config=self.decoding_config)
     else:
       decoder = decoders.ArBeamDecoder(

@@ -124,11 +124,20 @@ def test_the_key_is_the_same_in_another_process():
   assert keys == {exported.program_key(_built()["padir"], (2, 8), np.int32)}
 
 
-def test_draft_verify_is_not_exportable():
+def test_draft_verify_is_exported_with_both_parameter_sets(tmp_path):
+  """Draft-and-verify holds two parameter sets (drafter_params, verifier_params): both are
+  arguments of its program, and its output is the plain decoder's."""
   config = draft_verify.DraftVerifyConfig(_decoding())
   decoder = decoders.DraftVerifyDecoder(
-      drafters.PadirDrafter(PADIR), _params(PADIR, 2), AR, _params(AR, 1), config
+      drafters.PadirDrafter(PADIR), _params(PADIR, 2), AR, _params(AR, 1, eos_scale=3.0), config
   )
-  assert not exported.exportable(decoder)
-  with pytest.raises(TypeError, match="DraftVerifyDecoder is not one jitted program"):
-    exported.ExportedDecoder(decoder, "unused")
+  assert exported.exportable(decoder)
+  sources, rng = _sources(0), jax.random.PRNGKey(1)
+  wrapped = exported.ExportedDecoder(decoder, str(tmp_path))
+  assert _equal(wrapped.decode(sources, rng), decoder.decode(sources, rng))
+  assert wrapped._fields == ("drafter_params", "verifier_params")
+
+
+def test_a_decoder_of_another_kind_is_refused():
+  with pytest.raises(TypeError, match="str is not one jitted program"):
+    exported.ExportedDecoder("not a decoder", "unused")

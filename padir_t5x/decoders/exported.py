@@ -14,8 +14,8 @@ file's name is a hash of everything that shapes the program: the decoder with it
 replaced by their shapes and dtypes, the input's shape, JAX's and jaxlib's versions, the backend
 and the source of padir_t5x itself (an edited checkout never reuses a stale program).
 
-Only decoders that are one jitted program can be exported (PaDIR and AR beam/greedy);
-draft-and-verify runs Python between its calls and is left as it is (`exportable`).
+Every decoder of decoders.py is one jitted program and can be exported (`exportable`); a
+decoder that runs Python between device calls could not be.
 """
 
 from __future__ import annotations
@@ -45,9 +45,13 @@ SUFFIX = ".jaxexport"
 
 def exportable(decoder: Any) -> bool:
   """Whether `decoder` is one jitted program whose parameters are fields named *params."""
-  return isinstance(
-      decoder, (decoders.PadirDecoder, decoders.ArBeamDecoder, decoders.ArGreedyDecoder)
+  kinds = (
+      decoders.PadirDecoder,
+      decoders.ArBeamDecoder,
+      decoders.ArGreedyDecoder,
+      decoders.DraftVerifyDecoder,
   )
+  return isinstance(decoder, kinds)
 
 
 def _param_fields(decoder: Any) -> tuple[str, ...]:
