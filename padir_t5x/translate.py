@@ -43,7 +43,8 @@ input width) compiles once per process, and the compiled programs are kept in JA
 compilation cache (--compilation_cache DIR, default $PADIR_CACHE_DIR/jax_cache, i.e.
 ~/.cache/padir_t5x/jax_cache; '' turns it off), so that the next run reads them instead of
 compiling again; the traced programs are kept beside them (DIR/exported,
-padir_t5x/decoders/exported.py), so that the next run does not trace them either. The closing line says how much of the wall time was compiling ("compile N s").
+padir_t5x/decoders/exported.py), so that the next run does not trace them either. The closing
+line says how much of the wall time was compiling ("compile N s").
 --refine_top_k k (PaDIR) refines only the k best length candidates after the first pass.
 
 With --init random (the paper's setting), the random initial tokens are drawn per batch from
@@ -262,8 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       lines = [line for _, line in textio.iter_text_lines(args.input, allow_empty_lines=True)]
     meta = {"kind": loading.checkpoint_kind(args.checkpoint, args.gin_file)}
+    # The Translator's own options (TRANSLATOR_OPTIONS), the same for both kinds of run.
+    own = {"batch_size": args.batch_size, "seed": args.seed, "strict": args.strict}
+    own["exported_dir"] = exported_dir
     if args.draft_checkpoint is not None:
-      return _draft_verify_main(parser, args, lines, meta["kind"], exported_dir)
+      return _draft_verify_main(parser, args, lines, meta["kind"], own)
     decoder_flags = AR_OPTIONS if meta["kind"] == "ar" else PADIR_OPTIONS
     options = {k: getattr(args, k) for k in decoder_flags if getattr(args, k) is not None}
     if args.kind is None:
@@ -282,10 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind=args.kind,
         gin_file=args.gin_file,
         dtype=args.dtype,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        strict=args.strict,
-        exported_dir=exported_dir,
+        **own,
         **options,
     )
     load_seconds = time.perf_counter() - load_start
@@ -297,10 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
-def _draft_verify_main(
-    parser, args, lines: list[str], kind: str, exported_dir: str | None = None
-) -> int:
-  """main() with --draft_checkpoint: kind checks (exit 2), then load both and translate.
+def _draft_verify_main(parser, args, lines: list[str], kind: str, own: dict) -> int:
+  """main() with --draft_checkpoint: kind checks (exit 2), then load both and translate; `own`
+  is main's Translator options (batch_size, seed, strict, exported_dir).
 
   Raises what main() turns into exit status 1 (CheckpointError, ...).
   """
@@ -324,10 +324,7 @@ def _draft_verify_main(
       vocab_path=args.vocab,
       gin_file=args.gin_file,
       draft_gin_file=args.draft_gin_file,
-      batch_size=args.batch_size,
-      seed=args.seed,
-      strict=args.strict,
-      exported_dir=exported_dir,
+      **own,
       **verify,
       **options,
   )

@@ -213,8 +213,7 @@ class CompileClock:
   def _record(cls, event: str, start: float, end: float, **kwargs) -> None:
     del kwargs
     if event in COMPILE_EVENTS:
-      for clock in cls._active:
-        clock.spans.append((start, end))
+      cls.record_span(start, end)
 
   @classmethod
   def record_span(cls, start: float, end: float) -> None:

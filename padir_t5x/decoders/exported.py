@@ -110,7 +110,7 @@ def program_key(decoder: Any, shape: tuple[int, ...], dtype: Any) -> str:
   shape and dtype, JAX's and jaxlib's versions, the backend and padir_t5x's source."""
   params = {name: getattr(decoder, name) for name in _param_fields(decoder)}
   specs = [
-      (jax.tree_util.keystr(path), tuple(np.shape(leaf)), str(jnp.asarray(leaf).dtype))
+      (jax.tree_util.keystr(path), tuple(np.shape(leaf)), str(jnp.result_type(leaf)))
       for path, leaf in jax.tree_util.tree_leaves_with_path(params)
   ]
   described = dataclasses.replace(decoder, **{name: None for name in params})
@@ -184,7 +184,7 @@ class ExportedDecoder:
     if exported is None:
       params = tuple(getattr(self.decoder, name) for name in self._fields)
       specs = jax.tree_util.tree_map(
-          lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), (params, tokens, rng)
+          lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), (params, tokens, rng)
       )
       exported = jax.export.export(jax.jit(self._decode_with))(*specs)
       _write_atomically(path, exported.serialize())
