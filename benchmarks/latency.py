@@ -3,6 +3,11 @@
     python -m benchmarks.latency --ar_checkpoint runs/budget/ar \
         --padir_checkpoint runs/budget/padir --num_sentences 500 --out_dir runs/bench
 
+Both flags repeat, each as [NAME=]DIR, so that several models share one run (one machine
+load, the same sentences): `--ar_checkpoint teacher=models/caption_ar_teacher
+--ar_checkpoint student=models/caption_ar_student --padir_checkpoint ...`. Each row names its
+model (the name, or its kind when none is given).
+
 For every setting (AR: cached beam search, beam 1 and 5; PaDIR: max passes T in 1, 2, 4, 10 x
 length beam l in 1, 3, 5) it measures, on the first `num_sentences` dev pairs that fit the
 models' position tables:
@@ -57,6 +62,7 @@ from padir_t5x.data import shared_data
 from padir_t5x.decoders.decoding_config import DecodingConfig
 
 RESULT_KEYS = (
+    "model",
     "system",
     "setting",
     "params",
@@ -275,9 +281,23 @@ def score(processor, references: list[str], output_ids: np.ndarray) -> dict:
   }
 
 
+def named_checkpoints(specs: str | Sequence[str] | None, kind: str) -> list[tuple[str, str]]:
+  """[(name, dir)] of '[NAME=]DIR' specs (one string, several, or None); the name defaults to
+  the kind."""
+  if specs is None:
+    return []
+  if isinstance(specs, str):
+    specs = [specs]
+  named = []
+  for spec in specs:
+    name, _, path = spec.rpartition("=")
+    named.append((name or kind, path))
+  return named
+
+
 def run_benchmark(
-    ar_checkpoint: str | None,
-    padir_checkpoint: str | None,
+    ar_checkpoint: str | Sequence[str] | None,
+    padir_checkpoint: str | Sequence[str] | None,
     data_dir: str,
     out_dir: str,
     num_sentences: int = 500,
@@ -292,21 +312,26 @@ def run_benchmark(
     log=print,
     split: str = "dev",
 ) -> dict:
-  """Benchmarks every setting; writes results.json, results.md, pareto.png; returns the JSON.
+  """Benchmarks every setting of every model; writes results.json, results.md, pareto.png;
+  returns the JSON.
 
+  ar_checkpoint / padir_checkpoint: one '[NAME=]DIR' or several (`named_checkpoints`).
   `split`: the de-en/{split}.{de,en} files of data_dir to translate.
   """
-
-  loaded = {
-      kind: loading.load(path, kind=kind)
-      for kind, path in (("ar", ar_checkpoint), ("padir", padir_checkpoint))
-      if path
-  }
-  if not loaded:
+  models = [
+      (name, kind, path)
+      for kind, specs in (("ar", ar_checkpoint), ("padir", padir_checkpoint))
+      for name, path in named_checkpoints(specs, kind)
+  ]
+  if not models:
     raise ValueError("give at least one of ar_checkpoint / padir_checkpoint")
-  if len(loaded) == 2:
-    loading.check_same_vocabulary(loaded["ar"], loaded["padir"])
+  names = [name for name, _, _ in models]
+  if len(set(names)) != len(names):
+    raise ValueError(f"model names must differ (NAME=DIR), got {names}")
+  loaded = {name: loading.load(path, kind=kind) for name, kind, path in models}
   first = next(iter(loaded.values()))
+  for name, model in loaded.items():
+    loading.check_same_vocabulary(first, model)
   processor, vocab_high = first.vocabulary, first.vocab_high
   # One shape for every system: the smallest position table of the loaded models.
   max_length = min(
@@ -321,30 +346,31 @@ def run_benchmark(
       f"<= {max_length} pieces; last line used: {kept[-1] + 1 if kept else 0})"
   )
 
-  systems = []
-  if "ar" in loaded:
-    module, params = loaded["ar"].module, loaded["ar"].params
-    systems += [ar_system(module, params, k, max_length, vocab_high) for k in ar_beams]
-  if "padir" in loaded:
-    module, params = loaded["padir"].module, loaded["padir"].params
+  systems = []  # (model name, System)
+  for name, kind, _ in models:
+    module, params = loaded[name].module, loaded[name].params
+    if kind == "ar":
+      systems += [(name, ar_system(module, params, k, max_length, vocab_high)) for k in ar_beams]
+      continue
     words = {"word_starts": loading.vocabulary_fields(processor)["word_starts"]}
     systems += [
-        padir_system(module, params, t, l, max_length, vocab_high, length_buckets, **words)
+        (name, padir_system(module, params, t, l, max_length, vocab_high, length_buckets, **words))
         for t in passes
         for l in length_beams
     ]
     systems += [
-        padir_system(module, params, t, l, max_length, vocab_high, (), **words)
+        (name, padir_system(module, params, t, l, max_length, vocab_high, (), **words))
         for t, l in full_table
     ]
 
   results = []
   os.makedirs(out_dir, exist_ok=True)
-  for system in systems:
+  for model, system in systems:
     measured = measure(system, source_ids, warmup, throughput_batch, log, max_throughput_batch)
     scored = score(processor, references, measured["outputs"])
     lengths = [output_length(row) for row in measured["outputs"]]
     entry = {
+        "model": model,
         "system": system.name,
         "setting": system.setting,
         "params": system.params,
@@ -365,14 +391,15 @@ def run_benchmark(
     }
     results.append(entry)
     log(
-        f"{system.name:5s} {system.setting:10s} BLEU {entry['bleu']:6.2f}  "
+        f"{model} {system.name:5s} {system.setting:10s} BLEU {entry['bleu']:6.2f}  "
         f"median {entry['latency_ms']['median']:8.2f} ms  p99 {entry['latency_ms']['p99']:8.2f}"
         f" ms  compile {entry['compile_s']:.1f}s  passes {entry['decoder_passes_per_sentence']}"
         f"  {entry['throughput_sent_per_s']} sent/s @ {entry['throughput_batch']}"
     )
     with open(
         os.path.join(
-            out_dir, f"hyps.{system.name}.{system.setting}.txt".replace(",", "_").replace("=", "")
+            out_dir,
+            f"hyps.{model}.{system.name}.{system.setting}.txt".replace(",", "_").replace("=", ""),
         ),
         "w",
         encoding="utf-8",
@@ -390,9 +417,8 @@ def run_benchmark(
           "dev_line_indices_first_last": [kept[0], kept[-1]] if kept else [],
       },
       "checkpoints": {
-          k: {"path": p, "train": loaded[k].meta.get("train", {})}
-          for k, p in (("ar", ar_checkpoint), ("padir", padir_checkpoint))
-          if p
+          name: {"kind": kind, "path": path, "train": loaded[name].meta.get("train", {})}
+          for name, kind, path in models
       },
       "warmup": warmup,
   }
@@ -406,10 +432,10 @@ def run_benchmark(
 
 def markdown_table(results: Sequence[dict]) -> str:
   header = (
-      "| system | setting | BLEU | stutter | median ms | p90 ms | p99 ms | compile s | "
+      "| model | system | setting | BLEU | stutter | median ms | p90 ms | p99 ms | compile s | "
       "sent/s (batch) | decoder passes/sent | output tokens |"
   )
-  lines = [header, "|" + "---|" * 11]
+  lines = [header, "|" + "---|" * 12]
   for r in results:
     lat = r["latency_ms"]
     throughput = (
@@ -418,7 +444,7 @@ def markdown_table(results: Sequence[dict]) -> str:
         else "n/a"
     )
     lines.append(
-        f"| {r['system']} | {r['setting']} | {r['bleu']:.2f} | "
+        f"| {r.get('model', r['system'])} | {r['system']} | {r['setting']} | {r['bleu']:.2f} | "
         f"{100 * r['stutter_rate']:.2f}% | {lat['median']:.1f} | {lat['p90']:.1f} | "
         f"{lat['p99']:.1f} | {r['compile_s']:.1f} | {throughput} | "
         f"{r['decoder_passes_per_sentence']:.2f} | {r['mean_output_tokens']:.1f} |"
@@ -439,7 +465,12 @@ def plot_pareto(results: Sequence[dict], path: str) -> None:
     if xs:
       ax.scatter([x for x, _ in xs], [y for _, y in xs], marker=marker, label=system.upper())
   for (x, y), r in zip(points, results):
-    ax.annotate(r["setting"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    label = (
+        r["setting"]
+        if r.get("model", r["system"]) == r["system"]
+        else f"{r['model']} {r['setting']}"
+    )
+    ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
   front = pareto_front(points)
   ax.plot(
       [points[i][0] for i in front],
@@ -478,8 +509,10 @@ def _passes_and_beams(text: str) -> list[tuple[int, int]]:
 @cli.entry_point
 def main(argv=None):
   parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--ar_checkpoint")
-  parser.add_argument("--padir_checkpoint")
+  parser.add_argument("--ar_checkpoint", action="append", metavar="[NAME=]DIR", help="repeatable")
+  parser.add_argument(
+      "--padir_checkpoint", action="append", metavar="[NAME=]DIR", help="repeatable"
+  )
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--out_dir", default="runs/bench")
   parser.add_argument(
@@ -524,12 +557,23 @@ def main(argv=None):
       args.out_dir,
       inputs={
           "--data_dir": data_dir,
-          "--ar_checkpoint": args.ar_checkpoint,
-          "--padir_checkpoint": args.padir_checkpoint,
+          "--ar_checkpoint": [p for _, p in named_checkpoints(args.ar_checkpoint, "ar")],
+          "--padir_checkpoint": [p for _, p in named_checkpoints(args.padir_checkpoint, "padir")],
       },
       kind="dir",
       make_parents=True,
   )
+  names = [
+      name
+      for kind in ("ar", "padir")
+      for name, _ in named_checkpoints(getattr(args, f"{kind}_checkpoint"), kind)
+  ]
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    parser.error(
+        f"--ar_checkpoint/--padir_checkpoint: the model name {repeated[0]!r} is given twice; "
+        "name each model (NAME=DIR)"
+    )
   report = run_benchmark(
       args.ar_checkpoint,
       args.padir_checkpoint,

@@ -295,6 +295,33 @@ def test_harness_writes_json_markdown_and_png(tmp_path, tiny_vocab_path):
   table = (out_dir / "results.md").read_text().strip().splitlines()
   assert len(table) == 2 + len(results) and "median ms" in table[0]
   assert (out_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert [r["model"] for r in results] == ["ar", "padir", "padir"]  # unnamed: the kind
+
+  # Several named models in one run: each row names its model; the same weights under two
+  # names decode alike.
+  again = latency.run_benchmark(
+      [f"teacher={tmp_path / 'ar'}", f"student={tmp_path / 'ar'}"],
+      None,
+      str(data_dir),
+      str(tmp_path / "bench2"),
+      num_sentences=3,
+      warmup=0,
+      ar_beams=(1,),
+      throughput_batch=1,
+      max_throughput_batch=1,
+      log=lambda *_: None,
+  )
+  rows = again["results"]
+  assert [(r["model"], r["setting"]) for r in rows] == [
+      ("teacher", "beam=1"),
+      ("student", "beam=1"),
+  ]
+  assert rows[0]["bleu"] == rows[1]["bleu"]
+  assert set(again["checkpoints"]) == {"teacher", "student"}
+  with pytest.raises(ValueError, match="model names must differ"):
+    latency.run_benchmark(
+        [str(tmp_path / "ar")], [f"ar={tmp_path / 'padir'}"], str(data_dir), str(tmp_path / "b3")
+    )
 
 
 def test_read_lines_keeps_unicode_line_separators_inside_a_line(tmp_path):

@@ -41,7 +41,7 @@ from padir_t5x import PAD_ID
 from padir_t5x.decoders import decoding
 from padir_t5x.core import layout
 from padir_t5x.core import losses
-from padir_t5x.core import network
+from padir_t5x.core import scoring
 from padir_t5x import vocab as vocab_lib
 from padir_t5x.core.modes import DecoderMode
 from padir_t5x.core.modes import FillMode
@@ -485,49 +485,30 @@ class PadirModel(t5x_models.EncoderDecoderModel):
     }
 
   def score_decoder_inputs(self, decoder_target_tokens: Array) -> Array:
-    """The fixed decoder input `score_batch` conditions on: [b, t] int32.
-
-    Content positions (before the target's EOS) hold [MASK] ('mask') or pseudo-random ordinary
-    tokens ('random'); EOS sits at length - 1 and PAD after it, as in decoding's first pass.
-    'random' tokens are a fixed row drawn once from PRNGKey(score_seed) over the network's
-    max_target_length and sliced to t, so an example's input depends only on its length (not on
-    its row, its batch or the batch's padding). The mode defaults to the decoding init
-    (DecodingConfig.init).
+    """The fixed decoder input `score_batch` conditions on: [b, t] int32 (see
+    scoring.score_decoder_inputs); the fill defaults to the decoding init (DecodingConfig.init).
     """
-    mode = self._score_decoder_input or self._decoding_config.init
     config = self.decoding_config
-    targets = jnp.asarray(decoder_target_tokens)
-    batch_size, t = targets.shape
-    content, eos, _ = layout.length_layout(layout.sequence_lengths(targets), t)
-    # One row for every example (the row is drawn over the whole position table and sliced),
-    # so that an example's input depends only on its length.
-    table = getattr(getattr(self.module, "config", None), "max_target_length", None) or t
-    row = layout.fill_tokens(
-        jax.random.PRNGKey(self._score_seed),
-        (max(table, t),),
-        mode,
+    return scoring.score_decoder_inputs(
+        decoder_target_tokens,
+        fill=self._score_decoder_input or self._decoding_config.init,
+        seed=self._score_seed,
+        # The row is drawn over the whole position table and sliced, so that an example's
+        # input depends only on its length.
+        table_length=getattr(getattr(self.module, "config", None), "max_target_length", None)
+        or jnp.shape(decoder_target_tokens)[1],
         vocab_low=config.vocab_low,
         vocab_high=config.vocab_high,
         mask_id=config.mask_id,
     )
-    return layout.frame_tokens(jnp.broadcast_to(row[:t], (batch_size, t)), content, eos)
 
   def score_batch(
       self, params: PyTree, batch: Mapping[str, Array], return_intermediates: bool = False
   ) -> Array | tuple[Array, Mapping[str, Any]]:
     """Log-likelihood of the given targets: length log-prob + content-token log-probs.
 
-    score = log p(length | x) + sum_{i < length-1} w_i log p(y_i | x, length, z), where
-    length counts EOS (the classifier's class length - 1, softmax over all its classes), w are
-    'decoder_loss_weights' (default: targets > 0), and z is a fixed decoder input that does not
-    depend on the target's content (`score_decoder_inputs`): [MASK] or a fixed pseudo-random
-    row at the content positions, EOS at length - 1. This is the distribution of PaDIR's first
-    decoding pass, so the token terms are proper conditionals of y_i given (x, length) - unlike
-    feeding the target itself, which would let each position read its own answer (the paper's
-    model refines from random or masked input; later passes condition on its own guesses, which
-    are not defined for a given target). EOS is not scored as a token: given the length its
-    place is fixed, and the length term accounts for it. Token log-probs are over the full
-    output layer (as the training loss), no z-loss, no de-duplication.
+    The formula, and why it conditions on a fixed decoder input rather than the target, are
+    padir_t5x.core.scoring's, which the core E-step (benchmarks/em_round.py) shares.
 
     Args:
       params: model parameters.
@@ -538,32 +519,13 @@ class PadirModel(t5x_models.EncoderDecoderModel):
       [b] float32 scores (and intermediates).
     """
     losses.check_batch(batch)
-    inputs = jnp.asarray(batch["encoder_input_tokens"])
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
-    encoded, length_logits = network.encode_and_predict_length(self.module, params, inputs)
-    lengths = layout.sequence_lengths(targets)
-    length_scores = layout.lookup_length_log_probs(layout.length_log_probs(length_logits), lengths)
-    length_scores = jnp.where(lengths > 0, length_scores, 0.0)
-
     decoder_inputs = self.score_decoder_inputs(targets)
-    logits = self.module.apply(
-        {"params": params},
-        encoded,
-        inputs,
-        decoder_inputs,
-        targets,
-        enable_dropout=False,
-        method="decode",
+    sequence_scores, token_scores, length_scores = scoring.score_targets(
+        self.module, params, batch["encoder_input_tokens"], targets, decoder_inputs, weights
     )
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[
-        ..., 0
-    ]
-    content, _, _ = layout.length_layout(lengths, targets.shape[1])
-    token_scores = jnp.where(content, token_log_probs * weights.astype(jnp.float32), 0.0)
-    sequence_scores = length_scores + jnp.sum(token_scores, axis=-1)
     if return_intermediates:
       intermediates = {
           "decoder": {
