@@ -60,7 +60,7 @@ def _part_path(out: str, index: int) -> str:
   return os.path.join(out, PARTS_DIR, f"part-{index:05d}.jsonl")
 
 
-def _settings_digest(path: str) -> str:
+def _file_sha256(path: str) -> str:
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
 
@@ -305,9 +305,7 @@ def main_nbest(parser, args) -> int:
   params_path = os.path.join(args.teacher, checkpoints.PARAMS_FILE)
   settings = {
       "teacher": os.path.abspath(args.teacher),
-      "teacher_params_sha256": _settings_digest(params_path)
-      if os.path.isfile(params_path)
-      else None,
+      "teacher_params_sha256": _file_sha256(params_path) if os.path.isfile(params_path) else None,
       "source": os.path.abspath(source_path),
       "source_lines": len(sources),
       "beam_size": args.beam_size,

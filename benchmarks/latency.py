@@ -330,7 +330,7 @@ def run_benchmark(
     raise ValueError(f"model names must differ (NAME=DIR), got {names}")
   loaded = {name: loading.load(path, kind=kind) for name, kind, path in models}
   first = next(iter(loaded.values()))
-  for name, model in loaded.items():
+  for model in loaded.values():
     loading.check_same_vocabulary(first, model)
   processor, vocab_high = first.vocabulary, first.vocab_high
   # One shape for every system: the smallest position table of the loaded models.
