@@ -571,8 +571,8 @@ def main(argv=None):
   repeated = sorted({name for name in names if names.count(name) > 1})
   if repeated:
     parser.error(
-        f"--ar_checkpoint/--padir_checkpoint: the model name {repeated[0]!r} is given twice; "
-        "name each model (NAME=DIR)"
+        f"argument --ar_checkpoint/--padir_checkpoint: the model name {repeated[0]!r} is given "
+        "twice; name each model (NAME=DIR)"
     )
   report = run_benchmark(
       args.ar_checkpoint,

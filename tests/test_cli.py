@@ -238,6 +238,7 @@ def _main_of(module_name):
         ("benchmarks.distill_budget", ["--teacher", "{tmp}", "--out", "{tmp}/o", "--beam_size", "0"], "--beam_size: must be"),
         ("benchmarks.draft_verify", ["--ar_checkpoint", "{tmp}", "--padir_checkpoint", "{tmp}", "--tolerant", "3:x"], "--tolerant: '3:x'"),
         ("benchmarks.latency", ["--ar_beams", "0"], "--ar_beams: each item must be an integer >= 1, got 0"),
+        ("benchmarks.latency", ["--ar_checkpoint", "{tmp}", "--padir_checkpoint", "ar={tmp}"], "the model name 'ar' is given twice"),
         ("benchmarks.quality", ["--padir", "{tmp}", "--batch_size", "0"], "--batch_size: must be"),
         ("benchmarks.train_budget", ["--out", "{tmp}/o", "--num_heads", "0"], "--num_heads: must be"),
         ("benchmarks.train_budget", ["--out", "{tmp}/o", "--dropout_rate", "1"], "--dropout_rate: must be a number in [0, 1)"),
