@@ -128,6 +128,34 @@ def distil(
   return [s for s, _ in kept], [t for _, t in kept], counts
 
 
+def teacher_run_paths(parser, args) -> tuple[str, str]:
+  """(data dir, its de-en/train.de) of a command that decodes the training sources with
+  --teacher into --out; exits 2 naming the flag before any work when either is unusable."""
+  data_dir = args.data_dir or shared_data.find_data_dir()
+  if data_dir is None:
+    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  cli.check_output_path(
+      parser,
+      "--out",
+      args.out,
+      inputs={"--data_dir": data_dir, "--teacher": args.teacher},
+      kind="dir",
+      make_parents=True,
+  )
+  source_path = os.path.join(data_dir, "de-en", "train.de")
+  if not os.path.isfile(source_path):
+    parser.error(f"--data_dir: no training file {source_path}")
+  return data_dir, source_path
+
+
+def write_data_dir(out: str, sources: Sequence[str], targets: Sequence[str]) -> None:
+  """`out/de-en/train.{de,en}`: the data directory train_budget --train_data_dir reads."""
+  pair_dir = os.path.join(out, "de-en")
+  os.makedirs(pair_dir, exist_ok=True)
+  for language, lines in (("de", sources), ("en", targets)):
+    textio.write_text_lines(os.path.join(pair_dir, f"train.{language}"), lines)
+
+
 @cli.entry_point
 def main(argv=None) -> int:
   parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -147,20 +175,7 @@ def main(argv=None) -> int:
       "--max_lines", type=cli.non_negative_int, default=0, help="> 0: only the first N (tests)"
   )
   args = parser.parse_args(argv)
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-  cli.check_output_path(
-      parser,
-      "--out",
-      args.out,
-      inputs={"--data_dir": data_dir, "--teacher": args.teacher},
-      kind="dir",
-      make_parents=True,
-  )
-  source_path = os.path.join(data_dir, "de-en", "train.de")
-  if not os.path.isfile(source_path):
-    parser.error(f"--data_dir: no training file {source_path}")
+  data_dir, source_path = teacher_run_paths(parser, args)
   selection = Selection(args.select)
   reference_path = os.path.join(data_dir, "de-en", "train.en")
   if selection is Selection.REFERENCE and not os.path.isfile(reference_path):
@@ -200,10 +215,7 @@ def main(argv=None) -> int:
       references=references,
       selection=selection,
   )
-  pair_dir = os.path.join(args.out, "de-en")
-  os.makedirs(pair_dir, exist_ok=True)
-  for language, lines in (("de", kept_sources), ("en", targets)):
-    textio.write_text_lines(os.path.join(pair_dir, f"train.{language}"), lines)
+  write_data_dir(args.out, kept_sources, targets)
   record = {
       "teacher": os.path.abspath(args.teacher),
       "source": os.path.abspath(source_path),

@@ -41,9 +41,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from benchmarks import distill_budget
 from padir_t5x import cli
 from padir_t5x import progress
-from padir_t5x.data import shared_data
 from padir_t5x.data import textio
 
 PARTS_DIR = "parts"
@@ -152,10 +152,9 @@ def run_nbest(translator, sources: Sequence[str], out: str, chunk: int, log=prin
   # The next NAR model's training data: each source's best hypothesis (sequence-level
   # distillation, what em_actions.action_candidates writes for the t5x round).
   best = [c for c in candidates if c.rank == 0]
-  pair_dir = os.path.join(out, DISTILLED_DIR, "de-en")
-  os.makedirs(pair_dir, exist_ok=True)
-  textio.write_text_lines(os.path.join(pair_dir, "train.de"), [c.source for c in best])
-  textio.write_text_lines(os.path.join(pair_dir, "train.en"), [c.target for c in best])
+  distill_budget.write_data_dir(
+      os.path.join(out, DISTILLED_DIR), [c.source for c in best], [c.target for c in best]
+  )
   ranks = collections.Counter(len(by_line[line]) for line in kept_lines)
   return {
       "source_lines": len(sources),
@@ -248,10 +247,7 @@ def score_candidates(loaded, candidates, batch_size: int, log=print) -> tuple[np
 
 def write_selection(out: str, chosen) -> None:
   """The selected pairs as train_budget's data directory, and selection.jsonl."""
-  pair_dir = os.path.join(out, "de-en")
-  os.makedirs(pair_dir, exist_ok=True)
-  textio.write_text_lines(os.path.join(pair_dir, "train.de"), [c.source for c, _ in chosen])
-  textio.write_text_lines(os.path.join(pair_dir, "train.en"), [c.target for c, _ in chosen])
+  distill_budget.write_data_dir(out, [c.source for c, _ in chosen], [c.target for c, _ in chosen])
   lines = "".join(
       json.dumps({"index": i, "rank": c.rank, "nar_score": score, "ar_score": c.ar_score}) + "\n"
       for i, (c, score) in enumerate(chosen)
@@ -282,20 +278,7 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def main_nbest(parser, args) -> int:
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
-  cli.check_output_path(
-      parser,
-      "--out",
-      args.out,
-      inputs={"--data_dir": data_dir, "--teacher": args.teacher},
-      kind="dir",
-      make_parents=True,
-  )
-  source_path = os.path.join(data_dir, "de-en", "train.de")
-  if not os.path.isfile(source_path):
-    parser.error(f"--data_dir: no training file {source_path}")
+  _, source_path = distill_budget.teacher_run_paths(parser, args)
   from padir_t5x.core import checkpoints  # pylint: disable=g-import-not-at-top
   from padir_t5x import translate  # pylint: disable=g-import-not-at-top
 
