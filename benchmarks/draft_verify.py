@@ -35,7 +35,6 @@ import time
 
 import jax
 import numpy as np
-import sacrebleu
 
 from benchmarks import common
 from benchmarks import latency
@@ -113,11 +112,6 @@ def load_models(ar_checkpoint: str, padir_checkpoint: str):
   padir = loading.load(padir_checkpoint, kind="padir")
   loading.check_same_vocabulary(ar, padir)
   return ar, padir
-
-
-def bleu(hypotheses: list[str], references: list[str]) -> float:
-  scorer = sacrebleu.metrics.BLEU(tokenize=metrics_lib.bleu_tokenizer("en"))
-  return float(scorer.corpus_score(hypotheses, [references]).score)
 
 
 def run(args, log=print) -> dict:
@@ -227,7 +221,7 @@ def run(args, log=print) -> dict:
         "setting": setting,
         "params": params,
         "num_sentences": len(sources),
-        "bleu": round(bleu(hypotheses, references), 2),
+        "bleu": round(metrics_lib.corpus_bleu(references, hypotheses), 2),
         "stutter_rate": round(metrics_lib.stutter_rate(references, hypotheses)["stutter_rate"], 4),
         "mean_output_tokens": round(float(np.mean(lengths)), 2),
         "throughput_sent_per_s": round(sent_per_s, 2),
@@ -247,7 +241,7 @@ def run(args, log=print) -> dict:
       )
     if name == "draft_verify" and "ar:beam=5::" in outputs:
       beam_text = common.ids_to_text(processor, outputs["ar:beam=5::"])
-      entry["bleu_vs_ar_beam5"] = round(bleu(hypotheses, beam_text), 2)
+      entry["bleu_vs_ar_beam5"] = round(metrics_lib.corpus_bleu(beam_text, hypotheses), 2)
     if args.latency_sentences and setting != "beam=5":
       load = os.getloadavg()[0]
       summary, first = batch1_latency(decode, latency_ids, args.warmup)

@@ -27,6 +27,13 @@ lines), and so is a source none of whose hypotheses is non-empty (counted in nbe
 `select` scores every candidate with the PaDIR model, keeps each source's best (ties to the AR
 model's preference) and writes `--out/de-en/train.{de,en}` (what train_budget --train_data_dir
 reads), `selection.jsonl` (each source's chosen rank and both scores) and `select.json`.
+
+`targets` says what a round changed in the training targets: each data directory's targets
+against the training references (BLEU, chrF and mean words on a seeded sample of the sources
+every set holds) and how often two sets give a source the same target.
+
+    python -m benchmarks.em_round targets --targets round0=DISTILLED --targets selected=S \
+        --targets round1=RUN/nbest_round1/distilled [--sample 10000 --seed 0 --out F.json]
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import numpy as np
 from benchmarks import distill_budget
 from padir_t5x import cli
 from padir_t5x import progress
+from padir_t5x.data import shared_data
 from padir_t5x.data import textio
 
 PARTS_DIR = "parts"
@@ -274,7 +282,81 @@ def build_parser() -> cli.ArgumentParser:
   select.add_argument("--candidates", required=True, help="an `nbest` --out directory")
   select.add_argument("--out", required=True, help="data directory to write (de-en/train.*)")
   select.add_argument("--batch_size", type=cli.positive_int, default=256)
+  targets = commands.add_parser("targets", help="target sets against the training references")
+  targets.add_argument(
+      "--targets",
+      action="append",
+      required=True,
+      help="NAME=DIR, a data directory holding de-en/train.{de,en} (repeatable)",
+  )
+  targets.add_argument(
+      "--data_dir", default=None, help="default: $PADIR_DATA_DIR or ../shared/data"
+  )
+  targets.add_argument("--sample", type=cli.positive_int, default=10000, help="sources scored")
+  targets.add_argument("--seed", type=int, default=0)
+  targets.add_argument("--out", default=None, help="JSON file to write")
   return parser
+
+
+def first_target_per_source(pairs) -> dict[str, str]:
+  """{source: target} from [(source, target)], a repeated source keeping its first target."""
+  targets: dict[str, str] = {}
+  for source, target in pairs:
+    targets.setdefault(source, target)
+  return targets
+
+
+def compare_targets(
+    references: dict[str, str], target_sets: dict[str, dict[str, str]], sample: int, seed: int
+) -> dict:
+  """Each target set against the references on one seeded sample of the shared sources.
+
+  Args:
+    references: {source: reference}.
+    target_sets: {name: {source: target}}.
+    sample: at most this many sources are scored (all of them when fewer are shared).
+    seed: the sample's seed.
+
+  Returns:
+    {'shared_sources', 'scored_sources', 'reference_words', 'sets': {name: {'bleu', 'chrf',
+     'words'}}, 'same_target': {'a|b': fraction of the shared sources where a and b agree}}.
+  """
+  from padir_t5x.data import metrics  # pylint: disable=g-import-not-at-top
+
+  shared = set(references)
+  for targets in target_sets.values():
+    shared &= set(targets)
+  ordered = sorted(shared)
+  np.random.default_rng(seed).shuffle(ordered)
+  scored = ordered[:sample]
+  gold = [references[source] for source in scored]
+
+  def words(lines):
+    return round(float(np.mean([len(line.split()) for line in lines])), 2) if lines else 0.0
+
+  sets = {}
+  for name, targets in target_sets.items():
+    hypotheses = [targets[source] for source in scored]
+    sets[name] = {
+        "bleu": round(metrics.corpus_bleu(gold, hypotheses), 2),
+        "chrf": round(metrics.chrf(gold, hypotheses)["chrf"], 2),
+        "words": words(hypotheses),
+    }
+  names = list(target_sets)
+  same = {
+      f"{a}|{b}": round(
+          sum(target_sets[a][x] == target_sets[b][x] for x in ordered) / max(len(ordered), 1), 4
+      )
+      for i, a in enumerate(names)
+      for b in names[i + 1 :]
+  }
+  return {
+      "shared_sources": len(ordered),
+      "scored_sources": len(scored),
+      "reference_words": words(gold),
+      "sets": sets,
+      "same_target": same,
+  }
 
 
 def main_nbest(parser, args) -> int:
@@ -369,13 +451,56 @@ def main_select(parser, args) -> int:
   return 0
 
 
+def _read_pairs(parser, flag: str, data_dir: str) -> dict[str, str]:
+  paths = [os.path.join(data_dir, "de-en", f"train.{language}") for language in ("de", "en")]
+  try:
+    return first_target_per_source(textio.read_parallel_files(*paths))
+  except ValueError as error:  # textio's CorpusFileError names the file and line
+    parser.error(f"{flag}: {error}")
+
+
+def main_targets(parser, args) -> int:
+  named = {}
+  for spec in args.targets:
+    name, sep, directory = spec.partition("=")
+    if not sep or not name or not directory:
+      parser.error(f"--targets: expected NAME=DIR, got {spec!r}")
+    if name in named:
+      parser.error(f"--targets: the name {name!r} is given twice")
+    named[name] = directory
+  data_dir = args.data_dir or shared_data.find_data_dir()
+  if data_dir is None:
+    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  if args.out:
+    inputs = {"--data_dir": data_dir, **{f"--targets {n}": d for n, d in named.items()}}
+    cli.check_output_path(parser, "--out", args.out, inputs=inputs, make_parents=True)
+  references = _read_pairs(parser, "--data_dir", data_dir)
+  target_sets = {name: _read_pairs(parser, f"--targets {name}", d) for name, d in named.items()}
+  report = compare_targets(references, target_sets, args.sample, args.seed)
+  report = {"data_dir": os.path.abspath(data_dir), "sample_seed": args.seed, **report}
+  for name, row in report["sets"].items():
+    print(f"{name:20s} BLEU {row['bleu']:6.2f}  chrF {row['chrf']:6.2f}  words {row['words']:.2f}")
+  print(
+      f"{'references':20s} words {report['reference_words']:.2f} ({report['scored_sources']} of "
+      f"{report['shared_sources']} shared sources)"
+  )
+  for pair, fraction in report["same_target"].items():
+    print(f"same target {pair}: {fraction:.1%}")
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    textio.write_atomically(args.out, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+  return 0
+
+
 @cli.entry_point
 def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   if args.command == "nbest":
     return main_nbest(parser, args)
-  return main_select(parser, args)
+  if args.command == "select":
+    return main_select(parser, args)
+  return main_targets(parser, args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import sacrebleu
 
 from benchmarks import common
 from benchmarks.timing import environment
@@ -273,9 +272,8 @@ def measure_throughput(
 
 def score(processor, references: list[str], output_ids: np.ndarray) -> dict:
   hypotheses = common.ids_to_text(processor, output_ids)
-  bleu = sacrebleu.metrics.BLEU(tokenize=metrics_lib.bleu_tokenizer("en"))
   return {
-      "bleu": float(bleu.corpus_score(hypotheses, [references]).score),
+      "bleu": metrics_lib.corpus_bleu(references, hypotheses),
       "stutter_rate": metrics_lib.stutter_rate(references, hypotheses)["stutter_rate"],
       "hypotheses": hypotheses,
   }

@@ -207,3 +207,54 @@ def test_select_errors_name_the_flag_before_scoring(tiny_run, tmp_path, capsys):
     em_round.main([*base, "--student", str(root / "ar"), "--candidates", str(root / "nbest")])
   assert "--student: " in capsys.readouterr().err
   assert not (tmp_path / "o").exists()
+
+
+def _data_dir(root, pairs):
+  pair_dir = root / "de-en"
+  pair_dir.mkdir(parents=True)
+  (pair_dir / "train.de").write_text("".join(s + "\n" for s, _ in pairs))
+  (pair_dir / "train.en").write_text("".join(t + "\n" for _, t in pairs))
+  return root
+
+
+REFERENCES = [(f"quelle {i}", f"a small dog runs on the grass number {i}") for i in range(12)]
+
+
+def test_compare_targets_scores_the_shared_sources_of_one_seeded_sample():
+  references = em_round.first_target_per_source(REFERENCES + [("quelle 0", "a later reference")])
+  assert references["quelle 0"] == REFERENCES[0][1]  # a repeated source keeps its first target
+  exact = dict(references)
+  other = {s: "a cat sleeps" for s in list(references)[:8]}  # holds only 8 sources
+  report = em_round.compare_targets(references, {"exact": exact, "other": other}, 5, seed=0)
+  assert report["shared_sources"] == 8 and report["scored_sources"] == 5
+  assert report["sets"]["exact"]["bleu"] == 100.0
+  assert report["sets"]["other"]["bleu"] < 5 and report["sets"]["other"]["words"] == 3.0
+  assert report["same_target"] == {"exact|other": 0.0}
+  assert report == em_round.compare_targets(references, {"exact": exact, "other": other}, 5, 0)
+  half = {s: (t if i % 2 else "x") for i, (s, t) in enumerate(exact.items())}
+  same = em_round.compare_targets(references, {"exact": exact, "half": half}, 100, 1)
+  assert same["scored_sources"] == 12 and same["same_target"] == {"exact|half": 0.5}
+
+
+def test_targets_command_writes_its_report_and_names_bad_flags(tmp_path, capsys):
+  data = _data_dir(tmp_path / "data", REFERENCES)
+  round1 = _data_dir(tmp_path / "round1", [(s, t.replace("dog", "cat")) for s, t in REFERENCES])
+  out = tmp_path / "report" / "targets.json"
+  argv = ["targets", "--data_dir", str(data), "--targets", f"ref={data}"]
+  assert em_round.main([*argv, "--targets", f"round1={round1}", "--out", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["sets"]["ref"]["bleu"] == 100.0 and report["sets"]["round1"]["bleu"] < 100
+  assert report["same_target"] == {"ref|round1": 0.0}
+  assert "round1" in capsys.readouterr().out
+  for bad, message in [
+      (["--targets", str(round1)], "--targets: expected NAME=DIR"),
+      (["--targets", f"ref={round1}"], "the name 'ref' is given twice"),
+  ]:
+    with pytest.raises(SystemExit):
+      em_round.main([*argv, *bad])
+    assert message in capsys.readouterr().err
+  (round1 / "de-en" / "train.en").write_text("one line\n")
+  with pytest.raises(SystemExit):
+    em_round.main([*argv, "--targets", f"round1={round1}"])
+  err = capsys.readouterr().err
+  assert "--targets round1: " in err and "line counts differ" in err

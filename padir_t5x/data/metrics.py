@@ -48,6 +48,12 @@ def bleu_signature(target_language: str = "en") -> str:
   return str(metric.get_signature())
 
 
+def corpus_bleu(targets: Sequence[str], predictions: Sequence[str], target_language: str = "en"):
+  """Corpus SacreBLEU (one reference per prediction, the language's tokenizer) as a float."""
+  _check_lengths(targets, predictions)
+  return float(_bleu(target_language).corpus_score(list(predictions), [list(targets)]).score)
+
+
 def make_bleu_metric(target_language: str = "en") -> MetricFn:
   """Returns a seqio metric fn giving {'bleu': float, 'bleu_signature': seqio Text}."""
 
