@@ -92,9 +92,7 @@ def main(argv=None):
   cli.check_output_path(parser, "--out", args.out)
   loaded = loading.load(args.padir_checkpoint, kind="padir")
   module, params, processor = loaded.module, loaded.params, loaded.vocabulary
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   max_length = min(module.config.max_input_length, module.config.max_target_length)
   _, _, source_ids, _ = common.load_dev_set(
       data_dir, processor, args.num_sentences, max_length, args.split

@@ -131,9 +131,7 @@ def distil(
 def teacher_run_paths(parser, args) -> tuple[str, str]:
   """(data dir, its de-en/train.de) of a command that decodes the training sources with
   --teacher into --out; exits 2 naming the flag before any work when either is unusable."""
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   cli.check_output_path(
       parser,
       "--out",

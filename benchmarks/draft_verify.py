@@ -376,9 +376,7 @@ def main(argv=None):
   args.command = "python -m benchmarks.draft_verify " + " ".join(
       argv if argv is not None else __import__("sys").argv[1:]
   )
-  args.data_dir = args.data_dir or shared_data.find_data_dir()
-  if args.data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  args.data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   cli.check_output_path(parser, "--out", args.out, make_parents=True)
   cli.check_output_path(parser, "--out", os.path.splitext(args.out)[0] + ".md", make_parents=True)
   report = run(args)

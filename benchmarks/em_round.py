@@ -468,9 +468,7 @@ def main_targets(parser, args) -> int:
     if name in named:
       parser.error(f"--targets: the name {name!r} is given twice")
     named[name] = directory
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   if args.out:
     inputs = {"--data_dir": data_dir, **{f"--targets {n}": d for n, d in named.items()}}
     cli.check_output_path(parser, "--out", args.out, inputs=inputs, make_parents=True)

@@ -546,9 +546,7 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
   full_table = args.full_table
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   cli.check_output_path(
       parser,
       "--out_dir",

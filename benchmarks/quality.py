@@ -74,9 +74,7 @@ def read_dev_pairs(parser, args, paths=None) -> tuple[list[str], list[str]]:
   args.data_dir (or the shared data)/de-en/args.split.{de,en}; the first args.max_sentences
   when > 0. A missing data directory or a bad file ends the command with parser.error."""
   if paths is None:
-    data_dir = args.data_dir or shared_data.find_data_dir()
-    if data_dir is None:
-      parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+    data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
     paths = [os.path.join(data_dir, "de-en", f"{args.split}.{lang}") for lang in ("de", "en")]
   try:
     pairs = textio.read_parallel_files(*paths)

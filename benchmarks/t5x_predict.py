@@ -117,9 +117,7 @@ def main(argv=None):
   parser.add_argument("--warmup", type=cli.positive_int, default=10)
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   cli.check_output_path(parser, "--out", args.out)
   report = run(
       args.padir_checkpoint,

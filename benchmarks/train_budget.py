@@ -185,9 +185,7 @@ def main(argv=None):
       _, init_params, init_meta = checkpoints.load_checkpoint(config.init_from)
     except checkpoints.CheckpointError as error:
       parser.error(f"--init_from: {error}")
-  data_dir = args.data_dir or shared_data.find_data_dir()
-  if data_dir is None:
-    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   train_data_dir = args.train_data_dir or data_dir
   for language in ("de", "en"):
     path = os.path.join(train_data_dir, "de-en", f"train.{language}")

@@ -23,6 +23,15 @@ def find_data_dir() -> str | None:
   return None
 
 
+def data_dir_or_error(parser, data_dir: str | None) -> str:
+  """A command's data directory: its --data_dir value, else `find_data_dir()`; when neither
+  exists, `parser.error` (exit 2) says how to give one, before any work."""
+  found = data_dir or find_data_dir()
+  if found is None:
+    parser.error("no data: pass --data_dir or set $PADIR_DATA_DIR")
+  return found
+
+
 def padir_cache_dir() -> str:
   """$PADIR_CACHE_DIR, default ~/.cache/padir_t5x: the quickstart corpus, the shared vocabulary,
   translate's JAX compilation cache."""
