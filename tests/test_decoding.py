@@ -980,3 +980,15 @@ def test_refine_top_k_with_the_network(favouring_network):
   assert one.sequences.shape == plain.sequences.shape == (2, 3, 24)
   assert np.all(np.diff(one.scores, axis=1) >= 0)
   np.testing.assert_array_equal(np.sort(one.lengths, axis=1), np.sort(plain.lengths, axis=1))
+
+
+def test_log_softmax_at_equals_log_softmax_taken_at_the_ids():
+  """A pass's log-probs at its candidates (and forced tokens) are log_softmax's, masked ids
+  included (-inf), without the [n, t, V] array."""
+  logits = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 11)) * 4.0
+  masked = refinement.restrict_logits(logits, vocab_low=4, vocab_high=9)  # [2, 5, 11]
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, 11, size=(2, 5, 3)), jnp.int32)
+  expected = jnp.take_along_axis(jax.nn.log_softmax(masked, axis=-1), ids, axis=-1)
+  got = refinement._log_softmax_at(masked)(ids)  # pylint: disable=protected-access
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+  assert np.all(np.isneginf(np.asarray(got)[np.asarray((ids < 4) | (ids >= 9))]))

@@ -17,6 +17,7 @@ rows, t = max_decode_length, V = vocabulary size (network output), k = dedup_top
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import flax
@@ -125,15 +126,36 @@ def force_tokens(tokens: Array, rows: RowLayout) -> Array:
   return jnp.where(rows.forced, rows.forced_tokens, tokens).astype(jnp.int32)
 
 
+def _log_softmax_at(masked: Array) -> Callable[[Array], Array]:
+  """`log_probs_at(ids)`: log_softmax(masked, -1) at ids [n, t, k] -> [n, t, k], masked [n, t, V].
+
+  The same arithmetic as jax.nn.log_softmax ((x - max) - log(sum(exp(x - max)))), taken only at
+  the ids: a pass never builds the [n, t, V] array of log-probs. On a 2-core CPU writing and
+  re-reading it, then a top_k over it, cost 5-7% of a Base decode at batch 1 (a 32k vocabulary;
+  docs/benchmarks.md).
+  """
+  top = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))  # [n, t, 1]
+  log_normalizer = jnp.log(jnp.sum(jnp.exp(masked - top), axis=-1, keepdims=True))  # [n, t, 1]
+
+  def log_probs_at(ids: Array) -> Array:
+    return (jnp.take_along_axis(masked, ids, axis=-1) - top) - log_normalizer
+
+  return log_probs_at
+
+
 def _force_candidates(
-    candidate_ids: Array, candidate_log_probs: Array, log_probs: Array, rows: RowLayout
+    candidate_ids: Array,
+    candidate_log_probs: Array,
+    log_probs_at: Callable[[Array], Array],
+    rows: RowLayout,
 ) -> tuple[Array, Array]:
   """Candidate slot 0 (the prediction) at the forced positions becomes the forced token, with
-  this pass's log-prob of it; [n, t, k], [n, t, k] -> same. No-op without forced positions."""
+  this pass's log-prob of it (`log_probs_at`, _log_softmax_at's); [n, t, k], [n, t, k] -> same.
+  No-op without forced positions."""
   if rows.forced is None:
     return candidate_ids, candidate_log_probs
   first = force_tokens(candidate_ids[..., 0], rows)[..., None]  # [n, t, 1]
-  first_log_prob = jnp.take_along_axis(log_probs, first, axis=-1)  # [n, t, 1]
+  first_log_prob = log_probs_at(first)  # [n, t, 1]
   return (
       jnp.concatenate([first, candidate_ids[..., 1:]], axis=-1),  # [n, t, k]
       jnp.concatenate([first_log_prob, candidate_log_probs[..., 1:]], axis=-1),  # [n, t, k]
@@ -171,21 +193,26 @@ def refinement_pass(
   k = state.candidate_ids.shape[-1]
   summed = config.prediction is PredictionMode.SUMMED
   logits = refine_fn(state.inputs, rows.length_mask)  # [n, t, V]
-  log_probs = jax.nn.log_softmax(
-      restrict_logits(logits, config.vocab_low, config.vocab_high), axis=-1
-  )  # [n, t, V] float32, -inf outside the ordinary ids
+  # -inf outside the ordinary ids
+  masked = restrict_logits(logits, config.vocab_low, config.vocab_high)  # [n, t, V] float32
+  log_probs_at = _log_softmax_at(masked)
   if summed:
+    log_probs = jax.nn.log_softmax(masked, axis=-1)  # [n, t, V] float32
     log_prob_sum = state.log_prob_sum + log_probs  # [n, t, V] float32
     _, candidate_ids = jax.lax.top_k(log_prob_sum, k)  # [n, t, k] argmax of the sum first
     candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
-    candidate_log_probs = jnp.take_along_axis(log_probs, candidate_ids, axis=-1)  # [n, t, k]
   else:
     log_prob_sum = state.log_prob_sum  # None
-    # top_k's first entry is the argmax (lowest id among ties), so it is the prediction.
-    candidate_log_probs, candidate_ids = jax.lax.top_k(log_probs, k)  # [n, t, k] each
+    # The candidates are those of the logits (log_softmax only shifts each row); the prediction
+    # is the argmax, the lowest id among ties, as top_k's first entry.
+    if k == 1:
+      candidate_ids = jnp.argmax(masked, axis=-1)[..., None]  # [n, t, 1]
+    else:
+      _, candidate_ids = jax.lax.top_k(masked, k)  # [n, t, k]
     candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
+  candidate_log_probs = log_probs_at(candidate_ids)  # [n, t, k]
   candidate_ids, candidate_log_probs = _force_candidates(
-      candidate_ids, candidate_log_probs, log_probs, rows
+      candidate_ids, candidate_log_probs, log_probs_at, rows
   )  # [n, t, k] each: the forced token (if any) is the prediction
   predictions = layout.frame_tokens(candidate_ids[..., 0], rows.content, rows.eos)  # [n, t]
   changed_rows = jnp.any(predictions != state.predictions, axis=-1)  # [n]
