@@ -546,6 +546,18 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
   full_table = args.full_table
+  # The flags' own errors first: a clash of names is reported with or without data.
+  names = [
+      name
+      for kind in ("ar", "padir")
+      for name, _ in named_checkpoints(getattr(args, f"{kind}_checkpoint"), kind)
+  ]
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    parser.error(
+        f"argument --ar_checkpoint/--padir_checkpoint: the model name {repeated[0]!r} is given "
+        "twice; name each model (NAME=DIR)"
+    )
   data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
   cli.check_output_path(
       parser,
@@ -559,17 +571,6 @@ def main(argv=None):
       kind="dir",
       make_parents=True,
   )
-  names = [
-      name
-      for kind in ("ar", "padir")
-      for name, _ in named_checkpoints(getattr(args, f"{kind}_checkpoint"), kind)
-  ]
-  repeated = sorted({name for name in names if names.count(name) > 1})
-  if repeated:
-    parser.error(
-        f"argument --ar_checkpoint/--padir_checkpoint: the model name {repeated[0]!r} is given "
-        "twice; name each model (NAME=DIR)"
-    )
   report = run_benchmark(
       args.ar_checkpoint,
       args.padir_checkpoint,
