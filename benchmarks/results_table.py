@@ -80,6 +80,7 @@ ROWS = (
     Row(STUDENTS, ("caption_ar_student",), "beam=1", "AR student, greedy"),
     Row(STUDENTS, ("caption_ar_student",), "beam=5", "AR student, beam 5", reference=True),
     Row(STUDENTS, ("caption_padir_student",), "T=4,l=5", "PaDIR student, 2 training stages"),
+    Row(STUDENTS, ("caption_padir_s1",), "T=4,l=5", "PaDIR student, 1 training stage"),
     Row(
         STUDENTS,
         ("caption_padir_student",),
