@@ -17,6 +17,7 @@ rows, t = max_decode_length, V = vocabulary size (network output), k = dedup_top
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
@@ -193,16 +194,17 @@ def refinement_pass(
   k = state.candidate_ids.shape[-1]
   summed = config.prediction is PredictionMode.SUMMED
   logits = refine_fn(state.inputs, rows.length_mask)  # [n, t, V]
-  # -inf outside the ordinary ids
-  masked = restrict_logits(logits, config.vocab_low, config.vocab_high)  # [n, t, V] float32
-  log_probs_at = _log_softmax_at(masked)
+  # [n, t, V] float32, -inf outside the ordinary ids
+  masked = restrict_logits(logits, config.vocab_low, config.vocab_high)
   if summed:
-    log_probs = jax.nn.log_softmax(masked, axis=-1)  # [n, t, V] float32
+    log_probs = jax.nn.log_softmax(masked, axis=-1)  # [n, t, V] float32, summed over the passes
+    log_probs_at = functools.partial(jnp.take_along_axis, log_probs, axis=-1)  # ids -> log-probs
     log_prob_sum = state.log_prob_sum + log_probs  # [n, t, V] float32
     _, candidate_ids = jax.lax.top_k(log_prob_sum, k)  # [n, t, k] argmax of the sum first
     candidate_ids = candidate_ids.astype(jnp.int32)  # [n, t, k]
   else:
     log_prob_sum = state.log_prob_sum  # None
+    log_probs_at = _log_softmax_at(masked)  # no [n, t, V] array of log-probs
     # The candidates are those of the logits (log_softmax only shifts each row); the prediction
     # is the argmax, the lowest id among ties, as top_k's first entry.
     if k == 1:
