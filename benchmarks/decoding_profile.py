@@ -273,9 +273,9 @@ def main(argv=None):
   cli.check_output_path(parser, "--out", args.out)
   batch_sizes = tuple(args.batch_sizes)
   if args.padir_checkpoint:
+    data_dir = shared_data.data_dir_or_error(parser, args.data_dir)
     loaded = loading.load(args.padir_checkpoint, kind="padir")
     module, params = loaded.module, loaded.params
-    data_dir = args.data_dir or shared_data.find_data_dir()
     _, _, source_ids, _ = common.load_dev_set(
         data_dir, loaded.vocabulary, max(batch_sizes), module.config.max_input_length
     )
